@@ -1,0 +1,10 @@
+//! kiln-backends: one folder per backend, each with the same surface (a struct implementing
+//! `kiln_compiler::pipeline::Backend`). Backends only read the IR.
+pub mod onnx;
+
+use kiln_compiler::pipeline::Backend;
+
+/// Every backend this build of kiln has.
+pub fn all() -> Vec<Box<dyn Backend>> {
+    vec![Box::new(onnx::OnnxBackend)]
+}

@@ -1,0 +1,133 @@
+//! The YAML build config (`kiln build CONFIG.yaml`). Unknown keys are rejected; errors name the file,
+//! line and column. Paths are relative to the config file's folder.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A pass in the `passes:` list: a name, or a one-key map of name to parameters.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum PassSpec {
+    Name(String),
+    WithParams(BTreeMap<String, serde_yaml::Value>),
+}
+
+impl PassSpec {
+    pub fn name(&self) -> String {
+        match self {
+            PassSpec::Name(n) => n.clone(),
+            PassSpec::WithParams(m) => m.keys().next().cloned().unwrap_or_default(),
+        }
+    }
+    pub fn params(&self) -> Option<&serde_yaml::Value> {
+        match self {
+            PassSpec::Name(_) => None,
+            PassSpec::WithParams(m) => m.values().next(),
+        }
+    }
+}
+
+/// Where an ONNX artifact's tensor data goes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalDataMode {
+    /// External only when the model passes protobuf's 2 GiB limit.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// One artifact to build.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    pub backend: String,
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// ONNX-emitting backends: where tensor data goes.
+    #[serde(default)]
+    pub external_data: ExternalDataMode,
+}
+
+fn default_precision() -> String {
+    "fp32".into()
+}
+
+/// The whole config.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: PathBuf,
+    /// Pinned input dims by input name.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Vec<i64>>,
+    #[serde(default)]
+    pub passes: Vec<PassSpec>,
+    pub targets: Vec<Target>,
+    pub output: PathBuf,
+}
+
+/// A parsed config with paths resolved.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    pub bytes: Vec<u8>,
+    pub config: Config,
+}
+
+impl LoadedConfig {
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.config.model)
+    }
+    pub fn output_dir(&self) -> PathBuf {
+        self.dir.join(&self.config.output)
+    }
+}
+
+/// Parse config text; `path` names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Config> {
+    let cfg: Config = serde_yaml::from_str(text).map_err(|e| {
+        let loc = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+        Error::Config { path: PathBuf::from(format!("{}{loc}", path.display())), reason: e.to_string() }
+    })?;
+    validate(&cfg, path)?;
+    Ok(cfg)
+}
+
+fn validate(cfg: &Config, path: &Path) -> Result<()> {
+    let err = |reason: String| Error::Config { path: path.into(), reason };
+    if cfg.targets.is_empty() {
+        return Err(err("`targets` is empty: name at least one artifact to build".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in &cfg.targets {
+        let ok = !t.name.is_empty() && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && t.name != "." && t.name != "..";
+        if !ok {
+            return Err(err(format!("target name '{}' must be non-empty letters, digits, '-', '_' or '.' (it names a folder)", t.name)));
+        }
+        if !seen.insert(t.name.clone()) {
+            return Err(err(format!("target name '{}' is used twice", t.name)));
+        }
+    }
+    for (name, dims) in &cfg.inputs {
+        if dims.iter().any(|d| *d < 0) {
+            return Err(err(format!("inputs.{name}: dims must be non-negative, got {dims:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// Read and parse a config file.
+pub fn load(path: &Path) -> Result<LoadedConfig> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| Error::Config { path: path.into(), reason: "not UTF-8 text".into() })?;
+    let config = parse(text, path)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    Ok(LoadedConfig { path: path.into(), dir, bytes, config })
+}

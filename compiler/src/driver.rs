@@ -1,0 +1,231 @@
+//! The build driver behind `kiln build`: config → import → pin shapes → passes → one artifact per
+//! target → manifest. Incremental: when the manifest's recorded inputs (model, external data, config)
+//! and artifacts still hash the same, nothing is rebuilt. Every file is written atomically and the
+//! manifest last, so an interrupted build is simply rebuilt next time.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::artifact::write_atomic;
+use crate::config::{LoadedConfig, PassSpec};
+use crate::error::{Error, Result};
+use crate::ir::Model;
+use crate::pipeline::{Backend, Pass, PassContext, PassRecord};
+use crate::stats::{model_stats, ModelStats};
+
+pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A hashed input file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InputRecord {
+    pub role: String,
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// One written artifact file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub target: String,
+    pub backend: String,
+    pub precision: String,
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// `OUTPUT/manifest.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub kiln_version: String,
+    pub inputs: Vec<InputRecord>,
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+/// `OUTPUT/report.json`: what the build did (statistics, per-pass table).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub model: ModelStats,
+    pub optimized: ModelStats,
+    pub passes: Vec<PassRecord>,
+    pub targets: BTreeMap<String, Vec<ArtifactRecord>>,
+}
+
+/// What `build` did.
+pub struct Outcome {
+    pub up_to_date: bool,
+    pub manifest: Manifest,
+    pub output_dir: PathBuf,
+}
+
+/// Resolves pass specs to passes (the binary wires in kiln-passes).
+pub type PassFactory<'a> = &'a dyn Fn(&PassSpec) -> Result<Box<dyn Pass>>;
+
+pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: read-only map of a file we only hash.
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len == 0 {
+        return Ok((0, hex(&Sha256::digest([]))));
+    }
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    Ok((len, hex(&Sha256::digest(&map[..]))))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn rel(path: &Path, base: &Path) -> String {
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let (p, b) = (canon(path), canon(base));
+    match p.strip_prefix(&b) {
+        Ok(r) => r.display().to_string(),
+        Err(_) => p.display().to_string(),
+    }
+}
+
+fn input_record(role: &str, path: &Path, base: &Path) -> Result<InputRecord> {
+    let (bytes, sha256) = sha256_file(path)?;
+    Ok(InputRecord { role: role.into(), path: rel(path, base), bytes, sha256 })
+}
+
+/// True when the previous manifest still describes the current inputs and artifacts.
+fn up_to_date(cfg: &LoadedConfig, out: &Path) -> Option<Manifest> {
+    let text = std::fs::read(out.join("manifest.json")).ok()?;
+    let m: Manifest = serde_json::from_slice(&text).ok()?;
+    if m.kiln_version != KILN_VERSION {
+        return None;
+    }
+    let cfg_sha = hex(&Sha256::digest(&cfg.bytes));
+    if !m.inputs.iter().any(|i| i.role == "config" && i.sha256 == cfg_sha) {
+        return None;
+    }
+    for i in &m.inputs {
+        let p = if Path::new(&i.path).is_absolute() { PathBuf::from(&i.path) } else { cfg.dir.join(&i.path) };
+        if i.role != "config" && sha256_file(&p).ok()?.1 != i.sha256 {
+            return None;
+        }
+    }
+    for a in &m.artifacts {
+        if sha256_file(&out.join(&a.path)).ok()?.1 != a.sha256 {
+            return None;
+        }
+    }
+    Some(m)
+}
+
+/// Run passes in order, recording before/after statistics.
+pub fn run_passes(model: &mut Model, passes: &[Box<dyn Pass>], cx: &mut PassContext) -> Result<()> {
+    for p in passes {
+        let before = model_stats(model);
+        let t0 = std::time::Instant::now();
+        p.run(model, cx)?;
+        let opset = model.opset();
+        crate::shape::infer_graph(&mut model.graph, opset)?;
+        if cfg!(debug_assertions) {
+            crate::ir::verify::verify(&model.graph).map_err(|e| Error::Pass { pass: p.name().into(), reason: format!("left an invalid graph: {e}") })?;
+        }
+        let after = model_stats(model);
+        cx.records.push(PassRecord {
+            pass: p.name().into(),
+            wall_ms: t0.elapsed().as_secs_f64() * 1e3,
+            nodes: (before.nodes, after.nodes),
+            params: (before.params, after.params),
+            param_bytes: (before.param_bytes, after.param_bytes),
+            macs: (before.macs, after.macs),
+        });
+    }
+    Ok(())
+}
+
+/// Build every target of `cfg`.
+pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: &[Box<dyn Backend>], log: &mut dyn FnMut(&str)) -> Result<Outcome> {
+    let out = cfg.output_dir();
+    // Check every target names a known backend and precision before any work.
+    for t in &cfg.config.targets {
+        let b = backends.iter().find(|b| b.name() == t.backend).ok_or_else(|| Error::Config {
+            path: cfg.path.clone(),
+            reason: format!(
+                "target '{}': unknown backend '{}' (available: {})",
+                t.name,
+                t.backend,
+                backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        if !b.precisions().contains(&t.precision.as_str()) {
+            return Err(Error::Config {
+                path: cfg.path.clone(),
+                reason: format!("target '{}': backend '{}' does not support precision '{}' (supported: {})", t.name, t.backend, t.precision, b.precisions().join(", ")),
+            });
+        }
+    }
+    let passes: Vec<Box<dyn Pass>> = cfg.config.passes.iter().map(|s| make_pass(s)).collect::<Result<_>>()?;
+    if !force {
+        if let Some(manifest) = up_to_date(cfg, &out) {
+            return Ok(Outcome { up_to_date: true, manifest, output_dir: out });
+        }
+    }
+    let model_path = cfg.model_path();
+    log(&format!("importing {}", model_path.display()));
+    let mut model = crate::onnx::load(&model_path)?;
+    let mut inputs = vec![InputRecord {
+        role: "config".into(),
+        path: rel(&cfg.path, &cfg.dir),
+        bytes: cfg.bytes.len() as u64,
+        sha256: hex(&Sha256::digest(&cfg.bytes)),
+    }];
+    inputs.push(input_record("model", &model_path, &cfg.dir)?);
+    for f in &model.external_files {
+        inputs.push(input_record("external_data", f, &cfg.dir)?);
+    }
+    let pins: crate::shape::Pins = cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    crate::shape::infer(&mut model, &pins)?;
+    let before = model_stats(&model);
+    let mut cx = PassContext::default();
+    run_passes(&mut model, &passes, &mut cx)?;
+    let mut artifacts = Vec::new();
+    let mut by_target: BTreeMap<String, Vec<ArtifactRecord>> = BTreeMap::new();
+    for t in &cfg.config.targets {
+        let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
+        log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
+        let files = b.emit(&model, t)?;
+        for f in files {
+            let rel_path = format!("{}/{}", t.name, f.rel_path);
+            write_atomic(&out.join(&rel_path), &f.bytes)?;
+            let rec = ArtifactRecord {
+                target: t.name.clone(),
+                backend: t.backend.clone(),
+                precision: t.precision.clone(),
+                path: rel_path,
+                bytes: f.bytes.len() as u64,
+                sha256: hex(&Sha256::digest(&f.bytes)),
+            };
+            by_target.entry(t.name.clone()).or_default().push(rec.clone());
+            artifacts.push(rec);
+        }
+    }
+    let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
+    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target };
+    let json = |v: &dyn erased::Ser| v.to_json();
+    write_atomic(&out.join("report.json"), &json(&report))?;
+    // The manifest goes last: it is what marks the build complete.
+    write_atomic(&out.join("manifest.json"), &json(&manifest))?;
+    Ok(Outcome { up_to_date: false, manifest, output_dir: out })
+}
+
+mod erased {
+    pub trait Ser {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> Vec<u8> {
+            let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+            v.push(b'\n');
+            v
+        }
+    }
+}

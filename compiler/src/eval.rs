@@ -1,0 +1,117 @@
+//! Evaluation with tract-onnx: the reference interpreter kiln uses for `kiln run`, calibration and
+//! accuracy checks. The IR is exported to ONNX in memory (all data inline, `value_info` left out so
+//! exporter-written symbolic dim expressions cannot confuse tract) and run with input facts pinned from
+//! the actual input tensors.
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::ir::{DType, Model, TensorData};
+use crate::onnx::{ExportOptions, ExternalData};
+
+fn datum(d: DType) -> Option<DatumType> {
+    Some(match d {
+        DType::F32 => DatumType::F32,
+        DType::F64 => DatumType::F64,
+        DType::F16 => DatumType::F16,
+        DType::I8 => DatumType::I8,
+        DType::U8 => DatumType::U8,
+        DType::I16 => DatumType::I16,
+        DType::U16 => DatumType::U16,
+        DType::I32 => DatumType::I32,
+        DType::U32 => DatumType::U32,
+        DType::I64 => DatumType::I64,
+        DType::U64 => DatumType::U64,
+        DType::Bool => DatumType::Bool,
+        _ => return None,
+    })
+}
+
+fn dtype(d: DatumType) -> Option<DType> {
+    Some(match d {
+        DatumType::F32 => DType::F32,
+        DatumType::F64 => DType::F64,
+        DatumType::F16 => DType::F16,
+        DatumType::I8 => DType::I8,
+        DatumType::U8 => DType::U8,
+        DatumType::I16 => DType::I16,
+        DatumType::U16 => DType::U16,
+        DatumType::I32 => DType::I32,
+        DatumType::U32 => DType::U32,
+        DatumType::I64 => DType::I64,
+        DatumType::U64 => DType::U64,
+        DatumType::Bool => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn to_tract(t: &TensorData, name: &str) -> Result<Tensor> {
+    let dt = datum(t.dtype).ok_or_else(|| Error::Input { name: name.into(), reason: format!("element type {} is not supported for evaluation", t.dtype) })?;
+    let shape: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
+    t.check(name)?;
+    // SAFETY: `check` proved the byte length equals elements × element size for this plain-old-data type.
+    unsafe { Tensor::from_raw_dt(dt, &shape, t.bytes()) }.map_err(|e| Error::Eval(format!("{e:#}")))
+}
+
+fn from_tract(t: &Tensor) -> Result<TensorData> {
+    let dt = dtype(t.datum_type()).ok_or_else(|| Error::Eval(format!("output type {:?} is not supported", t.datum_type())))?;
+    let dims = t.shape().iter().map(|d| *d as i64).collect();
+    Ok(TensorData::from_bytes(dt, dims, t.as_bytes().to_vec()))
+}
+
+/// A model loaded into tract, ready to run repeatedly.
+pub struct Evaluator {
+    plan: std::sync::Arc<TypedRunnableModel>,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+}
+
+impl Evaluator {
+    /// Prepare `model` for inputs of the given dtypes and shapes (by input name).
+    pub fn new(model: &Model, input_facts: &[(String, DType, Vec<i64>)]) -> Result<Self> {
+        let bytes = crate::onnx::to_bytes(model, &ExportOptions { external: ExternalData::Inline, strip_value_info: true })?;
+        let ev = |e: TractError| Error::Eval(format!("{e:#}"));
+        let mut tm = tract_onnx::onnx().model_for_read(&mut bytes.as_slice()).map_err(ev)?;
+        let g = &model.graph;
+        let input_names: Vec<String> = g.inputs.iter().filter(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).collect();
+        for (ix, name) in input_names.iter().enumerate() {
+            let (_, dt, shape) = input_facts.iter().find(|(n, _, _)| n == name).ok_or_else(|| Error::Input { name: name.clone(), reason: "no tensor given for this model input".into() })?;
+            let dt = datum(*dt).ok_or_else(|| Error::Input { name: name.clone(), reason: format!("element type {dt} is not supported") })?;
+            let shape: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+            tm.set_input_fact(ix, InferenceFact::dt_shape(dt, &shape)).map_err(ev)?;
+        }
+        for (n, _, _) in input_facts {
+            if !input_names.contains(n) {
+                return Err(Error::Input { name: n.clone(), reason: format!("the model has no such input (inputs: {})", input_names.join(", ")) });
+            }
+        }
+        let plan = tm.into_optimized().map_err(ev)?.into_runnable().map_err(ev)?;
+        let output_names = g.outputs.iter().map(|v| g.value(*v).name.clone()).collect();
+        Ok(Evaluator { plan, input_names, output_names })
+    }
+
+    /// Prepare for the given input tensors' types and shapes.
+    pub fn for_inputs(model: &Model, inputs: &[(String, TensorData)]) -> Result<Self> {
+        let facts: Vec<(String, DType, Vec<i64>)> = inputs.iter().map(|(n, t)| (n.clone(), t.dtype, t.dims.clone())).collect();
+        Self::new(model, &facts)
+    }
+
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
+    }
+
+    /// Run once; outputs in the model's output order.
+    pub fn run(&self, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
+        let mut tv = TVec::new();
+        for name in &self.input_names {
+            let (_, t) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| Error::Input { name: name.clone(), reason: "no tensor given for this model input".into() })?;
+            tv.push(to_tract(t, name)?.into());
+        }
+        let outs = self.plan.run(tv).map_err(|e| Error::Eval(format!("{e:#}")))?;
+        outs.iter().zip(&self.output_names).map(|(t, n)| Ok((n.clone(), from_tract(t)?))).collect()
+    }
+}
+
+/// Run `model` once on `inputs`.
+pub fn run(model: &Model, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
+    Evaluator::for_inputs(model, inputs)?.run(inputs)
+}

@@ -1,0 +1,15 @@
+//! kiln-compiler: the IR (petgraph), ONNX import/export, shape inference, statistics, evaluation with
+//! tract-onnx, the YAML config schema, the `Pass` and `Backend` traits and the build driver.
+pub mod artifact;
+pub mod error;
+pub mod ir;
+pub mod onnx;
+pub mod shape;
+
+pub use error::{Error, Result};
+pub mod eval;
+pub mod npy;
+pub mod stats;
+pub mod config;
+pub mod driver;
+pub mod pipeline;

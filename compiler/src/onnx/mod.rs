@@ -1,0 +1,7 @@
+//! ONNX import and export: the only module that sees prost types.
+pub mod export;
+pub mod import;
+pub mod tensor;
+
+pub use export::{save, to_bytes, to_files, ExportOptions, ExternalData};
+pub use import::{load, load_bytes};

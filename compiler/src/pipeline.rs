@@ -1,0 +1,44 @@
+//! The `Pass` and `Backend` traits and the records the pass manager and backends produce.
+use serde::Serialize;
+
+use crate::config::Target;
+use crate::error::Result;
+use crate::ir::Model;
+
+/// A graph transformation.
+pub trait Pass {
+    fn name(&self) -> &'static str;
+    /// Transform the model; return whether anything changed.
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool>;
+}
+
+/// Shared state while passes run.
+#[derive(Default)]
+pub struct PassContext {
+    pub records: Vec<PassRecord>,
+}
+
+/// Before/after statistics of one pass run.
+#[derive(Clone, Debug, Serialize)]
+pub struct PassRecord {
+    pub pass: String,
+    pub wall_ms: f64,
+    pub nodes: (usize, usize),
+    pub params: (u64, u64),
+    pub param_bytes: (u64, u64),
+    pub macs: (u64, u64),
+}
+
+/// One file of an artifact, relative to the target's output folder.
+pub struct ArtifactFile {
+    pub rel_path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Emits the artifact for one target.
+pub trait Backend {
+    fn name(&self) -> &'static str;
+    /// Precisions this backend accepts in `precision:`.
+    fn precisions(&self) -> &'static [&'static str];
+    fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>>;
+}

@@ -1,0 +1,138 @@
+//! Model statistics for `kiln inspect` and build reports: op histogram, parameters, MACs per op type.
+//!
+//! MACs (multiply-accumulates) are counted for the ops that dominate compute: Conv, ConvTranspose, Gemm,
+//! MatMul, LSTM/GRU/RNN. They need static shapes, so callers run shape inference (pinning dynamic dims)
+//! first; an op whose shapes are still unknown contributes nothing and is listed in `macs_unknown`.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::ir::{Dim, Graph, Model, Op};
+
+/// A tensor signature for reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorSig {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<String>,
+}
+
+/// Statistics of a model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelStats {
+    pub inputs: Vec<TensorSig>,
+    pub outputs: Vec<TensorSig>,
+    pub opsets: BTreeMap<String, i64>,
+    pub ir_version: i64,
+    pub producer: String,
+    pub nodes: usize,
+    pub op_types: BTreeMap<String, usize>,
+    pub params: u64,
+    pub param_bytes: u64,
+    pub macs: u64,
+    pub macs_by_op: BTreeMap<String, u64>,
+    pub macs_unknown: Vec<String>,
+    pub dynamic_dims: Vec<String>,
+    pub external_data: Vec<String>,
+}
+
+fn sig(g: &Graph, v: crate::ir::ValueId) -> TensorSig {
+    let val = g.value(v);
+    TensorSig {
+        name: val.name.clone(),
+        dtype: val.dtype.to_string(),
+        shape: val.shape.as_ref().map(|s| s.iter().map(|d| d.to_string()).collect()).unwrap_or_default(),
+    }
+}
+
+fn prod(s: &[i64]) -> u64 {
+    s.iter().map(|d| (*d).max(0) as u64).product()
+}
+
+/// MACs of one node, when its shapes are known.
+pub fn node_macs(g: &Graph, n: &crate::ir::Node) -> Option<u64> {
+    let shape = |i: usize| n.input(i).and_then(|v| g.value(v).static_shape());
+    let out = |i: usize| n.output(i).and_then(|v| g.value(v).static_shape());
+    match &n.op {
+        Op::Conv { .. } => {
+            let w = shape(1)?;
+            Some(prod(&out(0)?) * prod(&w[1..]))
+        }
+        Op::Gemm { trans_a, .. } => {
+            let a = shape(0)?;
+            let k = if trans_a.unwrap_or(0) != 0 { a[0] } else { *a.get(1)? };
+            Some(prod(&out(0)?) * k.max(0) as u64)
+        }
+        Op::MatMul => {
+            let a = shape(0)?;
+            Some(prod(&out(0)?) * (*a.last()?).max(0) as u64)
+        }
+        Op::Generic { op_type, .. } => match op_type.as_str() {
+            "ConvTranspose" => {
+                let w = shape(1)?;
+                Some(prod(&shape(0)?) * prod(&w[1..]))
+            }
+            "LSTM" | "GRU" | "RNN" => {
+                let gates = match op_type.as_str() { "LSTM" => 4, "GRU" => 3, _ => 1 };
+                let x = shape(0)?;
+                let w = shape(1)?; // [dirs, gates*hidden, input]
+                let r = shape(2)?; // [dirs, gates*hidden, hidden]
+                let batch_first = n.op.attr_int("layout").unwrap_or(0) == 1;
+                let (seq, batch) = if batch_first { (x[1], x[0]) } else { (x[0], x[1]) };
+                let _ = gates;
+                Some(seq.max(0) as u64 * batch.max(0) as u64 * (prod(&w) + prod(&r)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_mac_op(op: &Op) -> bool {
+    matches!(op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)
+        || matches!(op, Op::Generic { op_type, .. } if matches!(op_type.as_str(), "ConvTranspose" | "LSTM" | "GRU" | "RNN"))
+}
+
+/// Gather statistics. Call after shape inference for MACs.
+pub fn model_stats(m: &Model) -> ModelStats {
+    let g = &m.graph;
+    let mut op_types = BTreeMap::new();
+    let mut macs_by_op: BTreeMap<String, u64> = BTreeMap::new();
+    let mut macs_unknown = Vec::new();
+    for n in g.nodes.node_weights() {
+        *op_types.entry(n.op.op_type().to_string()).or_insert(0) += 1;
+        if is_mac_op(&n.op) {
+            match node_macs(g, n) {
+                Some(x) => *macs_by_op.entry(n.op.op_type().to_string()).or_insert(0) += x,
+                None => macs_unknown.push(n.name.clone()),
+            }
+        }
+    }
+    let (params, param_bytes) = g.param_stats();
+    let mut dynamic_dims = Vec::new();
+    for v in g.inputs.iter().chain(g.outputs.iter()) {
+        if let Some(s) = &g.value(*v).shape {
+            for (i, d) in s.iter().enumerate() {
+                if !matches!(d, Dim::Known(_)) {
+                    dynamic_dims.push(format!("{}[{i}]={d}", g.value(*v).name));
+                }
+            }
+        }
+    }
+    ModelStats {
+        inputs: g.inputs.iter().filter(|v| !g.initializers.contains(v)).map(|v| sig(g, *v)).collect(),
+        outputs: g.outputs.iter().map(|v| sig(g, *v)).collect(),
+        opsets: m.opset_imports.iter().map(|(d, v)| (if d.is_empty() { "ai.onnx".to_string() } else { d.clone() }, *v)).collect(),
+        ir_version: m.ir_version,
+        producer: format!("{} {}", m.producer_name, m.producer_version).trim().to_string(),
+        nodes: g.node_count(),
+        op_types,
+        params,
+        param_bytes,
+        macs: macs_by_op.values().sum(),
+        macs_by_op,
+        macs_unknown,
+        dynamic_dims,
+        external_data: m.external_files.iter().map(|p| p.display().to_string()).collect(),
+    }
+}

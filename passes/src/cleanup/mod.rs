@@ -1,0 +1,2 @@
+//! Cleanup passes: graph simplifications that never change results.
+pub mod dce;

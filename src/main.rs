@@ -1,0 +1,213 @@
+//! The `kiln` command line: wires kiln-passes and kiln-backends into the compiler's driver.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use kiln_compiler::ir::{Dim, TensorData};
+use kiln_compiler::{config, driver, eval, ir, npy, onnx, shape, stats};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Compile PyTorch-exported ONNX models into per-device artifacts")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build every target of a YAML config (the main job).
+    Build {
+        config: PathBuf,
+        /// Rebuild even when the manifest says everything is up to date.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Describe a model: inputs/outputs, opsets, op histogram, parameters, MACs.
+    Inspect {
+        model: PathBuf,
+        /// Pin an input's dims: NAME=D0,D1,... (unpinned symbolic dims count as 1 for MACs).
+        #[arg(long = "input", value_name = "NAME=DIMS")]
+        inputs: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model with tract and write each output as .npy.
+    Run {
+        model: PathBuf,
+        /// An input tensor: NAME=FILE.npy
+        #[arg(long = "input", value_name = "NAME=FILE.npy", required = true)]
+        inputs: Vec<String>,
+        #[arg(long)]
+        output_dir: PathBuf,
+    },
+    /// Print the IR as text.
+    Dump {
+        model: PathBuf,
+        #[arg(long = "input", value_name = "NAME=DIMS")]
+        inputs: Vec<String>,
+    },
+}
+
+fn split_kv(s: &str) -> Result<(&str, &str)> {
+    s.split_once('=').filter(|(k, v)| !k.is_empty() && !v.is_empty()).ok_or_else(|| anyhow!("--input '{s}': expected NAME=VALUE"))
+}
+
+fn parse_pins(inputs: &[String]) -> Result<shape::Pins> {
+    let mut pins = HashMap::new();
+    for s in inputs {
+        let (k, v) = split_kv(s)?;
+        let dims = v
+            .split(',')
+            .map(|d| d.trim().parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| anyhow!("--input '{s}': '{d}' is not a non-negative integer")))
+            .collect::<Result<Vec<_>>>()?;
+        pins.insert(k.to_string(), dims);
+    }
+    Ok(pins)
+}
+
+/// Pin remaining symbolic input dims to 1 (reported as an assumption).
+fn pin_rest(m: &ir::Model, pins: &mut shape::Pins) -> Vec<String> {
+    let mut assumed = Vec::new();
+    let g = &m.graph;
+    for v in g.inputs.iter().filter(|v| !g.initializers.contains(v)) {
+        let val = g.value(*v);
+        if pins.contains_key(&val.name) {
+            continue;
+        }
+        if let Some(s) = &val.shape {
+            if s.iter().any(|d| !matches!(d, Dim::Known(_))) {
+                let dims: Vec<i64> = s.iter().map(|d| d.known().unwrap_or(1)).collect();
+                for (i, d) in s.iter().enumerate() {
+                    if !matches!(d, Dim::Known(_)) {
+                        assumed.push(format!("{}[{i}] ({d}) = 1", val.name));
+                    }
+                }
+                pins.insert(val.name.clone(), dims);
+            }
+        }
+    }
+    assumed
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} G", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn inspect(model: PathBuf, inputs: Vec<String>, json: bool) -> Result<()> {
+    let mut m = onnx::load(&model)?;
+    let original = stats::model_stats(&m);
+    let mut pins = parse_pins(&inputs)?;
+    let assumed = pin_rest(&m, &mut pins);
+    shape::infer(&mut m, &pins)?;
+    let mut s = stats::model_stats(&m);
+    s.inputs = original.inputs;
+    s.outputs = original.outputs;
+    s.dynamic_dims = original.dynamic_dims;
+    if json {
+        let mut v = serde_json::to_value(&s)?;
+        v["model"] = serde_json::Value::String(model.display().to_string());
+        v["assumed_dims"] = serde_json::to_value(&assumed)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("model      {}", model.display());
+    println!("producer   {}  (ir_version {})", s.producer, s.ir_version);
+    println!("opsets     {}", s.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect::<Vec<_>>().join(", "));
+    for (kind, list) in [("input", &s.inputs), ("output", &s.outputs)] {
+        for t in list {
+            println!("{kind:<10} {}: {}[{}]", t.name, t.dtype, t.shape.join(", "));
+        }
+    }
+    if !s.dynamic_dims.is_empty() {
+        println!("dynamic    {}", s.dynamic_dims.join(", "));
+    }
+    if !assumed.is_empty() {
+        println!("assumed    {} (pin with --input NAME=DIMS)", assumed.join(", "));
+    }
+    if !s.external_data.is_empty() {
+        println!("ext. data  {}", s.external_data.join(", "));
+    }
+    println!("nodes      {}", s.nodes);
+    println!("params     {} ({} bytes)", s.params, s.param_bytes);
+    println!("MACs       {} ({})", human(s.macs), s.macs);
+    for (op, n) in &s.macs_by_op {
+        println!("  {op:<20} {:>12}  {:5.1}%", human(*n), 100.0 * *n as f64 / s.macs.max(1) as f64);
+    }
+    if !s.macs_unknown.is_empty() {
+        println!("MACs unknown (shapes not static): {}", s.macs_unknown.join(", "));
+    }
+    println!("op types");
+    let mut ops: Vec<_> = s.op_types.iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (op, n) in ops {
+        println!("  {op:<20} {n:>5}");
+    }
+    Ok(())
+}
+
+fn run(model: PathBuf, inputs: Vec<String>, output_dir: PathBuf) -> Result<()> {
+    let m = onnx::load(&model)?;
+    let mut tensors: Vec<(String, TensorData)> = Vec::new();
+    for s in &inputs {
+        let (k, v) = split_kv(s)?;
+        tensors.push((k.to_string(), npy::read(&PathBuf::from(v))?));
+    }
+    let outs = eval::run(&m, &tensors)?;
+    std::fs::create_dir_all(&output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+    for (name, t) in outs {
+        let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let path = output_dir.join(format!("{safe}.npy"));
+        kiln_compiler::artifact::write_atomic(&path, &npy::encode(&t)?)?;
+        println!("{} {:?} -> {}", name, t.dims, path.display());
+    }
+    Ok(())
+}
+
+fn build(config_path: PathBuf, force: bool) -> Result<()> {
+    let cfg = config::load(&config_path)?;
+    let backends = kiln_backends::all();
+    let mut log = |s: &str| eprintln!("kiln: {s}");
+    let outcome = driver::build(&cfg, force, &kiln_passes::make, &backends, &mut log)?;
+    if outcome.up_to_date {
+        println!("up to date: {} ({} artifacts)", outcome.output_dir.display(), outcome.manifest.artifacts.len());
+    } else {
+        for a in &outcome.manifest.artifacts {
+            println!("{:<40} {:>12} bytes  {}", a.path, a.bytes, &a.sha256[..16]);
+        }
+        println!("wrote {}", outcome.output_dir.join("manifest.json").display());
+    }
+    Ok(())
+}
+
+fn dump(model: PathBuf, inputs: Vec<String>) -> Result<()> {
+    let mut m = onnx::load(&model)?;
+    let pins = parse_pins(&inputs)?;
+    shape::infer(&mut m, &pins)?;
+    print!("{}", ir::dump::dump_model(&m));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Build { config, force } => build(config, force),
+        Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
+        Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
+        Cmd::Dump { model, inputs } => dump(model, inputs),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
