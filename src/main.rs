@@ -42,6 +42,20 @@ enum Cmd {
         #[arg(long)]
         output_dir: PathBuf,
     },
+    /// Import, run passes, export: a drop-in for onnxsim/onnxslim (no passes: a faithful round trip).
+    Optimize {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long = "input", value_name = "NAME=DIMS")]
+        inputs: Vec<String>,
+        /// Comma-separated pass names.
+        #[arg(long, value_delimiter = ',')]
+        passes: Vec<String>,
+        /// Write tensor data to OUTPUT.data.
+        #[arg(long)]
+        external_data: bool,
+    },
     /// Print the IR as text.
     Dump {
         model: PathBuf,
@@ -186,6 +200,21 @@ fn build(config_path: PathBuf, force: bool) -> Result<()> {
     Ok(())
 }
 
+fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<String>, external_data: bool) -> Result<()> {
+    let mut m = onnx::load(&model)?;
+    let pins = parse_pins(&inputs)?;
+    shape::infer(&mut m, &pins)?;
+    let passes = passes.iter().map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone()))).collect::<kiln_compiler::Result<Vec<_>>>()?;
+    let mut cx = kiln_compiler::pipeline::PassContext::default();
+    driver::run_passes(&mut m, &passes, &mut cx)?;
+    for r in &cx.records {
+        eprintln!("kiln: {:<12} {:>8.1} ms  nodes {} -> {}", r.pass, r.wall_ms, r.nodes.0, r.nodes.1);
+    }
+    let external = if external_data { onnx::ExternalData::Always } else { onnx::ExternalData::Auto };
+    onnx::save(&m, &output, &onnx::ExportOptions { external, strip_value_info: false })?;
+    Ok(())
+}
+
 fn dump(model: PathBuf, inputs: Vec<String>) -> Result<()> {
     let mut m = onnx::load(&model)?;
     let pins = parse_pins(&inputs)?;
@@ -201,6 +230,7 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
+        Cmd::Optimize { model, output, inputs, passes, external_data } => optimize(model, output, inputs, passes, external_data),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

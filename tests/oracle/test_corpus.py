@@ -1,0 +1,157 @@
+"""Corpus tier: every model in ../shared/models, checked against onnxruntime on the original model.
+
+Skipped as a whole, with a message saying so, when ../shared/models is absent."""
+import pathlib
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from kiln_oracle import CORPUS, IMAGE_MODELS, corpus_models, inspect_json, kiln, ort_run, session, validation_inputs
+
+pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus tier: {CORPUS} is absent")
+
+MODELS = [p.stem for p in corpus_models()] or ["<absent>"]
+
+
+def test_mobilenet_v2_inspect_numbers():
+    d = inspect_json(CORPUS / "mobilenet_v2.onnx")
+    assert abs(d["params"] - 3_487_816) <= 0.001 * 3_487_816, d["params"]
+    assert abs(d["macs"] - 300.8e6) <= 0.02 * 300.8e6, d["macs"]
+    assert d["macs_by_op"]["Conv"] > 0 and d["macs_by_op"]["Gemm"] == 1280 * 1000
+    assert d["op_types"]["Conv"] == 52 and d["nodes"] == 170
+    for key in ("nodes", "op_types", "params", "param_bytes", "macs", "macs_by_op"):
+        assert key in d
+
+
+@pytest.mark.parametrize("stem", MODELS)
+def test_inspect_every_model(stem):
+    d = inspect_json(CORPUS / f"{stem}.onnx")
+    m = onnx.load(str(CORPUS / f"{stem}.onnx"), load_external_data=False)
+    assert d["nodes"] == len(m.graph.node)
+    assert d["macs"] > 0 and not d["macs_unknown"], d["macs_unknown"]
+    params = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
+    assert d["params"] == params
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer):
+        assert d["external_data"], "external data files not reported"
+
+
+def build_onnx(tmp_path, model_path, passes="[]", extra=""):
+    work = tmp_path / "w"
+    work.mkdir()
+    for f in model_path.parent.glob(model_path.name + "*"):
+        (work / f.name).symlink_to(f) if f.suffix == ".onnx" else shutil.copy(f, work / f.name)
+    cfg = work / "kiln.yaml"
+    cfg.write_text(
+        f"model: {model_path.name}\npasses: {passes}\ntargets:\n  - {{ name: ref, backend: onnx, precision: fp32{extra} }}\noutput: out/\n"
+    )
+    kiln("build", cfg)
+    return work / "out" / "ref" / "model.onnx", cfg
+
+
+@pytest.mark.parametrize("stem", MODELS)
+def test_build_passes_empty_is_bit_identical(tmp_path, stem):
+    src = CORPUS / f"{stem}.onnx"
+    out, _ = build_onnx(tmp_path, src)
+    a, b = session(src), session(out)
+    feeds = validation_inputs(stem)
+    assert len(feeds) >= 32
+    for feed in feeds:
+        ra, rb = ort_run(a, feed), ort_run(b, feed)
+        for x, y in zip(ra, rb):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert np.array_equal(x, y), f"{stem}: max diff {np.abs(x - y).max()}"
+
+
+@pytest.mark.parametrize("stem", MODELS)
+def test_kiln_run_matches_onnxruntime(tmp_path, stem):
+    src = CORPUS / f"{stem}.onnx"
+    sess = session(src)
+    feeds = validation_inputs(stem, limit=3)
+    for i, feed in enumerate(feeds):
+        args = []
+        for name, arr in feed.items():
+            np.save(tmp_path / f"{name}_{i}.npy", arr)
+            args += ["--input", f"{name}={tmp_path / f'{name}_{i}.npy'}"]
+        outdir = tmp_path / f"out{i}"
+        kiln("run", src, *args, "--output-dir", outdir)
+        refs = ort_run(sess, feed)
+        names = [o.name for o in sess.get_outputs()]
+        for name, ref in zip(names, refs):
+            got = np.load(outdir / f"{name}.npy")
+            assert got.shape == ref.shape
+            err = np.abs(got.astype(np.float64) - ref).max()
+            scale = np.abs(ref).max()
+            if stem.endswith("_qat"):
+                assert err <= 5e-2 * scale, (stem, err, scale)
+                assert got.argmax(-1).tolist() == ref.argmax(-1).tolist()
+            else:
+                assert err <= 1e-4 * scale, (stem, err, scale)
+
+
+def test_kiln_run_qat_top1_on_many_inputs(tmp_path):
+    """Q/DQ model: same top-1 as onnxruntime on every validation input (run as one batch)."""
+    src = CORPUS / "digits_mobilenet_qat.onnx"
+    x = np.load(CORPUS.parent / "data" / "digits_val.npy").astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    kiln("run", src, "--input", f"input={tmp_path / 'x.npy'}", "--output-dir", tmp_path / "o")
+    got = np.load(tmp_path / "o" / "logits.npy")
+    ref = session(src).run(None, {"input": x})[0]
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert np.abs(got - ref).max() <= 5e-2 * np.abs(ref).max()
+
+
+def test_symbolic_dim_expressions_in_value_info(tmp_path):
+    """Exporters write dim expressions such as floor(height/2 - 1/2) + 1; such models load and run."""
+    m = onnx.load(str(CORPUS / "mobilenet_v2.onnx"))
+    exprs = ["floor(height/2 - 1/2) + 1", "floor(width/2 - 1/2) + 1"]
+    for n in m.graph.node[:6]:
+        if n.op_type == "Conv":
+            vi = onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, ["batch", None, *exprs])
+            m.graph.value_info.append(vi)
+    inp = m.graph.input[0].type.tensor_type.shape.dim
+    inp[2].dim_param, inp[3].dim_param = "height", "width"
+    path = tmp_path / "sym.onnx"
+    onnx.save(m, str(path))
+    feed = validation_inputs("mobilenet_v2", limit=1)[0]
+    np.save(tmp_path / "x.npy", feed["input"])
+    kiln("run", path, "--input", f"input={tmp_path / 'x.npy'}", "--output-dir", tmp_path / "o")
+    got = np.load(tmp_path / "o" / "logits.npy")
+    ref = session(path).run(None, feed)[0]
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    d = inspect_json(path, "--input", "input=1,3,224,224")
+    assert abs(d["macs"] - 300.8e6) <= 0.02 * 300.8e6
+
+
+def test_build_is_incremental_and_deterministic(tmp_path):
+    src = CORPUS / "efficientnet_b0.onnx"
+    out, cfg = build_onnx(tmp_path, src)
+    first = out.read_bytes()
+    manifest = (out.parent.parent / "manifest.json").read_text()
+    again = kiln("build", cfg)
+    assert "up to date" in again.stdout
+    kiln("build", cfg, "--force")
+    assert out.read_bytes() == first
+    assert (out.parent.parent / "manifest.json").read_text() == manifest
+    import json
+
+    m = json.loads(manifest)
+    roles = sorted(i["role"] for i in m["inputs"])
+    assert roles == ["config", "external_data", "model"], roles
+    art = m["artifacts"][0]
+    assert art["target"] == "ref" and art["backend"] == "onnx" and art["precision"] == "fp32"
+    import hashlib
+
+    assert art["sha256"] == hashlib.sha256(first).hexdigest() and art["bytes"] == len(first)
+    assert m["kiln_version"]
+
+
+def test_external_data_export_runs(tmp_path):
+    src = CORPUS / "shufflenet_v2_x1_0.onnx"
+    out, _ = build_onnx(tmp_path, src, extra=", external_data: always")
+    assert (out.parent / "model.onnx.data").exists()
+    feed = validation_inputs("shufflenet_v2_x1_0", limit=2)
+    a, b = session(src), session(out)
+    for f in feed:
+        assert np.array_equal(a.run(None, f)[0], b.run(None, f)[0])
