@@ -35,14 +35,14 @@ pub struct AttributeProto {
     /// Exactly ONE of the following fields must be present for this version of the IR
     ///
     /// float
-    #[prost(float, tag = "2")]
-    pub f: f32,
+    #[prost(float, optional, tag = "2")]
+    pub f: ::core::option::Option<f32>,
     /// int
-    #[prost(int64, tag = "3")]
-    pub i: i64,
+    #[prost(int64, optional, tag = "3")]
+    pub i: ::core::option::Option<i64>,
     /// UTF-8 string
-    #[prost(bytes = "vec", tag = "4")]
-    pub s: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub s: ::core::option::Option<::prost::alloc::vec::Vec<u8>>,
     /// tensor value
     #[prost(message, optional, tag = "5")]
     pub t: ::core::option::Option<TensorProto>,

@@ -25,11 +25,13 @@ pub struct Attribute {
     pub name: String,
     pub value: AttrValue,
     pub doc: String,
+    /// Names of the tensors of a TENSOR/TENSORS attribute, as the model wrote them.
+    pub tensor_names: Vec<String>,
 }
 
 impl Attribute {
     pub fn new(name: &str, value: AttrValue) -> Self {
-        Attribute { name: name.into(), value, doc: String::new() }
+        Attribute { name: name.into(), value, doc: String::new(), tensor_names: Vec::new() }
     }
     pub fn int(name: &str, v: i64) -> Self {
         Self::new(name, AttrValue::Int(v))

@@ -185,15 +185,15 @@ fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut TensorSink) -> Re
     let mut p = pb::AttributeProto { name: a.name.clone(), doc_string: a.doc.clone(), ..Default::default() };
     let ty = match &a.value {
         AttrValue::Float(f) => {
-            p.f = *f;
+            p.f = Some(*f);
             T::Float
         }
         AttrValue::Int(i) => {
-            p.i = *i;
+            p.i = Some(*i);
             T::Int
         }
         AttrValue::String(s) => {
-            p.s = s.clone();
+            p.s = Some(s.clone());
             T::String
         }
         AttrValue::Floats(f) => {
@@ -210,11 +210,11 @@ fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut TensorSink) -> Re
         }
         // Attribute tensors stay inline: runtimes resolve external data for initializers most reliably.
         AttrValue::Tensor(t) => {
-            p.t = Some(tensor_to_proto("", t, &mut TensorSink::Inline));
+            p.t = Some(tensor_to_proto(a.tensor_names.first().map(String::as_str).unwrap_or(""), t, &mut TensorSink::Inline));
             T::Tensor
         }
         AttrValue::Tensors(ts) => {
-            p.tensors = ts.iter().map(|t| tensor_to_proto("", t, &mut TensorSink::Inline)).collect();
+            p.tensors = ts.iter().enumerate().map(|(i, t)| tensor_to_proto(a.tensor_names.get(i).map(String::as_str).unwrap_or(""), t, &mut TensorSink::Inline)).collect();
             T::Tensors
         }
         AttrValue::Graph(g) => {

@@ -277,15 +277,16 @@ fn value_for(g: &mut Graph, name: &str) -> Result<ValueId> {
 fn import_attr(a: pb::AttributeProto, cx: &mut ImportCx, depth: usize) -> Result<Attribute> {
     use pb::attribute_proto::AttributeType as T;
     if !a.ref_attr_name.is_empty() {
-        return Ok(Attribute { name: a.name.clone(), value: AttrValue::Opaque(a.encode_to_vec()), doc: String::new() });
+        return Ok(Attribute { name: a.name.clone(), value: AttrValue::Opaque(a.encode_to_vec()), doc: String::new(), tensor_names: Vec::new() });
     }
     let ty = T::try_from(a.r#type).unwrap_or(T::Undefined);
     let name = a.name.clone();
     let doc = a.doc_string.clone();
+    let tensor_names: Vec<String> = a.t.iter().chain(a.tensors.iter()).map(|t| t.name.clone()).collect();
     let value = match ty {
-        T::Float => AttrValue::Float(a.f),
-        T::Int => AttrValue::Int(a.i),
-        T::String => AttrValue::String(a.s),
+        T::Float => AttrValue::Float(a.f.unwrap_or_default()),
+        T::Int => AttrValue::Int(a.i.unwrap_or_default()),
+        T::String => AttrValue::String(a.s.unwrap_or_default()),
         T::Floats => AttrValue::Floats(a.floats),
         T::Ints => AttrValue::Ints(a.ints),
         T::Strings => AttrValue::Strings(a.strings),
@@ -301,5 +302,5 @@ fn import_attr(a: pb::AttributeProto, cx: &mut ImportCx, depth: usize) -> Result
         T::Graphs => AttrValue::Graphs(a.graphs.into_iter().map(|g| import_graph(g, cx, depth + 1)).collect::<Result<_>>()?),
         _ => AttrValue::Opaque(a.encode_to_vec()),
     };
-    Ok(Attribute { name, value, doc })
+    Ok(Attribute { name, value, doc, tensor_names })
 }

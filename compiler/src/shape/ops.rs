@@ -103,7 +103,13 @@ pub fn infer_node(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
         Op::MatMul => matmul(ins),
         Op::Flatten { axis } => {
             let Some(s) = shape_of(ins, 0) else { return Ok(vec![fact(dtype_of(ins, 0), None)]) };
-            let a = if s.is_empty() { 0 } else { norm_axis(axis.unwrap_or(1), s.len() + 1)? };
+            let r = s.len() as i64;
+            let ax = axis.unwrap_or(1);
+            let ax = if ax < 0 { ax + r } else { ax };
+            if ax < 0 || ax > r {
+                return Err(format!("axis {} out of range for rank {r}", axis.unwrap_or(1)));
+            }
+            let a = ax as usize;
             let prod = |d: &[Dim]| d.iter().try_fold(1i64, |acc, x| x.known().map(|k| acc * k)).map(Dim::Known).unwrap_or(Dim::Unknown);
             Ok(vec![fact(dtype_of(ins, 0), Some(vec![prod(&s[..a]), prod(&s[a..])]))])
         }
