@@ -73,3 +73,50 @@ def corpus_models():
     if not CORPUS.is_dir():
         return []
     return sorted(p for p in CORPUS.glob("*.onnx"))
+
+
+def local_models():
+    return sorted(LOCAL_MODELS.glob("*.onnx"))
+
+
+def local_inputs(path, limit=None):
+    """Feeds for a model shipped in tests/models: `<stem>_inputs.npy` (the dynamo twin shares its
+    torchscript sibling's inputs), one sample per feed."""
+    stem = path.stem.replace("_dynamo", "")
+    x = np.load(LOCAL_MODELS / f"{stem}_inputs.npy")[:limit]
+    sess = session(path)
+    name = sess.get_inputs()[0].name
+    return [{name: x[i : i + 1]} for i in range(len(x))]
+
+
+def independent_macs(path, pins):
+    """MACs from onnx's own shape inference (independent of kiln's) for Conv/Gemm/MatMul/LSTM."""
+    import onnx
+    from onnx import shape_inference
+
+    m = onnx.load(str(path))
+    for i in m.graph.input:
+        if i.name in pins:
+            for d, v in zip(i.type.tensor_type.shape.dim, pins[i.name]):
+                d.ClearField("dim_param")
+                d.dim_value = v
+    m = shape_inference.infer_shapes(m, data_prop=True)
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    total = 0
+    for n in m.graph.node:
+        if n.op_type == "Conv":
+            total += int(np.prod(shapes[n.output[0]])) * int(np.prod(shapes[n.input[1]][1:]))
+        elif n.op_type == "Gemm":
+            ta = next((a.i for a in n.attribute if a.name == "transA"), 0)
+            a = shapes[n.input[0]]
+            total += int(np.prod(shapes[n.output[0]])) * (a[0] if ta else a[1])
+        elif n.op_type == "MatMul":
+            total += int(np.prod(shapes[n.output[0]])) * shapes[n.input[0]][-1]
+        elif n.op_type == "LSTM":
+            x, w, r = shapes[n.input[0]], shapes[n.input[1]], shapes[n.input[2]]
+            total += x[0] * x[1] * (int(np.prod(w)) + int(np.prod(r)))
+    return total

@@ -444,6 +444,7 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
                     let axes: Vec<usize> = axes.iter().map(|a| norm_axis(*a, x.len())).collect::<Result<_, _>>()?;
                     x.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()
                 }
+                None if ins.get(1).map(|f| f.is_some()).unwrap_or(false) => return Ok(vec![fact(dt0, None)]),
                 None if x.iter().all(|d| d.known().is_some()) => x.iter().filter(|d| d.known() != Some(1)).cloned().collect(),
                 None => return Ok(vec![fact(dt0, None)]),
             };
