@@ -79,13 +79,26 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `path` relative to `base` (both canonicalized), with `..` where needed, so manifests do not depend
+/// on where the checkout lives.
 fn rel(path: &Path, base: &Path) -> String {
+    use std::path::Component;
     let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     let (p, b) = (canon(path), canon(base));
-    match p.strip_prefix(&b) {
-        Ok(r) => r.display().to_string(),
-        Err(_) => p.display().to_string(),
+    let pc: Vec<Component> = p.components().collect();
+    let bc: Vec<Component> = b.components().collect();
+    let common = pc.iter().zip(&bc).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return p.display().to_string();
     }
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &pc[common..] {
+        out.push(c.as_os_str());
+    }
+    out.display().to_string()
 }
 
 fn input_record(role: &str, path: &Path, base: &Path) -> Result<InputRecord> {
@@ -95,6 +108,9 @@ fn input_record(role: &str, path: &Path, base: &Path) -> Result<InputRecord> {
 
 /// True when the previous manifest still describes the current inputs and artifacts.
 fn up_to_date(cfg: &LoadedConfig, out: &Path) -> Option<Manifest> {
+    if std::fs::read_to_string(out.join(STAMP)).ok()? != build_stamp() {
+        return None;
+    }
     let text = std::fs::read(out.join("manifest.json")).ok()?;
     let m: Manifest = serde_json::from_slice(&text).ok()?;
     if m.kiln_version != KILN_VERSION {
@@ -116,6 +132,18 @@ fn up_to_date(cfg: &LoadedConfig, out: &Path) -> Option<Manifest> {
         }
     }
     Some(m)
+}
+
+/// File in the output folder identifying the kiln executable that wrote it (kept out of the manifest so
+/// the manifest stays byte-identical across machines): a rebuilt kiln rebuilds the artifacts.
+const STAMP: &str = ".kiln-stamp";
+
+fn build_stamp() -> String {
+    let exe = std::env::current_exe().ok().and_then(|p| std::fs::metadata(p).ok());
+    let (len, mtime) = exe
+        .map(|m| (m.len(), m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0)))
+        .unwrap_or((0, 0));
+    format!("kiln {KILN_VERSION} exe {len} {mtime}\n")
 }
 
 /// Run passes in order, recording before/after statistics.
@@ -214,6 +242,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     write_atomic(&out.join("report.json"), &json(&report))?;
     // The manifest goes last: it is what marks the build complete.
     write_atomic(&out.join("manifest.json"), &json(&manifest))?;
+    write_atomic(&out.join(STAMP), build_stamp().as_bytes())?;
     Ok(Outcome { up_to_date: false, manifest, output_dir: out })
 }
 

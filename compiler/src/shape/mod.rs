@@ -50,7 +50,9 @@ pub fn infer(model: &mut Model, pins: &Pins) -> Result<()> {
         }
         v.shape = Some(dims.iter().map(|d| Dim::Known(*d)).collect());
     }
-    infer_graph(g, opset)
+    infer_graph(g, opset)?;
+    // Inferred types can expose inconsistencies the declared ones hid (a Cast feeding a float op, say).
+    crate::ir::verify::verify(g)
 }
 
 pub fn fmt_shape(s: &[Dim]) -> String {

@@ -171,7 +171,7 @@ fn binary(b: BinOp, ins: &[Option<Fact>]) -> R {
     Ok(vec![f])
 }
 
-fn conv_out(input: &Dim, k: i64, stride: i64, dil: i64, pad: i64, auto: &str, ceil: bool) -> Dim {
+fn conv_out(input: &Dim, k: i64, stride: i64, dil: i64, (pad_begin, pad): (i64, i64), auto: &str, ceil: bool) -> Dim {
     let Some(i) = input.known() else { return Dim::Unknown };
     let ek = (k - 1) * dil + 1;
     match auto {
@@ -184,7 +184,7 @@ fn conv_out(input: &Dim, k: i64, stride: i64, dil: i64, pad: i64, auto: &str, ce
             }
             let mut o = if ceil { (num + stride - 1) / stride + 1 } else { num / stride + 1 };
             // ONNX: the last window must start inside the (left-)padded input.
-            if ceil && (o - 1) * stride >= i + pad / 2 {
+            if ceil && (o - 1) * stride >= i + pad_begin {
                 o -= 1;
             }
             Dim::Known(o)
@@ -200,7 +200,8 @@ fn spatial(window: &crate::ir::Window, x: &[Dim], kernel: &[i64], ceil: bool) ->
     let auto = window.auto_pad.clone().unwrap_or_else(|| "NOTSET".into());
     (0..nsp)
         .map(|i| {
-            let p = pads.get(i).copied().unwrap_or(0) + pads.get(i + nsp).copied().unwrap_or(0);
+            let begin = pads.get(i).copied().unwrap_or(0);
+            let p = (begin, begin + pads.get(i + nsp).copied().unwrap_or(0));
             conv_out(
                 x.get(2 + i).unwrap_or(&Dim::Unknown),
                 kernel[i],

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# kiln's whole test suite, installing what it needs on a fresh machine:
+#   - Debian packages when missing (libonnx-testdata: ONNX node test cases), via apt-get as root;
+#   - a Python venv (.venv) with the pinned oracles from tests/requirements.txt (onnxruntime, onnx, numpy, ...);
+#   - a release build of kiln (cached in target/ between runs);
+# then runs the Rust tests (unit + hostile input) and the oracle tests (pytest, against onnxruntime).
+# The corpus tier (../shared/models) reports itself skipped when the corpus is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# 1. Debian packages.
+need_pkgs=()
+dpkg -s libonnx-testdata >/dev/null 2>&1 || need_pkgs+=(libonnx-testdata)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "apt-get install ${need_pkgs[*]}"
+    apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null || echo "warning: could not install ${need_pkgs[*]}; those tests will report themselves skipped"
+  else
+    echo "note: ${need_pkgs[*]} not installed and not root; those tests will report themselves skipped"
+  fi
+fi
+
+# 2. Python venv with pinned oracles (rebuilt when tests/requirements.txt changes).
+req_hash=$(sha256sum tests/requirements.txt | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.req-hash 2>/dev/null)" != "$req_hash" ]; then
+  log "creating .venv (tests/requirements.txt)"
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -r tests/requirements.txt
+  echo "$req_hash" > .venv/.req-hash
+fi
+
+# 3. Build (release; reused by every test below).
+log "cargo build --release"
+cargo build --release --locked 2>&1 | tail -n 3
+
+# 4. Rust tests: unit tests of every crate and the hostile-input suite.
+log "cargo test --release"
+cargo test --release --locked --workspace 2>&1 | grep -E "^(test result|running|error|failures|---- )|panicked|FAILED" || true
+cargo test --release --locked --workspace --quiet >/dev/null 2>&1 || { cargo test --release --locked --workspace 2>&1 | tail -n 60; exit 1; }
+
+# 5. Oracle tests (onnxruntime on the original models).
+log "pytest tests/oracle"
+export KILN_BIN="$ROOT/target/release/kiln"
+cd tests/oracle
+exec "$ROOT/.venv/bin/python" -m pytest -q -rs "$@"
