@@ -46,7 +46,7 @@ fn sig(g: &Graph, v: crate::ir::ValueId) -> TensorSig {
 }
 
 fn prod(s: &[i64]) -> u64 {
-    s.iter().map(|d| (*d).max(0) as u64).product()
+    s.iter().fold(1u64, |acc, d| acc.saturating_mul((*d).max(0) as u64))
 }
 
 /// MACs of one node, when its shapes are known.
@@ -56,21 +56,21 @@ pub fn node_macs(g: &Graph, n: &crate::ir::Node) -> Option<u64> {
     match &n.op {
         Op::Conv { .. } => {
             let w = shape(1)?;
-            Some(prod(&out(0)?) * prod(&w[1..]))
+            Some(prod(&out(0)?).saturating_mul(prod(w.get(1..)?)))
         }
         Op::Gemm { trans_a, .. } => {
             let a = shape(0)?;
-            let k = if trans_a.unwrap_or(0) != 0 { a[0] } else { *a.get(1)? };
-            Some(prod(&out(0)?) * k.max(0) as u64)
+            let k = if trans_a.unwrap_or(0) != 0 { *a.first()? } else { *a.get(1)? };
+            Some(prod(&out(0)?).saturating_mul(k.max(0) as u64))
         }
         Op::MatMul => {
             let a = shape(0)?;
-            Some(prod(&out(0)?) * (*a.last()?).max(0) as u64)
+            Some(prod(&out(0)?).saturating_mul((*a.last()?).max(0) as u64))
         }
         Op::Generic { op_type, .. } => match op_type.as_str() {
             "ConvTranspose" => {
                 let w = shape(1)?;
-                Some(prod(&shape(0)?) * prod(&w[1..]))
+                Some(prod(&shape(0)?).saturating_mul(prod(w.get(1..)?)))
             }
             "LSTM" | "GRU" | "RNN" => {
                 let gates = match op_type.as_str() { "LSTM" => 4, "GRU" => 3, _ => 1 };
@@ -78,9 +78,10 @@ pub fn node_macs(g: &Graph, n: &crate::ir::Node) -> Option<u64> {
                 let w = shape(1)?; // [dirs, gates*hidden, input]
                 let r = shape(2)?; // [dirs, gates*hidden, hidden]
                 let batch_first = n.op.attr_int("layout").unwrap_or(0) == 1;
-                let (seq, batch) = if batch_first { (x[1], x[0]) } else { (x[0], x[1]) };
+                let (x0, x1) = (*x.first()?, *x.get(1)?);
+                let (seq, batch) = if batch_first { (x1, x0) } else { (x0, x1) };
                 let _ = gates;
-                Some(seq.max(0) as u64 * batch.max(0) as u64 * (prod(&w) + prod(&r)))
+                Some(prod(&[seq, batch]).saturating_mul(prod(&w).saturating_add(prod(&r))))
             }
             _ => None,
         },
@@ -103,7 +104,10 @@ pub fn model_stats(m: &Model) -> ModelStats {
         *op_types.entry(n.op.op_type().to_string()).or_insert(0) += 1;
         if is_mac_op(&n.op) {
             match node_macs(g, n) {
-                Some(x) => *macs_by_op.entry(n.op.op_type().to_string()).or_insert(0) += x,
+                Some(x) => {
+                    let e = macs_by_op.entry(n.op.op_type().to_string()).or_insert(0);
+                    *e = e.saturating_add(x);
+                }
                 None => macs_unknown.push(n.name.clone()),
             }
         }
@@ -129,7 +133,7 @@ pub fn model_stats(m: &Model) -> ModelStats {
         op_types,
         params,
         param_bytes,
-        macs: macs_by_op.values().sum(),
+        macs: macs_by_op.values().fold(0u64, |a, b| a.saturating_add(*b)),
         macs_by_op,
         macs_unknown,
         dynamic_dims,

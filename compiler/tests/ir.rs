@@ -221,3 +221,23 @@ fn golden_dumps() {
     shape::infer(&mut m, &Default::default()).unwrap();
     golden("conv_relu.txt", &dump::dump_model(&m));
 }
+
+/// Inputs the fuzzer once crashed on (tests/fuzz_regressions): import, infer, export, re-import — errors
+/// are fine, panics and unreadable exports are not.
+#[test]
+fn fuzz_regressions() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz_regressions");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        n += 1;
+        let Ok(mut m) = onnx::load_bytes(&bytes, None, Path::new("regression")) else { continue };
+        if shape::infer(&mut m, &Default::default()).is_err() {
+            continue;
+        }
+        let _ = kiln_compiler::stats::model_stats(&m);
+        let out = onnx::to_bytes(&m, &Default::default()).unwrap();
+        onnx::load_bytes(&out, None, Path::new("re-import")).unwrap();
+    }
+    assert!(n >= 2);
+}

@@ -81,6 +81,9 @@ pub fn infer_graph(g: &mut Graph, opset: i64) -> Result<()> {
                 val.dtype = f.dtype;
             }
             if let Some(s) = &f.shape {
+                // A negative extent can only come from contradictory input: treat it as unknown.
+                let s: Vec<Dim> = s.iter().map(|d| if matches!(d, Dim::Known(k) if *k < 0) { Dim::Unknown } else { d.clone() }).collect();
+                let s = &s;
                 // Keep the model's symbolic names where inference only knows "unknown".
                 let merged = match &val.shape {
                     Some(old) if old.len() == s.len() => {

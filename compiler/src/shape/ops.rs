@@ -28,7 +28,7 @@ fn ints_of(f: &Option<Fact>) -> Option<Vec<i64>> {
 fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
-    if a < 0 || a >= r.max(1) {
+    if a < 0 || a >= r {
         return Err(format!("axis {axis} out of range for rank {rank}"));
     }
     Ok(a as usize)
@@ -54,6 +54,12 @@ pub fn broadcast(shapes: &[&Vec<Dim>]) -> Result<Vec<Dim>, String> {
         }
     }
     Ok(out)
+}
+
+const NONE: Option<Fact> = None;
+
+fn inp(ins: &[Option<Fact>], i: usize) -> &Option<Fact> {
+    ins.get(i).unwrap_or(&NONE)
 }
 
 fn in_fact(ins: &[Option<Fact>], i: usize) -> Option<&Fact> {
@@ -110,7 +116,7 @@ pub fn infer_node(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
                 return Err(format!("axis {} out of range for rank {r}", axis.unwrap_or(1)));
             }
             let a = ax as usize;
-            let prod = |d: &[Dim]| d.iter().try_fold(1i64, |acc, x| x.known().map(|k| acc * k)).map(Dim::Known).unwrap_or(Dim::Unknown);
+            let prod = |d: &[Dim]| d.iter().try_fold(1i64, |acc, x| x.known().and_then(|k| acc.checked_mul(k))).map(Dim::Known).unwrap_or(Dim::Unknown);
             Ok(vec![fact(dtype_of(ins, 0), Some(vec![prod(&s[..a]), prod(&s[a..])]))])
         }
         Op::Reshape { allowzero } => reshape(ins, allowzero.unwrap_or(0) != 0),
@@ -143,8 +149,8 @@ fn binary(b: BinOp, ins: &[Option<Fact>]) -> R {
     let shape = broadcast(&[a, c])?;
     let mut f = fact(dt, Some(shape.clone()));
     // Integer arithmetic on small constants (shape computations).
-    if let (Some(x), Some(y), Some(dims)) = (ints_of(&ins[0]), ints_of(&ins[1]), static_of(&shape)) {
-        if matches!(dt, DType::I64 | DType::I32) && dims.len() <= 1 && (x.len() == 1 || y.len() == 1 || x.len() == y.len()) {
+    if let (Some(x), Some(y), Some(dims)) = (ints_of(inp(ins, 0)), ints_of(inp(ins, 1)), static_of(&shape)) {
+        if matches!(dt, DType::I64 | DType::I32) && dims.len() <= 1 && !x.is_empty() && !y.is_empty() && (x.len() == 1 || y.len() == 1 || x.len() == y.len()) {
             let len = x.len().max(y.len());
             let get = |v: &Vec<i64>, i: usize| if v.len() == 1 { v[0] } else { v[i] };
             let vals: Option<Vec<i64>> = (0..len)
@@ -173,18 +179,18 @@ fn binary(b: BinOp, ins: &[Option<Fact>]) -> R {
 
 fn conv_out(input: &Dim, k: i64, stride: i64, dil: i64, (pad_begin, pad): (i64, i64), auto: &str, ceil: bool) -> Dim {
     let Some(i) = input.known() else { return Dim::Unknown };
-    let ek = (k - 1) * dil + 1;
+    let ek = k.saturating_sub(1).saturating_mul(dil).saturating_add(1);
     match auto {
-        "SAME_UPPER" | "SAME_LOWER" => Dim::Known((i + stride - 1) / stride),
-        "VALID" => Dim::Known((i - ek) / stride + 1),
+        "SAME_UPPER" | "SAME_LOWER" => Dim::Known(i.saturating_add(stride - 1) / stride),
+        "VALID" => Dim::Known((i.saturating_sub(ek) / stride + 1).max(0)),
         _ => {
-            let num = i + pad - ek;
+            let num = i.saturating_add(pad).saturating_sub(ek);
             if num < 0 {
                 return Dim::Known(0);
             }
-            let mut o = if ceil { (num + stride - 1) / stride + 1 } else { num / stride + 1 };
+            let mut o = if ceil { num.saturating_add(stride - 1) / stride + 1 } else { num / stride + 1 };
             // ONNX: the last window must start inside the (left-)padded input.
-            if ceil && (o - 1) * stride >= i + pad_begin {
+            if ceil && (o - 1).saturating_mul(stride) >= i.saturating_add(pad_begin) {
                 o -= 1;
             }
             Dim::Known(o)
@@ -290,9 +296,9 @@ fn reshape(ins: &[Option<Fact>], allowzero: bool) -> R {
         });
     }
     if let (Some(at), Some(total)) = (infer_at, total) {
-        let rest: Option<i64> = out.iter().enumerate().filter(|(i, _)| *i != at).try_fold(1i64, |acc, (_, d)| d.known().map(|k| acc * k));
+        let rest: Option<i64> = out.iter().enumerate().filter(|(i, _)| *i != at).try_fold(1i64, |acc, (_, d)| d.known().and_then(|k| acc.checked_mul(k)));
         if let Some(rest) = rest {
-            if rest != 0 {
+            if rest > 0 && (total as i64) >= 0 {
                 out[at] = Dim::Known(total as i64 / rest);
             }
         }
@@ -318,7 +324,7 @@ fn concat(axis: i64, ins: &[Option<Fact>]) -> R {
         if s.len() != first.len() {
             return Err(format!("inputs of rank {} and {}", first.len(), s.len()));
         }
-        sum = sum.and_then(|acc| s[a].known().map(|k| acc + k));
+        sum = sum.and_then(|acc| s[a].known().and_then(|k| acc.checked_add(k)));
     }
     out[a] = sum.map(Dim::Known).unwrap_or(Dim::Unknown);
     let mut f = fact(dt, Some(out.clone()));
@@ -359,7 +365,7 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             let to = n.op.attr_int("to").map(|t| DType::from_onnx(t as i32)).unwrap_or(DType::Undefined);
             let mut f = fact(to, shape_of(ins, 0).cloned());
             if matches!(to, DType::I64) {
-                if let (Some(v), Some(s)) = (ints_of(&ins[0]), shape_of(ins, 0).and_then(|s| static_of(s))) {
+                if let (Some(v), Some(s)) = (ints_of(inp(ins, 0)), shape_of(ins, 0).and_then(|s| static_of(s))) {
                     f = int_const(s, &v);
                 }
             }
@@ -405,7 +411,7 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             out.extend(idx.iter().cloned());
             out.extend(x[a + 1..].iter().cloned());
             let mut f = fact(dt0, Some(out.clone()));
-            if let (Some(data), Some(ix), Some(dims)) = (ints_of(&ins[0]), ints_of(&ins[1]), static_of(&out)) {
+            if let (Some(data), Some(ix), Some(dims)) = (ints_of(inp(ins, 0)), ints_of(inp(ins, 1)), static_of(&out)) {
                 if x.len() == 1 {
                     let len = data.len() as i64;
                     let vals: Option<Vec<i64>> = ix.iter().map(|&i| { let i = if i < 0 { i + len } else { i }; data.get(i as usize).copied() }).collect();
@@ -431,7 +437,7 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
                 out.insert(a, Dim::Known(1));
             }
             let mut f = fact(dt0, Some(out.clone()));
-            if let (Some(v), Some(dims)) = (ints_of(&ins[0]), static_of(&out)) {
+            if let (Some(v), Some(dims)) = (ints_of(inp(ins, 0)), static_of(&out)) {
                 f = int_const(dims, &v);
                 f.dtype = dt0;
             }
@@ -450,7 +456,7 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
                 None => return Ok(vec![fact(dt0, None)]),
             };
             let mut f = fact(dt0, Some(out.clone()));
-            if let (Some(v), Some(dims)) = (ints_of(&ins[0]), static_of(&out)) {
+            if let (Some(v), Some(dims)) = (ints_of(inp(ins, 0)), static_of(&out)) {
                 f = int_const(dims, &v);
                 f.dtype = dt0;
             }
@@ -487,11 +493,11 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             let a = norm_axis(n.op.attr_int("axis").unwrap_or(0), x.len())?;
             let nout = n.outputs.len() as i64;
             let split = n.op.attr_ints("split").or_else(|| ints_of(&ins.get(1).cloned().flatten()));
-            let sizes: Vec<Dim> = match (split, x[a].known()) {
+            let sizes: Vec<Dim> = match (split, x[a].known().filter(|l| *l >= 0)) {
                 (Some(s), _) => s.into_iter().map(Dim::Known).collect(),
                 (None, Some(len)) if nout > 0 => {
-                    let chunk = (len + nout - 1) / nout;
-                    (0..nout).map(|i| Dim::Known((len - i * chunk).clamp(0, chunk))).collect()
+                    let chunk = len.saturating_add(nout - 1) / nout;
+                    (0..nout).map(|i| Dim::Known(len.saturating_sub(i.saturating_mul(chunk)).clamp(0, chunk))).collect()
                 }
                 _ => vec![Dim::Unknown; nout as usize],
             };
@@ -521,6 +527,9 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
         }
         "LSTM" | "GRU" | "RNN" => {
             let (Some(x), Some(w)) = (shape_of(ins, 0), shape_of(ins, 1)) else { return Ok(vec![]) };
+            if x.len() != 3 {
+                return Err(format!("input of rank {} (expected 3)", x.len()));
+            }
             let hidden = n.op.attr_int("hidden_size").map(Dim::Known).unwrap_or(Dim::Unknown);
             let dirs = w.first().cloned().unwrap_or(Dim::Unknown);
             let batch_first = n.op.attr_int("layout").unwrap_or(0) == 1;
@@ -552,7 +561,11 @@ fn slice(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
         if step == 0 {
             return Err("step 0".into());
         }
-        let Some(len) = x[a].known() else { out[a] = Dim::Unknown; continue };
+        let Some(len) = x[a].known().filter(|l| *l >= 0) else { out[a] = Dim::Unknown; continue };
+        if len == 0 {
+            out[a] = Dim::Known(0);
+            continue;
+        }
         let clampi = |v: i64, lo: i64, hi: i64| { let v = if v < 0 { v + len } else { v }; v.clamp(lo, hi) };
         let (s, e) = if step > 0 { (clampi(starts[i], 0, len), clampi(ends[i], 0, len)) } else { (clampi(starts[i], 0, len - 1), clampi(ends[i], -1, len - 1)) };
         let cnt = if step > 0 { ((e - s).max(0) + step - 1) / step } else { ((s - e).max(0) + (-step) - 1) / (-step) };
@@ -563,7 +576,7 @@ fn slice(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
     }
     let mut f = fact(dt, Some(out.clone()));
     if x.len() == 1 && ranges.len() == 1 {
-        if let Some(v) = ints_of(&ins[0]) {
+        if let Some(v) = ints_of(inp(ins, 0)) {
             let (s, step, cnt) = ranges[0];
             let vals: Vec<i64> = (0..cnt).filter_map(|k| v.get((s + k * step) as usize).copied()).collect();
             if vals.len() as i64 == cnt {
