@@ -16,6 +16,12 @@ pub trait Pass {
 #[derive(Default)]
 pub struct PassContext {
     pub records: Vec<PassRecord>,
+    /// Verify the graph after every pass even in release builds (tests, `--verify`).
+    pub verify: bool,
+    /// Dump the IR after every run of the pass with this name (`--dump-ir`).
+    pub dump_after: Option<String>,
+    /// IR dumps taken, as (pass, text).
+    pub dumps: Vec<(String, String)>,
 }
 
 /// Before/after statistics of one pass run.

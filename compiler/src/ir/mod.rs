@@ -314,6 +314,48 @@ impl Graph {
         Some(node)
     }
 
+    /// Rename a value (the new name must be unused).
+    pub fn rename_value(&mut self, id: ValueId, name: &str) -> Result<()> {
+        if self.names.contains_key(name) {
+            return Err(Error::invalid(format!("cannot rename '{}' to '{name}': name in use", self.value(id).name)));
+        }
+        let old = std::mem::replace(&mut self.values[id.index()].name, name.to_string());
+        self.names.remove(&old);
+        self.names.insert(name.to_string(), id);
+        Ok(())
+    }
+
+    /// Add a constant (initializer) value named after `base`.
+    pub fn add_const(&mut self, base: &str, data: TensorData) -> Result<ValueId> {
+        let mut v = Value::new(self.fresh_name(base));
+        v.dtype = data.dtype;
+        v.shape = Some(data.dims.iter().map(|d| Dim::Known(*d)).collect());
+        v.data = Some(data);
+        let id = self.add_value(v)?;
+        self.initializers.push(id);
+        Ok(id)
+    }
+
+    /// Add an intermediate value with the given type, named after `base`.
+    pub fn add_temp(&mut self, base: &str, dtype: DType, shape: Option<Vec<Dim>>) -> Result<ValueId> {
+        let mut v = Value::new(self.fresh_name(base));
+        v.dtype = dtype;
+        v.shape = shape;
+        self.add_value(v)
+    }
+
+    pub fn is_output(&self, v: ValueId) -> bool {
+        self.outputs.contains(&v)
+    }
+
+    /// The constant data of `v`, if it is an initializer or folded constant (not a graph input).
+    pub fn const_data(&self, v: ValueId) -> Option<&TensorData> {
+        if self.inputs.contains(&v) {
+            return None;
+        }
+        self.value(v).data.as_ref()
+    }
+
     /// Nodes reading `v` and the input slots they read it at.
     pub fn consumers(&self, v: ValueId) -> Vec<(NodeId, usize)> {
         let mut out = Vec::new();

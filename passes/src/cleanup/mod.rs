@@ -1,2 +1,5 @@
 //! Cleanup passes: graph simplifications that never change results.
+pub mod cse;
 pub mod dce;
+pub mod fold_constants;
+pub mod identity;
