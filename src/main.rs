@@ -55,6 +55,12 @@ enum Cmd {
         /// Write tensor data to OUTPUT.data.
         #[arg(long)]
         external_data: bool,
+        /// Print the IR after every run of this pass (a pass name, or pipeline/pass).
+        #[arg(long, value_name = "PASS")]
+        dump_ir: Option<String>,
+        /// Print every pass run, not just the top-level ones.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Print the IR as text.
     Dump {
@@ -200,14 +206,23 @@ fn build(config_path: PathBuf, force: bool) -> Result<()> {
     Ok(())
 }
 
-fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<String>, external_data: bool) -> Result<()> {
+fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<String>, external_data: bool, dump_ir: Option<String>, verbose: bool) -> Result<()> {
     let mut m = onnx::load(&model)?;
     let pins = parse_pins(&inputs)?;
     shape::infer(&mut m, &pins)?;
     let passes = passes.iter().map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone()))).collect::<kiln_compiler::Result<Vec<_>>>()?;
-    let mut cx = kiln_compiler::pipeline::PassContext::default();
+    let mut cx = kiln_compiler::pipeline::PassContext { dump_after: dump_ir.clone(), ..Default::default() };
     driver::run_passes(&mut m, &passes, &mut cx)?;
-    for r in &cx.records {
+    if let Some(d) = &dump_ir {
+        if cx.dumps.is_empty() {
+            let known: Vec<&str> = cx.records.iter().map(|r| r.pass.as_str()).collect();
+            anyhow::bail!("--dump-ir {d}: no such pass ran (ran: {})", known.join(", "));
+        }
+        for (pass, text) in &cx.dumps {
+            println!("; IR after {pass}\n{text}");
+        }
+    }
+    for r in cx.records.iter().filter(|r| verbose || !r.pass.contains('/')) {
         eprintln!("kiln: {:<12} {:>8.1} ms  nodes {} -> {}", r.pass, r.wall_ms, r.nodes.0, r.nodes.1);
     }
     let external = if external_data { onnx::ExternalData::Always } else { onnx::ExternalData::Auto };
@@ -230,7 +245,7 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
-        Cmd::Optimize { model, output, inputs, passes, external_data } => optimize(model, output, inputs, passes, external_data),
+        Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => optimize(model, output, inputs, passes, external_data, dump_ir, verbose),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

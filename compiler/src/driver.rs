@@ -158,6 +158,9 @@ pub fn run_passes(model: &mut Model, passes: &[Box<dyn Pass>], cx: &mut PassCont
             crate::ir::verify::verify(&model.graph).map_err(|e| Error::Pass { pass: p.name().into(), reason: format!("left an invalid graph: {e}") })?;
         }
         let after = model_stats(model);
+        if cx.dump_after.as_deref() == Some(p.name()) {
+            cx.dumps.push((p.name().to_string(), crate::ir::dump::dump_model(model)));
+        }
         cx.records.push(PassRecord {
             pass: p.name().into(),
             wall_ms: t0.elapsed().as_secs_f64() * 1e3,

@@ -67,6 +67,12 @@ pub fn node_macs(g: &Graph, n: &crate::ir::Node) -> Option<u64> {
             let a = shape(0)?;
             Some(prod(&out(0)?).saturating_mul((*a.last()?).max(0) as u64))
         }
+        Op::Attention { .. } => {
+            let (q, v) = (shape(0)?, shape(2)?);
+            let o = out(0)?;
+            let scores = prod(o.get(..o.len().checked_sub(1)?)?).saturating_mul((*v.get(v.len().checked_sub(2)?)?).max(0) as u64);
+            Some(scores.saturating_mul((*q.last()?).max(0) as u64).saturating_add(prod(&o).saturating_mul((*v.get(v.len() - 2)?).max(0) as u64)))
+        }
         Op::Generic { op_type, .. } => match op_type.as_str() {
             "ConvTranspose" => {
                 let w = shape(1)?;
@@ -90,7 +96,7 @@ pub fn node_macs(g: &Graph, n: &crate::ir::Node) -> Option<u64> {
 }
 
 fn is_mac_op(op: &Op) -> bool {
-    matches!(op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)
+    matches!(op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul | Op::Attention { .. })
         || matches!(op, Op::Generic { op_type, .. } if matches!(op_type.as_str(), "ConvTranspose" | "LSTM" | "GRU" | "RNN"))
 }
 

@@ -53,3 +53,25 @@ pub fn bypass(g: &mut Graph, node: NodeId, out: ValueId, inp: ValueId) -> Result
 pub fn is_onnx_domain(d: &str) -> bool {
     d.is_empty() || d == "ai.onnx"
 }
+
+/// A scalar f32 constant (any shape with one element).
+pub fn scalar_const(g: &Graph, v: Option<ValueId>) -> Option<f32> {
+    let d = g.const_data(v?)?;
+    if d.len() != 1 || !d.dtype.is_float() {
+        return None;
+    }
+    d.to_f32_vec()?.first().copied()
+}
+
+/// The other input of a binary node, given one of them.
+pub fn other_input(n: &kiln_compiler::ir::Node, v: ValueId) -> Option<ValueId> {
+    match (n.input(0), n.input(1)) {
+        (Some(a), Some(b)) if a == v => Some(b),
+        (Some(a), Some(b)) if b == v => Some(a),
+        _ => None,
+    }
+}
+
+pub fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-4 * b.abs().max(1.0)
+}

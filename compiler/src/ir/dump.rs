@@ -42,6 +42,19 @@ fn attr_text(v: &AttrValue) -> String {
     }
 }
 
+/// A fused activation as text, e.g. `Clip(0,6)`.
+pub fn act_text(a: &super::Act) -> String {
+    use super::Act;
+    let f = |v: &Option<f32>| v.map(|x| x.to_string()).unwrap_or_else(|| "_".into());
+    match a {
+        Act::Clip { min, max } => format!("Clip({},{})", f(min), f(max)),
+        Act::HardSigmoid { alpha, beta } => format!("HardSigmoid({},{})", f(alpha), f(beta)),
+        Act::LeakyRelu { alpha } => format!("LeakyRelu({})", f(alpha)),
+        Act::Gelu { approximate } => format!("Gelu({})", approximate.clone().unwrap_or_else(|| "none".into())),
+        other => format!("{other:?}"),
+    }
+}
+
 fn dump_graph(g: &Graph, depth: usize, s: &mut String) {
     let pad = "  ".repeat(depth);
     let _ = writeln!(s, "{pad}graph {:?} {{", g.name);
@@ -61,6 +74,10 @@ fn dump_graph(g: &Graph, depth: usize, s: &mut String) {
         let attrs = if attrs.is_empty() { String::new() } else { format!("[{}]", attrs.join(", ")) };
         let tys: Vec<String> = n.outputs.iter().flatten().map(|o| ty(g, *o)).collect();
         let dom = if n.domain.is_empty() { String::new() } else { format!("{}.", n.domain) };
+        let attrs = match &n.act {
+            Some(a) => format!("{attrs}+{}", act_text(a)),
+            None => attrs,
+        };
         let _ = writeln!(s, "{pad}  {} = {dom}{}{attrs}({}) : {}  # {}", outs.join(", "), n.op.op_type(), ins.join(", "), tys.join(", "), n.name);
         for sub in n.op.subgraphs() {
             dump_graph(sub, depth + 2, s);

@@ -143,6 +143,9 @@ pub struct Node {
     pub outputs: Vec<Option<ValueId>>,
     /// Outer-scope values its subgraphs read (so ordering and dead-code elimination see them).
     pub captures: Vec<ValueId>,
+    /// An activation applied to output 0 (fused by the fusion pass; exported as the op followed by the
+    /// activation's standard ONNX sequence).
+    pub act: Option<Act>,
     pub doc: String,
     pub overload: String,
     pub metadata: Vec<(String, String)>,
@@ -159,6 +162,7 @@ impl Node {
             inputs,
             outputs,
             captures: Vec::new(),
+            act: None,
             doc: String::new(),
             overload: String::new(),
             metadata: Vec::new(),

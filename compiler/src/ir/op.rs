@@ -46,6 +46,10 @@ pub enum Act {
     Clip { min: Option<f32>, max: Option<f32> },
     HardSigmoid { alpha: Option<f32>, beta: Option<f32> },
     LeakyRelu { alpha: Option<f32> },
+    /// ONNX Gelu (opset 20); `approximate` is "none" or "tanh". Exported as its decomposition before opset 20.
+    Gelu { approximate: Option<String> },
+    /// x·σ(x). Not an ONNX op: exported as Sigmoid and Mul.
+    Silu,
 }
 
 /// Element-wise binary ops with numpy broadcasting.
@@ -84,6 +88,9 @@ pub enum Op {
     Softmax { axis: Option<i64> },
     QuantizeLinear { axis: Option<i64>, saturate: Option<i64> },
     DequantizeLinear { axis: Option<i64> },
+    /// Scaled dot-product attention recognized from MatMul(q, kᵀ) → scale → Softmax(-1) → MatMul(·, v);
+    /// inputs `[q, kᵀ, v]`. Not an ONNX op: exported as that sequence.
+    Attention { scale: f32 },
     /// Any other op, as written in the model.
     Generic { op_type: String, attrs: Vec<Attribute> },
 }
@@ -120,6 +127,7 @@ impl Op {
             "Clip" => Op::Act(Act::Clip { min: r.float("min"), max: r.float("max") }),
             "HardSigmoid" => Op::Act(Act::HardSigmoid { alpha: r.float("alpha"), beta: r.float("beta") }),
             "LeakyRelu" => Op::Act(Act::LeakyRelu { alpha: r.float("alpha") }),
+            "Gelu" => Op::Act(Act::Gelu { approximate: r.string("approximate") }),
             "Add" => Op::Binary(BinOp::Add),
             "Sub" => Op::Binary(BinOp::Sub),
             "Mul" => Op::Binary(BinOp::Mul),
@@ -165,6 +173,8 @@ impl Op {
                 Act::Clip { .. } => "Clip",
                 Act::HardSigmoid { .. } => "HardSigmoid",
                 Act::LeakyRelu { .. } => "LeakyRelu",
+                Act::Gelu { .. } => "Gelu",
+                Act::Silu => "Silu",
             },
             Op::Binary(b) => match b {
                 BinOp::Add => "Add",
@@ -184,6 +194,7 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::QuantizeLinear { .. } => "QuantizeLinear",
             Op::DequantizeLinear { .. } => "DequantizeLinear",
+            Op::Attention { .. } => "Attention",
             Op::Generic { op_type, .. } => op_type,
         }
     }
@@ -202,6 +213,8 @@ impl Op {
             Op::Act(Act::Clip { min, max }) => w.float("min", *min).float("max", *max),
             Op::Act(Act::HardSigmoid { alpha, beta }) => w.float("alpha", *alpha).float("beta", *beta),
             Op::Act(Act::LeakyRelu { alpha }) => w.float("alpha", *alpha),
+            Op::Act(Act::Gelu { approximate }) => w.string("approximate", approximate),
+            Op::Attention { scale } => w.float("scale", Some(*scale)),
             Op::Reshape { allowzero } => w.int("allowzero", *allowzero),
             Op::Transpose { perm } => w.ints("perm", perm),
             Op::Flatten { axis } => w.int("axis", *axis),

@@ -81,7 +81,7 @@ pub fn save(m: &Model, path: &Path, opts: &ExportOptions) -> Result<Vec<std::pat
 }
 
 fn to_proto_with(m: &Model, opts: &ExportOptions, sink: &mut TensorSink) -> Result<pb::ModelProto> {
-    let graph = export_graph(&m.graph, opts, sink)?;
+    let graph = export_graph(&m.graph, opts, sink, m.opset())?;
     Ok(pb::ModelProto {
         ir_version: m.ir_version,
         opset_import: m.opset_imports.iter().map(|(d, v)| pb::OperatorSetIdProto { domain: d.clone(), version: *v }).collect(),
@@ -134,15 +134,19 @@ fn value_info(g: &Graph, v: ValueId) -> pb::ValueInfoProto {
     pb::ValueInfoProto { name: val.name.clone(), r#type: type_proto(g, v), doc_string: val.doc.clone(), metadata_props: props(&val.metadata) }
 }
 
-fn export_graph(g: &Graph, opts: &ExportOptions, sink: &mut TensorSink) -> Result<pb::GraphProto> {
+fn export_graph(g: &Graph, opts: &ExportOptions, sink: &mut TensorSink, opset: i64) -> Result<pb::GraphProto> {
     let order = g.topo_order()?;
     let name = |v: Option<ValueId>| v.map(|v| g.value(v).name.clone()).unwrap_or_default();
     let mut nodes = Vec::with_capacity(order.len());
+    let mut lower = super::lower::Lowering::new(g, opset);
     for id in order {
         let n = &g.nodes[id];
+        if lower.expand(n, &mut nodes)? {
+            continue;
+        }
         let mut attribute = Vec::new();
         for a in n.op.attributes() {
-            attribute.push(export_attr(&a, opts, sink)?);
+            attribute.push(export_attr(&a, opts, sink, opset)?);
         }
         nodes.push(pb::NodeProto {
             input: n.inputs.iter().map(|v| name(*v)).collect(),
@@ -157,11 +161,12 @@ fn export_graph(g: &Graph, opts: &ExportOptions, sink: &mut TensorSink) -> Resul
             device_configurations: n.device_configurations.iter().filter_map(|b| pb::NodeDeviceConfigurationProto::decode(b.as_slice()).ok()).collect(),
         });
     }
-    let initializer = g
+    let mut initializer: Vec<pb::TensorProto> = g
         .initializers
         .iter()
         .filter_map(|v| g.value(*v).data.as_ref().map(|d| tensor_to_proto(&g.value(*v).name, d, sink)))
         .collect();
+    initializer.extend(lower.into_initializers());
     let live = |v: &ValueId| {
         let val = g.value(*v);
         val.producer.map(|(p, _)| g.nodes.contains_node(p)).unwrap_or(false) || g.inputs.contains(v) || g.initializers.contains(v) || val.outer
@@ -180,7 +185,7 @@ fn export_graph(g: &Graph, opts: &ExportOptions, sink: &mut TensorSink) -> Resul
     })
 }
 
-fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut TensorSink) -> Result<pb::AttributeProto> {
+pub(crate) fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut TensorSink, opset: i64) -> Result<pb::AttributeProto> {
     use pb::attribute_proto::AttributeType as T;
     let mut p = pb::AttributeProto { name: a.name.clone(), doc_string: a.doc.clone(), ..Default::default() };
     let ty = match &a.value {
@@ -218,11 +223,11 @@ fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut TensorSink) -> Re
             T::Tensors
         }
         AttrValue::Graph(g) => {
-            p.g = Some(export_graph(g, opts, sink)?);
+            p.g = Some(export_graph(g, opts, sink, opset)?);
             T::Graph
         }
         AttrValue::Graphs(gs) => {
-            p.graphs = gs.iter().map(|g| export_graph(g, opts, sink)).collect::<Result<_>>()?;
+            p.graphs = gs.iter().map(|g| export_graph(g, opts, sink, opset)).collect::<Result<_>>()?;
             T::Graphs
         }
         AttrValue::Opaque(b) => {

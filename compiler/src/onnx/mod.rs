@@ -1,6 +1,7 @@
 //! ONNX import and export: the only module that sees prost types.
 pub mod export;
 pub mod import;
+pub mod lower;
 pub mod tensor;
 
 pub use export::{save, to_bytes, to_files, ExportOptions, ExternalData};

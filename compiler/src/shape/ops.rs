@@ -107,6 +107,11 @@ pub fn infer_node(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
             Ok(vec![fact(dtype_of(ins, 0), Some(vec![m, nn]))])
         }
         Op::MatMul => matmul(ins),
+        Op::Attention { .. } => {
+            let scores = matmul(&ins[..ins.len().min(2)])?;
+            let sc = scores.into_iter().next().map(Some).unwrap_or(None);
+            matmul(&[sc, inp(ins, 2).clone()])
+        }
         Op::Flatten { axis } => {
             let Some(s) = shape_of(ins, 0) else { return Ok(vec![fact(dtype_of(ins, 0), None)]) };
             let r = s.len() as i64;

@@ -40,6 +40,9 @@ fn dedupe_constants(g: &mut Graph) -> bool {
         if g.inputs.contains(&v) || g.is_output(v) {
             continue;
         }
+        if g.consumers(v).is_empty() {
+            continue; // already replaced; DCE drops it
+        }
         let Some(d) = g.value(v).data.as_ref() else { continue };
         let Some(k) = tensor_key(d) else { continue };
         match seen.get(&k) {

@@ -3,3 +3,5 @@ pub mod cse;
 pub mod dce;
 pub mod fold_constants;
 pub mod identity;
+pub mod reshape;
+pub mod transpose;
