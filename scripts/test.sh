@@ -39,10 +39,16 @@ fi
 log "cargo build --release"
 cargo build --release --locked 2>&1 | tail -n 3
 
-# 4. Rust tests: unit tests of every crate and the hostile-input suite.
+# 4. Rust tests: unit, pass and golden tests of every crate, and the hostile-input suite.
 log "cargo test --release"
-cargo test --release --locked --workspace 2>&1 | grep -E "^(test result|running|error|failures|---- )|panicked|FAILED" || true
-cargo test --release --locked --workspace --quiet >/dev/null 2>&1 || { cargo test --release --locked --workspace 2>&1 | tail -n 60; exit 1; }
+rust_log=$(mktemp)
+if ! cargo test --release --locked --workspace >"$rust_log" 2>&1; then
+  tail -n 80 "$rust_log"
+  echo "cargo test failed"
+  exit 1
+fi
+grep -E "^test result" "$rust_log" | grep -v " 0 passed" || true
+rm -f "$rust_log"
 
 # 5. Oracle tests (onnxruntime on the original models).
 log "pytest tests/oracle"

@@ -17,7 +17,7 @@ use manager::Pipeline;
 /// Names accepted in `passes:` and `--passes`.
 pub const AVAILABLE: &[&str] = &[
     "cleanup", "fuse", "dce", "fold_constants", "remove_identity", "cse", "simplify_reshape", "cancel_transpose",
-    "fold_batchnorm", "recognize_patterns", "fold_const_arith", "matmul_add_to_gemm", "fuse_activation",
+    "fold_pad", "fold_batchnorm", "recognize_patterns", "fold_const_arith", "matmul_add_to_gemm", "fuse_activation",
 ];
 
 fn single(name: &str) -> Option<Box<dyn Pass>> {
@@ -28,6 +28,7 @@ fn single(name: &str) -> Option<Box<dyn Pass>> {
         "cse" => Box::new(cleanup::cse::Cse),
         "simplify_reshape" => Box::new(cleanup::reshape::SimplifyReshape),
         "cancel_transpose" => Box::new(cleanup::transpose::CancelTranspose),
+        "fold_pad" => Box::new(cleanup::pad::FoldPad),
         "fold_batchnorm" => Box::new(fuse::batchnorm::FoldBatchNorm),
         "recognize_patterns" => Box::new(fuse::patterns::RecognizePatterns),
         "fold_const_arith" => Box::new(fuse::const_arith::FoldConstArith),
@@ -39,7 +40,7 @@ fn single(name: &str) -> Option<Box<dyn Pass>> {
 
 /// The `cleanup` pipeline.
 pub fn cleanup() -> Pipeline {
-    let names = ["fold_constants", "remove_identity", "cse", "simplify_reshape", "cancel_transpose", "fold_batchnorm", "dce"];
+    let names = ["fold_constants", "remove_identity", "cse", "simplify_reshape", "cancel_transpose", "fold_pad", "fold_batchnorm", "dce"];
     Pipeline { name: "cleanup", passes: names.iter().filter_map(|n| single(n)).collect(), max_rounds: 8 }
 }
 

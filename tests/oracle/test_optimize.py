@@ -64,3 +64,33 @@ def test_optimized_local_models_match(tmp_path, path):
     m = optimize(path, tmp_path / "o.onnx", "cleanup")
     check_equivalent(path, tmp_path / "o.onnx", local_inputs(path))
     assert "Constant" not in {n.op_type for n in m.graph.node}
+
+
+@corpus
+def test_fuse_removes_every_batchnorm_of_mobilenet_v3(tmp_path):
+    m = optimize(CORPUS / "mobilenet_v3_small.onnx", tmp_path / "m.onnx", "fuse")
+    assert "BatchNormalization" not in {n.op_type for n in m.graph.node}
+    check_equivalent(CORPUS / "mobilenet_v3_small.onnx", tmp_path / "m.onnx", validation_inputs("mobilenet_v3_small"))
+
+
+def dump_after_fuse(src, tmp_path):
+    return kiln("optimize", src, "-o", tmp_path / "d.onnx", "--passes", "cleanup,fuse", "--dump-ir", "fuse", *pins(src)).stdout
+
+
+@corpus
+def test_mobilenet_v2_ir_carries_clip_on_every_conv(tmp_path):
+    text = dump_after_fuse(CORPUS / "mobilenet_v2.onnx", tmp_path)
+    convs = [l for l in text.splitlines() if "= Conv[" in l]
+    assert len(convs) == 52
+    assert sum("+Clip(0,6)" in l for l in convs) == 35
+    assert not [l for l in text.splitlines() if "= Clip" in l], "standalone Clip left"
+
+
+@corpus
+def test_tiny_encoder_patterns_recognized(tmp_path):
+    text = dump_after_fuse(CORPUS / "tiny_encoder.onnx", tmp_path)
+    lines = text.splitlines()
+    assert sum("= LayerNormalization[" in l for l in lines) == 5
+    assert sum("= Gelu" in l for l in lines) == 2
+    assert sum("= Attention[" in l for l in lines) == 2
+    assert not [l for l in lines if "= Erf" in l or "= Softmax" in l]

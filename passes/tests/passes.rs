@@ -1,0 +1,230 @@
+//! Pass unit tests on tiny graphs (each checks the rewrite and, through tract, that results are
+//! unchanged), plus a golden IR dump of tests/models/tiny_cnn.onnx after cleanup+fuse.
+//! Regenerate the golden file with `KILN_BLESS=1 cargo test -p kiln-passes`.
+use std::path::Path;
+
+use kiln_compiler::config::PassSpec;
+use kiln_compiler::ir::{Act, AttrValue, Attribute, BinOp, DType, Dim, Graph, Model, Node, Op, TensorData, Value, ValueId, Window};
+use kiln_compiler::pipeline::PassContext;
+use kiln_compiler::{eval, onnx, shape};
+
+fn input(g: &mut Graph, name: &str, dims: &[i64]) -> ValueId {
+    let mut v = Value::new(name);
+    v.dtype = DType::F32;
+    v.shape = Some(dims.iter().map(|d| Dim::Known(*d)).collect());
+    let id = g.add_value(v).unwrap();
+    g.inputs.push(id);
+    id
+}
+
+fn val(g: &mut Graph, name: &str) -> ValueId {
+    g.add_value(Value::new(name)).unwrap()
+}
+
+fn model(g: Graph) -> Model {
+    let mut m = Model { ir_version: 8, opset_imports: vec![(String::new(), 17)], graph: g, ..Default::default() };
+    shape::infer(&mut m, &Default::default()).unwrap();
+    m
+}
+
+fn run_passes(m: &mut Model, names: &str) {
+    let mut cx = PassContext { verify: true, ..Default::default() };
+    for n in names.split(',') {
+        let p = kiln_passes::make(&PassSpec::Name(n.into())).unwrap();
+        kiln_compiler::driver::run_passes(m, &[p], &mut cx).unwrap();
+    }
+}
+
+fn ramp(n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * scale).collect()
+}
+
+/// Outputs before and after `passes` agree (tract), and the rewritten model re-imports.
+fn same_results(m: &Model, passes: &str, x: &[(&str, Vec<i64>)]) -> Model {
+    let inputs: Vec<(String, TensorData)> = x.iter().map(|(n, d)| (n.to_string(), TensorData::from_f32(d.clone(), &ramp(d.iter().product::<i64>() as usize, 4.0)))).collect();
+    let before = eval::run(m, &inputs).unwrap();
+    let mut m2 = m.clone();
+    run_passes(&mut m2, passes);
+    let after = eval::run(&m2, &inputs).unwrap();
+    for ((_, a), (_, b)) in before.iter().zip(&after) {
+        let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * scale.max(1.0), "{x} vs {y}");
+        }
+    }
+    let bytes = onnx::to_bytes(&m2, &Default::default()).unwrap();
+    onnx::load_bytes(&bytes, None, Path::new("rt")).unwrap();
+    m2
+}
+
+fn ops(m: &Model) -> Vec<String> {
+    let mut v: Vec<String> = m.graph.nodes.node_weights().map(|n| n.op.op_type().to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn constants_and_shapes_fold() {
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[2, 6]);
+    let c = val(&mut g, "c");
+    let s = val(&mut g, "s");
+    let c2 = val(&mut g, "c2");
+    let y = val(&mut g, "y");
+    let t = TensorData::from_i64(vec![2], &[3, 4]);
+    g.add_node(Node::new("k", Op::Generic { op_type: "Constant".into(), attrs: vec![Attribute::new("value", AttrValue::Tensor(t))] }, vec![], vec![Some(c)])).unwrap();
+    g.add_node(Node::new("shape", Op::Generic { op_type: "Shape".into(), attrs: vec![] }, vec![Some(x)], vec![Some(s)])).unwrap();
+    // c2 = c * 1 (both constant) → folded by tract; y = Reshape(x, [3, 4]).
+    let one = g.add_const("one", TensorData::from_i64(vec![1], &[1])).unwrap();
+    g.add_node(Node::new("mul", Op::Binary(BinOp::Mul), vec![Some(c), Some(one)], vec![Some(c2)])).unwrap();
+    g.add_node(Node::new("reshape", Op::Reshape { allowzero: None }, vec![Some(x), Some(c2)], vec![Some(y)])).unwrap();
+    g.outputs.push(y);
+    let m = model(g);
+    let m2 = same_results(&m, "cleanup", &[("x", vec![2, 6])]);
+    assert_eq!(ops(&m2), ["Reshape"]);
+    assert_eq!(m2.graph.value(m2.graph.find("y").unwrap()).static_shape(), Some(vec![3, 4]));
+}
+
+#[test]
+fn identity_removal_keeps_output_names() {
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[4]);
+    let a = val(&mut g, "a");
+    let y = val(&mut g, "y");
+    g.add_node(Node::new("relu", Op::Act(Act::Relu), vec![Some(x)], vec![Some(a)])).unwrap();
+    g.add_node(Node::new("id", Op::Identity, vec![Some(a)], vec![Some(y)])).unwrap();
+    g.outputs.push(y);
+    let m2 = same_results(&model(g), "cleanup", &[("x", vec![4])]);
+    assert_eq!(ops(&m2), ["Relu"]);
+    assert_eq!(m2.graph.value(m2.graph.outputs[0]).name, "y");
+}
+
+#[test]
+fn cse_merges_duplicates() {
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[4]);
+    let (a, b, y) = (val(&mut g, "a"), val(&mut g, "b"), val(&mut g, "y"));
+    g.add_node(Node::new("r1", Op::Act(Act::Sigmoid), vec![Some(x)], vec![Some(a)])).unwrap();
+    g.add_node(Node::new("r2", Op::Act(Act::Sigmoid), vec![Some(x)], vec![Some(b)])).unwrap();
+    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(a), Some(b)], vec![Some(y)])).unwrap();
+    g.outputs.push(y);
+    let m2 = same_results(&model(g), "cleanup", &[("x", vec![4])]);
+    assert_eq!(ops(&m2), ["Add", "Sigmoid"]);
+}
+
+/// x → Conv(2→3, 3x3, pad 1) → BN → Mul(per-channel) → Clip(0, 6) → y
+fn conv_bn_mul_clip() -> Model {
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[1, 2, 5, 5]);
+    let w = g.add_const("w", TensorData::from_f32(vec![3, 2, 3, 3], &ramp(54, 1.0))).unwrap();
+    let bn: Vec<ValueId> = [(vec![1.5f32, 0.5, 2.0]), vec![0.1, -0.2, 0.3], vec![0.05, 0.0, -0.1], vec![1.0, 2.0, 0.5]]
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| g.add_const(&format!("bn{i}"), TensorData::from_f32(vec![3], &v)).unwrap())
+        .collect();
+    let k = g.add_const("k", TensorData::from_f32(vec![3, 1, 1], &[2.0, -1.0, 0.5])).unwrap();
+    let lo = g.add_const("lo", TensorData::from_f32(vec![], &[0.0])).unwrap();
+    let hi = g.add_const("hi", TensorData::from_f32(vec![], &[6.0])).unwrap();
+    let (c, b, mm, y) = (val(&mut g, "c"), val(&mut g, "b"), val(&mut g, "m"), val(&mut g, "y"));
+    let window = Window { pads: Some(vec![1, 1, 1, 1]), ..Default::default() };
+    g.add_node(Node::new("conv", Op::Conv { window, group: None }, vec![Some(x), Some(w)], vec![Some(c)])).unwrap();
+    g.add_node(Node::new("bn", Op::BatchNorm { epsilon: Some(1e-3), momentum: None, training_mode: None }, vec![Some(c), Some(bn[0]), Some(bn[1]), Some(bn[2]), Some(bn[3])], vec![Some(b)])).unwrap();
+    g.add_node(Node::new("mul", Op::Binary(BinOp::Mul), vec![Some(b), Some(k)], vec![Some(mm)])).unwrap();
+    g.add_node(Node::new("clip", Op::Act(Act::Clip { min: None, max: None }), vec![Some(mm), Some(lo), Some(hi)], vec![Some(y)])).unwrap();
+    g.outputs.push(y);
+    model(g)
+}
+
+#[test]
+fn batchnorm_mul_and_clip_fuse_into_conv() {
+    let m2 = same_results(&conv_bn_mul_clip(), "fuse", &[("x", vec![1, 2, 5, 5])]);
+    assert_eq!(ops(&m2), ["Conv"]);
+    let conv = m2.graph.nodes.node_weights().next().unwrap();
+    assert_eq!(conv.act, Some(Act::Clip { min: Some(0.0), max: Some(6.0) }));
+    assert_eq!(m2.graph.value(conv.output(0).unwrap()).name, "y");
+    // Export writes the activation back as a standard op.
+    let p = onnx::to_bytes(&m2, &Default::default()).unwrap();
+    let back = onnx::load_bytes(&p, None, Path::new("rt")).unwrap();
+    assert_eq!(ops(&back), ["Clip", "Conv"]);
+}
+
+#[test]
+fn silu_gelu_and_attention_are_recognized() {
+    let mut g = Graph::default();
+    let q = input(&mut g, "q", &[1, 2, 4, 8]);
+    let kt = input(&mut g, "kt", &[1, 2, 8, 4]);
+    let v = input(&mut g, "v", &[1, 2, 4, 8]);
+    let (s, sc, p, o) = (val(&mut g, "s"), val(&mut g, "sc"), val(&mut g, "p"), val(&mut g, "o"));
+    let scale = g.add_const("scale", TensorData::from_f32(vec![], &[0.35])).unwrap();
+    g.add_node(Node::new("mm1", Op::MatMul, vec![Some(q), Some(kt)], vec![Some(s)])).unwrap();
+    g.add_node(Node::new("scale", Op::Binary(BinOp::Mul), vec![Some(s), Some(scale)], vec![Some(sc)])).unwrap();
+    g.add_node(Node::new("sm", Op::Softmax { axis: Some(-1) }, vec![Some(sc)], vec![Some(p)])).unwrap();
+    g.add_node(Node::new("mm2", Op::MatMul, vec![Some(p), Some(v)], vec![Some(o)])).unwrap();
+    // GELU (erf form) then SiLU on the attention output.
+    let c2 = g.add_const("sqrt2", TensorData::from_f32(vec![], &[std::f32::consts::SQRT_2])).unwrap();
+    let c1 = g.add_const("one", TensorData::from_f32(vec![], &[1.0])).unwrap();
+    let ch = g.add_const("half", TensorData::from_f32(vec![], &[0.5])).unwrap();
+    let names = ["d", "e", "a", "m1", "gelu", "sig", "y"];
+    let ids: Vec<ValueId> = names.iter().map(|n| val(&mut g, n)).collect();
+    let [d, e, a, m1, gl, sg, y] = ids[..] else { unreachable!() };
+    g.add_node(Node::new("div", Op::Binary(BinOp::Div), vec![Some(o), Some(c2)], vec![Some(d)])).unwrap();
+    g.add_node(Node::new("erf", Op::Generic { op_type: "Erf".into(), attrs: vec![] }, vec![Some(d)], vec![Some(e)])).unwrap();
+    g.add_node(Node::new("add1", Op::Binary(BinOp::Add), vec![Some(e), Some(c1)], vec![Some(a)])).unwrap();
+    g.add_node(Node::new("mulx", Op::Binary(BinOp::Mul), vec![Some(o), Some(a)], vec![Some(m1)])).unwrap();
+    g.add_node(Node::new("mulh", Op::Binary(BinOp::Mul), vec![Some(m1), Some(ch)], vec![Some(gl)])).unwrap();
+    g.add_node(Node::new("sigm", Op::Act(Act::Sigmoid), vec![Some(gl)], vec![Some(sg)])).unwrap();
+    g.add_node(Node::new("silu", Op::Binary(BinOp::Mul), vec![Some(gl), Some(sg)], vec![Some(y)])).unwrap();
+    g.outputs.push(y);
+    let m2 = same_results(&model(g), "fuse", &[("q", vec![1, 2, 4, 8]), ("kt", vec![1, 2, 8, 4]), ("v", vec![1, 2, 4, 8])]);
+    assert_eq!(ops(&m2), ["Attention", "Gelu", "Silu"]);
+    // The recognized attention keeps the MAC count of the two MatMuls it replaced.
+    assert_eq!(kiln_compiler::stats::model_stats(&m2).macs, 2 * (1 * 2 * 4 * 4 * 8));
+}
+
+#[test]
+fn matmul_add_becomes_gemm() {
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[3, 4]);
+    let w = g.add_const("w", TensorData::from_f32(vec![4, 5], &ramp(20, 1.0))).unwrap();
+    let b = g.add_const("b", TensorData::from_f32(vec![5], &ramp(5, 1.0))).unwrap();
+    let (m, y) = (val(&mut g, "m"), val(&mut g, "y"));
+    g.add_node(Node::new("mm", Op::MatMul, vec![Some(x), Some(w)], vec![Some(m)])).unwrap();
+    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(m), Some(b)], vec![Some(y)])).unwrap();
+    g.outputs.push(y);
+    let m2 = same_results(&model(g), "fuse", &[("x", vec![3, 4])]);
+    assert_eq!(ops(&m2), ["Gemm"]);
+}
+
+#[test]
+fn golden_tiny_cnn_after_fuse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut m = onnx::load(&root.join("../tests/models/tiny_cnn.onnx")).unwrap();
+    shape::infer(&mut m, &[("input".to_string(), vec![1, 3, 64, 64])].into_iter().collect()).unwrap();
+    run_passes(&mut m, "cleanup,fuse");
+    let text = kiln_compiler::ir::dump::dump_model(&m);
+    let path = root.join("tests/golden/tiny_cnn_fused.txt");
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(want == text, "differs from {} (regenerate with KILN_BLESS=1):\n{text}", path.display());
+    assert!(!text.contains("BatchNormalization"));
+}
+
+#[test]
+fn pad_folds_into_conv() {
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[1, 2, 5, 5]);
+    let pads = g.add_const("pads", TensorData::from_i64(vec![8], &[0, 0, 1, 2, 0, 0, 1, 0])).unwrap();
+    let w = g.add_const("w", TensorData::from_f32(vec![3, 2, 3, 3], &ramp(54, 1.0))).unwrap();
+    let (p, y) = (val(&mut g, "p"), val(&mut g, "y"));
+    g.add_node(Node::new("pad", Op::Generic { op_type: "Pad".into(), attrs: vec![] }, vec![Some(x), Some(pads)], vec![Some(p)])).unwrap();
+    let window = Window { pads: Some(vec![1, 0, 0, 1]), ..Default::default() };
+    g.add_node(Node::new("conv", Op::Conv { window, group: None }, vec![Some(p), Some(w)], vec![Some(y)])).unwrap();
+    g.outputs.push(y);
+    let m2 = same_results(&model(g), "cleanup", &[("x", vec![1, 2, 5, 5])]);
+    assert_eq!(ops(&m2), ["Conv"]);
+    let conv = m2.graph.nodes.node_weights().next().unwrap();
+    assert_eq!(conv.op.attr_ints("pads"), Some(vec![2, 2, 1, 1]));
+}
