@@ -114,6 +114,23 @@ class TinyQAT(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class TinyMLP(nn.Module):
+    """LayerNorm and both GELU forms, exported at opset 14 where they are decomposed into primitive ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(24, 48)
+        self.norm1 = nn.LayerNorm(48)
+        self.fc2 = nn.Linear(48, 48)
+        self.norm2 = nn.LayerNorm(48, elementwise_affine=False)
+        self.fc3 = nn.Linear(48, 5)
+
+    def forward(self, x):
+        x = nn.functional.gelu(self.norm1(self.fc1(x)), approximate="tanh")
+        x = self.norm2(nn.functional.gelu(self.fc2(x)))
+        return self.fc3(x)
+
+
 def export_torchscript(model, x, name, input_name, dynamic_batch=True, fold=True):
     path = OUT / f"{name}.onnx"
     axes = {input_name: {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
@@ -145,6 +162,15 @@ def main():
         prog = torch.onnx.export(enc, (ids[:1],), dynamo=True, input_names=["ids"], output_names=["logits"])
         prog.save(str(OUT / "tiny_encoder.onnx"))
         np.save(OUT / "tiny_encoder_inputs.npy", ids.numpy())
+
+        mlp = TinyMLP().eval()
+        with torch.no_grad():
+            mlp.norm1.weight.uniform_(0.5, 1.5)
+            mlp.norm1.bias.uniform_(-0.2, 0.2)
+        f = torch.from_numpy(rng.standard_normal((8, 24)).astype(np.float32))
+        torch.onnx.export(mlp, (f[:1],), str(OUT / "tiny_mlp_op14.onnx"), dynamo=False, opset_version=14,
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        np.save(OUT / "tiny_mlp_op14_inputs.npy", f.numpy())
 
         qat = TinyQAT().eval()
         d = torch.from_numpy(rng.uniform(-1, 1, (8, 1, 16, 16)).astype(np.float32))

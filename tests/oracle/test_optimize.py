@@ -59,9 +59,10 @@ def test_qat_weight_scales_fold(tmp_path):
     assert "DequantizeLinear" in ops
 
 
+@pytest.mark.parametrize("passes", ["cleanup", "cleanup,fuse"])
 @pytest.mark.parametrize("path", local_models(), ids=[p.stem for p in local_models()])
-def test_optimized_local_models_match(tmp_path, path):
-    m = optimize(path, tmp_path / "o.onnx", "cleanup")
+def test_optimized_local_models_match(tmp_path, path, passes):
+    m = optimize(path, tmp_path / "o.onnx", passes)
     check_equivalent(path, tmp_path / "o.onnx", local_inputs(path))
     assert "Constant" not in {n.op_type for n in m.graph.node}
 
@@ -94,3 +95,17 @@ def test_tiny_encoder_patterns_recognized(tmp_path):
     assert sum("= Gelu" in l for l in lines) == 2
     assert sum("= Attention[" in l for l in lines) == 2
     assert not [l for l in lines if "= Erf" in l or "= Softmax" in l]
+
+
+def test_decomposed_layernorm_and_both_gelu_forms_recognized(tmp_path):
+    """tests/models/tiny_mlp_op14.onnx: LayerNorm (affine and not) and GELU (tanh and erf forms) exported
+    at opset 14, i.e. as primitive ops."""
+    from kiln_oracle import LOCAL_MODELS
+
+    src = LOCAL_MODELS / "tiny_mlp_op14.onnx"
+    lines = dump_after_fuse(src, tmp_path).splitlines()
+    assert sum("= LayerNormalization[" in l for l in lines) == 2
+    assert sum('Gelu[approximate="tanh"]' in l for l in lines) == 1
+    assert sum("+Gelu(none)" in l for l in lines) == 1
+    assert not [l for l in lines if any(f"= {op}" in l for op in ("Tanh", "Erf", "Sqrt", "ReduceMean", "Pow"))]
+    check_equivalent(src, tmp_path / "d.onnx", local_inputs(src))

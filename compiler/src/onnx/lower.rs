@@ -154,11 +154,56 @@ impl<'g> Lowering<'g> {
         }
     }
 
+    /// LayerNormalization before opset 17: its decomposition over axes [axis, rank).
+    fn layernorm(&mut self, n: &Node, out: &mut Vec<pb::NodeProto>) -> Result<bool> {
+        let g = self.g;
+        let name = |v: Option<crate::ir::ValueId>| v.map(|v| g.value(v).name.clone()).unwrap_or_default();
+        let Some(x) = n.input(0) else { return Ok(false) };
+        let Some(rank) = g.value(x).shape.as_ref().map(|s| s.len() as i64) else { return Ok(false) };
+        let axis = n.op.attr_int("axis").unwrap_or(-1);
+        let axis = if axis < 0 { axis + rank } else { axis };
+        if n.outputs.iter().skip(1).flatten().next().is_some() || !(0..rank).contains(&axis) {
+            return Ok(false);
+        }
+        let axes: Vec<i64> = (axis..rank).collect();
+        let eps = n.op.attr_float("epsilon").unwrap_or(1e-5);
+        let y = name(n.output(0));
+        let b = &n.name;
+        let red = |axes: &Vec<i64>| vec![pb::AttributeProto { name: "axes".into(), ints: axes.clone(), r#type: pb::attribute_proto::AttributeType::Ints as i32, ..Default::default() }];
+        let (mean, d, sq, var, ve, sd, nrm) = (
+            self.fresh(&format!("{y}__mean")),
+            self.fresh(&format!("{y}__centered")),
+            self.fresh(&format!("{y}__sq")),
+            self.fresh(&format!("{y}__var")),
+            self.fresh(&format!("{y}__vareps")),
+            self.fresh(&format!("{y}__std")),
+            self.fresh(&format!("{y}__normed")),
+        );
+        let e = self.scalar(&format!("{y}__eps"), eps);
+        out.push(Self::node("ReduceMean", format!("{b}__mean"), vec![name(Some(x))], vec![mean.clone()], red(&axes)));
+        out.push(Self::node("Sub", format!("{b}__centered"), vec![name(Some(x)), mean], vec![d.clone()], vec![]));
+        out.push(Self::node("Mul", format!("{b}__sq"), vec![d.clone(), d.clone()], vec![sq.clone()], vec![]));
+        out.push(Self::node("ReduceMean", format!("{b}__var"), vec![sq], vec![var.clone()], red(&axes)));
+        out.push(Self::node("Add", format!("{b}__vareps"), vec![var, e], vec![ve.clone()], vec![]));
+        out.push(Self::node("Sqrt", format!("{b}__std"), vec![ve], vec![sd.clone()], vec![]));
+        let has_beta = n.input(2).is_some();
+        let scaled = if has_beta { self.fresh(&format!("{y}__scaled")) } else { y.clone() };
+        out.push(Self::node("Div", format!("{b}__normed"), vec![d, sd], vec![nrm.clone()], vec![]));
+        out.push(Self::node("Mul", format!("{b}__gamma"), vec![nrm, name(n.input(1))], vec![scaled.clone()], vec![]));
+        if has_beta {
+            out.push(Self::node("Add", b.clone(), vec![scaled, name(n.input(2))], vec![y], vec![]));
+        }
+        Ok(true)
+    }
+
     /// Expand `n` into `out` when it needs lowering; false when it exports as a single op.
     pub fn expand(&mut self, n: &Node, out: &mut Vec<pb::NodeProto>) -> Result<bool> {
         let g = self.g;
         let name = |v: Option<crate::ir::ValueId>| v.map(|v| g.value(v).name.clone()).unwrap_or_default();
         let standalone = matches!(&n.op, Op::Act(a) if self.needs_lowering(a));
+        if n.act.is_none() && self.opset < 17 && matches!(&n.op, Op::Generic { op_type, .. } if op_type == "LayerNormalization") && (n.domain.is_empty() || n.domain == "ai.onnx") {
+            return self.layernorm(n, out);
+        }
         if n.act.is_none() && !standalone && !matches!(n.op, Op::Attention { .. }) {
             return Ok(false);
         }

@@ -3,6 +3,9 @@
 //! - GELU, erf form: 0.5·x·(1 + erf(x/√2)) (Div by √2 or Mul by 1/√2; the three products in any order).
 //! - GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 //! - HardSwish: x·HardSigmoid(x; α=1/6, β=0.5).
+//! - LayerNorm over the last axis: (x − mean)/√(var + ε)·γ + β spelled with ReduceMean/Sub/Pow/ReduceMean/
+//!   Add/Sqrt/Div/Mul/Add (how exporters write it before opset 17); becomes LayerNormalization, which
+//!   export writes back as the same decomposition when the model's opset predates it.
 //! - Attention: MatMul(q, kᵀ) → (Mul/Div by a scalar) → Softmax(last axis) → MatMul(·, v), with scalar
 //!   pre-scaling of q and kᵀ absorbed (the form PyTorch's scaled_dot_product_attention exports).
 //! Guarantees: every intermediate is read only inside the pattern; constants must match to 1e-4.
@@ -82,6 +85,15 @@ fn gelu_core(g: &Graph, t: NodeId) -> Option<(ValueId, Vec<NodeId>, Option<Strin
                 let pn = g.node(pp)?;
                 if binop(g, pp, BinOp::Pow) && pn.input(0) == Some(x) && scalar_const(g, pn.input(1)).is_some_and(|e| close(e, 3.0)) {
                     return Some((x, vec![dp, sp, mp, pp], Some("tanh".into())));
+                }
+                // x·(x·x), as PyTorch spells x³.
+                if binop(g, pp, BinOp::Mul) {
+                    let sq = other_input(pn, x)?;
+                    let (qp, _) = g.value(sq).producer?;
+                    let qn = g.node(qp)?;
+                    if binop(g, qp, BinOp::Mul) && qn.input(0) == Some(x) && qn.input(1) == Some(x) && single_consumer(g, sq).is_some() {
+                        return Some((x, vec![dp, sp, mp, pp, qp], Some("tanh".into())));
+                    }
                 }
             }
             None
@@ -210,6 +222,113 @@ fn recognize_attention(g: &mut Graph, opset: i64) -> Result<bool> {
     Ok(changed)
 }
 
+/// Axes of a Reduce* node (attribute, or constant input from opset 18).
+fn reduce_axes(g: &Graph, n: &Node) -> Option<Vec<i64>> {
+    n.op.attr_ints("axes").or_else(|| n.input(1).and_then(|v| g.const_data(v)).and_then(|d| d.to_i64_vec()))
+}
+
+fn is_last_axis_mean(g: &Graph, id: NodeId, rank: usize) -> bool {
+    let Some(n) = g.node(id) else { return false };
+    n.op.op_type() == "ReduceMean"
+        && n.op.attr_int("keepdims").unwrap_or(1) == 1
+        && reduce_axes(g, n).is_some_and(|a| a.len() == 1 && (a[0] == -1 || a[0] == rank as i64 - 1))
+}
+
+fn recognize_layernorm(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
+    for id in g.topo_order()? {
+        let Some(n) = g.node(id) else { continue };
+        let (Some(x), Some(mean)) = (n.input(0), n.output(0)) else { continue };
+        let Some(rank) = g.value(x).shape.as_ref().map(|s| s.len()) else { continue };
+        if !is_last_axis_mean(g, id, rank) {
+            continue;
+        }
+        let Some((sub, 1)) = single_consumer(g, mean) else { continue };
+        if !binop(g, sub, BinOp::Sub) || g.nodes[sub].input(0) != Some(x) {
+            continue;
+        }
+        let Some(d) = g.nodes[sub].output(0) else { continue };
+        // d is read by the squaring (Pow(d, 2) or Mul(d, d)) and by the Div.
+        let users = g.consumers(d);
+        let sq = users.iter().map(|(u, _)| *u).find(|u| {
+            (binop(g, *u, BinOp::Pow) && scalar_const(g, g.nodes[*u].input(1)).is_some_and(|e| close(e, 2.0)))
+                || (binop(g, *u, BinOp::Mul) && g.nodes[*u].input(0) == Some(d) && g.nodes[*u].input(1) == Some(d))
+        });
+        let div = users.iter().map(|(u, _)| *u).find(|u| binop(g, *u, BinOp::Div) && g.nodes[*u].input(0) == Some(d));
+        let (Some(sq), Some(div)) = (sq, div) else { continue };
+        let distinct: std::collections::HashSet<NodeId> = users.iter().map(|(u, _)| *u).collect();
+        if distinct.len() != 2 || g.is_output(d) {
+            continue;
+        }
+        let Some(sqo) = g.nodes[sq].output(0) else { continue };
+        let Some((var, 0)) = single_consumer(g, sqo) else { continue };
+        if !is_last_axis_mean(g, var, rank) {
+            continue;
+        }
+        let Some(vo) = g.nodes[var].output(0) else { continue };
+        let Some((add_eps, _)) = single_consumer(g, vo) else { continue };
+        let Some(eps) = g.node(add_eps).filter(|_| binop(g, add_eps, BinOp::Add)).and_then(|a| other_input(a, vo)).and_then(|e| scalar_const(g, Some(e))) else { continue };
+        let Some(ao) = g.nodes[add_eps].output(0) else { continue };
+        let Some((sqrt, 0)) = single_consumer(g, ao) else { continue };
+        if g.nodes[sqrt].op.op_type() != "Sqrt" {
+            continue;
+        }
+        let Some(so) = g.nodes[sqrt].output(0) else { continue };
+        if single_consumer(g, so) != Some((div, 1)) {
+            continue;
+        }
+        let Some(no) = g.nodes[div].output(0) else { continue };
+        // Optional affine: Mul by γ then Add β (constants over the last axis).
+        let mut nodes = vec![id, sub, sq, var, add_eps, sqrt, div];
+        let mut y = no;
+        let mut gamma = None;
+        let mut beta = None;
+        if let Some((m, _)) = single_consumer(g, no) {
+            if binop(g, m, BinOp::Mul) {
+                if let Some(gm) = g.node(m).and_then(|mn| other_input(mn, no)).filter(|v| g.const_data(*v).is_some()) {
+                    gamma = Some(gm);
+                    nodes.push(m);
+                    y = g.nodes[m].output(0).unwrap_or(y);
+                    if let Some((a, _)) = single_consumer(g, y) {
+                        if binop(g, a, BinOp::Add) {
+                            if let Some(bt) = g.node(a).and_then(|an| other_input(an, y)).filter(|v| g.const_data(*v).is_some()) {
+                                beta = Some(bt);
+                                nodes.push(a);
+                                y = g.nodes[a].output(0).unwrap_or(y);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let last = g.value(x).shape.as_ref().and_then(|s| s.last()).and_then(|d| d.known());
+        let fits = |v: Option<ValueId>| v.map(|v| g.const_data(v).is_some_and(|d| d.dims.len() == 1 && Some(d.dims[0]) == last)).unwrap_or(true);
+        let Some(c) = last else { continue };
+        if !fits(gamma) || !fits(beta) || !g.value(x).dtype.is_float() {
+            continue;
+        }
+        let gamma = match gamma {
+            Some(gm) => gm,
+            None => g.add_const("layernorm_gamma", kiln_compiler::ir::TensorData::from_f32(vec![c], &vec![1.0; c as usize]))?,
+        };
+        let name = g.nodes[*nodes.last().unwrap_or(&id)].name.clone();
+        for n in nodes {
+            g.remove_node(n);
+        }
+        let attrs = vec![
+            kiln_compiler::ir::Attribute::int("axis", -1),
+            kiln_compiler::ir::Attribute::float("epsilon", eps),
+        ];
+        let mut inputs = vec![Some(x), Some(gamma)];
+        if beta.is_some() {
+            inputs.push(beta);
+        }
+        g.add_node(Node::new(name, Op::Generic { op_type: "LayerNormalization".into(), attrs }, inputs, vec![Some(y)]))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
 impl Pass for RecognizePatterns {
     fn name(&self) -> &'static str {
         "recognize_patterns"
@@ -220,6 +339,7 @@ impl Pass for RecognizePatterns {
         let g = &mut model.graph;
         let mut changed = recognize_gelu(g)?;
         changed |= recognize_hardswish(g)?;
+        changed |= recognize_layernorm(g)?;
         changed |= recognize_attention(g, opset)?;
         Ok(changed)
     }
