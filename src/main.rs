@@ -62,6 +62,40 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Post-training quantization to a QDQ ONNX model (int8 weights and activations).
+    Quantize {
+        model: PathBuf,
+        /// Calibration data: a folder of images or an .npy of samples along axis 0.
+        #[arg(long)]
+        calib: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long = "input", value_name = "NAME=DIMS")]
+        inputs: Vec<String>,
+        /// minmax | percentile | entropy | mse
+        #[arg(long, default_value = "entropy")]
+        method: String,
+        #[arg(long)]
+        percentile: Option<f64>,
+        /// Per-tensor weight scales (default: per output channel).
+        #[arg(long)]
+        per_tensor: bool,
+        /// int8 | uint8
+        #[arg(long, default_value = "int8")]
+        activations: String,
+        /// Use at most this many calibration samples.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// ImageNet preprocessing for image folders: resize 256, center crop 224, ImageNet mean/std, NCHW.
+        #[arg(long)]
+        imagenet: bool,
+        /// Empirical bias correction (1: on, 0: off).
+        #[arg(long, default_value_t = 1)]
+        bias_correction: usize,
+        /// Passes to run before quantizing.
+        #[arg(long, value_delimiter = ',', default_value = "cleanup,fuse")]
+        passes: Vec<String>,
+    },
     /// Print the IR as text.
     Dump {
         model: PathBuf,
@@ -230,6 +264,59 @@ fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<St
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>, method: String, percentile: Option<f64>, per_tensor: bool, activations: String, samples: usize, imagenet: bool, passes: Vec<String>, bias_correction: usize) -> Result<()> {
+    use kiln_compiler::calib;
+    let mut m = onnx::load(&model)?;
+    let source = if calib.is_dir() {
+        let preprocess = if imagenet {
+            calib::Preprocess { resize: Some(256), crop: Some(224), mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], ..Default::default() }
+        } else {
+            calib::Preprocess::default()
+        };
+        calib::Source::Images { dir: calib.clone(), preprocess }
+    } else {
+        calib::Source::Tensors(calib.clone())
+    };
+    let data = calib::data::load(&source, samples)?;
+    let g = &m.graph;
+    let input = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).ok_or_else(|| anyhow!("the model has no input"))?;
+    let mut pins = parse_pins(&inputs)?;
+    if let Some(first) = data.first() {
+        pins.entry(input.clone()).or_insert_with(|| first.dims.clone());
+    }
+    shape::infer(&mut m, &pins)?;
+    let passes = passes.iter().filter(|p| !p.is_empty()).map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone()))).collect::<kiln_compiler::Result<Vec<_>>>()?;
+    let mut cx = kiln_compiler::pipeline::PassContext::default();
+    driver::run_passes(&mut m, &passes, &mut cx)?;
+    let t0 = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stats = calib::collect(&m, &input, &data, &mut |done, total| if tty { eprint!("\rkiln: calibrating {done}/{total}") })?;
+    eprintln!("{}kiln: calibrated on {} samples in {:.1} s", if tty { "\n" } else { "" }, stats.samples, t0.elapsed().as_secs_f64());
+    let method = kiln_passes::quant::params::Method::parse(&method, percentile).ok_or_else(|| anyhow!("--method '{method}': expected minmax, percentile, entropy or mse"))?;
+    let act = match activations.as_str() {
+        "int8" => ir::DType::I8,
+        "uint8" => ir::DType::U8,
+        other => anyhow::bail!("--activations '{other}': expected int8 or uint8"),
+    };
+    let opts = kiln_passes::quant::qdq::QdqOptions { per_channel: !per_tensor, activations: act, method, ..Default::default() };
+    let float = m.clone();
+    let summary = kiln_passes::quant::qdq::quantize(&mut m, &stats, &opts)?;
+    if bias_correction > 0 && !summary.qat_kept {
+        let t0 = std::time::Instant::now();
+        let n = kiln_passes::quant::bias_correction::correct(&mut m, &float, &input, &data)?;
+        eprintln!("kiln: bias-corrected {n} layers in {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    if summary.qat_kept {
+        eprintln!("kiln: the model carries Q/DQ from quantization-aware training: its scales are kept");
+    }
+    eprintln!("kiln: quantized {} weights, {} biases, {} activations", summary.weights, summary.biases, summary.activations);
+    let dce = kiln_passes::make(&config::PassSpec::Name("dce".into()))?;
+    dce.run(&mut m, &mut cx)?;
+    onnx::save(&m, &output, &onnx::ExportOptions::default())?;
+    Ok(())
+}
+
 fn dump(model: PathBuf, inputs: Vec<String>) -> Result<()> {
     let mut m = onnx::load(&model)?;
     let pins = parse_pins(&inputs)?;
@@ -245,6 +332,9 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
+        Cmd::Quantize { model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction } => {
+            quantize(model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction)
+        }
         Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => optimize(model, output, inputs, passes, external_data, dump_ir, verbose),
     };
     match r {

@@ -13,3 +13,4 @@ pub mod stats;
 pub mod config;
 pub mod driver;
 pub mod pipeline;
+pub mod calib;

@@ -6,6 +6,7 @@
 pub mod cleanup;
 pub mod fuse;
 pub mod manager;
+pub mod quant;
 pub mod util;
 
 use kiln_compiler::config::PassSpec;

@@ -1,0 +1,132 @@
+//! Empirical bias correction: weight rounding shifts every quantized layer's output mean by
+//! δ_o = Σ (W_q − W)[o, i, k] · E[x_i], where E[x_i] is the mean of input channel i measured by running the
+//! float model on calibration samples. Each Conv/Gemm's bias absorbs −δ (the int32 bias is re-derived
+//! with its scale). Measured per layer on float inputs, so corrections do not compound through the
+//! network (correcting every layer against end-to-end drift at once would count upstream drift twice).
+use kiln_compiler::eval::Evaluator;
+use kiln_compiler::ir::{DType, Graph, Model, NodeId, Op, TensorData, ValueId};
+use kiln_compiler::Result;
+
+/// Per-channel (axis 1) mean of a tensor.
+fn channel_means(t: &TensorData) -> Option<Vec<f64>> {
+    let v = t.to_f64_vec()?;
+    let dims = &t.dims;
+    if dims.len() < 2 {
+        return None;
+    }
+    let c = dims[1] as usize;
+    let inner: usize = dims[2..].iter().product::<i64>() as usize;
+    let outer = dims[0] as usize;
+    let mut m = vec![0.0; c];
+    for o in 0..outer {
+        for (ch, acc) in m.iter_mut().enumerate() {
+            let base = (o * c + ch) * inner;
+            *acc += v.get(base..base + inner)?.iter().sum::<f64>();
+        }
+    }
+    let n = (outer * inner).max(1) as f64;
+    Some(m.into_iter().map(|x| x / n).collect())
+}
+
+/// Constant behind a DequantizeLinear: (quantized values, per-channel or scalar scale).
+fn dq_parts(g: &Graph, v: ValueId) -> Option<(ValueId, Vec<f64>, Vec<f64>)> {
+    let (p, _) = g.value(v).producer?;
+    let n = g.node(p)?;
+    if !matches!(n.op, Op::DequantizeLinear { .. }) {
+        return None;
+    }
+    let q = n.input(0)?;
+    let vals = g.const_data(q)?.to_f64_vec()?;
+    let scales = g.const_data(n.input(1)?)?.to_f64_vec()?;
+    Some((q, vals, scales))
+}
+
+/// Correct biases of `q` (the quantized model) using its float source `f`. Returns layers corrected.
+pub fn correct(q: &mut Model, f: &Model, input: &str, samples: &[TensorData]) -> Result<usize> {
+    let Some(first) = samples.first() else { return Ok(0) };
+    // Layers: quantized weight and int32 bias, and the float input they read in `f`.
+    let mut work: Vec<(NodeId, ValueId)> = Vec::new();
+    for id in q.graph.topo_order()? {
+        let n = &q.graph.nodes[id];
+        if !matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }) {
+            continue;
+        }
+        let Some(fnode) = f.graph.nodes.node_weights().find(|m| m.name == n.name) else { continue };
+        let Some(x) = fnode.input(0) else { continue };
+        work.push((id, x));
+    }
+    let mut probe = f.clone();
+    probe.graph.outputs = work.iter().map(|(_, x)| *x).collect();
+    probe.graph.outputs.dedup();
+    let outs: Vec<ValueId> = probe.graph.outputs.clone();
+    let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
+    let mut means: Vec<Vec<f64>> = vec![Vec::new(); outs.len()];
+    for s in samples {
+        for (k, (_, t)) in ev.run(&[(input.to_string(), s.clone())])?.iter().enumerate() {
+            if let Some(m) = channel_means(t) {
+                if means[k].is_empty() {
+                    means[k] = vec![0.0; m.len()];
+                }
+                means[k].iter_mut().zip(m).for_each(|(a, b)| *a += b / samples.len() as f64);
+            }
+        }
+    }
+    let mut corrected = 0;
+    for (id, x) in work {
+        let Some(k) = outs.iter().position(|o| *o == x) else { continue };
+        let mu = &means[k];
+        let g = &q.graph;
+        let n = &g.nodes[id];
+        let Some(fnode) = f.graph.nodes.node_weights().find(|m| m.name == n.name) else { continue };
+        let Some(wf) = fnode.input(1).and_then(|w| f.graph.const_data(w)).and_then(|d| d.to_f64_vec().map(|v| (d.dims.clone(), v))) else { continue };
+        let (Some(wq), Some(bq)) = (n.input(1).and_then(|w| dq_parts(g, w)), n.input(2).and_then(|b| dq_parts(g, b))) else { continue };
+        let (wdims, w) = wf;
+        let (_, wqv, ws) = wq;
+        let (bq_id, bvals, bs) = bq;
+        if wqv.len() != w.len() || wdims.len() < 2 || g.const_data(bq_id).map(|d| d.dtype) != Some(DType::I32) {
+            continue;
+        }
+        // Output channel and input channel of every weight element.
+        let (cout, chan): (usize, Box<dyn Fn(usize) -> (usize, usize)>) = match &n.op {
+            Op::Conv { group, .. } => {
+                let (co, ci_g) = (wdims[0] as usize, wdims[1] as usize);
+                let k: usize = wdims[2..].iter().product::<i64>() as usize;
+                let groups = group.unwrap_or(1).max(1) as usize;
+                let per_group_out = (co / groups).max(1);
+                (co, Box::new(move |i| {
+                    let o = i / (ci_g * k).max(1);
+                    let ii = (i / k.max(1)) % ci_g.max(1);
+                    (o, (o / per_group_out) * ci_g + ii)
+                }))
+            }
+            Op::Gemm { trans_b, .. } => {
+                let (r, c) = (wdims[0] as usize, wdims[1] as usize);
+                if trans_b.unwrap_or(0) != 0 {
+                    (r, Box::new(move |i| (i / c.max(1), i % c.max(1))))
+                } else {
+                    (c, Box::new(move |i| (i % c.max(1), i / c.max(1))))
+                }
+            }
+            _ => continue,
+        };
+        if bvals.len() != cout {
+            continue;
+        }
+        let wscale = |o: usize| if ws.len() == 1 { ws[0] } else { ws.get(o).copied().unwrap_or(ws[0]) };
+        let mut delta = vec![0.0f64; cout];
+        for (i, (qv, fv)) in wqv.iter().zip(&w).enumerate() {
+            let (o, ci) = chan(i);
+            let Some(m) = mu.get(ci) else { continue };
+            delta[o] += (qv * wscale(o) - fv) * m;
+        }
+        let new: Vec<u8> = (0..cout)
+            .flat_map(|o| {
+                let s = if bs.len() == 1 { bs[0] } else { bs[o] };
+                ((bvals[o] - delta[o] / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).to_le_bytes()
+            })
+            .collect();
+        q.graph.value_mut(bq_id).data = Some(TensorData::from_bytes(DType::I32, vec![cout as i64], new));
+        corrected += 1;
+    }
+    Ok(corrected)
+}

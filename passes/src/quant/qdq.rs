@@ -1,0 +1,252 @@
+//! Post-training quantization to QDQ form: weights become int8 constants (per output channel or per
+//! tensor, symmetric, range [−127, 127]) behind DequantizeLinear; biases become int32 with scale
+//! s_in·s_w; activations get QuantizeLinear→DequantizeLinear pairs with per-tensor scales derived from
+//! calibration statistics (asymmetric int8 by default, or uint8).
+//!
+//! Guarantees: a model that already carries QuantizeLinear (QAT export) keeps its learned scales and gets
+//! nothing added; a value is never quantized twice; nodes named in `keep_float` (mixed precision) keep
+//! float weights and float inputs; graph outputs stay float; transcendental and index ops are not fed
+//! quantized inputs.
+use std::collections::{BTreeMap, HashSet};
+
+use kiln_compiler::calib::Calibration;
+use kiln_compiler::ir::{DType, Graph, Model, Node, NodeId, Op, TensorData, ValueId};
+use kiln_compiler::{Error, Result};
+
+use super::params::{amax, Method};
+
+/// What to quantize and how.
+#[derive(Clone, Debug)]
+pub struct QdqOptions {
+    pub per_channel: bool,
+    /// `I8` (asymmetric int8) or `U8`.
+    pub activations: DType,
+    pub method: Method,
+    /// Node names kept in float.
+    pub keep_float: HashSet<String>,
+}
+
+impl Default for QdqOptions {
+    fn default() -> Self {
+        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new() }
+    }
+}
+
+/// What the pass did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct QdqSummary {
+    pub qat_kept: bool,
+    pub weights: usize,
+    pub biases: usize,
+    pub activations: usize,
+    pub kept_float: Vec<String>,
+    /// Activation scale and zero point by value name.
+    pub activation_params: BTreeMap<String, (f32, i64)>,
+}
+
+const FLOAT_ONLY: &[&str] = &[
+    "Shape", "Size", "LSTM", "GRU", "RNN", "LayerNormalization", "Softmax", "Erf", "Exp", "Log", "Pow", "Sqrt", "Div",
+    "Range", "Cast", "QuantizeLinear", "DequantizeLinear", "Gelu", "Tanh", "Reciprocal", "ReduceMax", "ReduceMin",
+];
+
+fn act_params(c: &Calibration, name: &str, opts: &QdqOptions) -> Option<(f32, i64)> {
+    let s = c.stats.get(name)?;
+    let t = amax(s, opts.method);
+    let lo = s.min.max(-t).min(0.0);
+    let hi = s.max.min(t).max(0.0);
+    let (qmin, qmax) = if opts.activations == DType::U8 { (0.0f32, 255.0f32) } else { (-128.0, 127.0) };
+    let scale = ((hi - lo) / (qmax - qmin)).max(1e-8);
+    let zp = (qmin - lo / scale).round().clamp(qmin, qmax) as i64;
+    Some((scale, zp))
+}
+
+fn zp_tensor(dt: DType, zp: i64, n: Option<usize>) -> TensorData {
+    let dims = n.map(|n| vec![n as i64]).unwrap_or_default();
+    let count = n.unwrap_or(1);
+    let b = match dt {
+        DType::U8 => vec![zp as u8; count],
+        _ => vec![zp as i8 as u8; count],
+    };
+    TensorData::from_bytes(dt, dims, b)
+}
+
+fn scale_tensor(s: &[f32], per_axis: bool) -> TensorData {
+    if per_axis {
+        TensorData::from_f32(vec![s.len() as i64], s)
+    } else {
+        TensorData::from_f32(vec![], &s[..1])
+    }
+}
+
+/// DequantizeLinear(q, scale, zp[, axis]) as a new node; returns the float output value.
+fn add_dq(g: &mut Graph, base: &str, q: ValueId, scale: TensorData, zp: TensorData, axis: Option<i64>, dims: Vec<i64>) -> Result<ValueId> {
+    let s = g.add_const(&format!("{base}_scale"), scale)?;
+    let z = g.add_const(&format!("{base}_zero_point"), zp)?;
+    let out = g.add_temp(&format!("{base}_dequantized"), DType::F32, Some(dims.iter().map(|d| kiln_compiler::ir::Dim::Known(*d)).collect()))?;
+    let name = g.fresh_name(&format!("{base}_DequantizeLinear"));
+    g.add_node(Node::new(name, Op::DequantizeLinear { axis }, vec![Some(q), Some(s), Some(z)], vec![Some(out)]))?;
+    Ok(out)
+}
+
+/// Quantize weight input `slot` of node `id` along `axis` (None: per tensor). Returns the weight scales.
+fn quantize_weight(g: &mut Graph, id: NodeId, slot: usize, axis: Option<usize>, floor: &dyn Fn(usize) -> f32) -> Result<Option<Vec<f32>>> {
+    let Some(w) = g.nodes[id].input(slot) else { return Ok(None) };
+    let Some(d) = g.const_data(w).filter(|d| d.dtype == DType::F32).cloned() else { return Ok(None) };
+    let Some(vals) = d.to_f32_vec() else { return Ok(None) };
+    let dims = d.dims.clone();
+    let (channels, chan_of): (usize, Box<dyn Fn(usize) -> usize>) = match axis {
+        Some(a) if a < dims.len() => {
+            let c = dims[a] as usize;
+            let inner: usize = dims[a + 1..].iter().product::<i64>() as usize;
+            (c, Box::new(move |i| (i / inner.max(1)) % c.max(1)))
+        }
+        _ => (1, Box::new(|_| 0)),
+    };
+    let mut amax = vec![0f32; channels];
+    for (i, v) in vals.iter().enumerate() {
+        let c = chan_of(i);
+        amax[c] = amax[c].max(v.abs());
+    }
+    // A channel the pruner zeroed (or nearly) gets a scale no smaller than its bias needs: a tiny weight
+    // scale makes s_in·s_w tiny and the int32 bias overflow (the failure mode of pruned models).
+    let scales: Vec<f32> = amax
+        .iter()
+        .enumerate()
+        .map(|(c, a)| {
+            let s = if *a > 1e-30 { a / 127.0 } else { 0.0 };
+            let s = s.max(floor(c));
+            if s > 0.0 { s } else { 1.0 }
+        })
+        .collect();
+    let q: Vec<u8> = vals.iter().enumerate().map(|(i, v)| (v / scales[chan_of(i)]).round().clamp(-127.0, 127.0) as i8 as u8).collect();
+    let base = g.value(w).name.clone();
+    let qv = g.add_const(&format!("{base}_quantized"), TensorData::from_bytes(DType::I8, dims.clone(), q))?;
+    let per_axis = axis.is_some();
+    let out = add_dq(g, &base, qv, scale_tensor(&scales, per_axis), zp_tensor(DType::I8, 0, per_axis.then_some(channels)), axis.map(|a| a as i64), dims)?;
+    if let Some(n) = g.node_mut(id) {
+        n.inputs[slot] = Some(out);
+    }
+    Ok(Some(scales))
+}
+
+/// Bias as int32 with scale s_in·s_w[c].
+fn quantize_bias(g: &mut Graph, id: NodeId, s_in: f32, s_w: &[f32]) -> Result<bool> {
+    let Some(b) = g.nodes[id].input(2) else { return Ok(false) };
+    let Some(d) = g.const_data(b).filter(|d| d.dtype == DType::F32 && d.dims.len() == 1).cloned() else { return Ok(false) };
+    let Some(vals) = d.to_f32_vec() else { return Ok(false) };
+    let n = vals.len();
+    let scales: Vec<f32> = (0..n).map(|i| s_in * if s_w.len() == 1 { s_w[0] } else { s_w.get(i).copied().unwrap_or(s_w[0]) }).collect();
+    if scales.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+        return Ok(false);
+    }
+    let q: Vec<u8> = vals.iter().zip(&scales).flat_map(|(v, s)| ((v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32).to_le_bytes()).collect();
+    let base = g.value(b).name.clone();
+    let qv = g.add_const(&format!("{base}_quantized"), TensorData::from_bytes(DType::I32, vec![n as i64], q))?;
+    let zp = TensorData::from_bytes(DType::I32, vec![n as i64], vec![0; 4 * n]);
+    let out = add_dq(g, &base, qv, TensorData::from_f32(vec![n as i64], &scales), zp, Some(0), vec![n as i64])?;
+    if let Some(node) = g.node_mut(id) {
+        node.inputs[2] = Some(out);
+    }
+    Ok(true)
+}
+
+/// Insert Q/DQ for the whole model.
+pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Result<QdqSummary> {
+    let mut sum = QdqSummary::default();
+    let opset = model.opset();
+    let g = &mut model.graph;
+    if g.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. })) {
+        sum.qat_kept = true;
+        return Ok(sum);
+    }
+    if model.opset_imports.iter().any(|(d, v)| (d.is_empty() || d == "ai.onnx") && *v < 13) && opts.per_channel {
+        return Err(Error::Pass { pass: "quantize".into(), reason: "per-channel quantization needs opset 13 or newer".into() });
+    }
+    let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
+    // Activation parameters for every value that will be quantized.
+    let mut params: BTreeMap<ValueId, (f32, i64)> = BTreeMap::new();
+    for (i, v) in g.values.iter().enumerate() {
+        let id = ValueId(i as u32);
+        if v.dtype != DType::F32 || g.is_output(id) || g.const_data(id).is_some() {
+            continue;
+        }
+        let from_dq = v.producer.map(|(p, _)| g.node(p).is_some_and(|n| matches!(n.op, Op::DequantizeLinear { .. }))).unwrap_or(false);
+        if from_dq {
+            continue;
+        }
+        if let Some(p) = act_params(calib, &v.name, opts) {
+            params.insert(id, p);
+        }
+    }
+    // Weights and biases.
+    for id in g.topo_order()? {
+        let Some(n) = g.node(id) else { continue };
+        if keep(g, id) {
+            sum.kept_float.push(n.name.clone());
+            continue;
+        }
+        let axis = match &n.op {
+            Op::Conv { .. } => Some(0),
+            Op::Gemm { trans_b, .. } => Some(if trans_b.unwrap_or(0) != 0 { 0 } else { 1 }),
+            Op::MatMul => g.nodes[id].input(1).and_then(|w| g.const_data(w)).map(|d| d.dims.len().saturating_sub(1)),
+            _ => continue,
+        };
+        let axis = if opts.per_channel { axis } else { None };
+        let s_in = g.nodes[id].input(0).and_then(|x| params.get(&x)).map(|p| p.0);
+        let bias: Vec<f32> = match (&g.nodes[id].op, g.nodes[id].input(2)) {
+            (Op::Conv { .. } | Op::Gemm { .. }, Some(b)) => g.const_data(b).and_then(|d| d.to_f32_vec()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let floor = |c: usize| -> f32 {
+            match s_in {
+                Some(si) if si > 0.0 => {
+                    let b = if axis.is_some() { bias.get(c).copied().unwrap_or(0.0).abs() } else { bias.iter().fold(0f32, |m, v| m.max(v.abs())) };
+                    b / (si * (1u64 << 30) as f32)
+                }
+                _ => 0.0,
+            }
+        };
+        let Some(s_w) = quantize_weight(g, id, 1, axis, &floor)? else { continue };
+        sum.weights += 1;
+        if let (Some(s_in), true) = (s_in, matches!(g.nodes[id].op, Op::Conv { .. } | Op::Gemm { .. })) {
+            if quantize_bias(g, id, s_in, &s_w)? {
+                sum.biases += 1;
+            }
+        }
+    }
+    // Activations: Q→DQ in front of every consumer that takes quantized input.
+    for (v, (scale, zp)) in params {
+        let consumers: Vec<(NodeId, usize)> = g
+            .consumers(v)
+            .into_iter()
+            .filter(|(c, _)| {
+                let n = &g.nodes[*c];
+                !keep(g, *c) && !FLOAT_ONLY.contains(&n.op.op_type()) && n.op.subgraphs().is_empty() && (n.domain.is_empty() || n.domain == "ai.onnx")
+            })
+            .collect();
+        if consumers.is_empty() {
+            continue;
+        }
+        let base = g.value(v).name.clone();
+        let shape = g.value(v).shape.clone();
+        let s = g.add_const(&format!("{base}_scale"), TensorData::from_f32(vec![], &[scale]))?;
+        let z = g.add_const(&format!("{base}_zero_point"), zp_tensor(opts.activations, zp, None))?;
+        let q = g.add_temp(&format!("{base}_quantized"), opts.activations, shape.clone())?;
+        let dq = g.add_temp(&format!("{base}_dequantized"), DType::F32, shape)?;
+        let qn = g.fresh_name(&format!("{base}_QuantizeLinear"));
+        g.add_node(Node::new(qn, Op::QuantizeLinear { axis: None, saturate: None }, vec![Some(v), Some(s), Some(z)], vec![Some(q)]))?;
+        let dn = g.fresh_name(&format!("{base}_DequantizeLinear"));
+        g.add_node(Node::new(dn, Op::DequantizeLinear { axis: None }, vec![Some(q), Some(s), Some(z)], vec![Some(dq)]))?;
+        for (c, slot) in consumers {
+            if let Some(n) = g.node_mut(c) {
+                n.inputs[slot] = Some(dq);
+            }
+        }
+        sum.activations += 1;
+        sum.activation_params.insert(base, (scale, zp));
+    }
+    g.rebuild_edges();
+    kiln_compiler::shape::infer_graph(g, opset)?;
+    kiln_compiler::ir::verify::verify(&model.graph)?;
+    Ok(sum)
+}
