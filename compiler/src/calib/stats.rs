@@ -17,13 +17,73 @@ pub const BINS: usize = 2048;
 pub struct TensorStats {
     pub min: f32,
     pub max: f32,
-    /// Histogram of |x| over [0, absmax], `BINS` bins.
+    /// Histogram of |x| over [0, hist_max], `BINS` bins; `hist_max` is a power of two ≥ max|x|.
     pub hist: Vec<u64>,
+    pub hist_max: f32,
 }
 
 impl TensorStats {
     pub fn absmax(&self) -> f32 {
         self.min.abs().max(self.max.abs())
+    }
+
+    fn empty() -> Self {
+        TensorStats { min: f32::INFINITY, max: f32::NEG_INFINITY, hist: vec![0; BINS], hist_max: 0.0 }
+    }
+
+    /// Double the histogram range (pairs of bins merge) until it covers `a`.
+    fn grow_to(&mut self, a: f32) {
+        if self.hist_max == 0.0 {
+            self.hist_max = 2f32.powi(a.log2().ceil() as i32).max(f32::MIN_POSITIVE);
+            return;
+        }
+        while self.hist_max < a {
+            for i in 0..BINS / 2 {
+                self.hist[i] = self.hist[2 * i] + self.hist[2 * i + 1];
+            }
+            self.hist[BINS / 2..].iter_mut().for_each(|c| *c = 0);
+            self.hist_max *= 2.0;
+        }
+    }
+
+    fn add(&mut self, v: &[f32]) {
+        let mut lo = self.min;
+        let mut hi = self.max;
+        let mut a = 0f32;
+        for x in v.iter().filter(|x| x.is_finite()) {
+            lo = lo.min(*x);
+            hi = hi.max(*x);
+            a = a.max(x.abs());
+        }
+        self.min = lo;
+        self.max = hi;
+        if a > 0.0 {
+            self.grow_to(a);
+        }
+        if self.hist_max > 0.0 {
+            let k = BINS as f32 / self.hist_max;
+            for x in v.iter().filter(|x| x.is_finite()) {
+                let b = ((x.abs() * k) as usize).min(BINS - 1);
+                self.hist[b] += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, mut o: TensorStats) {
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.hist_max == 0.0 {
+            return;
+        }
+        if self.hist_max == 0.0 {
+            self.hist = o.hist;
+            self.hist_max = o.hist_max;
+            return;
+        }
+        let top = self.hist_max.max(o.hist_max);
+        self.grow_to(top);
+        o.grow_to(top);
+        self.hist.iter_mut().zip(o.hist).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -48,56 +108,54 @@ fn targets(m: &Model) -> Vec<ValueId> {
     out
 }
 
-/// Run `model` on every sample (fed to input `input`), calling `progress(done, total)`.
-pub fn collect(model: &Model, input: &str, samples: &[TensorData], progress: &mut dyn FnMut(usize, usize)) -> Result<Calibration> {
+/// Run `model` on every sample (fed to input `input`) in one pass, on up to two threads, calling
+/// `progress(done, total)`.
+pub fn collect(model: &Model, input: &str, samples: &[TensorData], progress: &mut (dyn FnMut(usize, usize) + Send)) -> Result<Calibration> {
     let first = samples.first().ok_or_else(|| Error::Input { name: input.into(), reason: "no calibration samples".into() })?;
     let mut probe = model.clone();
     let vals = targets(model);
     probe.graph.outputs = vals.clone();
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
     let names: Vec<String> = vals.iter().map(|v| model.graph.value(*v).name.clone()).collect();
-    let total = samples.len() * 2;
-    // Pass 1: ranges. Pass 2: histograms over the final ranges.
-    let mut lo = vec![f32::INFINITY; names.len()];
-    let mut hi = vec![f32::NEG_INFINITY; names.len()];
-    for (i, s) in samples.iter().enumerate() {
-        let outs = ev.run(&[(input.to_string(), s.clone())])?;
-        for (k, (_, t)) in outs.iter().enumerate() {
-            if let Some(v) = t.to_f32_vec() {
-                for x in v {
-                    if x.is_finite() {
-                        lo[k] = lo[k].min(x);
-                        hi[k] = hi[k].max(x);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
+    let chunk = samples.len().div_ceil(threads);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let progress = std::sync::Mutex::new(progress);
+    let results: Vec<Result<Vec<TensorStats>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = samples
+            .chunks(chunk.max(1))
+            .map(|part| {
+                let (ev, names, done, progress) = (&ev, &names, &done, &progress);
+                s.spawn(move || -> Result<Vec<TensorStats>> {
+                    let mut acc = vec![TensorStats::empty(); names.len()];
+                    for smp in part {
+                        let outs = ev.run(&[(input.to_string(), smp.clone())])?;
+                        for (k, (_, t)) in outs.iter().enumerate() {
+                            if let Some(v) = t.to_f32_vec() {
+                                acc[k].add(&v);
+                            }
+                        }
+                        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if let Ok(mut p) = progress.lock() {
+                            (*p)(d, samples.len());
+                        }
                     }
-                }
-            }
+                    Ok(acc)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Eval("a calibration thread panicked".into())))).collect()
+    });
+    let mut total = vec![TensorStats::empty(); names.len()];
+    for r in results {
+        for (t, part) in total.iter_mut().zip(r?) {
+            t.merge(part);
         }
-        progress(i + 1, total);
-    }
-    let mut hist = vec![vec![0u64; BINS]; names.len()];
-    for (i, s) in samples.iter().enumerate() {
-        let outs = ev.run(&[(input.to_string(), s.clone())])?;
-        for (k, (_, t)) in outs.iter().enumerate() {
-            let amax = lo[k].abs().max(hi[k].abs());
-            if amax <= 0.0 || !amax.is_finite() {
-                continue;
-            }
-            let w = amax / BINS as f32;
-            if let Some(v) = t.to_f32_vec() {
-                for x in v {
-                    if x.is_finite() {
-                        let b = ((x.abs() / w) as usize).min(BINS - 1);
-                        hist[k][b] += 1;
-                    }
-                }
-            }
-        }
-        progress(samples.len() + i + 1, total);
     }
     let mut stats = BTreeMap::new();
-    for (k, name) in names.into_iter().enumerate() {
-        if lo[k].is_finite() && hi[k].is_finite() {
-            stats.insert(name, TensorStats { min: lo[k], max: hi[k], hist: std::mem::take(&mut hist[k]) });
+    for (name, st) in names.into_iter().zip(total) {
+        if st.min.is_finite() && st.max.is_finite() {
+            stats.insert(name, st);
         }
     }
     Ok(Calibration { samples: samples.len(), stats })

@@ -31,10 +31,10 @@ impl Method {
 pub fn amax(s: &TensorStats, m: Method) -> f32 {
     let full = s.absmax();
     let total: u64 = s.hist.iter().sum();
-    if full <= 0.0 || total == 0 || s.hist.len() != BINS {
+    if full <= 0.0 || total == 0 || s.hist.len() != BINS || s.hist_max <= 0.0 {
         return full;
     }
-    let w = full / BINS as f32;
+    let w = s.hist_max / BINS as f32;
     let t = match m {
         Method::MinMax => return full,
         Method::Percentile(p) => {
@@ -50,10 +50,16 @@ pub fn amax(s: &TensorStats, m: Method) -> f32 {
             }
             edge as f32 * w
         }
-        Method::Entropy => entropy_bins(&s.hist) as f32 * w,
-        Method::Mse => mse_bins(&s.hist) as f32 * w,
+        Method::Entropy => entropy_bins(used(s, w)) as f32 * w,
+        Method::Mse => mse_bins(used(s, w)) as f32 * w,
     };
     t.clamp(w, full)
+}
+
+/// The histogram up to the bin holding max|x| (the range may extend to twice that).
+fn used(s: &TensorStats, w: f32) -> &[u64] {
+    let last = ((s.absmax() / w).ceil() as usize).clamp(1, s.hist.len());
+    &s.hist[..last]
 }
 
 /// TensorRT-style KL threshold: the number of leading bins to keep.
@@ -66,6 +72,9 @@ fn entropy_bins(hist: &[u64]) -> usize {
         h[0] = h[1];
     }
     let mut best = (f64::INFINITY, hist.len());
+    if hist.len() <= LEVELS {
+        return hist.len();
+    }
     for i in (LEVELS..=hist.len()).step_by(4) {
         // Reference distribution: first i bins, outliers folded into the last.
         let mut p: Vec<f64> = h[..i].to_vec();
@@ -116,6 +125,9 @@ fn entropy_bins(hist: &[u64]) -> usize {
 fn mse_bins(hist: &[u64]) -> usize {
     let n = hist.len();
     let mut best = (f64::INFINITY, n);
+    if n <= 16 {
+        return n;
+    }
     for t in (16..=n).step_by(8) {
         let step = t as f64 / 127.0; // in bins
         let mut err = 0.0;
