@@ -228,7 +228,8 @@ fn build(config_path: PathBuf, force: bool) -> Result<()> {
     let cfg = config::load(&config_path)?;
     let backends = kiln_backends::all();
     let mut log = |s: &str| eprintln!("kiln: {s}");
-    let outcome = driver::build(&cfg, force, &kiln_passes::make, &backends, &mut log)?;
+    let quantizer = kiln_passes::quant::Ptq;
+    let outcome = driver::build(&cfg, force, &kiln_passes::make, &backends, Some(&quantizer), &mut log)?;
     if outcome.up_to_date {
         println!("up to date: {} ({} artifacts)", outcome.output_dir.display(), outcome.manifest.artifacts.len());
     } else {

@@ -52,6 +52,37 @@ pub struct Target {
     /// ONNX-emitting backends: where tensor data goes.
     #[serde(default)]
     pub external_data: ExternalDataMode,
+    /// int8: `per_channel` (default) or `per_tensor` weight scales.
+    #[serde(default)]
+    pub weights: Option<String>,
+    /// int8: activation type, `int8` (default) or `uint8`.
+    #[serde(default)]
+    pub activations: Option<String>,
+    /// int8: empirical bias correction (default true).
+    #[serde(default)]
+    pub bias_correction: Option<bool>,
+}
+
+/// `calibration:` — data and method for post-training quantization.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationConfig {
+    /// A folder of images (with `preprocess`)…
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// …or an .npy of samples along axis 0.
+    #[serde(default)]
+    pub tensors: Option<PathBuf>,
+    #[serde(default)]
+    pub preprocess: Option<crate::calib::Preprocess>,
+    /// minmax | percentile | entropy | mse (default entropy).
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub percentile: Option<f64>,
+    /// At most this many samples (default all).
+    #[serde(default)]
+    pub samples: Option<usize>,
 }
 
 fn default_precision() -> String {
@@ -68,6 +99,8 @@ pub struct Config {
     pub inputs: BTreeMap<String, Vec<i64>>,
     #[serde(default)]
     pub passes: Vec<PassSpec>,
+    #[serde(default)]
+    pub calibration: Option<CalibrationConfig>,
     pub targets: Vec<Target>,
     pub output: PathBuf,
 }
@@ -113,6 +146,34 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
         }
         if !seen.insert(t.name.clone()) {
             return Err(err(format!("target name '{}' is used twice", t.name)));
+        }
+    }
+    if let Some(c) = &cfg.calibration {
+        if c.images.is_some() == c.tensors.is_some() {
+            return Err(err("calibration: give exactly one of `images` (a folder) or `tensors` (an .npy)".into()));
+        }
+        if c.preprocess.is_some() && c.images.is_none() {
+            return Err(err("calibration.preprocess applies to `images` only".into()));
+        }
+        if let Some(m) = &c.method {
+            if !["minmax", "percentile", "entropy", "mse"].contains(&m.as_str()) {
+                return Err(err(format!("calibration.method '{m}': expected minmax, percentile, entropy or mse")));
+            }
+        }
+    }
+    for t in &cfg.targets {
+        if t.precision == "int8" && cfg.calibration.is_none() {
+            return Err(err(format!("target '{}': precision int8 needs a `calibration:` section", t.name)));
+        }
+        if let Some(w) = &t.weights {
+            if w != "per_channel" && w != "per_tensor" {
+                return Err(err(format!("target '{}': weights '{w}': expected per_channel or per_tensor", t.name)));
+            }
+        }
+        if let Some(a) = &t.activations {
+            if a != "int8" && a != "uint8" {
+                return Err(err(format!("target '{}': activations '{a}': expected int8 or uint8", t.name)));
+            }
         }
     }
     for (name, dims) in &cfg.inputs {

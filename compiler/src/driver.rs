@@ -12,7 +12,7 @@ use crate::artifact::write_atomic;
 use crate::config::{LoadedConfig, PassSpec};
 use crate::error::{Error, Result};
 use crate::ir::Model;
-use crate::pipeline::{Backend, Pass, PassContext, PassRecord};
+use crate::pipeline::{Backend, Pass, PassContext, PassRecord, Quantizer};
 use crate::stats::{model_stats, ModelStats};
 
 pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,6 +52,10 @@ pub struct Report {
     pub optimized: ModelStats,
     pub passes: Vec<PassRecord>,
     pub targets: BTreeMap<String, Vec<ArtifactRecord>>,
+    /// Per quantized target: what the quantizer did.
+    pub quantization: BTreeMap<String, serde_json::Value>,
+    /// Calibration: samples used, seconds, and whether statistics came from the cache.
+    pub calibration: Option<serde_json::Value>,
 }
 
 /// What `build` did.
@@ -174,7 +178,62 @@ pub fn run_passes(model: &mut Model, passes: &[Box<dyn Pass>], cx: &mut PassCont
 }
 
 /// Build every target of `cfg`.
-pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: &[Box<dyn Backend>], log: &mut dyn FnMut(&str)) -> Result<Outcome> {
+/// The calibration data files a config names (sorted, as many as `samples` allows).
+fn calibration_files(cfg: &LoadedConfig) -> Result<(crate::calib::Source, Vec<PathBuf>)> {
+    let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
+    let limit = c.samples.unwrap_or(usize::MAX);
+    if let Some(t) = &c.tensors {
+        let p = cfg.dir.join(t);
+        return Ok((crate::calib::Source::Tensors(p.clone()), vec![p]));
+    }
+    let dir = cfg.dir.join(c.images.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "calibration: no images or tensors".into() })?);
+    let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
+        .collect();
+    files.sort();
+    files.truncate(limit);
+    Ok((crate::calib::Source::Images { dir, preprocess: c.preprocess.clone().unwrap_or_default() }, files))
+}
+
+/// Statistics for `model` over the calibration data, from `OUTPUT/.kiln-cache` when the model, data and
+/// settings hash the same as last time.
+fn calibrate(cfg: &LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecord], log: &mut dyn FnMut(&str)) -> Result<(crate::calib::Calibration, Vec<crate::ir::TensorData>, String, serde_json::Value)> {
+    let c = cfg.config.calibration.clone().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
+    let (source, _) = calibration_files(cfg)?;
+    let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
+    let g = &model.graph;
+    let input = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).ok_or_else(|| Error::invalid("the model has no input"))?;
+    let mut h = Sha256::new();
+    h.update(crate::onnx::to_bytes(model, &Default::default())?);
+    for i in inputs.iter().filter(|i| i.role == "calibration") {
+        h.update(i.sha256.as_bytes());
+    }
+    h.update(serde_json::to_vec(&c).unwrap_or_default());
+    let key = hex(&h.finalize());
+    let cache = out.join(".kiln-cache").join(format!("calibration-{}.json", &key[..32]));
+    if let Ok(bytes) = std::fs::read(&cache) {
+        if let Ok(stats) = serde_json::from_slice::<crate::calib::Calibration>(&bytes) {
+            log("calibration statistics: cached");
+            return Ok((stats, samples, input, serde_json::json!({"samples": stats_samples(&bytes), "cached": true})));
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let stats = crate::calib::collect(model, &input, &samples, &mut |_, _| {})?;
+    let secs = t0.elapsed().as_secs_f64();
+    log(&format!("calibrated on {} samples in {secs:.1} s", stats.samples));
+    write_atomic(&cache, &serde_json::to_vec(&stats).unwrap_or_default())?;
+    let rep = serde_json::json!({"samples": samples.len(), "cached": false, "seconds": secs});
+    Ok((stats, samples, input, rep))
+}
+
+fn stats_samples(bytes: &[u8]) -> usize {
+    serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| v["samples"].as_u64()).unwrap_or(0) as usize
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: &[Box<dyn Backend>], quantizer: Option<&dyn Quantizer>, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let out = cfg.output_dir();
     // Check every target names a known backend and precision before any work.
     for t in &cfg.config.targets {
@@ -213,6 +272,12 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     for f in &model.external_files {
         inputs.push(input_record("external_data", f, &cfg.dir)?);
     }
+    let needs_calibration = cfg.config.targets.iter().any(|t| t.precision == "int8");
+    if needs_calibration {
+        for f in calibration_files(cfg)?.1 {
+            inputs.push(input_record("calibration", &f, &cfg.dir)?);
+        }
+    }
     let pins: crate::shape::Pins = cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     crate::shape::infer(&mut model, &pins)?;
     let before = model_stats(&model);
@@ -220,10 +285,26 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     run_passes(&mut model, &passes, &mut cx)?;
     let mut artifacts = Vec::new();
     let mut by_target: BTreeMap<String, Vec<ArtifactRecord>> = BTreeMap::new();
+    let mut quantization = BTreeMap::new();
+    let mut calibration_report = None;
+    let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
         log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
-        let files = b.emit(&model, t)?;
+        let quantized;
+        let target_model = match (&calibrated, t.precision.as_str()) {
+            (Some((stats, samples, input, rep)), "int8") => {
+                let q = quantizer.ok_or_else(|| Error::Backend { backend: t.backend.clone(), target: t.name.clone(), reason: "this build of kiln has no quantizer".into() })?;
+                let ccfg = cfg.config.calibration.as_ref().ok_or_else(|| Error::invalid("no calibration"))?;
+                let (m, summary) = q.quantize(&model, t, stats, ccfg, input, samples)?;
+                quantization.insert(t.name.clone(), summary);
+                calibration_report = Some(rep.clone());
+                quantized = m;
+                &quantized
+            }
+            _ => &model,
+        };
+        let files = b.emit(target_model, t)?;
         for f in files {
             let rel_path = format!("{}/{}", t.name, f.rel_path);
             write_atomic(&out.join(&rel_path), &f.bytes)?;
@@ -240,7 +321,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         }
     }
     let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
-    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target };
+    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report };
     let json = |v: &dyn erased::Ser| v.to_json();
     write_atomic(&out.join("report.json"), &json(&report))?;
     // The manifest goes last: it is what marks the build complete.

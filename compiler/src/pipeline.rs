@@ -48,3 +48,9 @@ pub trait Backend {
     fn precisions(&self) -> &'static [&'static str];
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>>;
 }
+
+/// Turns the optimized fp32 model into a quantized one for a target (the binary wires in kiln-passes).
+pub trait Quantizer {
+    /// Returns the quantized model and a JSON summary for the report.
+    fn quantize(&self, model: &Model, target: &Target, calib: &crate::calib::Calibration, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData]) -> Result<(Model, serde_json::Value)>;
+}

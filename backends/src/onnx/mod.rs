@@ -1,4 +1,6 @@
-//! The `onnx` backend: the model after the configured passes, as ONNX (`precision: fp32`).
+//! The `onnx` backend: the model after the configured passes, as ONNX: `precision: fp32`, or `int8` — the
+//! QDQ model the quantizer made (int8 weights per channel, int32 biases, Q/DQ on activations), which any
+//! ONNX runtime executes.
 //!
 //! Writes `<model stem>.onnx` (and `<model stem>.onnx.data` when `external_data: always`, or when the
 //! model passes protobuf's 2 GiB limit). Output is byte-identical for identical inputs.
@@ -17,7 +19,7 @@ impl Backend for OnnxBackend {
     }
 
     fn precisions(&self) -> &'static [&'static str] {
-        &["fp32"]
+        &["fp32", "int8"]
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
