@@ -89,6 +89,30 @@ fn default_precision() -> String {
     "fp32".into()
 }
 
+/// `validation:` — data the artifacts are checked on, and the accuracy budget they must meet.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    #[serde(default)]
+    pub tensors: Option<PathBuf>,
+    #[serde(default)]
+    pub preprocess: Option<crate::calib::Preprocess>,
+    /// Class labels (.npy of integers), one per sample.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    #[serde(default)]
+    pub samples: Option<usize>,
+    #[serde(default)]
+    pub min_top1_agreement: Option<f64>,
+    #[serde(default)]
+    pub min_cosine: Option<f64>,
+    /// Largest allowed drop in label accuracy (needs `labels`), e.g. 0.005 for half a point.
+    #[serde(default)]
+    pub max_accuracy_drop: Option<f64>,
+}
+
 /// The whole config.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +125,8 @@ pub struct Config {
     pub passes: Vec<PassSpec>,
     #[serde(default)]
     pub calibration: Option<CalibrationConfig>,
+    #[serde(default)]
+    pub validation: Option<ValidationConfig>,
     pub targets: Vec<Target>,
     pub output: PathBuf,
 }
@@ -159,6 +185,14 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
             if !["minmax", "percentile", "entropy", "mse"].contains(&m.as_str()) {
                 return Err(err(format!("calibration.method '{m}': expected minmax, percentile, entropy or mse")));
             }
+        }
+    }
+    if let Some(v) = &cfg.validation {
+        if v.images.is_some() == v.tensors.is_some() {
+            return Err(err("validation: give exactly one of `images` (a folder) or `tensors` (an .npy)".into()));
+        }
+        if v.max_accuracy_drop.is_some() && v.labels.is_none() {
+            return Err(err("validation.max_accuracy_drop needs `labels`".into()));
         }
     }
     for t in &cfg.targets {

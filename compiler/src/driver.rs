@@ -56,6 +56,69 @@ pub struct Report {
     pub quantization: BTreeMap<String, serde_json::Value>,
     /// Calibration: samples used, seconds, and whether statistics came from the cache.
     pub calibration: Option<serde_json::Value>,
+    /// Per non-fp32 target: accuracy against the fp32 original on the validation data.
+    pub accuracy: BTreeMap<String, crate::accuracy::Metrics>,
+}
+
+/// Files of a `validation:` section, its loaded samples and labels.
+fn validation_data(cfg: &LoadedConfig) -> Result<Option<(Vec<PathBuf>, Vec<crate::ir::TensorData>, Option<Vec<i64>>)>> {
+    let Some(v) = &cfg.config.validation else { return Ok(None) };
+    let limit = v.samples.unwrap_or(usize::MAX);
+    let (source, mut files) = match (&v.images, &v.tensors) {
+        (Some(dir), _) => {
+            let dir = cfg.dir.join(dir);
+            let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
+                .collect();
+            files.sort();
+            files.truncate(limit);
+            (crate::calib::Source::Images { dir, preprocess: v.preprocess.clone().unwrap_or_default() }, files)
+        }
+        (None, Some(t)) => (crate::calib::Source::Tensors(cfg.dir.join(t)), vec![cfg.dir.join(t)]),
+        _ => return Ok(None),
+    };
+    let samples = crate::calib::data::load(&source, limit)?;
+    let labels = match &v.labels {
+        Some(l) => {
+            let p = cfg.dir.join(l);
+            files.push(p.clone());
+            let t = crate::npy::read(&p)?;
+            Some(t.to_i64_vec().ok_or_else(|| Error::Npy { path: p.clone(), reason: "labels must be integers".into() })?)
+        }
+        None => None,
+    };
+    Ok(Some((files, samples, labels)))
+}
+
+/// Fail when metrics miss the budget.
+fn check_budget(cfg: &LoadedConfig, target: &str, m: &crate::accuracy::Metrics) -> Result<()> {
+    let Some(v) = &cfg.config.validation else { return Ok(()) };
+    let mut miss = Vec::new();
+    if let Some(t) = v.min_top1_agreement {
+        if m.top1_agreement < t {
+            miss.push(format!("top-1 agreement {:.3} < {t}", m.top1_agreement));
+        }
+    }
+    if let Some(t) = v.min_cosine {
+        if m.mean_cosine < t {
+            miss.push(format!("mean cosine {:.4} < {t}", m.mean_cosine));
+        }
+    }
+    if let (Some(t), Some(a), Some(r)) = (v.max_accuracy_drop, m.accuracy, m.accuracy_reference) {
+        if r - a > t {
+            miss.push(format!("accuracy {a:.4} is {:.4} below fp32's {r:.4} (allowed {t})", r - a));
+        }
+    }
+    if miss.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Backend {
+        backend: "validation".into(),
+        target: target.into(),
+        reason: format!("accuracy budget not met on {} validation samples: {}", m.samples, miss.join("; ")),
+    })
 }
 
 /// What `build` did.
@@ -273,6 +336,12 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         inputs.push(input_record("external_data", f, &cfg.dir)?);
     }
     let needs_calibration = cfg.config.targets.iter().any(|t| t.precision == "int8");
+    let validation = if cfg.config.targets.iter().any(|t| t.precision != "fp32") { validation_data(cfg)? } else { None };
+    if let Some((files, _, _)) = &validation {
+        for f in files {
+            inputs.push(input_record("validation", f, &cfg.dir)?);
+        }
+    }
     if needs_calibration {
         for f in calibration_files(cfg)?.1 {
             inputs.push(input_record("calibration", &f, &cfg.dir)?);
@@ -280,6 +349,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     }
     let pins: crate::shape::Pins = cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     crate::shape::infer(&mut model, &pins)?;
+    let original = model.clone();
     let before = model_stats(&model);
     let mut cx = PassContext::default();
     run_passes(&mut model, &passes, &mut cx)?;
@@ -287,6 +357,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut by_target: BTreeMap<String, Vec<ArtifactRecord>> = BTreeMap::new();
     let mut quantization = BTreeMap::new();
     let mut calibration_report = None;
+    let mut accuracy = BTreeMap::new();
     let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
@@ -304,6 +375,14 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
             }
             _ => &model,
         };
+        if let (Some((_, samples, labels)), true) = (&validation, t.precision != "fp32") {
+            let g = &original.graph;
+            let input = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).unwrap_or_default();
+            let m = crate::accuracy::compare(&original, target_model, &input, samples, labels.as_deref())?;
+            log(&format!("target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples", t.name, m.top1_agreement, m.mean_cosine, m.sqnr_db, m.samples));
+            check_budget(cfg, &t.name, &m)?;
+            accuracy.insert(t.name.clone(), m);
+        }
         let files = b.emit(target_model, t)?;
         for f in files {
             let rel_path = format!("{}/{}", t.name, f.rel_path);
@@ -321,7 +400,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         }
     }
     let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
-    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report };
+    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy };
     let json = |v: &dyn erased::Ser| v.to_json();
     write_atomic(&out.join("report.json"), &json(&report))?;
     // The manifest goes last: it is what marks the build complete.

@@ -14,3 +14,4 @@ pub mod config;
 pub mod driver;
 pub mod pipeline;
 pub mod calib;
+pub mod accuracy;

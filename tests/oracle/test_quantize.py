@@ -106,3 +106,43 @@ def test_int8_without_calibration_is_a_config_error(tmp_path):
     (tmp_path / "k.yaml").write_text("model: m.onnx\ntargets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n")
     p = kiln("build", tmp_path / "k.yaml", check=False)
     assert p.returncode == 1 and "needs a `calibration:` section" in p.stderr
+
+
+def test_accuracy_budget_is_enforced(tmp_path):
+    import shutil
+
+    for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
+        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
+    base = (
+        "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
+        "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
+        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
+    )
+    (tmp_path / "ok.yaml").write_text(base + "validation: { tensors: tiny_cnn_inputs.npy, min_cosine: 0.99 }\n")
+    kiln("build", tmp_path / "ok.yaml")
+    import json
+
+    acc = json.loads((tmp_path / "out" / "report.json").read_text())["accuracy"]["q"]
+    r = compare(tmp_path / "tiny_cnn.onnx", tmp_path / "out" / "q" / "model.onnx", local_inputs(LOCAL_MODELS / "tiny_cnn.onnx"))
+    # kiln's own measurement (tract) agrees with onnxruntime's.
+    assert abs(acc["mean_cosine"] - r["mean_cosine"]) < 0.01, (acc, r)
+    (tmp_path / "strict.yaml").write_text(base.replace("output: out", "output: out2") + "validation: { tensors: tiny_cnn_inputs.npy, min_cosine: 0.99999 }\n")
+    p = kiln("build", tmp_path / "strict.yaml", check=False)
+    assert p.returncode == 1 and "accuracy budget not met" in p.stderr and "mean cosine" in p.stderr, p.stderr
+    assert not (tmp_path / "out2" / "manifest.json").exists()
+
+
+@corpus
+def test_digits_budget_with_labels(tmp_path):
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text(
+        f"model: {CORPUS / 'digits_mobilenet.onnx'}\npasses: [cleanup, fuse]\n"
+        f"calibration: {{ tensors: {DATA / 'digits_calib.npy'}, method: percentile }}\n"
+        f"validation: {{ tensors: {DATA / 'digits_val.npy'}, labels: {DATA / 'digits_val_labels.npy'}, max_accuracy_drop: 0.005 }}\n"
+        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
+    )
+    kiln("build", cfg)
+    import json
+
+    acc = json.loads((tmp_path / "out" / "report.json").read_text())["accuracy"]["q"]
+    assert acc["accuracy"] >= acc["accuracy_reference"] - 0.005, acc

@@ -1,0 +1,61 @@
+//! Accuracy of an artifact's model against the fp32 reference, measured with tract on validation data:
+//! top-1 agreement, mean cosine similarity and SQNR of the first output, and label accuracy when labels
+//! are given. (The tests check the same artifacts independently with onnxruntime.)
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::eval::Evaluator;
+use crate::ir::{Model, TensorData};
+
+/// Agreement metrics of a candidate against the reference.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Metrics {
+    pub samples: usize,
+    pub top1_agreement: f64,
+    pub mean_cosine: f64,
+    pub sqnr_db: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_reference: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, x)| if *x > b.1 { (i, *x) } else { b }).0
+}
+
+/// Compare `candidate` with `reference` on `samples` (fed to `input`); `labels` are class indices.
+pub fn compare(reference: &Model, candidate: &Model, input: &str, samples: &[TensorData], labels: Option<&[i64]>) -> Result<Metrics> {
+    let first = samples.first().ok_or_else(|| Error::Input { name: input.into(), reason: "no validation samples".into() })?;
+    let fact = [(input.to_string(), first.dtype, first.dims.clone())];
+    let (r, c) = (Evaluator::new(reference, &fact)?, Evaluator::new(candidate, &fact)?);
+    let (mut agree, mut cos, mut sig, mut noise, mut hit_r, mut hit_c) = (0usize, 0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
+    for (i, s) in samples.iter().enumerate() {
+        let feed = [(input.to_string(), s.clone())];
+        let a = r.run(&feed)?.into_iter().next().and_then(|(_, t)| t.to_f64_vec()).ok_or_else(|| Error::Eval("reference produced no numeric output".into()))?;
+        let b = c.run(&feed)?.into_iter().next().and_then(|(_, t)| t.to_f64_vec()).ok_or_else(|| Error::Eval("candidate produced no numeric output".into()))?;
+        if a.len() != b.len() {
+            return Err(Error::Eval(format!("output sizes differ: {} vs {}", a.len(), b.len())));
+        }
+        let (ia, ib) = (argmax(&a), argmax(&b));
+        agree += usize::from(ia == ib);
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let (na, nb) = (a.iter().map(|x| x * x).sum::<f64>().sqrt(), b.iter().map(|x| x * x).sum::<f64>().sqrt());
+        cos += dot / (na * nb).max(1e-30);
+        sig += na * na;
+        noise += a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
+        if let Some(l) = labels.and_then(|l| l.get(i)) {
+            hit_r += usize::from(ia as i64 == *l);
+            hit_c += usize::from(ib as i64 == *l);
+        }
+    }
+    let n = samples.len() as f64;
+    Ok(Metrics {
+        samples: samples.len(),
+        top1_agreement: agree as f64 / n,
+        mean_cosine: cos / n,
+        sqnr_db: 10.0 * (sig / noise.max(1e-30)).log10(),
+        accuracy_reference: labels.map(|_| hit_r as f64 / n),
+        accuracy: labels.map(|_| hit_c as f64 / n),
+    })
+}
