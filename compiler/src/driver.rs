@@ -367,7 +367,16 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
             (Some((stats, samples, input, rep)), "int8") => {
                 let q = quantizer.ok_or_else(|| Error::Backend { backend: t.backend.clone(), target: t.name.clone(), reason: "this build of kiln has no quantizer".into() })?;
                 let ccfg = cfg.config.calibration.as_ref().ok_or_else(|| Error::invalid("no calibration"))?;
-                let (m, summary) = q.quantize(&model, t, stats, ccfg, input, samples)?;
+                let has_budget = cfg.config.validation.as_ref().is_some_and(|v| v.min_top1_agreement.is_some() || v.min_cosine.is_some() || v.max_accuracy_drop.is_some());
+                let check = |cand: &Model| -> Result<(bool, crate::accuracy::Metrics)> {
+                    let Some((_, vs, labels)) = &validation else { return Err(Error::invalid("no validation data")) };
+                    let g = &original.graph;
+                    let vin = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).unwrap_or_default();
+                    let m = crate::accuracy::compare(&original, cand, &vin, vs, labels.as_deref())?;
+                    Ok((check_budget(cfg, &t.name, &m).is_ok(), m))
+                };
+                let budget: Option<crate::pipeline::Budget> = if has_budget && validation.is_some() { Some(&check) } else { None };
+                let (m, summary) = q.quantize(&model, t, stats, ccfg, input, samples, budget)?;
                 quantization.insert(t.name.clone(), summary);
                 calibration_report = Some(rep.clone());
                 quantized = m;

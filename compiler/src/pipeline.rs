@@ -49,8 +49,13 @@ pub trait Backend {
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>>;
 }
 
+/// Checks a candidate model against the accuracy budget: (meets it, measured metrics).
+pub type Budget<'a> = &'a dyn Fn(&Model) -> Result<(bool, crate::accuracy::Metrics)>;
+
 /// Turns the optimized fp32 model into a quantized one for a target (the binary wires in kiln-passes).
 pub trait Quantizer {
-    /// Returns the quantized model and a JSON summary for the report.
-    fn quantize(&self, model: &Model, target: &Target, calib: &crate::calib::Calibration, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData]) -> Result<(Model, serde_json::Value)>;
+    /// Returns the quantized model and a JSON summary for the report. With a budget, layers may be kept
+    /// in float (mixed precision) until the candidate meets it.
+    #[allow(clippy::too_many_arguments)]
+    fn quantize(&self, model: &Model, target: &Target, calib: &crate::calib::Calibration, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value)>;
 }

@@ -146,3 +146,27 @@ def test_digits_budget_with_labels(tmp_path):
 
     acc = json.loads((tmp_path / "out" / "report.json").read_text())["accuracy"]["q"]
     assert acc["accuracy"] >= acc["accuracy_reference"] - 0.005, acc
+
+
+def test_mixed_precision_meets_a_tight_budget(tmp_path):
+    """Full int8 of tiny_cnn reaches cosine ~0.99996; a 0.99999 budget forces layers/activations to stay
+    float, and the report names them with their measured sensitivity."""
+    import json
+    import shutil
+
+    for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
+        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
+    (tmp_path / "k.yaml").write_text(
+        "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
+        "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
+        "validation: { tensors: tiny_cnn_inputs.npy, min_cosine: 0.99999 }\n"
+        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
+    )
+    kiln("build", tmp_path / "k.yaml")
+    r = json.loads((tmp_path / "out" / "report.json").read_text())
+    kept = r["quantization"]["q"]["mixed_precision"]["kept_float"]
+    assert 1 <= len(kept) < 20, kept
+    assert all("sqnr_db_when_quantized_alone" in k and k["kind"] in ("layer", "activation") for k in kept)
+    assert r["accuracy"]["q"]["mean_cosine"] >= 0.99999
+    ort = compare(tmp_path / "tiny_cnn.onnx", tmp_path / "out" / "q" / "model.onnx", local_inputs(LOCAL_MODELS / "tiny_cnn.onnx"))
+    assert ort["mean_cosine"] >= 0.9999, ort

@@ -1,19 +1,32 @@
 //! Quantization: ranges from calibration statistics and QDQ insertion.
 pub mod bias_correction;
+pub mod mixed;
 pub mod params;
 pub mod qdq;
 
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::config::{CalibrationConfig, Target};
 use kiln_compiler::ir::{DType, Model, TensorData};
-use kiln_compiler::pipeline::{Pass, PassContext, Quantizer};
+use kiln_compiler::pipeline::{Budget, Pass, PassContext, Quantizer};
 use kiln_compiler::{Error, Result};
+
+/// Quantize `model` with `opts`, bias-correct, drop the float weights left behind.
+pub(crate) fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(Model, qdq::QdqSummary, usize)> {
+    let mut m = model.clone();
+    let summary = qdq::quantize(&mut m, calib, opts)?;
+    let mut corrected = 0;
+    if bc && !summary.qat_kept {
+        corrected = bias_correction::correct(&mut m, model, input, samples)?;
+    }
+    crate::cleanup::dce::Dce.run(&mut m, &mut PassContext::default())?;
+    Ok((m, summary, corrected))
+}
 
 /// Post-training quantization for `kiln build` targets with `precision: int8`.
 pub struct Ptq;
 
 impl Quantizer for Ptq {
-    fn quantize(&self, model: &Model, t: &Target, calib: &Calibration, cfg: &CalibrationConfig, input: &str, samples: &[TensorData]) -> Result<(Model, serde_json::Value)> {
+    fn quantize(&self, model: &Model, t: &Target, calib: &Calibration, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value)> {
         let method = params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
             .ok_or_else(|| Error::Pass { pass: "quantize".into(), reason: "unknown calibration method".into() })?;
         let opts = qdq::QdqOptions {
@@ -22,13 +35,19 @@ impl Quantizer for Ptq {
             method,
             ..Default::default()
         };
-        let mut m = model.clone();
-        let summary = qdq::quantize(&mut m, calib, &opts)?;
-        let mut corrected = 0;
-        if t.bias_correction.unwrap_or(true) && !summary.qat_kept {
-            corrected = bias_correction::correct(&mut m, model, input, samples)?;
+        let bc = t.bias_correction.unwrap_or(true);
+        let (mut m, summary, mut corrected) = build(model, calib, &opts, bc, input, samples)?;
+        let mut mixed = serde_json::Value::Null;
+        if let Some(check) = budget {
+            let (ok, metrics) = check(&m)?;
+            if !ok && !summary.qat_kept {
+                let (mm, report, c) = mixed::search(model, calib, &opts, bc, input, samples, check, metrics)?;
+                m = mm;
+                mixed = report;
+                corrected = c;
+            }
         }
-        crate::cleanup::dce::Dce.run(&mut m, &mut PassContext::default())?;
+        let summary = summary;
         let json = serde_json::json!({
             "method": format!("{method:?}"),
             "weights": if opts.per_channel { "per_channel" } else { "per_tensor" },
@@ -38,6 +57,7 @@ impl Quantizer for Ptq {
             "quantized_activations": summary.activations,
             "bias_corrected_layers": corrected,
             "kept_float": summary.kept_float,
+            "mixed_precision": mixed,
         });
         Ok((m, json))
     }

@@ -22,13 +22,15 @@ pub struct QdqOptions {
     /// `I8` (asymmetric int8) or `U8`.
     pub activations: DType,
     pub method: Method,
-    /// Node names kept in float.
+    /// Node names kept in float (weights and inputs).
     pub keep_float: HashSet<String>,
+    /// Activation values left unquantized (no Q/DQ at all).
+    pub keep_float_values: HashSet<String>,
 }
 
 impl Default for QdqOptions {
     fn default() -> Self {
-        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new() }
+        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new() }
     }
 }
 
@@ -171,7 +173,7 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
             continue;
         }
         let from_dq = v.producer.map(|(p, _)| g.node(p).is_some_and(|n| matches!(n.op, Op::DequantizeLinear { .. }))).unwrap_or(false);
-        if from_dq {
+        if from_dq || opts.keep_float_values.contains(&v.name) {
             continue;
         }
         if let Some(p) = act_params(calib, &v.name, opts) {

@@ -1,0 +1,66 @@
+//! Mixed precision under an accuracy budget. Quantization points are the weighted layers (weights and
+//! inputs) and the activation tensors (their Q/DQ). Each point's sensitivity is measured alone: quantize
+//! only it, run on calibration samples, and take the SQNR of the model output against fp32. Then keep the
+//! most sensitive points in float — 1, 2, 4, 8, … of them — until the candidate meets the budget on the
+//! validation data. The report names every point kept, with its SQNR.
+use std::collections::HashSet;
+
+use kiln_compiler::accuracy::{compare, Metrics};
+use kiln_compiler::calib::Calibration;
+use kiln_compiler::ir::{Model, Op, TensorData};
+use kiln_compiler::pipeline::Budget;
+use kiln_compiler::{Error, Result};
+
+use super::qdq::QdqOptions;
+
+/// Search for the smallest float set meeting the budget. Returns (model, report, layers bias-corrected).
+#[allow(clippy::too_many_arguments)]
+pub fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData], check: Budget, first: Metrics) -> Result<(Model, serde_json::Value, usize)> {
+    let layers: Vec<String> = model
+        .graph
+        .topo_order()?
+        .into_iter()
+        .filter(|id| matches!(model.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul))
+        .map(|id| model.graph.nodes[id].name.clone())
+        .collect();
+    let values: Vec<String> = calib.stats.keys().filter(|v| model.graph.find(v).is_some_and(|id| !model.graph.is_output(id))).cloned().collect();
+    // Points: ("layer", name) and ("activation", name).
+    let points: Vec<(&str, String)> = layers.iter().map(|l| ("layer", l.clone())).chain(values.iter().map(|v| ("activation", v.clone()))).collect();
+    let only = |kind: &str, name: &str| -> QdqOptions {
+        let mut o = opts.clone();
+        o.keep_float = layers.iter().filter(|l| !(kind == "layer" && *l == name)).cloned().collect();
+        o.keep_float_values = values.iter().filter(|v| !(kind == "activation" && *v == name)).cloned().collect();
+        o
+    };
+    let probe: Vec<TensorData> = samples.iter().take(16).cloned().collect();
+    let mut sens: Vec<(&str, String, f64)> = Vec::new();
+    for (kind, name) in &points {
+        let (m, s, _) = super::build(model, calib, &only(kind, name), false, input, &probe)?;
+        if s.weights + s.activations == 0 {
+            continue; // nothing to quantize at this point (e.g. a value no quantized op reads)
+        }
+        let met = compare(model, &m, input, &probe, None)?;
+        sens.push((kind, name.clone(), met.sqnr_db));
+    }
+    sens.sort_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));
+    let mut tried = vec![serde_json::json!({"kept_float": 0, "top1_agreement": first.top1_agreement, "mean_cosine": first.mean_cosine})];
+    let mut k = 1;
+    while k <= sens.len() {
+        let mut o = opts.clone();
+        o.keep_float = sens[..k].iter().filter(|p| p.0 == "layer").map(|p| p.1.clone()).collect::<HashSet<String>>();
+        o.keep_float_values = sens[..k].iter().filter(|p| p.0 == "activation").map(|p| p.1.clone()).collect::<HashSet<String>>();
+        let (m, _, corrected) = super::build(model, calib, &o, bc, input, samples)?;
+        let (ok, met) = check(&m)?;
+        tried.push(serde_json::json!({"kept_float": k, "top1_agreement": met.top1_agreement, "mean_cosine": met.mean_cosine}));
+        if ok {
+            let kept: Vec<serde_json::Value> = sens[..k]
+                .iter()
+                .map(|(kind, n, s)| serde_json::json!({"kind": kind, "name": n, "sqnr_db_when_quantized_alone": s, "why": "most sensitive first, until the accuracy budget held"}))
+                .collect();
+            let report = serde_json::json!({"kept_float": kept, "search": tried, "points": sens.len()});
+            return Ok((m, report, corrected));
+        }
+        k = if k == sens.len() { k + 1 } else { (k * 2).min(sens.len()) };
+    }
+    Err(Error::Pass { pass: "mixed_precision".into(), reason: format!("the accuracy budget is not met even with every layer in float (search: {})", serde_json::Value::Array(tried)) })
+}
