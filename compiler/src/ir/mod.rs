@@ -251,6 +251,15 @@ impl Graph {
         (1..).map(|i| format!("{base}_{i}")).find(|n| !self.names.contains_key(n)).unwrap_or_default()
     }
 
+    /// A node name not yet used in this graph, derived from `base`.
+    pub fn fresh_node_name(&self, base: &str) -> String {
+        let used: std::collections::HashSet<&str> = self.nodes.node_weights().map(|n| n.name.as_str()).collect();
+        if !used.contains(base) {
+            return base.to_string();
+        }
+        (1..).map(|i| format!("{base}_{i}")).find(|n| !used.contains(n.as_str())).unwrap_or_default()
+    }
+
     /// Add a node; records it as the producer of its outputs and links edges from known producers.
     pub fn add_node(&mut self, node: Node) -> Result<NodeId> {
         for o in node.outputs.iter().flatten() {

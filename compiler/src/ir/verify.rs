@@ -29,6 +29,12 @@ fn check(g: &Graph, scope: &str, problems: &mut Vec<String>) {
             || val.outer
             || val.producer.map(|(p, _)| g.nodes.contains_node(p)).unwrap_or(false)
     };
+    let mut names = std::collections::HashSet::new();
+    for n in g.nodes.node_weights() {
+        if !n.name.is_empty() && !names.insert(n.name.as_str()) {
+            problems.push(format!("{scope}two nodes are named '{}' (node names must be unique)", n.name));
+        }
+    }
     for id in g.nodes.node_indices() {
         let n = &g.nodes[id];
         for v in n.inputs.iter().flatten().chain(n.captures.iter()) {

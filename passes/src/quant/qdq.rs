@@ -85,7 +85,7 @@ fn add_dq(g: &mut Graph, base: &str, q: ValueId, scale: TensorData, zp: TensorDa
     let s = g.add_const(&format!("{base}_scale"), scale)?;
     let z = g.add_const(&format!("{base}_zero_point"), zp)?;
     let out = g.add_temp(&format!("{base}_dequantized"), DType::F32, Some(dims.iter().map(|d| kiln_compiler::ir::Dim::Known(*d)).collect()))?;
-    let name = g.fresh_name(&format!("{base}_DequantizeLinear"));
+    let name = g.fresh_node_name(&format!("{base}_DequantizeLinear"));
     g.add_node(Node::new(name, Op::DequantizeLinear { axis }, vec![Some(q), Some(s), Some(z)], vec![Some(out)]))?;
     Ok(out)
 }
@@ -235,9 +235,9 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
         let z = g.add_const(&format!("{base}_zero_point"), zp_tensor(opts.activations, zp, None))?;
         let q = g.add_temp(&format!("{base}_quantized"), opts.activations, shape.clone())?;
         let dq = g.add_temp(&format!("{base}_dequantized"), DType::F32, shape)?;
-        let qn = g.fresh_name(&format!("{base}_QuantizeLinear"));
+        let qn = g.fresh_node_name(&format!("{base}_QuantizeLinear"));
         g.add_node(Node::new(qn, Op::QuantizeLinear { axis: None, saturate: None }, vec![Some(v), Some(s), Some(z)], vec![Some(q)]))?;
-        let dn = g.fresh_name(&format!("{base}_DequantizeLinear"));
+        let dn = g.fresh_node_name(&format!("{base}_DequantizeLinear"));
         g.add_node(Node::new(dn, Op::DequantizeLinear { axis: None }, vec![Some(q), Some(s), Some(z)], vec![Some(dq)]))?;
         for (c, slot) in consumers {
             if let Some(n) = g.node_mut(c) {
