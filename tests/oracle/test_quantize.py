@@ -166,7 +166,7 @@ def test_mixed_precision_meets_a_tight_budget(tmp_path):
     kiln("build", tmp_path / "k.yaml")
     r = json.loads((tmp_path / "out" / "report.json").read_text())
     kept = r["quantization"]["q"]["mixed_precision"]["kept_float"]
-    assert 1 <= len(kept) < 20, kept
+    assert 1 <= len(kept) and sum(k["kind"] == "layer" for k in kept) <= 2, kept
     assert all("sqnr_db_when_quantized_alone" in k and k["kind"] in ("layer", "activation") for k in kept)
     assert r["accuracy"]["q"]["mean_cosine"] >= 0.99999
     ort = compare(tmp_path / "tiny_cnn.onnx", tmp_path / "out" / "q" / "model.onnx", local_inputs(LOCAL_MODELS / "tiny_cnn.onnx"))

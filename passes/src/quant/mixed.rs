@@ -1,8 +1,10 @@
 //! Mixed precision under an accuracy budget. Quantization points are the weighted layers (weights and
 //! inputs) and the activation tensors (their Q/DQ). Each point's sensitivity is measured alone: quantize
 //! only it, run on calibration samples, and take the SQNR of the model output against fp32. Then keep the
-//! most sensitive points in float — 1, 2, 4, 8, … of them — until the candidate meets the budget on the
-//! validation data. The report names every point kept, with its SQNR.
+//! most sensitive activations in float — 1, 2, 4, 8, … of them — and, only if all of them in float are not
+//! enough, the most sensitive layers too, until the candidate meets the budget on the validation data.
+//! Activations first because they cost no bytes in float; layers' weights do. The report names every
+//! point kept, with its SQNR.
 use std::collections::HashSet;
 
 use kiln_compiler::accuracy::{compare, Metrics};
@@ -43,24 +45,39 @@ pub fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, i
         sens.push((kind, name.clone(), met.sqnr_db));
     }
     sens.sort_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));
-    let mut tried = vec![serde_json::json!({"kept_float": 0, "top1_agreement": first.top1_agreement, "mean_cosine": first.mean_cosine})];
+    // Activations cost no bytes to keep in float, weights do: first keep activations (most sensitive
+    // first), and only if every activation in float still misses the budget, add layers as well.
+    let acts: Vec<&(&str, String, f64)> = sens.iter().filter(|p| p.0 == "activation").collect();
+    let lays: Vec<&(&str, String, f64)> = sens.iter().filter(|p| p.0 == "layer").collect();
+    let mut plans: Vec<Vec<&(&str, String, f64)>> = Vec::new();
     let mut k = 1;
-    while k <= sens.len() {
+    while k <= acts.len() {
+        plans.push(acts[..k].to_vec());
+        k = if k == acts.len() { k + 1 } else { (k * 2).min(acts.len()) };
+    }
+    let mut k = 1;
+    while k <= lays.len() {
+        let mut p = acts.clone();
+        p.extend(lays[..k].iter().copied());
+        plans.push(p);
+        k = if k == lays.len() { k + 1 } else { (k * 2).min(lays.len()) };
+    }
+    let mut tried = vec![serde_json::json!({"kept_float": 0, "top1_agreement": first.top1_agreement, "mean_cosine": first.mean_cosine})];
+    for plan in plans {
         let mut o = opts.clone();
-        o.keep_float = sens[..k].iter().filter(|p| p.0 == "layer").map(|p| p.1.clone()).collect::<HashSet<String>>();
-        o.keep_float_values = sens[..k].iter().filter(|p| p.0 == "activation").map(|p| p.1.clone()).collect::<HashSet<String>>();
+        o.keep_float = plan.iter().filter(|p| p.0 == "layer").map(|p| p.1.clone()).collect::<HashSet<String>>();
+        o.keep_float_values = plan.iter().filter(|p| p.0 == "activation").map(|p| p.1.clone()).collect::<HashSet<String>>();
         let (m, _, corrected) = super::build(model, calib, &o, bc, input, samples)?;
         let (ok, met) = check(&m)?;
-        tried.push(serde_json::json!({"kept_float": k, "top1_agreement": met.top1_agreement, "mean_cosine": met.mean_cosine}));
+        tried.push(serde_json::json!({"kept_float": plan.len(), "layers_kept": o.keep_float.len(), "top1_agreement": met.top1_agreement, "mean_cosine": met.mean_cosine}));
         if ok {
-            let kept: Vec<serde_json::Value> = sens[..k]
+            let kept: Vec<serde_json::Value> = plan
                 .iter()
-                .map(|(kind, n, s)| serde_json::json!({"kind": kind, "name": n, "sqnr_db_when_quantized_alone": s, "why": "most sensitive first, until the accuracy budget held"}))
+                .map(|(kind, n, s)| serde_json::json!({"kind": kind, "name": n, "sqnr_db_when_quantized_alone": s, "why": "most sensitive first (activations before layers, which cost bytes), until the accuracy budget held"}))
                 .collect();
             let report = serde_json::json!({"kept_float": kept, "search": tried, "points": sens.len()});
             return Ok((m, report, corrected));
         }
-        k = if k == sens.len() { k + 1 } else { (k * 2).min(sens.len()) };
     }
     Err(Error::Pass { pass: "mixed_precision".into(), reason: format!("the accuracy budget is not met even with every layer in float (search: {})", serde_json::Value::Array(tried)) })
 }

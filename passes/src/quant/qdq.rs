@@ -5,7 +5,7 @@
 //!
 //! Guarantees: a model that already carries QuantizeLinear (QAT export) keeps its learned scales and gets
 //! nothing added; a value is never quantized twice; nodes named in `keep_float` (mixed precision) keep
-//! float weights and float inputs; graph outputs stay float; transcendental and index ops are not fed
+//! float weights and values named in `keep_float_values` get no Q/DQ; graph outputs stay float; transcendental and index ops are not fed
 //! quantized inputs.
 use std::collections::{BTreeMap, HashSet};
 
@@ -22,7 +22,7 @@ pub struct QdqOptions {
     /// `I8` (asymmetric int8) or `U8`.
     pub activations: DType,
     pub method: Method,
-    /// Node names kept in float (weights and inputs).
+    /// Node names whose weights stay float (their inputs follow `keep_float_values`).
     pub keep_float: HashSet<String>,
     /// Activation values left unquantized (no Q/DQ at all).
     pub keep_float_values: HashSet<String>,
@@ -223,7 +223,7 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
             .into_iter()
             .filter(|(c, _)| {
                 let n = &g.nodes[*c];
-                !keep(g, *c) && !FLOAT_ONLY.contains(&n.op.op_type()) && n.op.subgraphs().is_empty() && (n.domain.is_empty() || n.domain == "ai.onnx")
+                !FLOAT_ONLY.contains(&n.op.op_type()) && n.op.subgraphs().is_empty() && (n.domain.is_empty() || n.domain == "ai.onnx")
             })
             .collect();
         if consumers.is_empty() {
