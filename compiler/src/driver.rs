@@ -67,13 +67,7 @@ fn validation_data(cfg: &LoadedConfig) -> Result<Option<(Vec<PathBuf>, Vec<crate
     let (source, mut files) = match (&v.images, &v.tensors) {
         (Some(dir), _) => {
             let dir = cfg.dir.join(dir);
-            let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-            let mut files: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
-                .collect();
-            files.sort();
-            files.truncate(limit);
+            let files = crate::calib::data::image_files(&dir, limit)?;
             (crate::calib::Source::Images { dir, preprocess: v.preprocess.clone().unwrap_or_default() }, files)
         }
         (None, Some(t)) => (crate::calib::Source::Tensors(cfg.dir.join(t)), vec![cfg.dir.join(t)]),
@@ -250,13 +244,7 @@ fn calibration_files(cfg: &LoadedConfig) -> Result<(crate::calib::Source, Vec<Pa
         return Ok((crate::calib::Source::Tensors(p.clone()), vec![p]));
     }
     let dir = cfg.dir.join(c.images.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "calibration: no images or tensors".into() })?);
-    let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
-        .collect();
-    files.sort();
-    files.truncate(limit);
+    let files = crate::calib::data::image_files(&dir, limit)?;
     Ok((crate::calib::Source::Images { dir, preprocess: c.preprocess.clone().unwrap_or_default() }, files))
 }
 

@@ -103,17 +103,21 @@ pub fn load_image(path: &Path, p: &Preprocess) -> Result<TensorData> {
 pub fn load(source: &Source, limit: usize) -> Result<Vec<TensorData>> {
     match source {
         Source::Tensors(p) => npy_samples(p, limit),
-        Source::Images { dir, preprocess } => {
-            let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-            let mut files: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                return Err(Error::Input { name: dir.display().to_string(), reason: "no .jpg/.jpeg/.png images in this folder".into() });
-            }
-            files.iter().take(limit).map(|f| load_image(f, preprocess)).collect()
-        }
+        Source::Images { dir, preprocess } => image_files(dir, limit)?.iter().map(|f| load_image(f, preprocess)).collect(),
     }
+}
+
+/// The images (.jpg/.jpeg/.png) of a folder, sorted by name, at most `limit`; an empty folder is an error.
+pub fn image_files(dir: &Path, limit: usize) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
+        .collect();
+    if files.is_empty() {
+        return Err(Error::Input { name: dir.display().to_string(), reason: "no .jpg/.jpeg/.png images in this folder".into() });
+    }
+    files.sort();
+    files.truncate(limit);
+    Ok(files)
 }
