@@ -324,3 +324,28 @@ fn bad_run_inputs() {
     let err = fails(&["run", p.to_str().unwrap(), "--input", "nonsense", "--output-dir", "o"]);
     assert!(err.contains("NAME=VALUE"), "{err}");
 }
+
+#[test]
+fn bad_calibration_data() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_model(d.path(), "m.onnx", &relu_model());
+    let out = d.path().join("q.onnx");
+    let err = fails(&["quantize", p.to_str().unwrap(), "--calib", "/no/such/calib.npy", "-o", out.to_str().unwrap()]);
+    assert!(err.contains("/no/such/calib.npy"), "{err}");
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = fails(&["quantize", p.to_str().unwrap(), "--calib", empty.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(err.contains("no .jpg/.jpeg/.png images"), "{err}");
+    let junk = write(d.path(), "junk.jpg", b"not a jpeg");
+    let dir2 = d.path().join("imgs");
+    std::fs::create_dir(&dir2).unwrap();
+    std::fs::rename(&junk, dir2.join("a.jpg")).unwrap();
+    let err = fails(&["quantize", p.to_str().unwrap(), "--calib", dir2.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(err.contains("a.jpg") && err.contains("cannot decode image"), "{err}");
+    assert!(!out.exists());
+    config_case(
+        "model: m.onnx\ncalibration: { tensors: c.npy, images: d/ }\ntargets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n",
+        &["exactly one of `images`"],
+    );
+    config_case("model: m.onnx\ncalibration: { tensors: c.npy, method: vibes }\ntargets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n", &["method 'vibes'"]);
+}
