@@ -301,19 +301,18 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
         other => anyhow::bail!("--activations '{other}': expected int8 or uint8"),
     };
     let opts = kiln_passes::quant::qdq::QdqOptions { per_channel: !per_tensor, activations: act, method, ..Default::default() };
-    let float = m.clone();
-    let summary = kiln_passes::quant::qdq::quantize(&mut m, &stats, &opts)?;
-    if bias_correction > 0 && !summary.qat_kept {
-        let t0 = std::time::Instant::now();
-        let n = kiln_passes::quant::bias_correction::correct(&mut m, &float, &input, &data)?;
-        eprintln!("kiln: bias-corrected {n} layers in {:.1} s", t0.elapsed().as_secs_f64());
-    }
+    let t0 = std::time::Instant::now();
+    let (m, summary, corrected) = kiln_passes::quant::build(&m, &stats, &opts, bias_correction > 0, &input, &data)?;
     if summary.qat_kept {
         eprintln!("kiln: the model carries Q/DQ from quantization-aware training: its scales are kept");
     }
-    eprintln!("kiln: quantized {} weights, {} biases, {} activations", summary.weights, summary.biases, summary.activations);
-    let dce = kiln_passes::make(&config::PassSpec::Name("dce".into()))?;
-    dce.run(&mut m, &mut cx)?;
+    eprintln!(
+        "kiln: quantized {} weights, {} biases, {} activations; bias-corrected {corrected} layers ({:.1} s)",
+        summary.weights,
+        summary.biases,
+        summary.activations,
+        t0.elapsed().as_secs_f64()
+    );
     onnx::save(&m, &output, &onnx::ExportOptions::default())?;
     Ok(())
 }

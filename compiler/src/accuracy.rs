@@ -59,3 +59,30 @@ pub fn compare(reference: &Model, candidate: &Model, input: &str, samples: &[Ten
         accuracy: labels.map(|_| hit_c as f64 / n),
     })
 }
+
+/// SQNR (dB) of every named value of `candidate` against the same value of `reference`, over `samples`:
+/// the per-layer table of the report. Values missing from either model are skipped.
+pub fn value_sqnr(reference: &Model, candidate: &Model, input: &str, samples: &[TensorData], names: &[String]) -> Result<Vec<(String, f64)>> {
+    let Some(first) = samples.first() else { return Ok(Vec::new()) };
+    let shared: Vec<&String> = names.iter().filter(|n| reference.graph.find(n).is_some() && candidate.graph.find(n).is_some()).collect();
+    if shared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let probe = |m: &Model| -> Result<Evaluator> {
+        let mut p = m.clone();
+        p.graph.outputs = shared.iter().filter_map(|n| m.graph.find(n)).collect();
+        Evaluator::new(&p, &[(input.to_string(), first.dtype, first.dims.clone())])
+    };
+    let (r, c) = (probe(reference)?, probe(candidate)?);
+    let mut sig = vec![0f64; shared.len()];
+    let mut noise = vec![0f64; shared.len()];
+    for s in samples {
+        let feed = [(input.to_string(), s.clone())];
+        for (k, ((_, a), (_, b))) in r.run(&feed)?.iter().zip(c.run(&feed)?.iter()).enumerate() {
+            let (Some(a), Some(b)) = (a.to_f64_vec(), b.to_f64_vec()) else { continue };
+            sig[k] += a.iter().map(|x| x * x).sum::<f64>();
+            noise[k] += a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
+        }
+    }
+    Ok(shared.into_iter().enumerate().map(|(k, n)| (n.clone(), 10.0 * (sig[k].max(1e-30) / noise[k].max(1e-30)).log10())).collect())
+}

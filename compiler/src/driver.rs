@@ -58,6 +58,16 @@ pub struct Report {
     pub calibration: Option<serde_json::Value>,
     /// Per non-fp32 target: accuracy against the fp32 original on the validation data.
     pub accuracy: BTreeMap<String, crate::accuracy::Metrics>,
+    /// Per quantized target: SQNR (dB) of every Conv/Gemm/MatMul output against the optimized fp32 model,
+    /// on up to 16 calibration samples, in graph order.
+    pub layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
+}
+
+/// One row of the per-layer SQNR table.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerSqnr {
+    pub layer: String,
+    pub sqnr_db: f64,
 }
 
 /// Files of a `validation:` section, its loaded samples and labels.
@@ -346,6 +356,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut quantization = BTreeMap::new();
     let mut calibration_report = None;
     let mut accuracy = BTreeMap::new();
+    let mut layer_sqnr = BTreeMap::new();
     let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
@@ -366,6 +377,16 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 let budget: Option<crate::pipeline::Budget> = if has_budget && validation.is_some() { Some(&check) } else { None };
                 let (m, summary) = q.quantize(&model, t, stats, ccfg, input, samples, budget)?;
                 quantization.insert(t.name.clone(), summary);
+                let layer_outputs: Vec<String> = model
+                    .graph
+                    .topo_order()?
+                    .into_iter()
+                    .filter(|id| matches!(model.graph.nodes[*id].op, crate::ir::Op::Conv { .. } | crate::ir::Op::Gemm { .. } | crate::ir::Op::MatMul))
+                    .filter_map(|id| model.graph.nodes[id].output(0).map(|v| model.graph.value(v).name.clone()))
+                    .collect();
+                let probe: Vec<crate::ir::TensorData> = samples.iter().take(16).cloned().collect();
+                let table = crate::accuracy::value_sqnr(&model, &m, input, &probe, &layer_outputs)?;
+                layer_sqnr.insert(t.name.clone(), table.into_iter().map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db }).collect());
                 calibration_report = Some(rep.clone());
                 quantized = m;
                 &quantized
@@ -397,7 +418,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         }
     }
     let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
-    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy };
+    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy, layer_sqnr };
     let json = |v: &dyn erased::Ser| v.to_json();
     write_atomic(&out.join("report.json"), &json(&report))?;
     // The manifest goes last: it is what marks the build complete.

@@ -97,6 +97,27 @@ def test_build_int8_target_from_yaml(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["calibration"]["cached"] is True
     assert report["quantization"]["q"]["quantized_weights"] >= 15
+    table = report["layer_sqnr"]["q"]
+    assert len(table) >= 15 and all(row["sqnr_db"] > 10 for row in table), table
+    # The first row, recomputed independently with onnxruntime on the same samples.
+    import numpy as np
+    import onnxruntime as ort
+
+    name = table[0]["layer"]
+
+    def expose(path):
+        m = onnx.load(str(path))
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    fp, q = expose(tmp_path / "out" / "f" / "model.onnx"), expose(art)
+    sig = noise = 0.0
+    for feed in local_inputs(LOCAL_MODELS / "tiny_cnn.onnx")[:16]:
+        a = fp.run([name], feed)[0].astype(np.float64)
+        b = q.run([name], feed)[0].astype(np.float64)
+        sig += float((a * a).sum())
+        noise += float(((a - b) ** 2).sum())
+    assert abs(10 * np.log10(sig / noise) - table[0]["sqnr_db"]) < 3.0, (10 * np.log10(sig / noise), table[0])
 
 
 def test_int8_without_calibration_is_a_config_error(tmp_path):

@@ -11,7 +11,7 @@ use kiln_compiler::pipeline::{Budget, Pass, PassContext, Quantizer};
 use kiln_compiler::{Error, Result};
 
 /// Quantize `model` with `opts`, bias-correct, drop the float weights left behind.
-pub(crate) fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(Model, qdq::QdqSummary, usize)> {
+pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(Model, qdq::QdqSummary, usize)> {
     let mut m = model.clone();
     let summary = qdq::quantize(&mut m, calib, opts)?;
     let mut corrected = 0;
