@@ -280,8 +280,7 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
         calib::Source::Tensors(calib.clone())
     };
     let data = calib::data::load(&source, samples)?;
-    let g = &m.graph;
-    let input = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).ok_or_else(|| anyhow!("the model has no input"))?;
+    let input = m.graph.data_input_name().ok_or_else(|| anyhow!("the model has no input"))?;
     let mut pins = parse_pins(&inputs)?;
     if let Some(first) = data.first() {
         pins.entry(input.clone()).or_insert_with(|| first.dims.clone());

@@ -220,31 +220,11 @@ fn build_stamp() -> String {
 /// Run passes in order, recording before/after statistics.
 pub fn run_passes(model: &mut Model, passes: &[Box<dyn Pass>], cx: &mut PassContext) -> Result<()> {
     for p in passes {
-        let before = model_stats(model);
-        let t0 = std::time::Instant::now();
-        p.run(model, cx)?;
-        let opset = model.opset();
-        crate::shape::infer_graph(&mut model.graph, opset)?;
-        if cfg!(debug_assertions) {
-            crate::ir::verify::verify(&model.graph).map_err(|e| Error::Pass { pass: p.name().into(), reason: format!("left an invalid graph: {e}") })?;
-        }
-        let after = model_stats(model);
-        if cx.dump_after.as_deref() == Some(p.name()) {
-            cx.dumps.push((p.name().to_string(), crate::ir::dump::dump_model(model)));
-        }
-        cx.records.push(PassRecord {
-            pass: p.name().into(),
-            wall_ms: t0.elapsed().as_secs_f64() * 1e3,
-            nodes: (before.nodes, after.nodes),
-            params: (before.params, after.params),
-            param_bytes: (before.param_bytes, after.param_bytes),
-            macs: (before.macs, after.macs),
-        });
+        crate::pipeline::run_pass(p.as_ref(), model, cx, None)?;
     }
     Ok(())
 }
 
-/// Build every target of `cfg`.
 /// The calibration data files a config names (sorted, as many as `samples` allows).
 fn calibration_files(cfg: &LoadedConfig) -> Result<(crate::calib::Source, Vec<PathBuf>)> {
     let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
@@ -264,8 +244,7 @@ fn calibrate(cfg: &LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecor
     let c = cfg.config.calibration.clone().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
     let (source, _) = calibration_files(cfg)?;
     let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
-    let g = &model.graph;
-    let input = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).ok_or_else(|| Error::invalid("the model has no input"))?;
+    let input = model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
     let mut h = Sha256::new();
     h.update(crate::onnx::to_bytes(model, &Default::default())?);
     for i in inputs.iter().filter(|i| i.role == "calibration") {
@@ -293,6 +272,7 @@ fn stats_samples(bytes: &[u8]) -> usize {
     serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| v["samples"].as_u64()).unwrap_or(0) as usize
 }
 
+/// Build every target of `cfg`.
 #[allow(clippy::too_many_arguments)]
 pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: &[Box<dyn Backend>], quantizer: Option<&dyn Quantizer>, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let out = cfg.output_dir();
@@ -369,8 +349,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 let has_budget = cfg.config.validation.as_ref().is_some_and(|v| v.min_top1_agreement.is_some() || v.min_cosine.is_some() || v.max_accuracy_drop.is_some());
                 let check = |cand: &Model| -> Result<(bool, crate::accuracy::Metrics)> {
                     let Some((_, vs, labels)) = &validation else { return Err(Error::invalid("no validation data")) };
-                    let g = &original.graph;
-                    let vin = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).unwrap_or_default();
+                    let vin = original.graph.data_input_name().unwrap_or_default();
                     let m = crate::accuracy::compare(&original, cand, &vin, vs, labels.as_deref())?;
                     Ok((check_budget(cfg, &t.name, &m).is_ok(), m))
                 };
@@ -394,8 +373,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
             _ => &model,
         };
         if let (Some((_, samples, labels)), true) = (&validation, t.precision != "fp32") {
-            let g = &original.graph;
-            let input = g.inputs.iter().find(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).unwrap_or_default();
+            let input = original.graph.data_input_name().unwrap_or_default();
             let m = crate::accuracy::compare(&original, target_model, &input, samples, labels.as_deref())?;
             log(&format!("target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples", t.name, m.top1_agreement, m.mean_cosine, m.sqnr_db, m.samples));
             check_budget(cfg, &t.name, &m)?;

@@ -35,6 +35,41 @@ pub struct PassRecord {
     pub macs: (u64, u64),
 }
 
+/// Run one pass: re-infer shapes when it changed something, verify (debug builds, or
+/// `PassContext::verify`), take the `--dump-ir` dump when asked, and record its statistics. `parent` is the
+/// pipeline running it, if any (records are named `parent/pass`). Shared by the driver and the pass manager.
+pub fn run_pass(p: &dyn Pass, model: &mut Model, cx: &mut PassContext, parent: Option<&str>) -> Result<bool> {
+    use crate::stats::model_stats;
+    let before = model_stats(model);
+    let t0 = std::time::Instant::now();
+    let changed = p.run(model, cx)?;
+    if changed {
+        let opset = model.opset();
+        crate::shape::infer_graph(&mut model.graph, opset)?;
+        if cfg!(debug_assertions) || cx.verify {
+            crate::ir::verify::verify(&model.graph)
+                .map_err(|e| crate::Error::Pass { pass: p.name().into(), reason: format!("left an invalid graph: {e}") })?;
+        }
+    }
+    let after = if changed { model_stats(model) } else { before.clone() };
+    let full = match parent {
+        Some(parent) => format!("{parent}/{}", p.name()),
+        None => p.name().to_string(),
+    };
+    if cx.dump_after.as_deref().is_some_and(|d| d == p.name() || d == full) {
+        cx.dumps.push((full.clone(), crate::ir::dump::dump_model(model)));
+    }
+    cx.records.push(PassRecord {
+        pass: full,
+        wall_ms: t0.elapsed().as_secs_f64() * 1e3,
+        nodes: (before.nodes, after.nodes),
+        params: (before.params, after.params),
+        param_bytes: (before.param_bytes, after.param_bytes),
+        macs: (before.macs, after.macs),
+    });
+    Ok(changed)
+}
+
 /// One file of an artifact, relative to the target's output folder.
 pub struct ArtifactFile {
     pub rel_path: String,

@@ -357,6 +357,11 @@ impl Graph {
         self.add_value(v)
     }
 
+    /// The name of the first graph input that is not an initializer (what calibration and validation feed).
+    pub fn data_input_name(&self) -> Option<String> {
+        self.inputs.iter().find(|v| !self.initializers.contains(v)).map(|v| self.value(*v).name.clone())
+    }
+
     pub fn is_output(&self, v: ValueId) -> bool {
         self.outputs.contains(&v)
     }
