@@ -306,10 +306,11 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
         eprintln!("kiln: the model carries Q/DQ from quantization-aware training: its scales are kept");
     }
     eprintln!(
-        "kiln: quantized {} weights, {} biases, {} activations; bias-corrected {corrected} layers ({:.1} s)",
+        "kiln: quantized {} weights, {} biases, {} activations; bias-corrected {corrected} layers; {} dead channels snapped to the grid ({:.1} s)",
         summary.weights,
         summary.biases,
         summary.activations,
+        summary.snapped_channels,
         t0.elapsed().as_secs_f64()
     );
     onnx::save(&m, &output, &onnx::ExportOptions::default())?;

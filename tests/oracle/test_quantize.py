@@ -55,6 +55,18 @@ def test_digits_int8_accuracy_within_half_a_point(tmp_path):
 
 
 @corpus
+def test_digits_pruned_int8_within_one_point(tmp_path):
+    # Pruned channels are constants; kiln moves them onto the activation grid (quant/dead_channels.rs).
+    # Without that, BN-folded depthwise weights (L1 ~600) amplify their rounding: accuracy 0.32.
+    src = CORPUS / "digits_mobilenet_pruned.onnx"
+    p = quantize(src, tmp_path / "q.onnx", DATA / "digits_calib.npy", "--method", "percentile")
+    assert "262 dead channels snapped" in p.stderr, p.stderr
+    feeds, labels = feeds_and_labels("digits_mobilenet_pruned")
+    r = compare(src, tmp_path / "q.onnx", feeds, labels)
+    assert r["accuracy"] >= r["accuracy_fp32"] - 0.01, r
+
+
+@corpus
 def test_digits_qat_accuracy(tmp_path):
     src = CORPUS / "digits_mobilenet_qat.onnx"
     quantize(src, tmp_path / "q.onnx", DATA / "digits_calib.npy")

@@ -1,22 +1,32 @@
 //! Quantization: ranges from calibration statistics and QDQ insertion.
 pub mod bias_correction;
+pub mod dead_channels;
 pub mod mixed;
 pub mod params;
 pub mod qdq;
 
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::config::{CalibrationConfig, Target};
-use kiln_compiler::ir::{DType, Model, TensorData};
+use kiln_compiler::ir::{DType, Model, Op, TensorData};
 use kiln_compiler::pipeline::{Budget, Pass, PassContext, Quantizer};
 use kiln_compiler::{Error, Result};
 
 /// Quantize `model` with `opts`, bias-correct, drop the float weights left behind.
 pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(Model, qdq::QdqSummary, usize)> {
     let mut m = model.clone();
-    let summary = qdq::quantize(&mut m, calib, opts)?;
+    let qat = m.graph.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. }));
+    let mut snapped = 0;
+    if !qat {
+        let (qmin, qmax) = qdq::act_range(opts);
+        let params = qdq::activation_params(&m.graph, calib, opts);
+        snapped = dead_channels::snap(&mut m.graph, &params, qmin, qmax)?;
+    }
+    let float = m.clone();
+    let mut summary = qdq::quantize(&mut m, calib, opts)?;
+    summary.snapped_channels = snapped;
     let mut corrected = 0;
     if bc && !summary.qat_kept {
-        corrected = bias_correction::correct(&mut m, model, input, samples)?;
+        corrected = bias_correction::correct(&mut m, &float, input, samples)?;
     }
     crate::cleanup::dce::Dce.run(&mut m, &mut PassContext::default())?;
     Ok((m, summary, corrected))
@@ -56,6 +66,7 @@ impl Quantizer for Ptq {
             "quantized_biases": summary.biases,
             "quantized_activations": summary.activations,
             "bias_corrected_layers": corrected,
+            "dead_channels_snapped": summary.snapped_channels,
             "kept_float": summary.kept_float,
             "mixed_precision": mixed,
         });

@@ -42,6 +42,8 @@ pub struct QdqSummary {
     pub biases: usize,
     pub activations: usize,
     pub kept_float: Vec<String>,
+    /// Dead (all-zero-weight) channels whose constant was moved onto the quantization grid.
+    pub snapped_channels: usize,
     /// Activation scale and zero point by value name.
     pub activation_params: BTreeMap<String, (f32, i64)>,
 }
@@ -152,21 +154,9 @@ fn quantize_bias(g: &mut Graph, id: NodeId, s_in: f32, s_w: &[f32]) -> Result<bo
     Ok(true)
 }
 
-/// Insert Q/DQ for the whole model.
-pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Result<QdqSummary> {
-    let mut sum = QdqSummary::default();
-    let opset = model.opset();
-    let g = &mut model.graph;
-    if g.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. })) {
-        sum.qat_kept = true;
-        return Ok(sum);
-    }
-    if model.opset_imports.iter().any(|(d, v)| (d.is_empty() || d == "ai.onnx") && *v < 13) && opts.per_channel {
-        return Err(Error::Pass { pass: "quantize".into(), reason: "per-channel quantization needs opset 13 or newer".into() });
-    }
-    let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
-    // Activation parameters for every value that will be quantized.
-    let mut params: BTreeMap<ValueId, (f32, i64)> = BTreeMap::new();
+/// Activation (scale, zero point) for every value that will get Q/DQ.
+pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> BTreeMap<ValueId, (f32, i64)> {
+    let mut params = BTreeMap::new();
     for (i, v) in g.values.iter().enumerate() {
         let id = ValueId(i as u32);
         if v.dtype != DType::F32 || g.is_output(id) || g.const_data(id).is_some() {
@@ -180,6 +170,28 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
             params.insert(id, p);
         }
     }
+    params
+}
+
+/// Quantized range of the activation type.
+pub fn act_range(opts: &QdqOptions) -> (i64, i64) {
+    if opts.activations == DType::U8 { (0, 255) } else { (-128, 127) }
+}
+
+/// Insert Q/DQ for the whole model.
+pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Result<QdqSummary> {
+    let mut sum = QdqSummary::default();
+    let opset = model.opset();
+    let g = &mut model.graph;
+    if g.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. })) {
+        sum.qat_kept = true;
+        return Ok(sum);
+    }
+    if model.opset_imports.iter().any(|(d, v)| (d.is_empty() || d == "ai.onnx") && *v < 13) && opts.per_channel {
+        return Err(Error::Pass { pass: "quantize".into(), reason: "per-channel quantization needs opset 13 or newer".into() });
+    }
+    let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
+    let params = activation_params(g, calib, opts);
     // Weights and biases.
     for id in g.topo_order()? {
         let Some(n) = g.node(id) else { continue };
