@@ -61,6 +61,9 @@ pub struct Target {
     /// int8: empirical bias correction (default true).
     #[serde(default)]
     pub bias_correction: Option<bool>,
+    /// tflite: layout of rank-4 inputs and outputs, `nhwc` (default) or `nchw`.
+    #[serde(default)]
+    pub io_layout: Option<String>,
 }
 
 /// `calibration:` — data and method for post-training quantization.

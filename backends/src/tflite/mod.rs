@@ -1,0 +1,72 @@
+//! The `tflite` backend: the IR lowered straight to a TFLite flatbuffer that LiteRT (XNNPACK on the CPU)
+//! runs. `precision: fp32`, or `fp16` — float16 constants, each behind a DEQUANTIZE to float32 that the
+//! runtime folds at load, as TensorFlow's float16 models do (half the weight bytes, float math).
+//!
+//! Image tensors are channel-last (`io_layout: nhwc`, the default, what camera pipelines deliver) or
+//! kept channel-first (`io_layout: nchw`). Inside, layout propagation keeps CNNs channel-last with no
+//! transposes (see `lower`).
+pub mod lower;
+pub mod model;
+pub mod ops;
+pub mod ser;
+
+use kiln_compiler::config::Target;
+use kiln_compiler::ir::Model;
+use kiln_compiler::pipeline::{ArtifactFile, Backend};
+use kiln_compiler::{Error, Result};
+
+use lower::{IoLayout, Lowering};
+use model::{Code, Options, TensorType, TfModel};
+
+pub struct TfliteBackend;
+
+/// Lower `model` to a TFLite model (fp32).
+pub fn lower_model(model: &Model, io: IoLayout) -> Result<TfModel> {
+    Lowering::new(&model.graph).run(io)
+}
+
+/// Store every float constant as float16 behind a DEQUANTIZE (run first, folded by the runtime at load).
+pub fn to_fp16(m: &mut TfModel) {
+    let mut deq = Vec::new();
+    for t in 0..m.tensors.len() {
+        let tensor = &m.tensors[t];
+        if tensor.dtype != TensorType::FLOAT32 || tensor.data.is_none() {
+            continue;
+        }
+        let Some(vals) = m.f32_data(t as i32) else { continue };
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        let (name, shape) = (format!("{}_fp16", tensor.name), tensor.shape.clone());
+        let half = m.constant(&name, shape, TensorType::FLOAT16, bytes);
+        m.tensors[t].data = None;
+        deq.push(model::Operator { code: Code::DEQUANTIZE, inputs: vec![half], outputs: vec![t as i32], options: Options::None, origin: "fp16 weights".into() });
+    }
+    deq.append(&mut m.operators);
+    m.operators = deq;
+}
+
+pub fn io_layout(t: &Target) -> Result<IoLayout> {
+    match t.io_layout.as_deref() {
+        None | Some("nhwc") => Ok(IoLayout::Nhwc),
+        Some("nchw") => Ok(IoLayout::Nchw),
+        Some(other) => Err(Error::Backend { backend: "tflite".into(), target: t.name.clone(), reason: format!("io_layout '{other}': expected nhwc or nchw") }),
+    }
+}
+
+impl Backend for TfliteBackend {
+    fn name(&self) -> &'static str {
+        "tflite"
+    }
+
+    fn precisions(&self) -> &'static [&'static str] {
+        &["fp32", "fp16"]
+    }
+
+    fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
+        let mut m = lower_model(model, io_layout(target)?)?;
+        if target.precision == "fp16" {
+            to_fp16(&mut m);
+        }
+        let bytes = ser::write(&m, &format!("kiln {} {}", env!("CARGO_PKG_VERSION"), target.precision));
+        Ok(vec![ArtifactFile { rel_path: "model.tflite".into(), bytes }])
+    }
+}

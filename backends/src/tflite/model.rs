@@ -1,0 +1,113 @@
+//! An in-memory TFLite model: tensors (with optional constant data and quantization), builtin operators
+//! with their options, graph inputs and outputs. The lowering builds it; `ser` writes it as the
+//! flatbuffer; partition reports read it. Nothing here knows ONNX.
+use std::collections::BTreeMap;
+
+pub use tract_tflite::tflite::{ActivationFunctionType as Fused, BuiltinOperator as Code, Padding, TensorType};
+
+/// Per-tensor or per-axis affine quantization.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quant {
+    pub scale: Vec<f32>,
+    pub zero_point: Vec<i64>,
+    pub axis: i32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<i32>,
+    pub dtype: TensorType,
+    /// Little-endian constant bytes.
+    pub data: Option<Vec<u8>>,
+    pub quant: Option<Quant>,
+}
+
+/// Builtin options, one variant per options table kiln writes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Options {
+    None,
+    Conv { padding: Padding, stride: (i32, i32), dilation: (i32, i32), act: Fused },
+    Depthwise { padding: Padding, stride: (i32, i32), dilation: (i32, i32), multiplier: i32, act: Fused },
+    Pool { padding: Padding, stride: (i32, i32), filter: (i32, i32), act: Fused },
+    FullyConnected { act: Fused, keep_num_dims: bool },
+    /// Add, Sub, Mul, Div.
+    Binary { act: Fused },
+    Concat { axis: i32, act: Fused },
+    Reshape { shape: Vec<i32> },
+    Softmax { beta: f32 },
+    Reducer { keep_dims: bool },
+    LeakyRelu { alpha: f32 },
+    Gelu { approximate: bool },
+    BatchMatMul { adj_x: bool, adj_y: bool },
+    Gather { axis: i32 },
+    Split { num_splits: i32 },
+    StridedSlice,
+}
+
+#[derive(Clone, Debug)]
+pub struct Operator {
+    pub code: Code,
+    pub inputs: Vec<i32>,
+    pub outputs: Vec<i32>,
+    pub options: Options,
+    /// The IR node it came from (for reports).
+    pub origin: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TfModel {
+    pub tensors: Vec<Tensor>,
+    pub operators: Vec<Operator>,
+    pub inputs: Vec<i32>,
+    pub outputs: Vec<i32>,
+    names: BTreeMap<String, usize>,
+}
+
+impl TfModel {
+    /// A tensor with a unique name derived from `name`.
+    pub fn tensor(&mut self, name: &str, shape: Vec<i32>, dtype: TensorType) -> i32 {
+        let mut n = name.to_string();
+        let mut k = 1;
+        while self.names.contains_key(&n) {
+            n = format!("{name}_{k}");
+            k += 1;
+        }
+        self.names.insert(n.clone(), self.tensors.len());
+        self.tensors.push(Tensor { name: n, shape, dtype, data: None, quant: None });
+        (self.tensors.len() - 1) as i32
+    }
+
+    pub fn constant(&mut self, name: &str, shape: Vec<i32>, dtype: TensorType, bytes: Vec<u8>) -> i32 {
+        let t = self.tensor(name, shape, dtype);
+        self.tensors[t as usize].data = Some(bytes);
+        t
+    }
+
+    pub fn const_f32(&mut self, name: &str, shape: Vec<i32>, v: &[f32]) -> i32 {
+        self.constant(name, shape, TensorType::FLOAT32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+
+    pub fn const_i32(&mut self, name: &str, v: &[i32]) -> i32 {
+        self.constant(name, vec![v.len() as i32], TensorType::INT32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+
+    pub fn op(&mut self, code: Code, inputs: Vec<i32>, outputs: Vec<i32>, options: Options, origin: &str) {
+        self.operators.push(Operator { code, inputs, outputs, options, origin: origin.to_string() });
+    }
+
+    pub fn shape(&self, t: i32) -> &[i32] {
+        &self.tensors[t as usize].shape
+    }
+
+    pub fn is_const(&self, t: i32) -> bool {
+        self.tensors[t as usize].data.is_some()
+    }
+
+    /// Constant data as f32 (FLOAT32 tensors only).
+    pub fn f32_data(&self, t: i32) -> Option<Vec<f32>> {
+        let tensor = &self.tensors[t as usize];
+        (tensor.dtype == TensorType::FLOAT32).then_some(())?;
+        Some(tensor.data.as_ref()?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}

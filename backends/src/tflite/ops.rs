@@ -1,0 +1,521 @@
+//! One lowering per IR op: Conv (CONV_2D / DEPTHWISE_CONV_2D), pooling, Gemm/MatMul (FULLY_CONNECTED /
+//! BATCH_MATMUL), element-wise arithmetic, activations (fused where TFLite can fuse them), Concat,
+//! Reshape/Flatten, Transpose, Softmax, ReduceMean, Split, Slice, Pad. An op with no lowering is an error
+//! naming the node and op, so a target fails loudly instead of emitting a wrong model.
+use kiln_compiler::ir::{Act, BinOp, NodeId, Op, PoolKind, ValueId, Window};
+use kiln_compiler::Result;
+
+use super::lower::{permute, transpose_data, Lowering, TO_NCHW, TO_NHWC};
+use super::model::{Code, Fused, Options, Padding};
+
+/// TFLite's fused activation for `act`, if it has one.
+fn fusable(act: &Option<Act>) -> Option<Fused> {
+    match act {
+        None => Some(Fused::NONE),
+        Some(Act::Relu) => Some(Fused::RELU),
+        Some(Act::Tanh) => Some(Fused::TANH),
+        Some(Act::Clip { min: Some(lo), max: Some(hi) }) if *lo == 0.0 && *hi == 6.0 => Some(Fused::RELU6),
+        Some(Act::Clip { min: Some(lo), max: Some(hi) }) if *lo == -1.0 && *hi == 1.0 => Some(Fused::RELU_N1_TO_1),
+        Some(Act::Clip { min: Some(lo), max: None }) if *lo == 0.0 => Some(Fused::RELU),
+        _ => None,
+    }
+}
+
+/// Output tensor for the node's output 0, followed by its activation when TFLite cannot fuse it.
+/// Returns (tensor the main op writes, fused activation for its options).
+fn output_with_act(l: &mut Lowering, id: NodeId, nhwc: bool) -> Result<(i32, Fused)> {
+    let n = &l.g.nodes[id];
+    let out = n.output(0).ok_or_else(|| l.err("no output"))?;
+    let act = n.act.clone();
+    if let Some(f) = fusable(&act) {
+        return Ok((l.define(out, nhwc)?, f));
+    }
+    let final_t = l.define(out, nhwc)?;
+    let pre = l.temp_like(final_t, "pre_act");
+    if let Some(a) = act {
+        activation(l, &a, pre, final_t)?;
+    }
+    Ok((pre, Fused::NONE))
+}
+
+/// y = act(x) as standalone ops.
+fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
+    let scalar = |l: &mut Lowering, name: &str, v: f32| l.m.const_f32(name, vec![], &[v]);
+    match a {
+        Act::Relu => l.emit(Code::RELU, vec![x], vec![y], Options::None),
+        Act::Sigmoid => l.emit(Code::LOGISTIC, vec![x], vec![y], Options::None),
+        Act::Tanh => l.emit(Code::TANH, vec![x], vec![y], Options::None),
+        Act::HardSwish => l.emit(Code::HARD_SWISH, vec![x], vec![y], Options::None),
+        Act::LeakyRelu { alpha } => l.emit(Code::LEAKY_RELU, vec![x], vec![y], Options::LeakyRelu { alpha: alpha.unwrap_or(0.01) }),
+        Act::Gelu { approximate } => l.emit(Code::GELU, vec![x], vec![y], Options::Gelu { approximate: approximate.as_deref() == Some("tanh") }),
+        Act::Silu => {
+            let s = l.temp_like(x, "sigmoid");
+            l.emit(Code::LOGISTIC, vec![x], vec![s], Options::None);
+            l.emit(Code::MUL, vec![x, s], vec![y], Options::Binary { act: Fused::NONE });
+        }
+        Act::Clip { min, max } => match fusable(&Some(a.clone())) {
+            Some(Fused::RELU6) => l.emit(Code::RELU6, vec![x], vec![y], Options::None),
+            Some(Fused::RELU) => l.emit(Code::RELU, vec![x], vec![y], Options::None),
+            Some(Fused::RELU_N1_TO_1) => l.emit(Code::RELU_N1_TO_1, vec![x], vec![y], Options::None),
+            _ => {
+                let mut cur = x;
+                if let Some(lo) = min {
+                    let c = scalar(l, "clip_min", *lo);
+                    let t = if max.is_some() { l.temp_like(x, "clip_lo") } else { y };
+                    l.emit(Code::MAXIMUM, vec![cur, c], vec![t], Options::None);
+                    cur = t;
+                }
+                if let Some(hi) = max {
+                    let c = scalar(l, "clip_max", *hi);
+                    l.emit(Code::MINIMUM, vec![cur, c], vec![y], Options::None);
+                } else if min.is_none() {
+                    l.emit(Code::RESHAPE, vec![x], vec![y], Options::Reshape { shape: l.m.shape(y).to_vec() });
+                }
+            }
+        },
+        // clip(αx + β, 0, 1) = relu6(6αx + 6β) / 6.
+        Act::HardSigmoid { alpha, beta } => {
+            let (a6, b6) = (6.0 * alpha.unwrap_or(0.2), 6.0 * beta.unwrap_or(0.5));
+            let ca = scalar(l, "hardsigmoid_6a", a6);
+            let cb = scalar(l, "hardsigmoid_6b", b6);
+            let c6 = scalar(l, "hardsigmoid_inv6", 1.0 / 6.0);
+            let t1 = l.temp_like(x, "hs_scaled");
+            let t2 = l.temp_like(x, "hs_relu6");
+            l.emit(Code::MUL, vec![x, ca], vec![t1], Options::Binary { act: Fused::NONE });
+            l.emit(Code::ADD, vec![t1, cb], vec![t2], Options::Binary { act: Fused::RELU6 });
+            l.emit(Code::MUL, vec![t2, c6], vec![y], Options::Binary { act: Fused::NONE });
+        }
+    }
+    Ok(())
+}
+
+/// TFLite padding for a 2-D window: VALID, SAME, or explicit (then a PAD op is needed).
+fn padding(l: &Lowering, w: &Window, in_hw: (i64, i64), k: (i64, i64), s: (i64, i64), d: (i64, i64)) -> Result<(Padding, Option<[i64; 4]>)> {
+    match w.auto_pad.as_deref() {
+        Some("SAME_UPPER") => return Ok((Padding::SAME, None)),
+        Some("VALID") => return Ok((Padding::VALID, None)),
+        Some("SAME_LOWER") => return Err(l.err("auto_pad SAME_LOWER has no TFLite equivalent")),
+        _ => {}
+    }
+    let p = w.pads.clone().unwrap_or_else(|| vec![0; 4]);
+    if p.len() != 4 {
+        return Err(l.err("only 2-D windows are supported"));
+    }
+    if p.iter().all(|x| *x == 0) {
+        return Ok((Padding::VALID, None));
+    }
+    // TensorFlow SAME: total = max((ceil(in/s) − 1)·s + (k − 1)·d + 1 − in, 0), before = total / 2.
+    let same = |i: i64, k: i64, s: i64, d: i64| {
+        let total = (((i + s - 1) / s - 1) * s + (k - 1) * d + 1 - i).max(0);
+        (total / 2, total - total / 2)
+    };
+    let (h0, h1) = same(in_hw.0, k.0, s.0, d.0);
+    let (w0, w1) = same(in_hw.1, k.1, s.1, d.1);
+    if [p[0], p[1], p[2], p[3]] == [h0, w0, h1, w1] {
+        return Ok((Padding::SAME, None));
+    }
+    Ok((Padding::VALID, Some([p[0], p[1], p[2], p[3]])))
+}
+
+/// PAD (zeros) or PADV2 (with `value`) of an NHWC tensor by ONNX pads [top, left, bottom, right].
+fn pad_nhwc(l: &mut Lowering, x: i32, p: [i64; 4], value: Option<f32>) -> i32 {
+    let s = l.m.shape(x).to_vec();
+    let out_shape = vec![s[0], s[1] + (p[0] + p[2]) as i32, s[2] + (p[1] + p[3]) as i32, s[3]];
+    let name = format!("{}_padded", l.m.tensors[x as usize].name);
+    let dtype = l.m.tensors[x as usize].dtype;
+    let out = l.m.tensor(&name, out_shape, dtype);
+    let pads = l.m.const_i32(&format!("{name}_pads"), &[0, 0, p[0] as i32, p[2] as i32, p[1] as i32, p[3] as i32, 0, 0]);
+    l.m.tensors[pads as usize].shape = vec![4, 2];
+    match value {
+        None => l.emit(Code::PAD, vec![x, pads], vec![out], Options::None),
+        Some(v) => {
+            let c = l.m.const_f32(&format!("{name}_value"), vec![], &[v]);
+            l.emit(Code::PADV2, vec![x, pads, c], vec![out], Options::None);
+        }
+    }
+    out
+}
+
+fn pair(v: &Option<Vec<i64>>, default: i64) -> (i64, i64) {
+    match v.as_deref() {
+        Some([a, b]) => (*a, *b),
+        _ => (default, default),
+    }
+}
+
+fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let Op::Conv { window, group } = &n.op else { return Ok(()) };
+    let (x, w) = (n.input(0).ok_or_else(|| l.err("no input"))?, n.input(1).ok_or_else(|| l.err("no weight"))?);
+    if l.rank(x) != 4 {
+        return Err(l.err("only 2-D convolutions are supported"));
+    }
+    let xd = l.dims(x)?;
+    let (wd, wv) = l.const_f32(w).map_err(|_| l.err("weights must be constant"))?;
+    let (cout, cin_g, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
+    let groups = group.unwrap_or(1).max(1) as usize;
+    let (s, d) = (pair(&window.strides, 1), pair(&window.dilations, 1));
+    let (pad, explicit) = padding(l, window, (xd[2], xd[3]), (kh as i64, kw as i64), s, d)?;
+    let mut xt = l.get(x, true)?;
+    if let Some(p) = explicit {
+        xt = pad_nhwc(l, xt, p, None);
+    }
+    let bias = match n.input(2) {
+        Some(b) => l.const_f32(b)?.1,
+        None => vec![0.0; cout],
+    };
+    let wname = l.g.value(w).name.clone();
+    let depthwise = groups > 1 && cin_g == 1 && groups == xd[1] as usize;
+    let filter = if groups == 1 {
+        l.m.const_f32(&wname, vec![cout as i32, kh as i32, kw as i32, cin_g as i32], &transpose_data(&wv, &wd, &TO_NHWC))
+    } else if depthwise {
+        // [C·m, 1, kh, kw] → [1, kh, kw, C·m]
+        l.m.const_f32(&wname, vec![1, kh as i32, kw as i32, cout as i32], &transpose_data(&wv, &wd, &[1, 2, 3, 0]))
+    } else {
+        return Err(l.err(format!("grouped convolution (group={groups}, not depthwise) has no TFLite lowering")));
+    };
+    let b = l.m.const_f32(&format!("{wname}_bias"), vec![cout as i32], &bias);
+    let (out, act) = output_with_act(l, id, true)?;
+    let stride = (s.0 as i32, s.1 as i32);
+    let dilation = (d.0 as i32, d.1 as i32);
+    if depthwise {
+        let multiplier = (cout / groups) as i32;
+        l.emit(Code::DEPTHWISE_CONV_2D, vec![xt, filter, b], vec![out], Options::Depthwise { padding: pad, stride, dilation, multiplier, act });
+    } else {
+        l.emit(Code::CONV_2D, vec![xt, filter, b], vec![out], Options::Conv { padding: pad, stride, dilation, act });
+    }
+    Ok(())
+}
+
+fn pool(l: &mut Lowering, id: NodeId) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let Op::Pool { kind, window, ceil_mode, count_include_pad, .. } = &n.op else { return Ok(()) };
+    let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+    if l.rank(x) != 4 || ceil_mode.unwrap_or(0) != 0 {
+        return Err(l.err("only 2-D pooling without ceil_mode is supported"));
+    }
+    let xd = l.dims(x)?;
+    let k = pair(&window.kernel_shape, 1);
+    let s = pair(&window.strides, 1);
+    let (pad, explicit) = padding(l, window, (xd[2], xd[3]), k, s, (1, 1))?;
+    let mut xt = l.get(x, true)?;
+    let mut padding_mode = pad;
+    if pad == Padding::SAME && *kind == PoolKind::Average && count_include_pad.unwrap_or(0) != 0 {
+        return Err(l.err("AveragePool with count_include_pad=1 and padding has no TFLite lowering"));
+    }
+    if let Some(p) = explicit {
+        if *kind == PoolKind::Average {
+            return Err(l.err("AveragePool with asymmetric explicit padding has no TFLite lowering"));
+        }
+        xt = pad_nhwc(l, xt, p, Some(f32::MIN));
+        padding_mode = Padding::VALID;
+    }
+    let (out, act) = output_with_act(l, id, true)?;
+    let code = if *kind == PoolKind::Max { Code::MAX_POOL_2D } else { Code::AVERAGE_POOL_2D };
+    l.emit(code, vec![xt], vec![out], Options::Pool { padding: padding_mode, stride: (s.0 as i32, s.1 as i32), filter: (k.0 as i32, k.1 as i32), act });
+    Ok(())
+}
+
+/// MEAN over `axes` (ONNX order) of `x`, keeping dims.
+fn mean(l: &mut Lowering, id: NodeId, x: ValueId, axes: &[i64], keep: bool) -> Result<()> {
+    let rank = l.rank(x) as i64;
+    let nhwc = l.nhwc(x) && keep;
+    let xt = l.get(x, nhwc)?;
+    let mut ax: Vec<i32> = axes.iter().map(|a| if *a < 0 { a + rank } else { *a } as usize).map(|a| if nhwc { TO_NCHW[a] } else { a } as i32).collect();
+    ax.sort();
+    let axes_t = l.m.const_i32("mean_axes", &ax);
+    let (out, act) = output_with_act(l, id, nhwc)?;
+    if act != Fused::NONE {
+        return Err(l.err("a fused activation on a reduction is not supported"));
+    }
+    l.emit(Code::MEAN, vec![xt, axes_t], vec![out], Options::Reducer { keep_dims: keep });
+    Ok(())
+}
+
+fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let (a, b) = (n.input(0).ok_or_else(|| l.err("no input"))?, n.input(1).ok_or_else(|| l.err("no input"))?);
+    let (trans_a, trans_b, alpha, beta) = match &n.op {
+        Op::Gemm { alpha, beta, trans_a, trans_b } => (trans_a.unwrap_or(0) != 0, trans_b.unwrap_or(0) != 0, alpha.unwrap_or(1.0), beta.unwrap_or(1.0)),
+        _ => (false, false, 1.0, 1.0),
+    };
+    if trans_a {
+        return Err(l.err("Gemm with transA has no lowering"));
+    }
+    let at = l.get(a, false)?;
+    if !l.is_const(b) {
+        if matches!(n.op, Op::Gemm { .. }) {
+            return Err(l.err("Gemm with a non-constant B has no lowering"));
+        }
+        let bt = l.get(b, false)?;
+        let (out, act) = output_with_act(l, id, false)?;
+        if act != Fused::NONE {
+            return Err(l.err("a fused activation on BatchMatMul is not supported"));
+        }
+        l.emit(Code::BATCH_MATMUL, vec![at, bt], vec![out], Options::BatchMatMul { adj_x: false, adj_y: false });
+        return Ok(());
+    }
+    let (bd, bv) = l.const_f32(b)?;
+    if bd.len() != 2 {
+        return Err(l.err("MatMul with a constant of rank ≠ 2 has no lowering"));
+    }
+    // FULLY_CONNECTED wants [out, in].
+    let (w, (o, i)) = if trans_b { (bv, (bd[0], bd[1])) } else { (transpose_data(&bv, &bd, &[1, 0]), (bd[1], bd[0])) };
+    let w: Vec<f32> = w.iter().map(|x| x * alpha).collect();
+    let bias: Vec<f32> = match n.input(2) {
+        Some(c) => {
+            let (cd, cv) = l.const_f32(c).map_err(|_| l.err("Gemm C must be constant"))?;
+            let count: usize = cd.iter().product();
+            if count == o {
+                cv.iter().map(|x| x * beta).collect()
+            } else if count == 1 {
+                vec![cv[0] * beta; o]
+            } else {
+                return Err(l.err("Gemm C must broadcast along the output features"));
+            }
+        }
+        None => vec![0.0; o],
+    };
+    let name = l.g.value(b).name.clone();
+    let wt = l.m.const_f32(&name, vec![o as i32, i as i32], &w);
+    let bt = l.m.const_f32(&format!("{name}_bias"), vec![o as i32], &bias);
+    let keep = l.rank(a) > 2;
+    let (out, act) = output_with_act(l, id, false)?;
+    l.emit(Code::FULLY_CONNECTED, vec![at, wt, bt], vec![out], Options::FullyConnected { act, keep_num_dims: keep });
+    Ok(())
+}
+
+fn binary(l: &mut Lowering, id: NodeId, op: BinOp) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let out_v = n.output(0).ok_or_else(|| l.err("no output"))?;
+    let rank = l.rank(out_v);
+    let ins: Vec<ValueId> = n.inputs.iter().flatten().copied().collect();
+    // Channel-last when every non-constant input is a channel-last rank-4 tensor.
+    let dynamic: Vec<&ValueId> = ins.iter().filter(|v| !l.is_const(**v)).collect();
+    let nhwc = rank == 4 && !dynamic.is_empty() && dynamic.iter().all(|v| l.rank(**v) == 4 && l.nhwc(**v));
+    let mut ts = Vec::new();
+    for v in &ins {
+        ts.push(if l.is_const(*v) { l.broadcast_const(*v, rank, nhwc)? } else { l.get(*v, nhwc)? });
+    }
+    let (out, act) = output_with_act(l, id, nhwc)?;
+    let code = match op {
+        BinOp::Add => Code::ADD,
+        BinOp::Sub => Code::SUB,
+        BinOp::Mul => Code::MUL,
+        BinOp::Div => Code::DIV,
+        BinOp::Pow => Code::POW,
+    };
+    let options = if op == BinOp::Pow { Options::None } else { Options::Binary { act } };
+    if op == BinOp::Pow && act != Fused::NONE {
+        return Err(l.err("a fused activation on Pow is not supported"));
+    }
+    l.emit(code, ts, vec![out], options);
+    Ok(())
+}
+
+/// Element-wise op that keeps its input's layout.
+fn unary(l: &mut Lowering, id: NodeId, f: impl FnOnce(&mut Lowering, i32, i32) -> Result<()>) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+    let nhwc = l.nhwc(x);
+    let xt = l.get(x, nhwc)?;
+    let (out, act) = output_with_act(l, id, nhwc)?;
+    if act == Fused::NONE {
+        return f(l, xt, out);
+    }
+    // A fusable activation on an op without fusion: apply it after.
+    let mid = l.temp_like(out, "pre");
+    f(l, xt, mid)?;
+    let a = n.act.clone().ok_or_else(|| l.err("activation"))?;
+    activation(l, &a, mid, out)
+}
+
+fn reshape_to_output(l: &mut Lowering, id: NodeId) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+    let out_v = n.output(0).ok_or_else(|| l.err("no output"))?;
+    // Channel-last and channel-first hold the same bytes when C = 1 or H·W = 1: no transpose needed.
+    let xd = l.dims(x)?;
+    let same_bytes = l.nhwc(x) && xd.len() == 4 && (xd[1] == 1 || xd[2] * xd[3] == 1);
+    let xt = if same_bytes { l.get(x, true)? } else { l.get(x, false)? };
+    let out = l.define(out_v, false)?;
+    let shape = l.m.shape(out).to_vec();
+    let st = l.m.const_i32("reshape_shape", &shape);
+    l.emit(Code::RESHAPE, vec![xt, st], vec![out], Options::Reshape { shape });
+    if n.act.is_some() {
+        return Err(l.err("a fused activation on Reshape is not supported"));
+    }
+    Ok(())
+}
+
+fn axis_of(l: &Lowering, v: ValueId, axis: i64) -> (usize, bool) {
+    let rank = l.rank(v) as i64;
+    let a = if axis < 0 { axis + rank } else { axis } as usize;
+    let nhwc = l.nhwc(v) && rank == 4;
+    (if nhwc { TO_NCHW[a] } else { a }, nhwc)
+}
+
+pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    match &n.op {
+        Op::Conv { .. } => conv(l, id),
+        Op::Pool { .. } => pool(l, id),
+        Op::GlobalAveragePool => mean(l, id, n.input(0).ok_or_else(|| l.err("no input"))?, &[2, 3], true),
+        Op::Gemm { .. } | Op::MatMul => fully_connected(l, id),
+        Op::Binary(b) => binary(l, id, *b),
+        Op::Act(a) => {
+            let a = a.clone();
+            unary(l, id, move |l, x, y| activation(l, &a, x, y))
+        }
+        Op::Identity => {
+            let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+            let nhwc = l.nhwc(x);
+            let t = l.get(x, nhwc)?;
+            if let Some(o) = n.output(0) {
+                if l.g.is_output(o) {
+                    let out = l.define(o, nhwc)?;
+                    let shape = l.m.shape(out).to_vec();
+                    l.emit(Code::RESHAPE, vec![t], vec![out], Options::Reshape { shape });
+                } else {
+                    l.alias(o, t, nhwc);
+                }
+            }
+            Ok(())
+        }
+        Op::Flatten { .. } | Op::Reshape { .. } => reshape_to_output(l, id),
+        Op::Generic { op_type, .. } if op_type == "Squeeze" || op_type == "Unsqueeze" => reshape_to_output(l, id),
+        Op::Concat { axis } => {
+            let ins: Vec<ValueId> = n.inputs.iter().flatten().copied().collect();
+            let first = *ins.first().ok_or_else(|| l.err("no inputs"))?;
+            let (ax, nhwc) = axis_of(l, first, *axis);
+            let mut ts = Vec::new();
+            for v in &ins {
+                ts.push(if l.is_const(*v) { l.broadcast_const(*v, 4, nhwc)? } else { l.get(*v, nhwc)? });
+            }
+            let (out, act) = output_with_act(l, id, nhwc)?;
+            l.emit(Code::CONCATENATION, ts, vec![out], Options::Concat { axis: ax as i32, act });
+            Ok(())
+        }
+        Op::Transpose { perm } => {
+            let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+            let rank = l.rank(x);
+            let perm: Vec<usize> = perm.clone().map(|p| p.iter().map(|v| *v as usize).collect()).unwrap_or_else(|| (0..rank).rev().collect());
+            let nhwc = l.nhwc(x);
+            let xt = l.get(x, nhwc)?;
+            // Output dim i is logical input dim perm[i], stored at position TO_NCHW[perm[i]] when channel-last.
+            let p: Vec<i32> = perm.iter().map(|a| if nhwc { TO_NCHW[*a] } else { *a } as i32).collect();
+            let pt = l.m.const_i32("transpose_perm", &p);
+            let out = l.define(n.output(0).ok_or_else(|| l.err("no output"))?, false)?;
+            l.emit(Code::TRANSPOSE, vec![xt, pt], vec![out], Options::None);
+            Ok(())
+        }
+        Op::Softmax { axis } => {
+            let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+            let rank = l.rank(x) as i64;
+            let a = axis.unwrap_or(-1);
+            if a != -1 && a != rank - 1 {
+                return Err(l.err("Softmax over a non-last axis has no lowering"));
+            }
+            unary(l, id, |l, x, y| {
+                l.emit(Code::SOFTMAX, vec![x], vec![y], Options::Softmax { beta: 1.0 });
+                Ok(())
+            })
+        }
+        Op::Generic { op_type, .. } => generic(l, id, op_type),
+        other => Err(l.err(format!("the tflite backend has no lowering for {}", other.op_type()))),
+    }
+}
+
+fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let simple = match op_type {
+        "Sqrt" => Some(Code::SQRT),
+        "Exp" => Some(Code::EXP),
+        "Neg" => Some(Code::NEG),
+        "Abs" => Some(Code::ABS),
+        "Log" => Some(Code::LOG),
+        "Reciprocal" => None,
+        _ => None,
+    };
+    if let Some(code) = simple {
+        return unary(l, id, move |l, x, y| {
+            l.emit(code, vec![x], vec![y], Options::None);
+            Ok(())
+        });
+    }
+    match op_type {
+        "ReduceMean" => {
+            let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+            let axes = match n.input(1) {
+                Some(a) => l.const_i64(a)?,
+                None => n.op.attr_ints("axes").unwrap_or_else(|| (0..l.rank(x) as i64).collect()),
+            };
+            let keep = n.op.attr_int("keepdims").unwrap_or(1) != 0;
+            mean(l, id, x, &axes, keep)
+        }
+        "Max" | "Min" => {
+            let code = if op_type == "Max" { Code::MAXIMUM } else { Code::MINIMUM };
+            let (a, b) = (n.input(0).ok_or_else(|| l.err("no input"))?, n.input(1).ok_or_else(|| l.err("Max/Min of one input"))?);
+            let rank = l.rank(n.output(0).ok_or_else(|| l.err("no output"))?);
+            let nhwc = l.nhwc(a) && rank == 4 && (l.is_const(b) || l.nhwc(b));
+            let at = l.get(a, nhwc)?;
+            let bt = if l.is_const(b) { l.broadcast_const(b, rank, nhwc)? } else { l.get(b, nhwc)? };
+            let (out, _) = output_with_act(l, id, nhwc)?;
+            l.emit(code, vec![at, bt], vec![out], Options::None);
+            Ok(())
+        }
+        "Split" => {
+            let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+            let (ax, nhwc) = axis_of(l, x, n.op.attr_int("axis").unwrap_or(0));
+            let xt = l.get(x, nhwc)?;
+            let outs: Vec<ValueId> = n.outputs.iter().flatten().copied().collect();
+            let mut sizes = Vec::new();
+            let mut ts = Vec::new();
+            for o in &outs {
+                let t = l.define(*o, nhwc)?;
+                sizes.push(l.m.shape(t)[ax]);
+                ts.push(t);
+            }
+            let axis_t = l.m.const_i32("split_axis", &[ax as i32]);
+            l.m.tensors[axis_t as usize].shape = vec![];
+            let st = l.m.const_i32("split_sizes", &sizes);
+            l.emit(Code::SPLIT_V, vec![xt, st, axis_t], ts, Options::Split { num_splits: outs.len() as i32 });
+            Ok(())
+        }
+        "Slice" => {
+            let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+            let dims = l.dims(x)?;
+            let rank = dims.len();
+            let starts = l.const_i64(n.input(1).ok_or_else(|| l.err("starts"))?)?;
+            let ends = l.const_i64(n.input(2).ok_or_else(|| l.err("ends"))?)?;
+            let axes = match n.input(3) {
+                Some(a) => l.const_i64(a)?,
+                None => (0..starts.len() as i64).collect(),
+            };
+            let steps = match n.input(4) {
+                Some(s) => l.const_i64(s)?,
+                None => vec![1; starts.len()],
+            };
+            let nhwc = l.nhwc(x);
+            let (mut b, mut e, mut s) = (vec![0i32; rank], dims.iter().map(|d| *d as i32).collect::<Vec<_>>(), vec![1i32; rank]);
+            for (k, a) in axes.iter().enumerate() {
+                let a = if *a < 0 { a + rank as i64 } else { *a } as usize;
+                let d = dims[a];
+                let clamp = |v: i64, step: i64| {
+                    let v = if v < 0 { v + d } else { v };
+                    if step > 0 { v.clamp(0, d) } else { v.clamp(-1, d - 1) }
+                };
+                b[a] = clamp(starts[k], steps[k]) as i32;
+                e[a] = clamp(ends[k], steps[k]) as i32;
+                s[a] = steps[k] as i32;
+            }
+            let (b, e, s) = if nhwc && rank == 4 { (permute(&b, &TO_NHWC), permute(&e, &TO_NHWC), permute(&s, &TO_NHWC)) } else { (b, e, s) };
+            let xt = l.get(x, nhwc)?;
+            let (bt, et, stt) = (l.m.const_i32("slice_begin", &b), l.m.const_i32("slice_end", &e), l.m.const_i32("slice_strides", &s));
+            let (out, _) = output_with_act(l, id, nhwc)?;
+            l.emit(Code::STRIDED_SLICE, vec![xt, bt, et, stt], vec![out], Options::StridedSlice);
+            Ok(())
+        }
+        _ => Err(l.err(format!("the tflite backend has no lowering for {op_type}"))),
+    }
+}
