@@ -61,6 +61,10 @@ pub struct Target {
     /// int8: empirical bias correction (default true).
     #[serde(default)]
     pub bias_correction: Option<bool>,
+    /// fp16: the largest output error (max |Δy| / max |y| on the validation data) float16 weights may
+    /// cause before layers are kept in float32 (default 0.01).
+    #[serde(default)]
+    pub fp16_max_error: Option<f64>,
     /// tflite: layout of rank-4 inputs and outputs, `nhwc` (default) or `nchw`.
     #[serde(default)]
     pub io_layout: Option<String>,

@@ -370,9 +370,25 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 quantized = m;
                 &quantized
             }
+            (_, "fp16") => match (&validation, quantizer) {
+                (Some((_, vs, _)), Some(q)) => {
+                    let vin = model.graph.data_input_name().unwrap_or_default();
+                    let bound = t.fp16_max_error.unwrap_or(0.01);
+                    let (m, summary) = q.fp16_islands(&model, &vin, vs, bound)?;
+                    let kept = summary["fp32_layers"].as_array().map(|a| a.len()).unwrap_or(0);
+                    log(&format!("target {}: float16 error {:.2e} with {kept} layer(s) kept float32 (bound {bound})", t.name, summary["max_rel_error"].as_f64().unwrap_or(0.0)));
+                    quantization.insert(t.name.clone(), summary);
+                    quantized = m;
+                    &quantized
+                }
+                _ => {
+                    log(&format!("target {}: no validation data, so float16 error is not measured and every layer is float16", t.name));
+                    &model
+                }
+            },
             _ => &model,
         };
-        if let (Some((_, samples, labels)), true) = (&validation, t.precision != "fp32") {
+        if let (Some((_, samples, labels)), true) = (&validation, t.precision == "int8") {
             let input = original.graph.data_input_name().unwrap_or_default();
             let m = crate::accuracy::compare(&original, target_model, &input, samples, labels.as_deref())?;
             log(&format!("target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples", t.name, m.top1_agreement, m.mean_cosine, m.sqnr_db, m.samples));

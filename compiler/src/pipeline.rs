@@ -92,5 +92,10 @@ pub trait Quantizer {
     /// Returns the quantized model and a JSON summary for the report. With a budget, layers may be kept
     /// in float (mixed precision) until the candidate meets it.
     #[allow(clippy::too_many_arguments)]
+    /// For float16 targets: mark layers whose weights must stay float32 for the output error (max |Δy| /
+    /// max |y|) to stay under `bound`. The default keeps every layer float16.
+    fn fp16_islands(&self, model: &Model, _input: &str, _samples: &[crate::ir::TensorData], _bound: f64) -> Result<(Model, serde_json::Value)> {
+        Ok((model.clone(), serde_json::Value::Null))
+    }
     fn quantize(&self, model: &Model, target: &Target, calib: &crate::calib::Calibration, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value)>;
 }

@@ -34,6 +34,10 @@ pub struct Lowering<'a> {
     map: HashMap<ValueId, (i32, bool)>,
     /// Transposed or re-laid-out copies: (value, want channel-last) → tensor.
     alt: HashMap<(ValueId, bool), i32>,
+    /// Constants the lowering computed (DequantizeLinear of a constant: the float weights it denotes).
+    pub folded: HashMap<ValueId, (Vec<usize>, Vec<f32>)>,
+    /// Nodes already lowered as part of a pattern.
+    pub skip: std::collections::HashSet<NodeId>,
     /// Node being lowered (for error messages).
     pub node: String,
     pub op: String,
@@ -69,7 +73,7 @@ pub fn transpose_data<T: Copy + Default>(data: &[T], dims: &[usize], perm: &[usi
 
 impl<'a> Lowering<'a> {
     pub fn new(g: &'a Graph) -> Self {
-        Lowering { g, m: TfModel::default(), map: HashMap::new(), alt: HashMap::new(), node: String::new(), op: String::new() }
+        Lowering { g, m: TfModel::default(), map: HashMap::new(), alt: HashMap::new(), folded: HashMap::new(), skip: Default::default(), node: String::new(), op: String::new() }
     }
 
     pub fn err(&self, reason: impl Into<String>) -> Error {
@@ -81,6 +85,9 @@ impl<'a> Lowering<'a> {
         let val = self.g.value(v);
         if let Some(d) = self.g.const_data(v) {
             return Ok(d.dims.clone());
+        }
+        if let Some((d, _)) = self.folded.get(&v) {
+            return Ok(d.iter().map(|x| *x as i64).collect());
         }
         let shape = val.shape.as_ref().ok_or_else(|| self.err(format!("value '{}' has no inferred shape", val.name)))?;
         shape
@@ -95,11 +102,14 @@ impl<'a> Lowering<'a> {
     }
 
     pub fn rank(&self, v: ValueId) -> usize {
+        if let Some((d, _)) = self.folded.get(&v) {
+            return d.len();
+        }
         self.g.value(v).shape.as_ref().map(|s| s.len()).or_else(|| self.g.const_data(v).map(|d| d.dims.len())).unwrap_or(0)
     }
 
     pub fn is_const(&self, v: ValueId) -> bool {
-        self.g.const_data(v).is_some()
+        self.g.const_data(v).is_some() || self.folded.contains_key(&v)
     }
 
     /// Is `v` laid out channel-last (rank 4 only)?
@@ -109,6 +119,9 @@ impl<'a> Lowering<'a> {
 
     /// Constant data of `v` as f32 with its ONNX dims.
     pub fn const_f32(&self, v: ValueId) -> Result<(Vec<usize>, Vec<f32>)> {
+        if let Some(f) = self.folded.get(&v) {
+            return Ok(f.clone());
+        }
         let d = self.g.const_data(v).ok_or_else(|| self.err(format!("'{}' must be a constant", self.g.value(v).name)))?;
         let vals = d.to_f32_vec().or_else(|| d.to_f64_vec().map(|v| v.into_iter().map(|x| x as f32).collect())).ok_or_else(|| self.err("constant is not numeric"))?;
         Ok((d.dims.iter().map(|x| *x as usize).collect(), vals))
@@ -143,7 +156,7 @@ impl<'a> Lowering<'a> {
             let (dims, vals) = self.const_f32(v)?;
             let name = self.g.value(v).name.clone();
             let (dims, vals) = if want { (permute(&dims, &TO_NHWC), transpose_data(&vals, &dims, &TO_NHWC)) } else { (dims, vals) };
-            let t = match self.g.value(v).dtype {
+            let t = match if self.folded.contains_key(&v) { kiln_compiler::ir::DType::F32 } else { self.g.value(v).dtype } {
                 kiln_compiler::ir::DType::F32 | kiln_compiler::ir::DType::F16 | kiln_compiler::ir::DType::F64 => self.m.const_f32(&name, dims.iter().map(|d| *d as i32).collect(), &vals),
                 _ => {
                     let iv: Vec<i32> = self.const_i64(v)?.iter().map(|x| *x as i32).collect();
@@ -209,6 +222,9 @@ impl<'a> Lowering<'a> {
             self.m.inputs.push(t);
         }
         for id in g.topo_order()? {
+            if self.skip.contains(&id) {
+                continue;
+            }
             self.lower_node(id)?;
         }
         for &v in &g.outputs {

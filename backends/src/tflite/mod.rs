@@ -9,6 +9,7 @@ pub mod lower;
 pub mod model;
 pub mod ops;
 pub mod ser;
+pub mod seq;
 
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::Model;
@@ -30,7 +31,7 @@ pub fn to_fp16(m: &mut TfModel) {
     let mut deq = Vec::new();
     for t in 0..m.tensors.len() {
         let tensor = &m.tensors[t];
-        if tensor.dtype != TensorType::FLOAT32 || tensor.data.is_none() {
+        if tensor.dtype != TensorType::FLOAT32 || tensor.data.is_none() || tensor.shape.len() <= 1 || tensor.keep_f32 {
             continue;
         }
         let Some(vals) = m.f32_data(t as i32) else { continue };

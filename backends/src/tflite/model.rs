@@ -21,6 +21,10 @@ pub struct Tensor {
     /// Little-endian constant bytes.
     pub data: Option<Vec<u8>>,
     pub quant: Option<Quant>,
+    /// State the runtime keeps between invocations (LSTM h and c).
+    pub is_variable: bool,
+    /// Stays float32 in a float16 model (an fp32 island chosen by the quantizer).
+    pub keep_f32: bool,
 }
 
 /// Builtin options, one variant per options table kiln writes.
@@ -42,6 +46,8 @@ pub enum Options {
     BatchMatMul { adj_x: bool, adj_y: bool },
     Gather { axis: i32 },
     Split { num_splits: i32 },
+    SplitV { num_splits: i32 },
+    Lstm { cell_clip: f32, time_major: bool },
     StridedSlice,
 }
 
@@ -74,7 +80,7 @@ impl TfModel {
             k += 1;
         }
         self.names.insert(n.clone(), self.tensors.len());
-        self.tensors.push(Tensor { name: n, shape, dtype, data: None, quant: None });
+        self.tensors.push(Tensor { name: n, shape, dtype, data: None, quant: None, is_variable: false, keep_f32: false });
         (self.tensors.len() - 1) as i32
     }
 

@@ -6,7 +6,12 @@ use kiln_compiler::ir::{Act, BinOp, NodeId, Op, PoolKind, ValueId, Window};
 use kiln_compiler::Result;
 
 use super::lower::{permute, transpose_data, Lowering, TO_NCHW, TO_NHWC};
-use super::model::{Code, Fused, Options, Padding};
+use super::model::{Code, Fused, Options, Padding, TensorType};
+
+/// Did the quantizer keep this layer's weights float32 (see `kiln_passes::quant::fp16`)?
+fn keeps_fp32(n: &kiln_compiler::ir::Node) -> bool {
+    n.metadata.iter().any(|(k, v)| k == "kiln.weights" && v == "fp32")
+}
 
 /// TFLite's fused activation for `act`, if it has one.
 fn fusable(act: &Option<Act>) -> Option<Fused> {
@@ -23,7 +28,7 @@ fn fusable(act: &Option<Act>) -> Option<Fused> {
 
 /// Output tensor for the node's output 0, followed by its activation when TFLite cannot fuse it.
 /// Returns (tensor the main op writes, fused activation for its options).
-fn output_with_act(l: &mut Lowering, id: NodeId, nhwc: bool) -> Result<(i32, Fused)> {
+pub fn output_with_act(l: &mut Lowering, id: NodeId, nhwc: bool) -> Result<(i32, Fused)> {
     let n = &l.g.nodes[id];
     let out = n.output(0).ok_or_else(|| l.err("no output"))?;
     let act = n.act.clone();
@@ -39,7 +44,7 @@ fn output_with_act(l: &mut Lowering, id: NodeId, nhwc: bool) -> Result<(i32, Fus
 }
 
 /// y = act(x) as standalone ops.
-fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
+pub fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
     let scalar = |l: &mut Lowering, name: &str, v: f32| l.m.const_f32(name, vec![], &[v]);
     match a {
         Act::Relu => l.emit(Code::RELU, vec![x], vec![y], Options::None),
@@ -175,6 +180,7 @@ fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
         return Err(l.err(format!("grouped convolution (group={groups}, not depthwise) has no TFLite lowering")));
     };
     let b = l.m.const_f32(&format!("{wname}_bias"), vec![cout as i32], &bias);
+    l.m.tensors[filter as usize].keep_f32 = keeps_fp32(&n);
     let (out, act) = output_with_act(l, id, true)?;
     let stride = (s.0 as i32, s.1 as i32);
     let dilation = (d.0 as i32, d.1 as i32);
@@ -191,13 +197,27 @@ fn pool(l: &mut Lowering, id: NodeId) -> Result<()> {
     let n = l.g.nodes[id].clone();
     let Op::Pool { kind, window, ceil_mode, count_include_pad, .. } = &n.op else { return Ok(()) };
     let x = n.input(0).ok_or_else(|| l.err("no input"))?;
-    if l.rank(x) != 4 || ceil_mode.unwrap_or(0) != 0 {
-        return Err(l.err("only 2-D pooling without ceil_mode is supported"));
+    if l.rank(x) != 4 {
+        return Err(l.err("only 2-D pooling is supported"));
     }
     let xd = l.dims(x)?;
     let k = pair(&window.kernel_shape, 1);
     let s = pair(&window.strides, 1);
-    let (pad, explicit) = padding(l, window, (xd[2], xd[3]), k, s, (1, 1))?;
+    let (mut pad, mut explicit) = padding(l, window, (xd[2], xd[3]), k, s, (1, 1))?;
+    if ceil_mode.unwrap_or(0) != 0 {
+        // ceil_mode: pad the bottom/right so a VALID window yields the (already inferred) ceil output.
+        let od = l.dims(n.output(0).ok_or_else(|| l.err("no output"))?)?;
+        let p = explicit.unwrap_or(if pad == Padding::VALID { [0; 4] } else { return Err(l.err("ceil_mode with SAME padding is not supported")) });
+        let extra_h = ((od[2] - 1) * s.0 + k.0 - xd[2] - p[0] - p[2]).max(0);
+        let extra_w = ((od[3] - 1) * s.1 + k.1 - xd[3] - p[1] - p[3]).max(0);
+        if extra_h + extra_w > 0 {
+            if *kind == PoolKind::Average {
+                return Err(l.err("AveragePool with ceil_mode has no TFLite lowering"));
+            }
+            explicit = Some([p[0], p[1], p[2] + extra_h, p[3] + extra_w]);
+            pad = Padding::VALID;
+        }
+    }
     let mut xt = l.get(x, true)?;
     let mut padding_mode = pad;
     if pad == Padding::SAME && *kind == PoolKind::Average && count_include_pad.unwrap_or(0) != 0 {
@@ -279,6 +299,7 @@ fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
     let name = l.g.value(b).name.clone();
     let wt = l.m.const_f32(&name, vec![o as i32, i as i32], &w);
     let bt = l.m.const_f32(&format!("{name}_bias"), vec![o as i32], &bias);
+    l.m.tensors[wt as usize].keep_f32 = keeps_fp32(&n);
     let keep = l.rank(a) > 2;
     let (out, act) = output_with_act(l, id, false)?;
     l.emit(Code::FULLY_CONNECTED, vec![at, wt, bt], vec![out], Options::FullyConnected { act, keep_num_dims: keep });
@@ -314,7 +335,7 @@ fn binary(l: &mut Lowering, id: NodeId, op: BinOp) -> Result<()> {
 }
 
 /// Element-wise op that keeps its input's layout.
-fn unary(l: &mut Lowering, id: NodeId, f: impl FnOnce(&mut Lowering, i32, i32) -> Result<()>) -> Result<()> {
+pub fn unary(l: &mut Lowering, id: NodeId, f: impl FnOnce(&mut Lowering, i32, i32) -> Result<()>) -> Result<()> {
     let n = l.g.nodes[id].clone();
     let x = n.input(0).ok_or_else(|| l.err("no input"))?;
     let nhwc = l.nhwc(x);
@@ -330,7 +351,60 @@ fn unary(l: &mut Lowering, id: NodeId, f: impl FnOnce(&mut Lowering, i32, i32) -
     activation(l, &a, mid, out)
 }
 
+/// ShuffleNet's channel shuffle, Reshape [N,C,H,W]→[N,g,C/g,H,W], Transpose [0,2,1,3,4], Reshape back to
+/// [N,C,H,W], done channel-last: Reshape [N,H,W,g,C/g], Transpose [0,1,2,4,3], Reshape [N,H,W,C].
+/// Returns the three nodes when `id` starts that pattern on a channel-last input.
+fn channel_shuffle(l: &Lowering, id: NodeId) -> Option<(NodeId, NodeId, i64)> {
+    let n = &l.g.nodes[id];
+    let x = n.input(0)?;
+    let (xd, yd) = (l.dims(x).ok()?, l.dims(n.output(0)?).ok()?);
+    if !l.nhwc(x) || xd.len() != 4 || yd.len() != 5 || yd[0] != xd[0] || yd[1] * yd[2] != xd[1] || yd[3..] != xd[2..] {
+        return None;
+    }
+    let single = |v: ValueId| -> Option<NodeId> {
+        let c = l.g.consumers(v);
+        (c.len() == 1 && !l.g.is_output(v)).then(|| c[0].0)
+    };
+    let t = single(n.output(0)?)?;
+    let tn = &l.g.nodes[t];
+    if !matches!(&tn.op, Op::Transpose { perm: Some(p) } if p == &[0, 2, 1, 3, 4]) || tn.act.is_some() {
+        return None;
+    }
+    let r2 = single(tn.output(0)?)?;
+    let rn = &l.g.nodes[r2];
+    if !matches!(rn.op, Op::Reshape { .. }) || l.dims(rn.output(0)?).ok()? != xd || rn.act.is_some() {
+        return None;
+    }
+    Some((t, r2, yd[1]))
+}
+
+fn shuffle_nhwc(l: &mut Lowering, id: NodeId, t: NodeId, r2: NodeId, groups: i64) -> Result<()> {
+    let x = l.g.nodes[id].input(0).ok_or_else(|| l.err("no input"))?;
+    let xt = l.get(x, true)?;
+    let s = l.m.shape(xt).to_vec();
+    let g = groups as i32;
+    let name = l.node.clone();
+    let split = vec![s[0], s[1], s[2], g, s[3] / g];
+    let swapped = vec![s[0], s[1], s[2], s[3] / g, g];
+    let a = l.m.tensor(&format!("{name}_groups"), split.clone(), TensorType::FLOAT32);
+    let b = l.m.tensor(&format!("{name}_shuffled"), swapped, TensorType::FLOAT32);
+    let sa = l.m.const_i32(&format!("{name}_shape"), &split);
+    let perm = l.m.const_i32(&format!("{name}_perm"), &[0, 1, 2, 4, 3]);
+    l.emit(Code::RESHAPE, vec![xt, sa], vec![a], Options::Reshape { shape: split });
+    l.emit(Code::TRANSPOSE, vec![a, perm], vec![b], Options::None);
+    let y = l.g.nodes[r2].output(0).ok_or_else(|| l.err("no output"))?;
+    let out = l.define(y, true)?;
+    let shape = l.m.shape(out).to_vec();
+    let so = l.m.const_i32(&format!("{name}_back"), &shape);
+    l.emit(Code::RESHAPE, vec![b, so], vec![out], Options::Reshape { shape });
+    l.skip.extend([t, r2]);
+    Ok(())
+}
+
 fn reshape_to_output(l: &mut Lowering, id: NodeId) -> Result<()> {
+    if let Some((t, r2, g)) = channel_shuffle(l, id) {
+        return shuffle_nhwc(l, id, t, r2, g);
+    }
     let n = l.g.nodes[id].clone();
     let x = n.input(0).ok_or_else(|| l.err("no input"))?;
     let out_v = n.output(0).ok_or_else(|| l.err("no output"))?;
@@ -421,6 +495,11 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
                 Ok(())
             })
         }
+        Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => super::seq::qdq(l, id),
+        Op::Attention { scale } => super::seq::attention(l, id, *scale),
+        Op::Generic { op_type, .. } if op_type == "LayerNormalization" => super::seq::layer_norm(l, id),
+        Op::Generic { op_type, .. } if op_type == "Gather" => super::seq::gather(l, id),
+        Op::Generic { op_type, .. } if op_type == "LSTM" => super::seq::lstm(l, id),
         Op::Generic { op_type, .. } => generic(l, id, op_type),
         other => Err(l.err(format!("the tflite backend has no lowering for {}", other.op_type()))),
     }
@@ -478,8 +557,13 @@ fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
             }
             let axis_t = l.m.const_i32("split_axis", &[ax as i32]);
             l.m.tensors[axis_t as usize].shape = vec![];
-            let st = l.m.const_i32("split_sizes", &sizes);
-            l.emit(Code::SPLIT_V, vec![xt, st, axis_t], ts, Options::Split { num_splits: outs.len() as i32 });
+            if sizes.iter().all(|s| *s == sizes[0]) {
+                // Equal parts: SPLIT, which XNNPACK delegates (SPLIT_V it does not).
+                l.emit(Code::SPLIT, vec![axis_t, xt], ts, Options::Split { num_splits: outs.len() as i32 });
+            } else {
+                let st = l.m.const_i32("split_sizes", &sizes);
+                l.emit(Code::SPLIT_V, vec![xt, st, axis_t], ts, Options::SplitV { num_splits: outs.len() as i32 });
+            }
             Ok(())
         }
         "Slice" => {

@@ -54,6 +54,11 @@ fn options<'a>(b: &mut FlatBufferBuilder<'a>, o: &Options) -> (fb::BuiltinOption
         }
         Options::Gather { axis } => (K::GatherOptions, Some(fb::GatherOptions::create(b, &fb::GatherOptionsArgs { axis: *axis, batch_dims: 0 }).as_union_value())),
         Options::Split { num_splits } => (K::SplitOptions, Some(fb::SplitOptions::create(b, &fb::SplitOptionsArgs { num_splits: *num_splits }).as_union_value())),
+        Options::SplitV { num_splits } => (K::SplitVOptions, Some(fb::SplitVOptions::create(b, &fb::SplitVOptionsArgs { num_splits: *num_splits }).as_union_value())),
+        Options::Lstm { cell_clip, time_major } => {
+            let args = fb::UnidirectionalSequenceLSTMOptionsArgs { fused_activation_function: fb::ActivationFunctionType::TANH, cell_clip: *cell_clip, time_major: *time_major, ..Default::default() };
+            (K::UnidirectionalSequenceLSTMOptions, Some(fb::UnidirectionalSequenceLSTMOptions::create(b, &args).as_union_value()))
+        }
         Options::StridedSlice => (K::StridedSliceOptions, Some(fb::StridedSliceOptions::create(b, &fb::StridedSliceOptionsArgs::default()).as_union_value())),
     }
 }
@@ -92,7 +97,7 @@ pub fn write(m: &TfModel, description: &str) -> Vec<u8> {
             let zp = b.create_vector(&q.zero_point);
             fb::QuantizationParameters::create(&mut b, &fb::QuantizationParametersArgs { scale: Some(scale), zero_point: Some(zp), quantized_dimension: q.axis, ..Default::default() })
         });
-        tensors.push(fb::Tensor::create(&mut b, &fb::TensorArgs { shape: Some(shape), type_: t.dtype, buffer, name: Some(name), quantization: quant, ..Default::default() }));
+        tensors.push(fb::Tensor::create(&mut b, &fb::TensorArgs { shape: Some(shape), type_: t.dtype, buffer, name: Some(name), quantization: quant, is_variable: t.is_variable, ..Default::default() }));
     }
     let mut codes: Vec<fb::BuiltinOperator> = Vec::new();
     let mut ops = Vec::with_capacity(m.operators.len());

@@ -1,6 +1,7 @@
 //! Quantization: ranges from calibration statistics and QDQ insertion.
 pub mod bias_correction;
 pub mod dead_channels;
+pub mod fp16;
 pub mod mixed;
 pub mod params;
 pub mod qdq;
@@ -36,6 +37,10 @@ pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: boo
 pub struct Ptq;
 
 impl Quantizer for Ptq {
+    fn fp16_islands(&self, model: &Model, input: &str, samples: &[TensorData], bound: f64) -> Result<(Model, serde_json::Value)> {
+        fp16::islands(model, input, samples, bound)
+    }
+
     fn quantize(&self, model: &Model, t: &Target, calib: &Calibration, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value)> {
         let method = params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
             .ok_or_else(|| Error::Pass { pass: "quantize".into(), reason: "unknown calibration method".into() })?;

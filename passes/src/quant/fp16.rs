@@ -1,0 +1,108 @@
+//! fp32 islands for float16 targets. A float16 artifact stores weights in half precision; on most models
+//! that moves the output by well under 1 %, but in deep or BN-folded networks a few layers dominate (the
+//! depthwise convs after MobileNetV2's stem, the huge-gain convs of a pruned model). kiln simulates the
+//! rounding in the IR (every float constant of rank ≥ 2, what the backends store as float16), measures
+//! max |y − y_fp32| / max |y_fp32| on validation samples with tract, and when that exceeds the target's
+//! bound keeps the most sensitive layers' weights in float32 — 1, 2, 4, … of them, ranked by the error
+//! each causes alone — until the bound holds. Kept layers are marked in node metadata
+//! (`kiln.weights = fp32`), which the backends honour.
+use std::collections::HashSet;
+
+use kiln_compiler::eval::Evaluator;
+use kiln_compiler::ir::{DType, Model, NodeId, Op, TensorData, ValueId};
+use kiln_compiler::Result;
+
+pub const KEEP_KEY: &str = "kiln.weights";
+pub const KEEP_FP32: &str = "fp32";
+
+fn layers(m: &Model) -> Result<Vec<NodeId>> {
+    Ok(m.graph.topo_order()?.into_iter().filter(|id| matches!(m.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)).collect())
+}
+
+/// Float constants of rank ≥ 2 read by node `id`.
+fn weights_of(m: &Model, id: NodeId) -> Vec<ValueId> {
+    m.graph.nodes[id].inputs.iter().flatten().copied().filter(|v| m.graph.const_data(*v).is_some_and(|d| d.dtype == DType::F32 && d.dims.len() >= 2)).collect()
+}
+
+/// `m` with every rank ≥ 2 float constant rounded to float16, except those only read by `keep`.
+fn rounded(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
+    let mut out = m.clone();
+    let kept: HashSet<ValueId> = keep.iter().flat_map(|id| weights_of(m, *id)).collect();
+    for i in 0..m.graph.values.len() {
+        let v = ValueId(i as u32);
+        if kept.contains(&v) {
+            continue;
+        }
+        let Some(d) = m.graph.const_data(v).filter(|d| d.dtype == DType::F32 && d.dims.len() >= 2) else { continue };
+        let Some(vals) = d.to_f32_vec() else { continue };
+        let r: Vec<f32> = vals.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect();
+        out.graph.value_mut(v).data = Some(TensorData::from_f32(d.dims.clone(), &r));
+    }
+    Ok(out)
+}
+
+/// max |y − ref| / max |ref| over samples and outputs.
+fn error(ev: &Evaluator, refs: &[Vec<Vec<f64>>], input: &str, samples: &[TensorData]) -> Result<f64> {
+    let mut worst = 0f64;
+    for (s, r) in samples.iter().zip(refs) {
+        for ((_, t), rv) in ev.run(&[(input.to_string(), s.clone())])?.iter().zip(r) {
+            let y = t.to_f64_vec().unwrap_or_default();
+            let scale = rv.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+            let d = y.iter().zip(rv).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(d / scale);
+        }
+    }
+    Ok(worst)
+}
+
+/// Mark the fewest layers whose fp32 weights keep the float16 error under `bound`. Returns the model and
+/// a JSON summary (error before and after, each kept layer with the error it causes alone).
+pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64) -> Result<(Model, serde_json::Value)> {
+    let Some(first) = samples.first() else { return Ok((model.clone(), serde_json::Value::Null)) };
+    let fact = [(input.to_string(), first.dtype, first.dims.clone())];
+    let reference = Evaluator::new(model, &fact)?;
+    let mut refs = Vec::new();
+    for s in samples {
+        refs.push(reference.run(&[(input.to_string(), s.clone())])?.into_iter().map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<_>>());
+    }
+    let eval = |keep: &HashSet<NodeId>, n: usize| -> Result<f64> { error(&Evaluator::new(&rounded(model, keep)?, &fact)?, &refs[..n], input, &samples[..n]) };
+    let all = eval(&HashSet::new(), samples.len())?;
+    let mut summary = serde_json::json!({ "bound": bound, "max_rel_error_all_fp16": all, "samples": samples.len() });
+    if all <= bound {
+        summary["fp32_layers"] = serde_json::json!([]);
+        summary["max_rel_error"] = serde_json::json!(all);
+        return Ok((model.clone(), summary));
+    }
+    // Sensitivity: each layer alone in float16 (all others float32), on a few samples.
+    let ids = layers(model)?;
+    let probe = samples.len().min(4);
+    let everyone: HashSet<NodeId> = ids.iter().copied().collect();
+    let mut sens = Vec::new();
+    for id in &ids {
+        let mut keep = everyone.clone();
+        keep.remove(id);
+        sens.push((*id, eval(&keep, probe)?));
+    }
+    sens.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut k = 1;
+    let (mut keep, mut err) = (HashSet::new(), all);
+    while k <= sens.len() {
+        keep = sens[..k].iter().map(|(id, _)| *id).collect();
+        err = eval(&keep, samples.len())?;
+        if err <= bound {
+            break;
+        }
+        k *= 2;
+    }
+    let mut out = model.clone();
+    for id in &keep {
+        if let Some(n) = out.graph.node_mut(*id) {
+            n.metadata.push((KEEP_KEY.into(), KEEP_FP32.into()));
+        }
+    }
+    let kept: Vec<serde_json::Value> = sens.iter().filter(|(id, _)| keep.contains(id)).map(|(id, e)| serde_json::json!({ "layer": model.graph.nodes[*id].name, "max_rel_error_alone": e })).collect();
+    summary["fp32_layers"] = serde_json::json!(kept);
+    summary["max_rel_error"] = serde_json::json!(err);
+    summary["bound_met"] = serde_json::json!(err <= bound);
+    Ok((out, summary))
+}

@@ -1,0 +1,105 @@
+"""The `tflite` backend (issue 5): every model converts, and the ai-edge-litert interpreter (LiteRT with
+XNNPACK) reproduces onnxruntime on the original ONNX model: fp32 within 1e-4·max|ref|, fp16 within
+1e-2·max|ref|. Q/DQ (QAT) models are compared by top-1, since one rounding flip in a fake-quantizer moves
+the output by a quantization step."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from kiln_oracle import CORPUS, DATA, IMAGE_MODELS, LOCAL_MODELS, kiln, local_inputs, local_models, session, validation_inputs
+from tflite_oracle import interpreter, max_rel_diff, op_names, tflite_run
+
+corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus tier: {CORPUS} is absent")
+QDQ = {"tiny_qat", "digits_mobilenet_qat"}
+
+
+# kiln measures on 16 (images) or 64 validation samples; half the 1e-2 bound leaves room for the samples it did not see.
+F16 = ", fp16_max_error: 0.005"
+IMAGENET = "preprocess: { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }"
+
+
+def validation_yaml(model):
+    """The `validation:` block kiln measures float16 error on (it keeps sensitive layers float32)."""
+    stem = model.stem.replace("_dynamo", "")
+    if model.parent == LOCAL_MODELS:
+        src = f"tensors: {LOCAL_MODELS / (stem + '_inputs.npy')}"
+    elif stem in IMAGE_MODELS:
+        src = f"images: {DATA / 'images_val'}, {IMAGENET}"
+    else:
+        src = f"tensors: {DATA / {'tiny_encoder': 'tokens_calib.npy', 'kws_lstm': 'kws_calib.npy'}.get(stem, 'digits_val.npy')}"
+    samples = 16 if stem in IMAGE_MODELS else 64
+    return f"validation: {{ {src}, samples: {samples} }}\n"
+
+
+def build(tmp_path, model, targets, pins="", validation=True):
+    """kiln build with the given tflite targets; returns the output folder."""
+    work = tmp_path / "w"
+    work.mkdir(exist_ok=True)
+    for f in model.parent.glob(model.name + "*"):
+        shutil.copy(f, work / f.name)
+    lines = "".join(f"  - {{ name: {n}, backend: tflite, precision: {p}{extra} }}\n" for n, p, extra in targets)
+    val = validation_yaml(model) if validation and any(p == "fp16" for _, p, _ in targets) else ""
+    (work / "k.yaml").write_text(f"model: {model.name}\n{pins}passes: [cleanup, fuse]\n{val}targets:\n{lines}output: out\n")
+    kiln("build", work / "k.yaml")
+    return work / "out"
+
+
+def top1_agreement(model, tfl, feeds, layout="nhwc"):
+    sess, it = session(model), interpreter(tfl)
+    return np.mean([sess.run(None, f)[0].argmax() == tflite_run(it, f, layout)[0].argmax() for f in feeds])
+
+
+def check(model, out, feeds, stem):
+    if stem in QDQ:
+        assert top1_agreement(model, out / "f32" / "model.tflite", feeds) >= 0.99
+        return
+    assert max_rel_diff(model, out / "f32" / "model.tflite", feeds) <= 1e-4
+    assert max_rel_diff(model, out / "f16" / "model.tflite", feeds) <= 1e-2
+
+
+LOCAL = [p for p in local_models() if p.stem != "tiny_cnn_dynamo"] + [LOCAL_MODELS / "tiny_cnn_dynamo.onnx"]
+
+
+@pytest.mark.parametrize("path", LOCAL, ids=[p.stem for p in LOCAL])
+def test_local_model_fp32_fp16_match_onnxruntime(tmp_path, path):
+    sess = session(path)
+    inp = sess.get_inputs()[0]
+    dims = [d if isinstance(d, int) else 1 for d in inp.shape]
+    out = build(tmp_path, path, [("f32", "fp32", ""), ("f16", "fp16", F16)], pins=f"inputs: {{ {inp.name}: {dims} }}\n")
+    check(path, out, local_inputs(path), path.stem.replace("_dynamo", ""))
+
+
+def test_cnn_is_channel_last_without_transposes(tmp_path):
+    out = build(tmp_path, LOCAL_MODELS / "tiny_cnn.onnx", [("f32", "fp32", "")], pins="inputs: { input: [1, 3, 64, 64] }\n")
+    ops = op_names(out / "f32" / "model.tflite")
+    assert "TRANSPOSE" not in ops, ops
+    it = interpreter(out / "f32" / "model.tflite")
+    assert list(it.get_input_details()[0]["shape"]) == [1, 64, 64, 3]
+
+
+def test_io_layout_nchw_keeps_onnx_order(tmp_path):
+    path = LOCAL_MODELS / "tiny_cnn.onnx"
+    out = build(tmp_path, path, [("f32", "fp32", ", io_layout: nchw")], pins="inputs: { input: [1, 3, 64, 64] }\n")
+    tfl = out / "f32" / "model.tflite"
+    assert list(interpreter(tfl).get_input_details()[0]["shape"]) == [1, 3, 64, 64]
+    assert max_rel_diff(path, tfl, local_inputs(path), layout="nchw") <= 1e-4
+
+
+def test_fp16_halves_the_weights(tmp_path):
+    out = build(tmp_path, LOCAL_MODELS / "tiny_cnn.onnx", [("f32", "fp32", ""), ("f16", "fp16", "")], pins="inputs: { input: [1, 3, 64, 64] }\n")
+    a, b = ((out / t / "model.tflite").stat().st_size for t in ("f32", "f16"))
+    assert b < 0.65 * a, (a, b)
+    assert "DEQUANTIZE" in op_names(out / "f16" / "model.tflite")
+
+
+CORPUS_MODELS = sorted(CORPUS.glob("*.onnx")) if CORPUS.is_dir() else []
+
+
+@corpus
+@pytest.mark.parametrize("path", CORPUS_MODELS, ids=[p.stem for p in CORPUS_MODELS])
+def test_corpus_model_fp32_fp16_match_onnxruntime(tmp_path, path):
+    out = build(tmp_path, path, [("f32", "fp32", ""), ("f16", "fp16", F16)])
+    limit = 20 if path.stem in {"efficientnet_b0", "shufflenet_v2_x1_0"} else None
+    check(path, out, validation_inputs(path.stem, limit=limit), path.stem)

@@ -1,0 +1,50 @@
+"""Run kiln's TFLite artifacts in the ai-edge-litert interpreter (the independent oracle) and compare them
+with onnxruntime on the original ONNX model."""
+import numpy as np
+
+from kiln_oracle import session
+
+
+def interpreter(path, threads=1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    return it
+
+
+def to_tflite_layout(a, layout):
+    return a.transpose(0, 2, 3, 1) if layout == "nhwc" and a.ndim == 4 else a
+
+
+def from_tflite_layout(a, layout):
+    return a.transpose(0, 3, 1, 2) if layout == "nhwc" and a.ndim == 4 else a
+
+
+def tflite_run(it, feed, layout="nhwc"):
+    """Run one feed ({name: NCHW array}) and return outputs in ONNX layout, in the model's output order."""
+    ins = it.get_input_details()
+    for d, (name, a) in zip(ins, feed.items()):
+        x = to_tflite_layout(a, layout)
+        it.set_tensor(d["index"], x.astype(d["dtype"]) if d["dtype"] != np.int8 else x)
+    it.invoke()
+    return [from_tflite_layout(it.get_tensor(d["index"]), layout) for d in it.get_output_details()]
+
+
+def max_rel_diff(onnx_path, tflite_path, feeds, layout="nhwc"):
+    """max |tflite − ort| / max |ort| over every feed and output."""
+    sess = session(onnx_path)
+    it = interpreter(tflite_path)
+    worst = 0.0
+    for f in feeds:
+        refs = sess.run(None, f)
+        outs = tflite_run(it, f, layout)
+        for r, o in zip(refs, outs):
+            assert r.shape == o.shape, (r.shape, o.shape)
+            worst = max(worst, float(np.abs(o.astype(np.float64) - r).max() / (np.abs(r).max() + 1e-30)))
+    return worst
+
+
+def op_names(tflite_path):
+    it = interpreter(tflite_path)
+    return [d["op_name"] for d in it._get_ops_details()]
