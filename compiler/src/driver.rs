@@ -58,6 +58,9 @@ pub struct Report {
     pub calibration: Option<serde_json::Value>,
     /// Per non-fp32 target: accuracy against the fp32 original on the validation data.
     pub accuracy: BTreeMap<String, crate::accuracy::Metrics>,
+    /// Targets whose backend failed, with the reason (an op it cannot lower, named with its node).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed: BTreeMap<String, String>,
     /// Per quantized target: SQNR (dB) of every Conv/Gemm/MatMul output against the optimized fp32 model,
     /// on up to 16 calibration samples, in graph order.
     pub layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
@@ -337,6 +340,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut calibration_report = None;
     let mut accuracy = BTreeMap::new();
     let mut layer_sqnr = BTreeMap::new();
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
@@ -395,7 +399,15 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
             check_budget(cfg, &t.name, &m)?;
             accuracy.insert(t.name.clone(), m);
         }
-        let files = b.emit(target_model, t)?;
+        // A target whose backend cannot express the model fails alone: the others still build.
+        let files = match b.emit(target_model, t) {
+            Ok(f) => f,
+            Err(e) => {
+                log(&format!("target {}: FAILED: {e}", t.name));
+                failed.insert(t.name.clone(), e.to_string());
+                continue;
+            }
+        };
         for f in files {
             let rel_path = format!("{}/{}", t.name, f.rel_path);
             write_atomic(&out.join(&rel_path), &f.bytes)?;
@@ -412,11 +424,17 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         }
     }
     let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
-    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy, layer_sqnr };
+    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy, layer_sqnr, failed: failed.clone() };
     let json = |v: &dyn erased::Ser| v.to_json();
     write_atomic(&out.join("report.json"), &json(&report))?;
     // The manifest goes last: it is what marks the build complete.
     write_atomic(&out.join("manifest.json"), &json(&manifest))?;
+    if !failed.is_empty() {
+        // No stamp: the next run rebuilds instead of calling a partial build up to date.
+        let _ = std::fs::remove_file(out.join(STAMP));
+        let list: Vec<String> = failed.iter().map(|(t, e)| format!("target '{t}': {e}")).collect();
+        return Err(Error::Backend { backend: "build".into(), target: failed.keys().cloned().collect::<Vec<_>>().join(", "), reason: format!("{} target(s) failed (the others were written):\n  {}", failed.len(), list.join("\n  ")) });
+    }
     write_atomic(&out.join(STAMP), build_stamp().as_bytes())?;
     Ok(Outcome { up_to_date: false, manifest, output_dir: out })
 }

@@ -103,3 +103,25 @@ def test_corpus_model_fp32_fp16_match_onnxruntime(tmp_path, path):
     out = build(tmp_path, path, [("f32", "fp32", ""), ("f16", "fp16", F16)])
     limit = 20 if path.stem in {"efficientnet_b0", "shufflenet_v2_x1_0"} else None
     check(path, out, validation_inputs(path.stem, limit=limit), path.stem)
+
+
+def test_unlowerable_op_is_named_and_other_targets_build(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Round", ["r"], ["y"], name="the_round")], "g", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    (tmp_path / "k.yaml").write_text(
+        "model: m.onnx\npasses: [cleanup]\ntargets:\n  - { name: ref, backend: onnx, precision: fp32 }\n"
+        "  - { name: phone, backend: tflite, precision: fp32 }\noutput: out\n"
+    )
+    p = kiln("build", tmp_path / "k.yaml", check=False)
+    assert p.returncode == 1 and "panicked" not in p.stderr
+    assert "the_round" in p.stderr and "Round" in p.stderr and "phone" in p.stderr, p.stderr
+    assert (tmp_path / "out" / "ref" / "model.onnx").is_file()
+    assert not (tmp_path / "out" / "phone").exists()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "Round" in report["failed"]["phone"]
+    assert [a["target"] for a in json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"]] == ["ref"]
