@@ -249,6 +249,8 @@ fn calibrate(cfg: &LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecor
     let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
     let input = model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
     let mut h = Sha256::new();
+    // Bumped whenever what the statistics cover changes (v3: pre-activation values too).
+    h.update(b"kiln-calibration-v3");
     h.update(crate::onnx::to_bytes(model, &Default::default())?);
     for i in inputs.iter().filter(|i| i.role == "calibration") {
         h.update(i.sha256.as_bytes());

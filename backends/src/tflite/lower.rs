@@ -32,10 +32,18 @@ pub struct Lowering<'a> {
     pub m: TfModel,
     /// IR value → (tensor, is channel-last).
     map: HashMap<ValueId, (i32, bool)>,
-    /// Transposed or re-laid-out copies: (value, want channel-last) → tensor.
-    alt: HashMap<(ValueId, bool), i32>,
+    /// Converted copies: (value, channel-last, quantized) → tensor.
+    alt: HashMap<(ValueId, bool, bool), i32>,
+    /// Full-integer lowering (`int8`): quantized activations by value, DQ outputs aliased to their value.
+    pub int8: bool,
+    pub qp: HashMap<ValueId, super::int8::QParams>,
+    pub aliases: HashMap<ValueId, ValueId>,
+    /// The node being lowered computes in float (its int8 inputs are dequantized on the way in).
+    pub float_mode: bool,
     /// Constants the lowering computed (DequantizeLinear of a constant: the float weights it denotes).
     pub folded: HashMap<ValueId, (Vec<usize>, Vec<f32>)>,
+    /// Operators to append once the current node's main op is emitted (unfusable activations).
+    pub deferred: Vec<super::model::Operator>,
     /// Nodes already lowered as part of a pattern.
     pub skip: std::collections::HashSet<NodeId>,
     /// Node being lowered (for error messages).
@@ -73,11 +81,21 @@ pub fn transpose_data<T: Copy + Default>(data: &[T], dims: &[usize], perm: &[usi
 
 impl<'a> Lowering<'a> {
     pub fn new(g: &'a Graph) -> Self {
-        Lowering { g, m: TfModel::default(), map: HashMap::new(), alt: HashMap::new(), folded: HashMap::new(), skip: Default::default(), node: String::new(), op: String::new() }
+        Lowering { g, m: TfModel::default(), map: HashMap::new(), alt: HashMap::new(), int8: false, qp: HashMap::new(), aliases: HashMap::new(), float_mode: true, deferred: Vec::new(), folded: HashMap::new(), skip: Default::default(), node: String::new(), op: String::new() }
     }
 
     pub fn err(&self, reason: impl Into<String>) -> Error {
         Error::Node { node: self.node.clone(), op: self.op.clone(), reason: reason.into() }
+    }
+
+    /// The value whose tensor `v` reads (a DequantizeLinear output reads its quantized activation).
+    pub fn resolve(&self, v: ValueId) -> ValueId {
+        self.aliases.get(&v).copied().unwrap_or(v)
+    }
+
+    /// Does the current node read/write `v` as int8?
+    fn wants_q(&self, v: ValueId) -> bool {
+        !self.float_mode && self.qp.contains_key(&v)
     }
 
     /// Static ONNX-order shape of `v` (a symbolic leading batch dimension becomes 1).
@@ -114,6 +132,7 @@ impl<'a> Lowering<'a> {
 
     /// Is `v` laid out channel-last (rank 4 only)?
     pub fn nhwc(&self, v: ValueId) -> bool {
+        let v = self.resolve(v);
         self.map.get(&v).is_some_and(|(_, l)| *l)
     }
 
@@ -133,10 +152,15 @@ impl<'a> Lowering<'a> {
 
     /// Register `v` as produced into a fresh tensor; returns the tensor.
     pub fn define(&mut self, v: ValueId, nhwc: bool) -> Result<i32> {
+        let v = self.resolve(v);
         let dims = self.dims(v)?;
         let shape: Vec<i32> = if nhwc && dims.len() == 4 { permute(&dims, &TO_NHWC) } else { dims }.iter().map(|d| *d as i32).collect();
-        let dtype = tensor_type(self.g.value(v).dtype);
+        let (dtype, quant) = match self.qp.get(&v) {
+            Some((q, dt)) if self.wants_q(v) => (*dt, Some(q.clone())),
+            _ => (tensor_type(self.g.value(v).dtype), None),
+        };
         let t = self.m.tensor(&self.g.value(v).name.clone(), shape, dtype);
+        self.m.tensors[t as usize].quant = quant;
         self.map.insert(v, (t, nhwc && self.rank(v) == 4));
         Ok(t)
     }
@@ -148,8 +172,10 @@ impl<'a> Lowering<'a> {
 
     /// The tensor holding `v` in the requested layout (a TRANSPOSE is added, once, when it differs).
     pub fn get(&mut self, v: ValueId, want_nhwc: bool) -> Result<i32> {
+        let v = self.resolve(v);
         let want = want_nhwc && self.rank(v) == 4;
-        if let Some(t) = self.alt.get(&(v, want)) {
+        let want_q = self.wants_q(v) && !self.is_const(v);
+        if let Some(t) = self.alt.get(&(v, want, want_q)) {
             return Ok(*t);
         }
         if self.is_const(v) {
@@ -165,37 +191,68 @@ impl<'a> Lowering<'a> {
                     t
                 }
             };
-            self.alt.insert((v, want), t);
+            self.alt.insert((v, want, want_q), t);
             return Ok(t);
         }
         let &(t, have) = self.map.get(&v).ok_or_else(|| self.err(format!("input '{}' was not lowered", self.g.value(v).name)))?;
-        if have == want {
+        let is_q = self.m.tensors[t as usize].quant.is_some();
+        if have == want && is_q == want_q {
             return Ok(t);
         }
-        let perm: &[usize] = if want { &TO_NHWC } else { &TO_NCHW };
-        let shape = permute(self.m.shape(t), perm);
-        let name = format!("{}_{}", self.g.value(v).name, if want { "nhwc" } else { "nchw" });
-        let dtype = self.m.tensors[t as usize].dtype;
-        let out = self.m.tensor(&name, shape, dtype);
-        let p = self.m.const_i32(&format!("{name}_perm"), &perm.iter().map(|x| *x as i32).collect::<Vec<_>>());
         let origin = self.node.clone();
-        self.m.op(Code::TRANSPOSE, vec![t, p], vec![out], Options::None, &origin);
-        self.alt.insert((v, want), out);
-        Ok(out)
+        let mut cur = t;
+        if have != want {
+            let perm: &[usize] = if want { &TO_NHWC } else { &TO_NCHW };
+            let shape = permute(self.m.shape(t), perm);
+            let name = format!("{}_{}", self.g.value(v).name, if want { "nhwc" } else { "nchw" });
+            let dtype = self.m.tensors[t as usize].dtype;
+            let out = self.m.tensor(&name, shape, dtype);
+            self.m.tensors[out as usize].quant = self.m.tensors[t as usize].quant.clone();
+            let p = self.m.const_i32(&format!("{name}_perm"), &perm.iter().map(|x| *x as i32).collect::<Vec<_>>());
+            self.m.op(Code::TRANSPOSE, vec![t, p], vec![out], Options::None, &origin);
+            cur = out;
+        }
+        if is_q != want_q {
+            let shape = self.m.shape(cur).to_vec();
+            let name = format!("{}_{}", self.g.value(v).name, if want_q { "int8" } else { "float" });
+            if want_q {
+                let (q, dt) = self.qp[&v].clone();
+                let out = self.m.tensor(&name, shape, dt);
+                self.m.tensors[out as usize].quant = Some(q);
+                self.m.op(Code::QUANTIZE, vec![cur], vec![out], Options::None, &origin);
+                cur = out;
+            } else {
+                let out = self.m.tensor(&name, shape, TensorType::FLOAT32);
+                self.m.op(Code::DEQUANTIZE, vec![cur], vec![out], Options::None, &origin);
+                cur = out;
+            }
+        }
+        self.alt.insert((v, want, want_q), cur);
+        Ok(cur)
     }
 
     /// A constant for broadcasting against a rank-`rank` partner in the partner's layout.
     pub fn broadcast_const(&mut self, v: ValueId, rank: usize, nhwc: bool) -> Result<i32> {
         let (dims, vals) = self.const_f32(v)?;
-        if !(nhwc && rank == 4) {
+        let (nd, data) = if nhwc && rank == 4 {
+            let mut full = vec![1usize; 4usize.saturating_sub(dims.len())];
+            full.extend(&dims);
+            (permute(&full, &TO_NHWC), transpose_data(&vals, &full, &TO_NHWC))
+        } else if self.float_mode {
             return self.get(v, false);
+        } else {
+            (dims, vals)
+        };
+        let name = format!("{}_{}", self.g.value(v).name, if nhwc { "nhwc" } else { "c" });
+        let shape: Vec<i32> = nd.iter().map(|d| *d as i32).collect();
+        if self.float_mode {
+            return Ok(self.m.const_f32(&name, shape, &data));
         }
-        let mut full = vec![1usize; 4usize.saturating_sub(dims.len())];
-        full.extend(&dims);
-        let nd = permute(&full, &TO_NHWC);
-        let data = transpose_data(&vals, &full, &TO_NHWC);
-        let name = format!("{}_nhwc", self.g.value(v).name);
-        Ok(self.m.const_f32(&name, nd.iter().map(|d| *d as i32).collect(), &data))
+        // An integer op reads its constant operand as int8.
+        let (q, quant) = super::int8::quantize_const(&data);
+        let t = self.m.constant(&name, shape, TensorType::INT8, q);
+        self.m.tensors[t as usize].quant = Some(quant);
+        Ok(t)
     }
 
     pub fn emit(&mut self, code: Code, inputs: Vec<i32>, outputs: Vec<i32>, options: Options) {
@@ -211,8 +268,13 @@ impl<'a> Lowering<'a> {
     }
 
     /// Lower the whole graph.
-    pub fn run(mut self, io: IoLayout) -> Result<TfModel> {
+    pub fn run(mut self, io: IoLayout, int8: bool) -> Result<TfModel> {
         let g = self.g;
+        self.int8 = int8;
+        if int8 {
+            super::int8::prepass(&mut self)?;
+        }
+        self.float_mode = true;
         for &v in &g.inputs {
             if g.initializers.contains(&v) {
                 continue;
@@ -227,6 +289,7 @@ impl<'a> Lowering<'a> {
             }
             self.lower_node(id)?;
         }
+        self.float_mode = true;
         for &v in &g.outputs {
             let nhwc = io == IoLayout::Nhwc;
             let t = self.get(v, nhwc)?;
@@ -239,7 +302,11 @@ impl<'a> Lowering<'a> {
         let n = &self.g.nodes[id];
         self.node = n.name.clone();
         self.op = n.op.op_type().to_string();
-        super::ops::lower(self, id)
+        self.float_mode = !(self.int8 && super::int8::decide(self, id));
+        super::ops::lower(self, id)?;
+        let deferred = std::mem::take(&mut self.deferred);
+        self.m.operators.extend(deferred);
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! Image tensors are channel-last (`io_layout: nhwc`, the default, what camera pipelines deliver) or
 //! kept channel-first (`io_layout: nchw`). Inside, layout propagation keeps CNNs channel-last with no
 //! transposes (see `lower`).
+pub mod int8;
 pub mod lower;
 pub mod model;
 pub mod ops;
@@ -22,8 +23,8 @@ use model::{Code, Options, TensorType, TfModel};
 pub struct TfliteBackend;
 
 /// Lower `model` to a TFLite model (fp32).
-pub fn lower_model(model: &Model, io: IoLayout) -> Result<TfModel> {
-    Lowering::new(&model.graph).run(io)
+pub fn lower_model(model: &Model, io: IoLayout, int8: bool) -> Result<TfModel> {
+    Lowering::new(&model.graph).run(io, int8)
 }
 
 /// Store every float constant as float16 behind a DEQUANTIZE (run first, folded by the runtime at load).
@@ -59,11 +60,11 @@ impl Backend for TfliteBackend {
     }
 
     fn precisions(&self) -> &'static [&'static str] {
-        &["fp32", "fp16"]
+        &["fp32", "fp16", "int8"]
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
-        let mut m = lower_model(model, io_layout(target)?)?;
+        let mut m = lower_model(model, io_layout(target)?, target.precision == "int8")?;
         if target.precision == "fp16" {
             to_fp16(&mut m);
         }

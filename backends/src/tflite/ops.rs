@@ -6,7 +6,7 @@ use kiln_compiler::ir::{Act, BinOp, NodeId, Op, PoolKind, ValueId, Window};
 use kiln_compiler::Result;
 
 use super::lower::{permute, transpose_data, Lowering, TO_NCHW, TO_NHWC};
-use super::model::{Code, Fused, Options, Padding, TensorType};
+use super::model::{Code, Fused, Options, Padding, Quant, TensorType};
 
 /// Did the quantizer keep this layer's weights float32 (see `kiln_passes::quant::fp16`)?
 fn keeps_fp32(n: &kiln_compiler::ir::Node) -> bool {
@@ -38,7 +38,11 @@ pub fn output_with_act(l: &mut Lowering, id: NodeId, nhwc: bool) -> Result<(i32,
     let final_t = l.define(out, nhwc)?;
     let pre = l.temp_like(final_t, "pre_act");
     if let Some(a) = act {
+        // The activation runs after the op the caller is about to emit: hold its ops back until then.
+        let start = l.m.operators.len();
         activation(l, &a, pre, final_t)?;
+        let ops: Vec<_> = l.m.operators.drain(start..).collect();
+        l.deferred.extend(ops);
     }
     Ok((pre, Fused::NONE))
 }
@@ -55,6 +59,9 @@ pub fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
         Act::Gelu { approximate } => l.emit(Code::GELU, vec![x], vec![y], Options::Gelu { approximate: approximate.as_deref() == Some("tanh") }),
         Act::Silu => {
             let s = l.temp_like(x, "sigmoid");
+            if l.m.tensors[x as usize].quant.is_some() {
+                l.m.tensors[s as usize].quant = Some(super::model::Quant { scale: vec![1.0 / 256.0], zero_point: vec![-128], axis: 0 });
+            }
             l.emit(Code::LOGISTIC, vec![x], vec![s], Options::None);
             l.emit(Code::MUL, vec![x, s], vec![y], Options::Binary { act: Fused::NONE });
         }
@@ -129,12 +136,22 @@ fn pad_nhwc(l: &mut Lowering, x: i32, p: [i64; 4], value: Option<f32>) -> i32 {
     let name = format!("{}_padded", l.m.tensors[x as usize].name);
     let dtype = l.m.tensors[x as usize].dtype;
     let out = l.m.tensor(&name, out_shape, dtype);
+    let quant = l.m.tensors[x as usize].quant.clone();
+    l.m.tensors[out as usize].quant = quant.clone();
     let pads = l.m.const_i32(&format!("{name}_pads"), &[0, 0, p[0] as i32, p[2] as i32, p[1] as i32, p[3] as i32, 0, 0]);
     l.m.tensors[pads as usize].shape = vec![4, 2];
     match value {
         None => l.emit(Code::PAD, vec![x, pads], vec![out], Options::None),
         Some(v) => {
-            let c = l.m.const_f32(&format!("{name}_value"), vec![], &[v]);
+            let c = match quant {
+                // The lowest representable value (max-pool padding).
+                Some(q) => {
+                    let c = l.m.constant(&format!("{name}_value"), vec![], dtype, vec![if dtype == TensorType::UINT8 { 0 } else { 0x80 }]);
+                    l.m.tensors[c as usize].quant = Some(q);
+                    c
+                }
+                None => l.m.const_f32(&format!("{name}_value"), vec![], &[v]),
+            };
             l.emit(Code::PADV2, vec![x, pads, c], vec![out], Options::None);
         }
     }
@@ -165,22 +182,11 @@ fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
     if let Some(p) = explicit {
         xt = pad_nhwc(l, xt, p, None);
     }
-    let bias = match n.input(2) {
-        Some(b) => l.const_f32(b)?.1,
-        None => vec![0.0; cout],
-    };
-    let wname = l.g.value(w).name.clone();
     let depthwise = groups > 1 && cin_g == 1 && groups == xd[1] as usize;
-    let filter = if groups == 1 {
-        l.m.const_f32(&wname, vec![cout as i32, kh as i32, kw as i32, cin_g as i32], &transpose_data(&wv, &wd, &TO_NHWC))
-    } else if depthwise {
-        // [C·m, 1, kh, kw] → [1, kh, kw, C·m]
-        l.m.const_f32(&wname, vec![1, kh as i32, kw as i32, cout as i32], &transpose_data(&wv, &wd, &[1, 2, 3, 0]))
-    } else {
+    if groups > 1 && !depthwise {
         return Err(l.err(format!("grouped convolution (group={groups}, not depthwise) has no TFLite lowering")));
-    };
-    let b = l.m.const_f32(&format!("{wname}_bias"), vec![cout as i32], &bias);
-    l.m.tensors[filter as usize].keep_f32 = keeps_fp32(&n);
+    }
+    let (filter, b) = if l.float_mode { conv_float_params(l, &n, w, &wd, &wv, depthwise)? } else { conv_int8_params(l, &n, w, xt, depthwise)? };
     let (out, act) = output_with_act(l, id, true)?;
     let stride = (s.0 as i32, s.1 as i32);
     let dilation = (d.0 as i32, d.1 as i32);
@@ -191,6 +197,59 @@ fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
         l.emit(Code::CONV_2D, vec![xt, filter, b], vec![out], Options::Conv { padding: pad, stride, dilation, act });
     }
     Ok(())
+}
+
+/// Float filter (OHWI, or 1HWC for depthwise) and bias.
+fn conv_float_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, wd: &[usize], wv: &[f32], depthwise: bool) -> Result<(i32, i32)> {
+    let (cout, cin_g, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
+    let bias = match n.input(2) {
+        Some(b) => l.const_f32(b)?.1,
+        None => vec![0.0; cout],
+    };
+    let wname = l.g.value(w).name.clone();
+    let filter = if !depthwise {
+        l.m.const_f32(&wname, vec![cout as i32, kh as i32, kw as i32, cin_g as i32], &transpose_data(&wv, &wd, &TO_NHWC))
+    } else {
+        // [C·m, 1, kh, kw] → [1, kh, kw, C·m]
+        l.m.const_f32(&wname, vec![1, kh as i32, kw as i32, cout as i32], &transpose_data(wv, wd, &[1, 2, 3, 0]))
+    };
+    let b = l.m.const_f32(&format!("{wname}_bias"), vec![cout as i32], &bias);
+    l.m.tensors[filter as usize].keep_f32 = keeps_fp32(n);
+    Ok((filter, b))
+}
+
+/// int8 filter (per output channel: axis 0 of OHWI, axis 3 of depthwise 1HWC) and int32 bias.
+fn conv_int8_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, xt: i32, depthwise: bool) -> Result<(i32, i32)> {
+    let (wd, wq, ws) = super::int8::weight(l, w).ok_or_else(|| l.err("int8 weights expected"))?;
+    let (cout, cin_g, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
+    let wname = l.g.value(w).name.clone();
+    let (shape, data, axis) = if depthwise {
+        (vec![1, kh as i32, kw as i32, cout as i32], transpose_data(&wq, &wd, &[1, 2, 3, 0]), 3)
+    } else {
+        (vec![cout as i32, kh as i32, kw as i32, cin_g as i32], transpose_data(&wq, &wd, &TO_NHWC), 0)
+    };
+    let filter = l.m.constant(&wname, shape, TensorType::INT8, data.iter().map(|v| *v as u8).collect());
+    l.m.tensors[filter as usize].quant = Some(Quant { scale: ws.clone(), zero_point: vec![0; ws.len()], axis });
+    let b = int32_bias(l, n.input(2), xt, &ws, cout, &wname)?;
+    Ok((filter, b))
+}
+
+/// The int32 bias behind the node's bias input, or zeros with scale s_in·s_w.
+fn int32_bias(l: &mut Lowering, b: Option<ValueId>, xt: i32, ws: &[f32], cout: usize, wname: &str) -> Result<i32> {
+    let s_in = l.m.tensors[xt as usize].quant.as_ref().map(|q| q.scale[0]).unwrap_or(1.0);
+    let scales: Vec<f32> = (0..cout).map(|c| s_in * ws[if ws.len() == 1 { 0 } else { c }]).collect();
+    let (vals, scales) = match b.map(|b| (b, super::int8::bias(l, b))) {
+        Some((_, Some(q))) => q,
+        // A float bias (QAT exports keep biases float): int32 at scale s_in·s_w, as TFLite requires.
+        Some((b, None)) => {
+            let f = l.const_f32(b)?.1;
+            (f.iter().zip(&scales).map(|(v, s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32).collect(), scales)
+        }
+        None => (vec![0; cout], scales),
+    };
+    let t = l.m.constant(&format!("{wname}_bias"), vec![cout as i32], TensorType::INT32, vals.iter().flat_map(|v| v.to_le_bytes()).collect());
+    l.m.tensors[t as usize].quant = Some(Quant { zero_point: vec![0; scales.len()], scale: scales, axis: 0 });
+    Ok(t)
 }
 
 fn pool(l: &mut Lowering, id: NodeId) -> Result<()> {
@@ -273,6 +332,18 @@ fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
             return Err(l.err("a fused activation on BatchMatMul is not supported"));
         }
         l.emit(Code::BATCH_MATMUL, vec![at, bt], vec![out], Options::BatchMatMul { adj_x: false, adj_y: false });
+        return Ok(());
+    }
+    if !l.float_mode {
+        let (bd, bq, ws) = super::int8::weight(l, b).ok_or_else(|| l.err("int8 weights expected"))?;
+        let (w, (o, i)) = if trans_b { (bq, (bd[0], bd[1])) } else { (transpose_data(&bq, &bd, &[1, 0]), (bd[1], bd[0])) };
+        let name = l.g.value(b).name.clone();
+        let wt = l.m.constant(&name, vec![o as i32, i as i32], TensorType::INT8, w.iter().map(|v| *v as u8).collect());
+        l.m.tensors[wt as usize].quant = Some(Quant { scale: ws.clone(), zero_point: vec![0; ws.len()], axis: 0 });
+        let bt = int32_bias(l, n.input(2), at, &ws, o, &name)?;
+        let keep = l.rank(a) > 2;
+        let (out, act) = output_with_act(l, id, false)?;
+        l.emit(Code::FULLY_CONNECTED, vec![at, wt, bt], vec![out], Options::FullyConnected { act, keep_num_dims: keep });
         return Ok(());
     }
     let (bd, bv) = l.const_f32(b)?;
@@ -386,13 +457,21 @@ fn shuffle_nhwc(l: &mut Lowering, id: NodeId, t: NodeId, r2: NodeId, groups: i64
     let name = l.node.clone();
     let split = vec![s[0], s[1], s[2], g, s[3] / g];
     let swapped = vec![s[0], s[1], s[2], s[3] / g, g];
-    let a = l.m.tensor(&format!("{name}_groups"), split.clone(), TensorType::FLOAT32);
-    let b = l.m.tensor(&format!("{name}_shuffled"), swapped, TensorType::FLOAT32);
+    let (dt, q) = (l.m.tensors[xt as usize].dtype, l.m.tensors[xt as usize].quant.clone());
+    let a = l.m.tensor(&format!("{name}_groups"), split.clone(), dt);
+    let b = l.m.tensor(&format!("{name}_shuffled"), swapped, dt);
+    l.m.tensors[a as usize].quant = q.clone();
+    l.m.tensors[b as usize].quant = q;
     let sa = l.m.const_i32(&format!("{name}_shape"), &split);
     let perm = l.m.const_i32(&format!("{name}_perm"), &[0, 1, 2, 4, 3]);
     l.emit(Code::RESHAPE, vec![xt, sa], vec![a], Options::Reshape { shape: split });
     l.emit(Code::TRANSPOSE, vec![a, perm], vec![b], Options::None);
     let y = l.g.nodes[r2].output(0).ok_or_else(|| l.err("no output"))?;
+    let y = l.resolve(y);
+    if let Some(p) = l.qp.get(&l.resolve(x)).cloned() {
+        // The shuffle moves int8 data: the output keeps the input's parameters.
+        l.qp.insert(y, p);
+    }
     let out = l.define(y, true)?;
     let shape = l.m.shape(out).to_vec();
     let so = l.m.const_i32(&format!("{name}_back"), &shape);
@@ -467,6 +546,17 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
                 ts.push(if l.is_const(*v) { l.broadcast_const(*v, 4, nhwc)? } else { l.get(*v, nhwc)? });
             }
             let (out, act) = output_with_act(l, id, nhwc)?;
+            // Integer concatenation needs one set of parameters: requantize inputs to the output's.
+            if let Some(q) = l.m.tensors[out as usize].quant.clone() {
+                for t in ts.iter_mut() {
+                    if l.m.tensors[*t as usize].quant.as_ref() != Some(&q) {
+                        let r = l.temp_like(*t, "requantized");
+                        l.m.tensors[r as usize].quant = Some(q.clone());
+                        l.emit(Code::QUANTIZE, vec![*t], vec![r], Options::None);
+                        *t = r;
+                    }
+                }
+            }
             l.emit(Code::CONCATENATION, ts, vec![out], Options::Concat { axis: ax as i32, act });
             Ok(())
         }

@@ -94,6 +94,49 @@ pub struct Calibration {
     pub stats: BTreeMap<String, TensorStats>,
 }
 
+/// Suffix of the value a fused activation reads (its op's output before the activation).
+pub const PREACT: &str = "__preact";
+
+/// Split fused activations (those `keep` rejects) back into op → `<output>__preact` → activation.
+/// Calibration unfuses all of them, so it also sees the ranges before activations; a full-integer target
+/// unfuses those its runtime cannot fuse, and quantizes the tensor in between with those ranges.
+pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Act) -> bool) -> Result<()> {
+    let clip_inputs = m.opset() >= 11;
+    let g = &mut m.graph;
+    let fused: Vec<_> = g.nodes.node_indices().filter(|id| g.nodes[*id].act.as_ref().is_some_and(|a| !keep(a))).collect();
+    for id in fused {
+        let (Some(y), Some(act)) = (g.nodes[id].output(0), g.nodes[id].act.clone()) else { continue };
+        let name = format!("{}{PREACT}", g.value(y).name);
+        if g.find(&name).is_some() {
+            continue;
+        }
+        let mut v = crate::ir::Value::new(name);
+        v.dtype = g.value(y).dtype;
+        v.shape = g.value(y).shape.clone();
+        let pre = g.add_value(v)?;
+        let node_name = g.fresh_node_name(&format!("{}__act", g.nodes[id].name));
+        if let Some(n) = g.node_mut(id) {
+            n.outputs[0] = Some(pre);
+            n.act = None;
+        }
+        g.value_mut(y).producer = None;
+        g.value_mut(pre).producer = Some((id, 0));
+        let mut inputs = vec![Some(pre)];
+        if let (crate::ir::Act::Clip { min, max }, true) = (&act, clip_inputs) {
+            // From opset 11 Clip reads its bounds as inputs.
+            for (k, b) in [("min", min), ("max", max)] {
+                inputs.push(match b {
+                    Some(b) => Some(g.add_const(&format!("{}_{k}", g.nodes[id].name), crate::ir::TensorData::from_f32(vec![], &[*b]))?),
+                    None => None,
+                });
+            }
+        }
+        g.add_node(crate::ir::Node::new(node_name, crate::ir::Op::Act(act), inputs, vec![Some(y)]))?;
+    }
+    g.rebuild_edges();
+    Ok(())
+}
+
 /// Values worth calibrating: float graph inputs and float node outputs.
 fn targets(m: &Model) -> Vec<ValueId> {
     let g = &m.graph;
@@ -113,10 +156,11 @@ fn targets(m: &Model) -> Vec<ValueId> {
 pub fn collect(model: &Model, input: &str, samples: &[TensorData], progress: &mut (dyn FnMut(usize, usize) + Send)) -> Result<Calibration> {
     let first = samples.first().ok_or_else(|| Error::Input { name: input.into(), reason: "no calibration samples".into() })?;
     let mut probe = model.clone();
-    let vals = targets(model);
+    unfuse_activations(&mut probe, &|_| false)?;
+    let vals = targets(&probe);
     probe.graph.outputs = vals.clone();
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
-    let names: Vec<String> = vals.iter().map(|v| model.graph.value(*v).name.clone()).collect();
+    let names: Vec<String> = vals.iter().map(|v| probe.graph.value(*v).name.clone()).collect();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
     let chunk = samples.len().div_ceil(threads);
     let done = std::sync::atomic::AtomicUsize::new(0);

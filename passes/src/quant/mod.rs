@@ -8,7 +8,7 @@ pub mod qdq;
 
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::config::{CalibrationConfig, Target};
-use kiln_compiler::ir::{DType, Model, Op, TensorData};
+use kiln_compiler::ir::{Act, DType, Model, Op, TensorData};
 use kiln_compiler::pipeline::{Budget, Pass, PassContext, Quantizer};
 use kiln_compiler::{Error, Result};
 
@@ -48,9 +48,24 @@ impl Quantizer for Ptq {
             per_channel: t.weights.as_deref() != Some("per_tensor"),
             activations: if t.activations.as_deref() == Some("uint8") { DType::U8 } else { DType::I8 },
             method,
+            // Full-integer backends need every tensor's scale, outputs included.
+            quantize_outputs: matches!(t.backend.as_str(), "tflite" | "npu"),
             ..Default::default()
         };
         let bc = t.bias_correction.unwrap_or(true);
+        // Full-integer targets quantize what their runtime cannot fuse: the tensor before such an
+        // activation becomes a quantization point (calibration measured it as `<output>__preact`).
+        let unfused;
+        let model = if opts.quantize_outputs {
+            let mut m = model.clone();
+            kiln_compiler::calib::stats::unfuse_activations(&mut m, &|a| matches!(a, Act::Relu | Act::Tanh) || matches!(a, Act::Clip { min: Some(lo), max: Some(hi) } if (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0)))?;
+            let opset = m.opset();
+            kiln_compiler::shape::infer_graph(&mut m.graph, opset)?;
+            unfused = m;
+            &unfused
+        } else {
+            model
+        };
         let (mut m, summary, mut corrected) = build(model, calib, &opts, bc, input, samples)?;
         let mut mixed = serde_json::Value::Null;
         if let Some(check) = budget {

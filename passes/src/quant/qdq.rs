@@ -26,11 +26,14 @@ pub struct QdqOptions {
     pub keep_float: HashSet<String>,
     /// Activation values left unquantized (no Q/DQ at all).
     pub keep_float_values: HashSet<String>,
+    /// Also quantize graph outputs (Q→DQ before the output, name kept): full-integer targets need an
+    /// output scale.
+    pub quantize_outputs: bool,
 }
 
 impl Default for QdqOptions {
     fn default() -> Self {
-        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new() }
+        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new(), quantize_outputs: false }
     }
 }
 
@@ -154,12 +157,37 @@ fn quantize_bias(g: &mut Graph, id: NodeId, s_in: f32, s_w: &[f32]) -> Result<bo
     Ok(true)
 }
 
+/// Graph output `v` becomes v → Q → DQ → output (the DQ output takes the output's name).
+fn output_qdq(g: &mut Graph, v: ValueId, scale: f32, zp: i64, dt: DType) -> Result<()> {
+    let name = g.value(v).name.clone();
+    let shape = g.value(v).shape.clone();
+    let inner = g.fresh_name(&format!("{name}_float"));
+    g.rename_value(v, &inner)?;
+    let s = g.add_const(&format!("{name}_scale"), TensorData::from_f32(vec![], &[scale]))?;
+    let z = g.add_const(&format!("{name}_zero_point"), zp_tensor(dt, zp, None))?;
+    let q = g.add_temp(&format!("{name}_quantized"), dt, shape.clone())?;
+    let mut out = kiln_compiler::ir::Value::new(name.clone());
+    out.dtype = DType::F32;
+    out.shape = shape;
+    let dq = g.add_value(out)?;
+    let qn = g.fresh_node_name(&format!("{name}_QuantizeLinear"));
+    g.add_node(Node::new(qn, Op::QuantizeLinear { axis: None, saturate: None }, vec![Some(v), Some(s), Some(z)], vec![Some(q)]))?;
+    let dn = g.fresh_node_name(&format!("{name}_DequantizeLinear"));
+    g.add_node(Node::new(dn, Op::DequantizeLinear { axis: None }, vec![Some(q), Some(s), Some(z)], vec![Some(dq)]))?;
+    for o in g.outputs.iter_mut() {
+        if *o == v {
+            *o = dq;
+        }
+    }
+    Ok(())
+}
+
 /// Activation (scale, zero point) for every value that will get Q/DQ.
 pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> BTreeMap<ValueId, (f32, i64)> {
     let mut params = BTreeMap::new();
     for (i, v) in g.values.iter().enumerate() {
         let id = ValueId(i as u32);
-        if v.dtype != DType::F32 || g.is_output(id) || g.const_data(id).is_some() {
+        if v.dtype != DType::F32 || (g.is_output(id) && !opts.quantize_outputs) || g.const_data(id).is_some() {
             continue;
         }
         let from_dq = v.producer.map(|(p, _)| g.node(p).is_some_and(|n| matches!(n.op, Op::DequantizeLinear { .. }))).unwrap_or(false);
@@ -228,8 +256,14 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
             }
         }
     }
-    // Activations: Q→DQ in front of every consumer that takes quantized input.
+    // Activations: Q→DQ in front of every consumer that takes quantized input (and of the graph output).
     for (v, (scale, zp)) in params {
+        if g.is_output(v) {
+            output_qdq(g, v, scale, zp, opts.activations)?;
+            sum.activations += 1;
+            sum.activation_params.insert(g.value(v).name.clone(), (scale, zp));
+            continue;
+        }
         let consumers: Vec<(NodeId, usize)> = g
             .consumers(v)
             .into_iter()
