@@ -125,3 +125,95 @@ def test_unlowerable_op_is_named_and_other_targets_build(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "Round" in report["failed"]["phone"]
     assert [a["target"] for a in json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"]] == ["ref"]
+
+
+# ---- int8 (full integer, from the quantizer's QDQ model) ----
+
+CALIB = {"tiny_encoder": "tokens_calib.npy", "kws_lstm": "kws_calib.npy"}
+
+
+def build_int8(tmp_path, model, pins="", extra_targets=""):
+    stem = model.stem.replace("_dynamo", "")
+    if model.parent == LOCAL_MODELS:
+        cal = f"tensors: {LOCAL_MODELS / (stem + '_inputs.npy')}"
+    elif stem in IMAGE_MODELS:
+        cal = f"images: {DATA / 'images_calib'}, {IMAGENET}"
+    else:
+        cal = f"tensors: {DATA / CALIB.get(stem, 'digits_calib.npy')}"
+    work = tmp_path / "w"
+    work.mkdir(exist_ok=True)
+    for f in model.parent.glob(model.name + "*"):
+        shutil.copy(f, work / f.name)
+    (work / "k.yaml").write_text(
+        f"model: {model.name}\n{pins}passes: [cleanup, fuse]\ncalibration: {{ {cal}, method: percentile }}\n"
+        f"targets:\n  - {{ name: i8, backend: tflite, precision: int8 }}\n{extra_targets}output: out\n"
+    )
+    kiln("build", work / "k.yaml")
+    return work / "out"
+
+
+def agreement_and_accuracy(model, tfl, feeds, labels=None):
+    sess, it = session(model), interpreter(tfl)
+    agree = correct = 0
+    for i, f in enumerate(feeds):
+        t = tflite_run(it, f)[0].argmax()
+        agree += int(sess.run(None, f)[0].argmax() == t)
+        correct += int(labels is not None and t == labels[i])
+    return agree / len(feeds), correct / len(feeds)
+
+
+def test_local_cnn_int8_is_integer_and_close(tmp_path):
+    path = LOCAL_MODELS / "tiny_cnn.onnx"
+    out = build_int8(tmp_path, path, pins="inputs: { input: [1, 3, 64, 64] }\n")
+    tfl = out / "i8" / "model.tflite"
+    it = interpreter(tfl)
+    kinds = {d["dtype"].__name__ for d in it.get_tensor_details()}
+    assert "int8" in kinds and "int32" in kinds
+    sess = session(path)
+    cos = []
+    for f in local_inputs(path):
+        r, t = sess.run(None, f)[0].ravel(), tflite_run(it, f)[0].ravel()
+        cos.append(float(r @ t / (np.linalg.norm(r) * np.linalg.norm(t))))
+    assert np.mean(cos) >= 0.98, np.mean(cos)
+
+
+@corpus
+@pytest.mark.parametrize("stem", ["digits_mobilenet", "digits_mobilenet_pruned", "digits_mobilenet_qat"])
+def test_digits_int8_tflite_within_one_point(tmp_path, stem):
+    path = CORPUS / f"{stem}.onnx"
+    out = build_int8(tmp_path, path)
+    labels = np.load(DATA / "digits_val_labels.npy")
+    feeds = validation_inputs(stem)
+    _, acc = agreement_and_accuracy(path, out / "i8" / "model.tflite", feeds, labels)
+    sess = session(path)
+    fp32 = np.mean([sess.run(None, f)[0].argmax() == labels[i] for i, f in enumerate(feeds)])
+    assert acc >= fp32 - 0.01, (acc, fp32)
+
+
+@corpus
+def test_mobilenet_v2_int8_tflite_all_integer_and_as_good_as_qdq(tmp_path):
+    path = CORPUS / "mobilenet_v2.onnx"
+    out = build_int8(tmp_path, path, extra_targets="  - { name: qdq, backend: onnx, precision: int8 }\n")
+    tfl = out / "i8" / "model.tflite"
+    ops = op_names(tfl)
+    # Float in, float out: one QUANTIZE and one DEQUANTIZE at the edges, every other op integer.
+    assert ops.count("QUANTIZE") == 1 and ops.count("DEQUANTIZE") == 1, ops
+    assert "TRANSPOSE" not in ops
+    feeds = validation_inputs("mobilenet_v2")
+    a_tfl, _ = agreement_and_accuracy(path, tfl, feeds)
+    sess, qdq = session(path), session(out / "qdq" / "model.onnx")
+    a_qdq = np.mean([sess.run(None, f)[0].argmax() == qdq.run(None, f)[0].argmax() for f in feeds])
+    assert a_tfl >= a_qdq - 0.02, (a_tfl, a_qdq)
+    assert (tfl.stat().st_size) < 0.3 * path.stat().st_size
+
+
+@corpus
+@pytest.mark.parametrize("stem", ["squeezenet1_1", "efficientnet_b0", "tiny_encoder", "kws_lstm", "shufflenet_v2_x1_0", "mobilenet_v3_small"])
+def test_corpus_int8_tflite_loads_and_runs(tmp_path, stem):
+    path = CORPUS / f"{stem}.onnx"
+    out = build_int8(tmp_path, path)
+    it = interpreter(out / "i8" / "model.tflite")
+    sess = session(path)
+    for f in validation_inputs(stem, limit=4):
+        r, t = sess.run(None, f)[0], tflite_run(it, f)[0]
+        assert r.shape == t.shape and np.isfinite(t).all()

@@ -432,9 +432,22 @@ fn channel_shuffle(l: &Lowering, id: NodeId) -> Option<(NodeId, NodeId, i64)> {
     if !l.nhwc(x) || xd.len() != 4 || yd.len() != 5 || yd[0] != xd[0] || yd[1] * yd[2] != xd[1] || yd[3..] != xd[2..] {
         return None;
     }
+    // The one node reading `v`, looking through the Q/DQ pair an int8 model puts on it.
     let single = |v: ValueId| -> Option<NodeId> {
         let c = l.g.consumers(v);
-        (c.len() == 1 && !l.g.is_output(v)).then(|| c[0].0)
+        if c.len() != 1 || l.g.is_output(v) {
+            return None;
+        }
+        let n = c[0].0;
+        if l.skip.contains(&n) && matches!(l.g.nodes[n].op, Op::QuantizeLinear { .. }) {
+            let dq = l.g.consumers(l.g.nodes[n].output(0)?);
+            if dq.len() != 1 {
+                return None;
+            }
+            let dc = l.g.consumers(l.g.nodes[dq[0].0].output(0)?);
+            return (dc.len() == 1).then(|| dc[0].0);
+        }
+        Some(n)
     };
     let t = single(n.output(0)?)?;
     let tn = &l.g.nodes[t];

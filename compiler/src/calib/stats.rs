@@ -100,10 +100,10 @@ pub const PREACT: &str = "__preact";
 /// Split fused activations (those `keep` rejects) back into op → `<output>__preact` → activation.
 /// Calibration unfuses all of them, so it also sees the ranges before activations; a full-integer target
 /// unfuses those its runtime cannot fuse, and quantizes the tensor in between with those ranges.
-pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Act) -> bool) -> Result<()> {
+pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Graph, crate::ir::NodeId) -> bool) -> Result<()> {
     let clip_inputs = m.opset() >= 11;
     let g = &mut m.graph;
-    let fused: Vec<_> = g.nodes.node_indices().filter(|id| g.nodes[*id].act.as_ref().is_some_and(|a| !keep(a))).collect();
+    let fused: Vec<_> = g.nodes.node_indices().filter(|id| g.nodes[*id].act.is_some() && !keep(g, *id)).collect();
     for id in fused {
         let (Some(y), Some(act)) = (g.nodes[id].output(0), g.nodes[id].act.clone()) else { continue };
         let name = format!("{}{PREACT}", g.value(y).name);
@@ -156,7 +156,7 @@ fn targets(m: &Model) -> Vec<ValueId> {
 pub fn collect(model: &Model, input: &str, samples: &[TensorData], progress: &mut (dyn FnMut(usize, usize) + Send)) -> Result<Calibration> {
     let first = samples.first().ok_or_else(|| Error::Input { name: input.into(), reason: "no calibration samples".into() })?;
     let mut probe = model.clone();
-    unfuse_activations(&mut probe, &|_| false)?;
+    unfuse_activations(&mut probe, &|_, _| false)?;
     let vals = targets(&probe);
     probe.graph.outputs = vals.clone();
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;

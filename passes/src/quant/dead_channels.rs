@@ -42,6 +42,14 @@ fn inverse(a: &Option<Act>, t: f32) -> Option<f32> {
     act(a, x).filter(|y| (y - t).abs() <= 1e-6 * t.abs().max(1e-3)).map(|_| x)
 }
 
+/// Does Conv `id` have an output channel whose weights are all zero?
+pub fn has_dead_channels(g: &Graph, id: NodeId) -> bool {
+    let n = &g.nodes[id];
+    let Some((wd, w)) = f32_const(g, n.input(1)).filter(|_| matches!(n.op, Op::Conv { .. })) else { return false };
+    let cout = wd.first().copied().unwrap_or(0) as usize;
+    cout > 0 && w.len() >= cout && w.len() % cout == 0 && w.chunks(w.len() / cout).any(|c| c.iter().all(|x| *x == 0.0))
+}
+
 fn f32_const(g: &Graph, v: Option<ValueId>) -> Option<(Vec<i64>, Vec<f32>)> {
     let d = g.const_data(v?)?;
     (d.dtype == DType::F32).then_some(())?;

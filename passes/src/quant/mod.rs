@@ -58,7 +58,13 @@ impl Quantizer for Ptq {
         let unfused;
         let model = if opts.quantize_outputs {
             let mut m = model.clone();
-            kiln_compiler::calib::stats::unfuse_activations(&mut m, &|a| matches!(a, Act::Relu | Act::Tanh) || matches!(a, Act::Clip { min: Some(lo), max: Some(hi) } if (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0)))?;
+            // A conv with dead (pruned) channels keeps its activation: its constant channels are snapped onto
+            // the output grid (dead_channels.rs), which needs act(b) computed exactly, i.e. in float.
+            let keep = |g: &kiln_compiler::ir::Graph, id: kiln_compiler::ir::NodeId| {
+                let fusable = g.nodes[id].act.as_ref().is_some_and(|a| matches!(a, Act::Relu | Act::Tanh) || matches!(a, Act::Clip { min: Some(lo), max: Some(hi) } if (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0)));
+                fusable || dead_channels::has_dead_channels(g, id)
+            };
+            kiln_compiler::calib::stats::unfuse_activations(&mut m, &keep)?;
             let opset = m.opset();
             kiln_compiler::shape::infer_graph(&mut m.graph, opset)?;
             unfused = m;

@@ -194,7 +194,10 @@ pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> B
         if from_dq || opts.keep_float_values.contains(&v.name) {
             continue;
         }
-        if let Some(p) = act_params(calib, &v.name, opts) {
+        // A graph output keeps its full calibrated range: clipping logits flattens exactly the largest
+        // ones, which decide top-1.
+        let p = if g.is_output(id) { act_params(calib, &v.name, &QdqOptions { method: Method::MinMax, ..opts.clone() }) } else { act_params(calib, &v.name, opts) };
+        if let Some(p) = p {
             params.insert(id, p);
         }
     }
