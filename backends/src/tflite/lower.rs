@@ -231,6 +231,16 @@ impl<'a> Lowering<'a> {
         Ok(cur)
     }
 
+    /// The tensor holding `v` as it was produced (int8 stays int8), in the requested layout.
+    pub fn get_raw(&mut self, v: ValueId, want_nhwc: bool) -> Result<i32> {
+        let v = self.resolve(v);
+        let want = want_nhwc && self.rank(v) == 4;
+        match self.map.get(&v) {
+            Some(&(t, have)) if have == want => Ok(t),
+            _ => self.get(v, want_nhwc),
+        }
+    }
+
     /// A constant for broadcasting against a rank-`rank` partner in the partner's layout.
     pub fn broadcast_const(&mut self, v: ValueId, rank: usize, nhwc: bool) -> Result<i32> {
         let (dims, vals) = self.const_f32(v)?;

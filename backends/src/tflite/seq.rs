@@ -58,7 +58,7 @@ pub fn qdq(l: &mut Lowering, id: NodeId) -> Result<()> {
         return Err(l.err("per-axis quantization of an activation has no TFLite form"));
     }
     let nhwc = l.nhwc(x);
-    let xt = l.get(x, nhwc)?;
+    let xt = if is_q { l.get(x, nhwc)? } else { l.get_raw(x, nhwc)? };
     let out = l.define(y, nhwc)?;
     if is_q {
         l.m.tensors[out as usize].quant = Some(Quant { scale: scale.clone(), zero_point: zp.clone(), axis: 0 });
