@@ -68,6 +68,14 @@ pub struct Target {
     /// tflite: layout of rank-4 inputs and outputs, `nhwc` (default) or `nchw`.
     #[serde(default)]
     pub io_layout: Option<String>,
+    /// tflite/npu int8: `float` inputs/outputs (QUANTIZE/DEQUANTIZE inside; tflite's default) or `int8`
+    /// (npu's default: the whole graph integer).
+    #[serde(default)]
+    pub io_dtype: Option<String>,
+    /// npu: device profile, a name under configs/devices (edgetpu, nnapi, qualcomm-htp, ethos-u55) or a
+    /// path to a profile YAML.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 /// `calibration:` — data and method for post-training quantization.

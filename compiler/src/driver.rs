@@ -58,6 +58,9 @@ pub struct Report {
     pub calibration: Option<serde_json::Value>,
     /// Per non-fp32 target: accuracy against the fp32 original on the validation data.
     pub accuracy: BTreeMap<String, crate::accuracy::Metrics>,
+    /// Per target, what its backend reports (the NPU partition summary: ops and MACs on the NPU, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub backend: BTreeMap<String, serde_json::Value>,
     /// Targets whose backend failed, with the reason (an op it cannot lower, named with its node).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub failed: BTreeMap<String, String>,
@@ -343,6 +346,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut accuracy = BTreeMap::new();
     let mut layer_sqnr = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
@@ -402,8 +406,13 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
             accuracy.insert(t.name.clone(), m);
         }
         // A target whose backend cannot express the model fails alone: the others still build.
-        let files = match b.emit(target_model, t) {
-            Ok(f) => f,
+        let files = match b.emit_with_report(target_model, t) {
+            Ok((f, summary)) => {
+                if let Some(s) = summary {
+                    backend_reports.insert(t.name.clone(), s);
+                }
+                f
+            }
             Err(e) => {
                 log(&format!("target {}: FAILED: {e}", t.name));
                 failed.insert(t.name.clone(), e.to_string());
@@ -426,7 +435,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         }
     }
     let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
-    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy, layer_sqnr, failed: failed.clone() };
+    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy, layer_sqnr, failed: failed.clone(), backend: backend_reports };
     let json = |v: &dyn erased::Ser| v.to_json();
     write_atomic(&out.join("report.json"), &json(&report))?;
     // The manifest goes last: it is what marks the build complete.

@@ -82,6 +82,10 @@ pub trait Backend {
     /// Precisions this backend accepts in `precision:`.
     fn precisions(&self) -> &'static [&'static str];
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>>;
+    /// The files, and a summary for the build report (an NPU partition summary, ...).
+    fn emit_with_report(&self, model: &Model, target: &Target) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
+        Ok((self.emit(model, target)?, None))
+    }
 }
 
 /// Checks a candidate model against the accuracy budget: (meets it, measured metrics).

@@ -26,9 +26,21 @@ def tflite_run(it, feed, layout="nhwc"):
     ins = it.get_input_details()
     for d, (name, a) in zip(ins, feed.items()):
         x = to_tflite_layout(a, layout)
-        it.set_tensor(d["index"], x.astype(d["dtype"]) if d["dtype"] != np.int8 else x)
+        if d["dtype"] in (np.int8, np.uint8) and a.dtype.kind == "f":
+            # An integer-I/O model: quantize with the input tensor's own parameters.
+            s, z = d["quantization"]
+            info = np.iinfo(d["dtype"])
+            x = np.clip(np.round(x / s) + z, info.min, info.max)
+        it.set_tensor(d["index"], x.astype(d["dtype"]))
     it.invoke()
-    return [from_tflite_layout(it.get_tensor(d["index"]), layout) for d in it.get_output_details()]
+    outs = []
+    for d in it.get_output_details():
+        y = it.get_tensor(d["index"])
+        if d["dtype"] in (np.int8, np.uint8):
+            s, z = d["quantization"]
+            y = (y.astype(np.float32) - z) * s
+        outs.append(from_tflite_layout(y, layout))
+    return outs
 
 
 def max_rel_diff(onnx_path, tflite_path, feeds, layout="nhwc"):

@@ -278,13 +278,16 @@ impl<'a> Lowering<'a> {
     }
 
     /// Lower the whole graph.
-    pub fn run(mut self, io: IoLayout, int8: bool) -> Result<TfModel> {
+    /// Lower the graph. `int8`: full-integer ops from the QDQ model; `io_int8`: quantized inputs and
+    /// outputs take int8 tensors directly (what NPU delegates want) instead of float plus
+    /// QUANTIZE/DEQUANTIZE.
+    pub fn run(mut self, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
         let g = self.g;
         self.int8 = int8;
         if int8 {
             super::int8::prepass(&mut self)?;
         }
-        self.float_mode = true;
+        self.float_mode = !(int8 && io_int8);
         for &v in &g.inputs {
             if g.initializers.contains(&v) {
                 continue;
@@ -293,13 +296,14 @@ impl<'a> Lowering<'a> {
             let t = self.define(v, nhwc)?;
             self.m.inputs.push(t);
         }
+        self.float_mode = true;
         for id in g.topo_order()? {
             if self.skip.contains(&id) {
                 continue;
             }
             self.lower_node(id)?;
         }
-        self.float_mode = true;
+        self.float_mode = !(int8 && io_int8);
         for &v in &g.outputs {
             let nhwc = io == IoLayout::Nhwc;
             let t = self.get(v, nhwc)?;

@@ -23,8 +23,8 @@ use model::{Code, Options, TensorType, TfModel};
 pub struct TfliteBackend;
 
 /// Lower `model` to a TFLite model (fp32).
-pub fn lower_model(model: &Model, io: IoLayout, int8: bool) -> Result<TfModel> {
-    Lowering::new(&model.graph).run(io, int8)
+pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
+    Lowering::new(&model.graph).run(io, int8, io_int8)
 }
 
 /// Store every float constant as float16 behind a DEQUANTIZE (run first, folded by the runtime at load).
@@ -54,6 +54,16 @@ pub fn io_layout(t: &Target) -> Result<IoLayout> {
     }
 }
 
+/// `io_dtype: int8 | float` (int8 models only; `default` when absent).
+pub fn io_int8(t: &Target, default: bool) -> Result<bool> {
+    match t.io_dtype.as_deref() {
+        None => Ok(default && t.precision == "int8"),
+        Some("int8") if t.precision == "int8" => Ok(true),
+        Some("float") => Ok(false),
+        Some(other) => Err(Error::Backend { backend: t.backend.clone(), target: t.name.clone(), reason: format!("io_dtype '{other}': expected float, or int8 with precision int8") }),
+    }
+}
+
 impl Backend for TfliteBackend {
     fn name(&self) -> &'static str {
         "tflite"
@@ -64,7 +74,7 @@ impl Backend for TfliteBackend {
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
-        let mut m = lower_model(model, io_layout(target)?, target.precision == "int8")?;
+        let mut m = lower_model(model, io_layout(target)?, target.precision == "int8", io_int8(target, false)?)?;
         if target.precision == "fp16" {
             to_fp16(&mut m);
         }

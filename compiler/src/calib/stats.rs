@@ -114,10 +114,13 @@ pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Graph, crate:
         v.dtype = g.value(y).dtype;
         v.shape = g.value(y).shape.clone();
         let pre = g.add_value(v)?;
-        let node_name = g.fresh_node_name(&format!("{}__act", g.nodes[id].name));
+        // The activation gets back the name it had before fusion, when the fusion pass recorded it.
+        let original = g.nodes[id].metadata.iter().find(|(k, _)| k == "kiln.fused_activation").map(|(_, v)| v.clone());
+        let node_name = g.fresh_node_name(&original.unwrap_or_else(|| format!("{}__act", g.nodes[id].name)));
         if let Some(n) = g.node_mut(id) {
             n.outputs[0] = Some(pre);
             n.act = None;
+            n.metadata.retain(|(k, _)| k != "kiln.fused_activation");
         }
         g.value_mut(y).producer = None;
         g.value_mut(pre).producer = Some((id, 0));

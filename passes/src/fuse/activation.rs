@@ -70,6 +70,9 @@ fn recognize_silu(g: &mut Graph) -> Result<bool> {
     Ok(changed)
 }
 
+/// Node metadata key: the name of the activation node fused into this one.
+pub const FUSED_NAME: &str = "kiln.fused_activation";
+
 impl Pass for FuseActivation {
     fn name(&self) -> &'static str {
         "fuse_activation"
@@ -87,9 +90,12 @@ impl Pass for FuseActivation {
             let Some((c, 0)) = single_consumer(g, y) else { continue };
             let Some(act) = g.node(c).and_then(|cn| activation_of(g, cn)) else { continue };
             let Some(out) = g.nodes[c].output(0) else { continue };
+            let act_name = g.nodes[c].name.clone();
             if bypass(g, c, out, y)? {
                 if let Some(n) = g.node_mut(id) {
                     n.act = Some(act);
+                    // Kept so a backend that has to split the activation off again can name it as the model did.
+                    n.metadata.push((FUSED_NAME.into(), act_name));
                 }
                 changed = true;
             }
