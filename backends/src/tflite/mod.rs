@@ -2,6 +2,9 @@
 //! runs. `precision: fp32`, or `fp16` — float16 constants, each behind a DEQUANTIZE to float32 that the
 //! runtime folds at load, as TensorFlow's float16 models do (half the weight bytes, float math).
 //!
+//! `int8` also writes `model.qdq.onnx`, the QDQ twin: the quantizer's decisions as a QDQ ONNX model that
+//! onnxruntime runs, which is what the build report's accuracy for the target measures.
+//!
 //! Image tensors are channel-last (`io_layout: nhwc`, the default, what camera pipelines deliver) or
 //! kept channel-first (`io_layout: nchw`). Inside, layout propagation keeps CNNs channel-last with no
 //! transposes (see `lower`).
@@ -79,6 +82,14 @@ impl Backend for TfliteBackend {
             to_fp16(&mut m);
         }
         let bytes = ser::write(&m, &format!("kiln {} {}", env!("CARGO_PKG_VERSION"), target.precision));
-        Ok(vec![ArtifactFile { rel_path: "model.tflite".into(), bytes }])
+        let mut files = vec![ArtifactFile { rel_path: "model.tflite".into(), bytes }];
+        if target.precision == "int8" {
+            // The QDQ twin: the same quantization decisions as ONNX, for checking the artifact in any runtime.
+            let opts = kiln_compiler::onnx::ExportOptions { external: kiln_compiler::onnx::ExternalData::Inline, strip_value_info: true };
+            for (rel_path, bytes) in kiln_compiler::onnx::to_files(model, "model.qdq.onnx", &opts)? {
+                files.push(ArtifactFile { rel_path, bytes });
+            }
+        }
+        Ok(files)
     }
 }

@@ -238,15 +238,18 @@ fn conv_int8_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, x
 fn int32_bias(l: &mut Lowering, b: Option<ValueId>, xt: i32, ws: &[f32], cout: usize, wname: &str) -> Result<i32> {
     let s_in = l.m.tensors[xt as usize].quant.as_ref().map(|q| q.scale[0]).unwrap_or(1.0);
     let scales: Vec<f32> = (0..cout).map(|c| s_in * ws[if ws.len() == 1 { 0 } else { c }]).collect();
-    let (vals, scales) = match b.map(|b| (b, super::int8::bias(l, b))) {
-        Some((_, Some(q))) => q,
-        // A float bias (QAT exports keep biases float): int32 at scale s_in·s_w, as TFLite requires.
-        Some((b, None)) => {
-            let f = l.const_f32(b)?.1;
-            (f.iter().zip(&scales).map(|(v, s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32).collect(), scales)
-        }
-        None => (vec![0; cout], scales),
+    // TFLite reads the int32 bias at scale s_in·s_w of the tensors the op actually reads. The quantizer's
+    // s_in can differ (a pass-through op before this one keeps its own input's parameters), so the bias is
+    // re-expressed at the actual scale from its real value — and a float bias (QAT exports) is quantized.
+    let real: Vec<f64> = match b.map(|b| (b, super::int8::bias(l, b))) {
+        Some((_, Some((q, s)))) => q.iter().enumerate().map(|(c, v)| *v as f64 * s[if s.len() == 1 { 0 } else { c }] as f64).collect(),
+        Some((b, None)) => l.const_f32(b)?.1.iter().map(|v| *v as f64).collect(),
+        None => vec![0.0; cout],
     };
+    if real.len() != cout {
+        return Err(l.err(format!("bias has {} values for {cout} channels", real.len())));
+    }
+    let vals: Vec<i32> = real.iter().zip(&scales).map(|(v, s)| (v / *s as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).collect();
     let t = l.m.constant(&format!("{wname}_bias"), vec![cout as i32], TensorType::INT32, vals.iter().flat_map(|v| v.to_le_bytes()).collect());
     l.m.tensors[t as usize].quant = Some(Quant { zero_point: vec![0; scales.len()], scale: scales, axis: 0 });
     Ok(t)

@@ -26,8 +26,8 @@ pub struct QdqOptions {
     pub keep_float: HashSet<String>,
     /// Activation values left unquantized (no Q/DQ at all).
     pub keep_float_values: HashSet<String>,
-    /// Also quantize graph outputs (Q→DQ before the output, name kept): full-integer targets need an
-    /// output scale.
+    /// Full-integer (TFLite) rules: also quantize graph outputs (Q→DQ before the output, name kept), and use
+    /// the fixed output parameters TFLite's int8 kernels require (LOGISTIC, SOFTMAX, TANH).
     pub quantize_outputs: bool,
 }
 
@@ -199,6 +199,40 @@ pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> B
         let p = if g.is_output(id) { act_params(calib, &v.name, &QdqOptions { method: Method::MinMax, ..opts.clone() }) } else { act_params(calib, &v.name, opts) };
         if let Some(p) = p {
             params.insert(id, p);
+        }
+    }
+    // Full-integer (TFLite) rules: LOGISTIC and SOFTMAX outputs are (1/256, −128), TANH (1/128, 0) — fixed by
+    // the int8 kernels, and finer than a calibrated range of [0, 1] or [−1, 1] would be.
+    if opts.quantize_outputs && opts.activations == DType::I8 {
+        for id in g.nodes.node_indices() {
+            let n = &g.nodes[id];
+            let fixed = match (&n.op, &n.act) {
+                (Op::Softmax { .. }, None) | (Op::Act(kiln_compiler::ir::Act::Sigmoid), None) => Some((1.0 / 256.0, -128)),
+                (Op::Act(kiln_compiler::ir::Act::Tanh), None) => Some((1.0 / 128.0, 0)),
+                _ => None,
+            };
+            if let (Some(p), Some(o)) = (fixed, n.output(0)) {
+                if params.contains_key(&o) {
+                    params.insert(o, p);
+                }
+            }
+        }
+    }
+    // Ops that only move or select values (reshape, transpose, max-pool, split, slice, ...) keep their
+    // input's parameters, as the TFLite int8 spec requires: requantizing there only adds rounding.
+    for id in g.topo_order().unwrap_or_default() {
+        let n = &g.nodes[id];
+        let moves = matches!(n.op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity)
+            || matches!(n.op, Op::Pool { kind: kiln_compiler::ir::PoolKind::Max, .. })
+            || matches!(n.op.op_type(), "Squeeze" | "Unsqueeze" | "Split" | "Slice" | "Gather");
+        let Some(p) = n.input(0).and_then(|x| params.get(&x)).copied() else { continue };
+        if !moves || n.act.is_some() {
+            continue;
+        }
+        for o in n.outputs.iter().flatten() {
+            if params.contains_key(o) && !g.is_output(*o) {
+                params.insert(*o, p);
+            }
         }
     }
     params
