@@ -228,3 +228,20 @@ def test_corpus_int8_tflite_loads_and_runs(tmp_path, stem):
     for f in validation_inputs(stem, limit=4):
         r, t = sess.run(None, f)[0], tflite_run(it, f)[0]
         assert r.shape == t.shape and np.isfinite(t).all()
+
+
+def test_dynamic_range_int8_weights_float_activations(tmp_path):
+    path = LOCAL_MODELS / "tiny_cnn.onnx"
+    out = build(tmp_path, path, [("f32", "fp32", ""), ("dyn", "dynamic", "")], pins="inputs: { input: [1, 3, 64, 64] }\n")
+    tfl = out / "dyn" / "model.tflite"
+    it = interpreter(tfl)
+    assert it.get_input_details()[0]["dtype"] == np.float32
+    int8_filters = [d for d in it.get_tensor_details() if d["dtype"] == np.int8]
+    assert len(int8_filters) >= 10, "conv/fc filters should be int8"
+    assert tfl.stat().st_size < 0.45 * (out / "f32" / "model.tflite").stat().st_size
+    sess = session(path)
+    cos = []
+    for f in local_inputs(path):
+        r, t = sess.run(None, f)[0].ravel(), tflite_run(it, f)[0].ravel()
+        cos.append(float(r @ t / (np.linalg.norm(r) * np.linalg.norm(t))))
+    assert np.mean(cos) >= 0.98, np.mean(cos)

@@ -1,6 +1,7 @@
 //! The `tflite` backend: the IR lowered straight to a TFLite flatbuffer that LiteRT (XNNPACK on the CPU)
 //! runs. `precision: fp32`, or `fp16` — float16 constants, each behind a DEQUANTIZE to float32 that the
-//! runtime folds at load, as TensorFlow's float16 models do (half the weight bytes, float math).
+//! runtime folds at load, as TensorFlow's float16 models do (half the weight bytes, float math); `dynamic`
+//! — int8 weights per channel, float activations (LiteRT's hybrid kernels); or `int8`, full integer.
 //!
 //! `int8` also writes `model.qdq.onnx`, the QDQ twin: the quantizer's decisions as a QDQ ONNX model that
 //! onnxruntime runs, which is what the build report's accuracy for the target measures.
@@ -49,6 +50,41 @@ pub fn to_fp16(m: &mut TfModel) {
     m.operators = deq;
 }
 
+/// Dynamic-range quantization: the filters of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED become int8,
+/// symmetric per output channel ([−127, 127]), activations stay float; LiteRT runs them with its hybrid
+/// kernels (weights dequantized or inputs quantized on the fly). Layers the quantizer kept float32 stay so.
+pub fn to_dynamic(m: &mut TfModel) {
+    let filters: Vec<(i32, i32)> = m
+        .operators
+        .iter()
+        .filter_map(|o| match o.code {
+            Code::CONV_2D | Code::FULLY_CONNECTED => o.inputs.get(1).map(|f| (*f, 0)),
+            Code::DEPTHWISE_CONV_2D => o.inputs.get(1).map(|f| (*f, 3)),
+            _ => None,
+        })
+        .collect();
+    for (f, axis) in filters {
+        let t = &m.tensors[f as usize];
+        if t.keep_f32 || t.dtype != TensorType::FLOAT32 {
+            continue;
+        }
+        let (Some(vals), shape) = (m.f32_data(f), t.shape.clone()) else { continue };
+        let channels = shape.get(axis as usize).copied().unwrap_or(1).max(1) as usize;
+        let inner: usize = shape[axis as usize + 1..].iter().map(|d| *d as usize).product::<usize>().max(1);
+        let ch = |i: usize| (i / inner) % channels;
+        let mut amax = vec![0f32; channels];
+        for (i, v) in vals.iter().enumerate() {
+            amax[ch(i)] = amax[ch(i)].max(v.abs());
+        }
+        let scales: Vec<f32> = amax.iter().map(|a| if *a > 0.0 { a / 127.0 } else { 1.0 }).collect();
+        let q: Vec<u8> = vals.iter().enumerate().map(|(i, v)| (v / scales[ch(i)]).round().clamp(-127.0, 127.0) as i8 as u8).collect();
+        let t = &mut m.tensors[f as usize];
+        t.dtype = TensorType::INT8;
+        t.data = Some(q);
+        t.quant = Some(model::Quant { zero_point: vec![0; channels], scale: scales, axis });
+    }
+}
+
 pub fn io_layout(t: &Target) -> Result<IoLayout> {
     match t.io_layout.as_deref() {
         None | Some("nhwc") => Ok(IoLayout::Nhwc),
@@ -73,13 +109,16 @@ impl Backend for TfliteBackend {
     }
 
     fn precisions(&self) -> &'static [&'static str] {
-        &["fp32", "fp16", "int8"]
+        &["fp32", "fp16", "int8", "dynamic"]
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
         let mut m = lower_model(model, io_layout(target)?, target.precision == "int8", io_int8(target, false)?)?;
         if target.precision == "fp16" {
             to_fp16(&mut m);
+        }
+        if target.precision == "dynamic" {
+            to_dynamic(&mut m);
         }
         let bytes = ser::write(&m, &format!("kiln {} {}", env!("CARGO_PKG_VERSION"), target.precision));
         let mut files = vec![ArtifactFile { rel_path: "model.tflite".into(), bytes }];
