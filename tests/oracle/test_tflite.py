@@ -238,7 +238,7 @@ def test_dynamic_range_int8_weights_float_activations(tmp_path):
     assert it.get_input_details()[0]["dtype"] == np.float32
     int8_filters = [d for d in it.get_tensor_details() if d["dtype"] == np.int8]
     assert len(int8_filters) >= 10, "conv/fc filters should be int8"
-    assert tfl.stat().st_size < 0.45 * (out / "f32" / "model.tflite").stat().st_size
+    assert tfl.stat().st_size < 0.55 * (out / "f32" / "model.tflite").stat().st_size  # tiny: names and structure weigh
     sess = session(path)
     cos = []
     for f in local_inputs(path):
