@@ -1,7 +1,8 @@
 """The `tflite` backend (issue 5): every model converts, and the ai-edge-litert interpreter (LiteRT with
 XNNPACK) reproduces onnxruntime on the original ONNX model: fp32 within 1e-4·max|ref|, fp16 within
-1e-2·max|ref|. Q/DQ (QAT) models are compared by top-1, since one rounding flip in a fake-quantizer moves
-the output by a quantization step."""
+1e-2·max|ref|. Q/DQ (QAT) models are compared by top-1 and a 5e-2 bound: one rounding tie resolved the other
+way in a fake-quantizer moves the output by a whole step, so no float implementation matches another to 1e-4
+there — onnxruntime with and without its graph optimizations differs by 2.2e-2 on digits_mobilenet_qat."""
 import json
 import shutil
 
@@ -54,6 +55,7 @@ def top1_agreement(model, tfl, feeds, layout="nhwc"):
 def check(model, out, feeds, stem):
     if stem in QDQ:
         assert top1_agreement(model, out / "f32" / "model.tflite", feeds) >= 0.99
+        assert max_rel_diff(model, out / "f32" / "model.tflite", feeds) <= 5e-2
         return
     assert max_rel_diff(model, out / "f32" / "model.tflite", feeds) <= 1e-4
     assert max_rel_diff(model, out / "f16" / "model.tflite", feeds) <= 1e-2
