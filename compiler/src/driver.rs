@@ -347,6 +347,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut layer_sqnr = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut quantized_by_settings: BTreeMap<String, (Model, serde_json::Value)> = BTreeMap::new();
     let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
@@ -364,7 +365,17 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                     Ok((check_budget(cfg, &t.name, &m).is_ok(), m))
                 };
                 let budget: Option<crate::pipeline::Budget> = if has_budget && validation.is_some() { Some(&check) } else { None };
-                let (m, summary) = q.quantize(&model, t, stats, ccfg, input, samples, budget)?;
+                // Targets with the same quantization settings share one quantized model (four NPU targets
+                // quantize once).
+                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction]).to_string();
+                let (m, summary) = match quantized_by_settings.get(&key) {
+                    Some(done) => done.clone(),
+                    None => {
+                        let r = q.quantize(&model, t, stats, ccfg, input, samples, budget)?;
+                        quantized_by_settings.insert(key, r.clone());
+                        r
+                    }
+                };
                 quantization.insert(t.name.clone(), summary);
                 let layer_outputs: Vec<String> = model
                     .graph
