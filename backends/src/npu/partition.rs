@@ -269,3 +269,45 @@ pub fn text(r: &Report) -> String {
     s += &format!("sources: {}\n", r.sources.join(", "));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tflite::model::TfModel;
+
+    fn chain(codes: &[Code]) -> TfModel {
+        let mut m = TfModel::default();
+        let mut prev = m.tensor("in", vec![1, 8, 8, 4], TensorType::INT8);
+        m.inputs.push(prev);
+        for (i, c) in codes.iter().enumerate() {
+            let out = m.tensor(&format!("t{i}"), vec![1, 8, 8, 4], TensorType::INT8);
+            m.op(*c, vec![prev], vec![out], Options::None, &format!("node{i}"));
+            prev = out;
+        }
+        m.outputs.push(prev);
+        m
+    }
+
+    #[test]
+    fn edgetpu_stops_at_the_first_unsupported_op_nnapi_does_not() {
+        let m = chain(&[Code::RELU, Code::LEAKY_RELU, Code::RELU, Code::RELU]);
+        let tpu = partition(&m, &super::super::profile::load("edgetpu").expect("profile"));
+        assert_eq!(tpu.ops_on_npu, 1);
+        assert_eq!(tpu.fallback_point.as_ref().map(|f| f.node.as_str()), Some("node1"));
+        assert!(tpu.ops[3].reason.as_deref().is_some_and(|r| r.contains("partitions once")));
+        let mut m2 = chain(&[Code::RELU, Code::GELU, Code::RELU, Code::RELU]);
+        m2.tensors[0].dtype = TensorType::INT8;
+        let nnapi = partition(&m2, &super::super::profile::load("nnapi").expect("profile"));
+        // GELU is not in NNAPI: two partitions around it.
+        assert_eq!((nnapi.ops_on_npu, nnapi.partitions.len()), (3, 2));
+    }
+
+    #[test]
+    fn float_tensors_stay_on_the_cpu_of_an_int8_device() {
+        let mut m = chain(&[Code::RELU]);
+        m.tensors[1].dtype = TensorType::FLOAT32;
+        let r = partition(&m, &super::super::profile::load("edgetpu").expect("profile"));
+        assert_eq!(r.ops_on_npu, 0);
+        assert!(r.cpu_ops[0].reason.as_deref().is_some_and(|s| s.contains("float32")));
+    }
+}

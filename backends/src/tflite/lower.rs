@@ -336,3 +336,19 @@ pub fn tensor_type(d: kiln_compiler::ir::DType) -> TensorType {
         _ => TensorType::FLOAT32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_data_moves_channels_last() {
+        // [1, 2, 2, 3] NCHW with value = c*100 + h*10 + w → NHWC [1, 2, 3, 2].
+        let dims = [1usize, 2, 2, 3];
+        let data: Vec<i32> = (0..12).map(|i| (i / 6) * 100 + ((i / 3) % 2) * 10 + i % 3).collect();
+        let out = transpose_data(&data, &dims, &TO_NHWC);
+        assert_eq!(permute(&dims, &TO_NHWC), vec![1, 2, 3, 2]);
+        assert_eq!(&out[..6], &[0, 100, 1, 101, 2, 102]);
+        assert_eq!(transpose_data(&out, &[1, 2, 3, 2], &TO_NCHW), data);
+    }
+}

@@ -709,3 +709,36 @@ fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
         _ => Err(l.err(format!("the tflite backend has no lowering for {op_type}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_compiler::ir::Graph;
+
+    fn window(pads: [i64; 4]) -> Window {
+        Window { pads: Some(pads.to_vec()), ..Default::default() }
+    }
+
+    #[test]
+    fn explicit_pads_map_to_same_valid_or_pad() {
+        let g = Graph::default();
+        let l = Lowering::new(&g);
+        // 3x3 stride 1 with pads 1: TensorFlow's SAME.
+        assert_eq!(padding(&l, &window([1, 1, 1, 1]), (32, 32), (3, 3), (1, 1), (1, 1)).ok(), Some((Padding::SAME, None)));
+        // 3x3 stride 2 on an even size: SAME pads (0, 1), ONNX (1, 1) — an explicit PAD is needed.
+        assert_eq!(padding(&l, &window([1, 1, 1, 1]), (224, 224), (3, 3), (2, 2), (1, 1)).ok(), Some((Padding::VALID, Some([1, 1, 1, 1]))));
+        // ... while on an odd size SAME is (1, 1).
+        assert_eq!(padding(&l, &window([1, 1, 1, 1]), (225, 225), (3, 3), (2, 2), (1, 1)).ok(), Some((Padding::SAME, None)));
+        assert_eq!(padding(&l, &window([0, 0, 0, 0]), (8, 8), (3, 3), (1, 1), (1, 1)).ok(), Some((Padding::VALID, None)));
+        let lower = Window { auto_pad: Some("SAME_LOWER".into()), ..Default::default() };
+        assert!(padding(&l, &lower, (8, 8), (2, 2), (1, 1), (1, 1)).is_err());
+    }
+
+    #[test]
+    fn fusable_activations() {
+        assert_eq!(fusable(&Some(Act::Clip { min: Some(0.0), max: Some(6.0) })), Some(Fused::RELU6));
+        assert_eq!(fusable(&Some(Act::Relu)), Some(Fused::RELU));
+        assert_eq!(fusable(&Some(Act::HardSwish)), None);
+        assert_eq!(fusable(&Some(Act::Clip { min: Some(0.0), max: Some(4.0) })), None);
+    }
+}
