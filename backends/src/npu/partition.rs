@@ -94,7 +94,7 @@ fn unsupported(m: &TfModel, o: &crate::tflite::model::Operator, p: &Profile) -> 
             continue;
         }
         let dt = dtype_name(tensor.dtype);
-        if !c.dtypes.iter().any(|d| *d == dt) {
+        if !c.dtypes.contains(&dt) {
             return Some(format!("tensor '{}' is {dt}; {} computes in {}", tensor.name, p.name, c.dtypes.join("/")));
         }
         if tensor.data.is_some() {
@@ -187,7 +187,7 @@ pub fn partition(m: &TfModel, p: &Profile) -> Report {
     }
     // Partitions: connected components of NPU ops (a tensor from one NPU op to another links them).
     let mut parent: Vec<usize> = (0..ops.len()).collect();
-    fn find(p: &mut Vec<usize>, x: usize) -> usize {
+    fn find(p: &mut [usize], x: usize) -> usize {
         let mut r = x;
         while p[r] != r {
             r = p[r];
@@ -220,8 +220,8 @@ pub fn partition(m: &TfModel, p: &Profile) -> Report {
         }
     }
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for i in 0..ops.len() {
-        if ops[i].npu {
+    for (i, o) in ops.iter().enumerate() {
+        if o.npu {
             let r = find(&mut parent, i);
             groups.entry(r).or_default().push(i);
         }

@@ -208,7 +208,7 @@ fn conv_float_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, 
     };
     let wname = l.g.value(w).name.clone();
     let filter = if !depthwise {
-        l.m.const_f32(&wname, vec![cout as i32, kh as i32, kw as i32, cin_g as i32], &transpose_data(&wv, &wd, &TO_NHWC))
+        l.m.const_f32(&wname, vec![cout as i32, kh as i32, kw as i32, cin_g as i32], &transpose_data(wv, wd, &TO_NHWC))
     } else {
         // [C·m, 1, kh, kw] → [1, kh, kw, C·m]
         l.m.const_f32(&wname, vec![1, kh as i32, kw as i32, cout as i32], &transpose_data(wv, wd, &[1, 2, 3, 0]))

@@ -11,7 +11,7 @@ fn options<'a>(b: &mut FlatBufferBuilder<'a>, o: &Options) -> (fb::BuiltinOption
     match o {
         Options::None => (K::NONE, None),
         Options::Conv { padding, stride, dilation, act } => {
-            let args = fb::Conv2DOptionsArgs { padding: *padding, stride_w: stride.1, stride_h: stride.0, fused_activation_function: *act, dilation_w_factor: dilation.1, dilation_h_factor: dilation.0, ..Default::default() };
+            let args = fb::Conv2DOptionsArgs { padding: *padding, stride_w: stride.1, stride_h: stride.0, fused_activation_function: *act, dilation_w_factor: dilation.1, dilation_h_factor: dilation.0 };
             (K::Conv2DOptions, Some(fb::Conv2DOptions::create(b, &args).as_union_value()))
         }
         Options::Depthwise { padding, stride, dilation, multiplier, act } => {
@@ -79,13 +79,13 @@ fn binary_options<'a>(b: &mut FlatBufferBuilder<'a>, code: fb::BuiltinOperator, 
 pub fn write(m: &TfModel, description: &str) -> Vec<u8> {
     let mut b = FlatBufferBuilder::with_capacity(1 << 16);
     // Buffers: 0 is the empty sentinel.
-    let mut buffers = vec![fb::Buffer::create(&mut b, &fb::BufferArgs { data: None, ..Default::default() })];
+    let mut buffers = vec![fb::Buffer::create(&mut b, &fb::BufferArgs { data: None })];
     let mut tensors = Vec::with_capacity(m.tensors.len());
     for t in &m.tensors {
         let buffer = match &t.data {
             Some(bytes) => {
                 let data = b.create_vector(bytes);
-                buffers.push(fb::Buffer::create(&mut b, &fb::BufferArgs { data: Some(data), ..Default::default() }));
+                buffers.push(fb::Buffer::create(&mut b, &fb::BufferArgs { data: Some(data) }));
                 (buffers.len() - 1) as u32
             }
             None => 0,
@@ -123,7 +123,7 @@ pub fn write(m: &TfModel, description: &str) -> Vec<u8> {
     let outputs = b.create_vector(&m.outputs);
     let ops = b.create_vector(&ops);
     let sg_name = b.create_string("main");
-    let subgraph = fb::SubGraph::create(&mut b, &fb::SubGraphArgs { tensors: Some(tensors), inputs: Some(inputs), outputs: Some(outputs), operators: Some(ops), name: Some(sg_name), ..Default::default() });
+    let subgraph = fb::SubGraph::create(&mut b, &fb::SubGraphArgs { tensors: Some(tensors), inputs: Some(inputs), outputs: Some(outputs), operators: Some(ops), name: Some(sg_name) });
     let subgraphs = b.create_vector(&[subgraph]);
     let codes = b.create_vector(&codes);
     let buffers = b.create_vector(&buffers);
