@@ -113,6 +113,10 @@ impl Backend for TfliteBackend {
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
+        Ok(self.emit_with_report(model, target)?.0)
+    }
+
+    fn emit_with_report(&self, model: &Model, target: &Target) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
         let mut m = lower_model(model, io_layout(target)?, target.precision == "int8", io_int8(target, false)?)?;
         if target.precision == "fp16" {
             to_fp16(&mut m);
@@ -129,6 +133,13 @@ impl Backend for TfliteBackend {
                 files.push(ArtifactFile { rel_path, bytes });
             }
         }
-        Ok(files)
+        // For the build report: what the artifact contains.
+        let mut ops: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for o in &m.operators {
+            *ops.entry(o.code.variant_name().unwrap_or("UNKNOWN").to_string()).or_default() += 1;
+        }
+        let macs: u64 = m.operators.iter().map(|o| crate::npu::partition::macs(&m, o)).sum();
+        let summary = serde_json::json!({ "operators": m.operators.len(), "macs": macs, "ops": ops });
+        Ok((files, Some(summary)))
     }
 }
