@@ -65,6 +65,9 @@ pub struct Target {
     /// cause before layers are kept in float32 (default 0.01).
     #[serde(default)]
     pub fp16_max_error: Option<f64>,
+    /// fp16: layers (node names) whose weights stay float32 regardless of the measured error.
+    #[serde(default)]
+    pub fp32_layers: Vec<String>,
     /// tflite: layout of rank-4 inputs and outputs, `nhwc` (default) or `nchw`.
     #[serde(default)]
     pub io_layout: Option<String>,

@@ -391,22 +391,36 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 quantized = m;
                 &quantized
             }
-            (_, "fp16") => match (&validation, quantizer) {
-                (Some((_, vs, _)), Some(q)) => {
+            (_, "fp16") if !t.fp32_layers.is_empty() || validation.is_some() => {
+                let mut m = model.clone();
+                for name in &t.fp32_layers {
+                    let id = m.graph.nodes.node_indices().find(|id| &m.graph.nodes[*id].name == name).ok_or_else(|| Error::Config {
+                        path: cfg.path.clone(),
+                        reason: format!("target '{}': fp32_layers names '{name}', which is not a node of the optimized model (see `kiln dump`)", t.name),
+                    })?;
+                    if let Some(n) = m.graph.node_mut(id) {
+                        n.metadata.push(("kiln.weights".into(), "fp32".into()));
+                    }
+                }
+                let mut summary = serde_json::json!({ "fp32_layers_configured": t.fp32_layers });
+                if let (Some((_, vs, _)), Some(q)) = (&validation, quantizer) {
                     let vin = model.graph.data_input_name().unwrap_or_default();
                     let bound = t.fp16_max_error.unwrap_or(0.01);
-                    let (m, summary) = q.fp16_islands(&model, &vin, vs, bound)?;
-                    let kept = summary["fp32_layers"].as_array().map(|a| a.len()).unwrap_or(0);
-                    log(&format!("target {}: float16 error {:.2e} with {kept} layer(s) kept float32 (bound {bound})", t.name, summary["max_rel_error"].as_f64().unwrap_or(0.0)));
-                    quantization.insert(t.name.clone(), summary);
-                    quantized = m;
-                    &quantized
+                    let (mm, s) = q.fp16_islands(&m, &vin, vs, bound)?;
+                    let kept = s["fp32_layers"].as_array().map(|a| a.len()).unwrap_or(0);
+                    log(&format!("target {}: float16 error {:.2e} with {kept} layer(s) kept float32 (bound {bound})", t.name, s["max_rel_error"].as_f64().unwrap_or(0.0)));
+                    summary = s;
+                    summary["fp32_layers_configured"] = serde_json::json!(t.fp32_layers);
+                    m = mm;
                 }
-                _ => {
-                    log(&format!("target {}: no validation data, so float16 error is not measured and every layer is float16", t.name));
-                    &model
-                }
-            },
+                quantization.insert(t.name.clone(), summary);
+                quantized = m;
+                &quantized
+            }
+            (_, "fp16") => {
+                log(&format!("target {}: no validation data, so float16 error is not measured and every layer is float16", t.name));
+                &model
+            }
             _ => &model,
         };
         if let (Some((_, samples, labels)), true) = (&validation, t.precision == "int8") {

@@ -65,7 +65,12 @@ pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64) -
     for s in samples {
         refs.push(reference.run(&[(input.to_string(), s.clone())])?.into_iter().map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<_>>());
     }
-    let eval = |keep: &HashSet<NodeId>, n: usize| -> Result<f64> { error(&Evaluator::new(&rounded(model, keep)?, &fact)?, &refs[..n], input, &samples[..n]) };
+    // Layers the config already keeps float32.
+    let fixed: HashSet<NodeId> = model.graph.nodes.node_indices().filter(|id| model.graph.nodes[*id].metadata.iter().any(|(k, v)| k == KEEP_KEY && v == KEEP_FP32)).collect();
+    let eval = |keep: &HashSet<NodeId>, n: usize| -> Result<f64> {
+        let keep: HashSet<NodeId> = keep.union(&fixed).copied().collect();
+        error(&Evaluator::new(&rounded(model, &keep)?, &fact)?, &refs[..n], input, &samples[..n])
+    };
     let all = eval(&HashSet::new(), samples.len())?;
     let mut summary = serde_json::json!({ "bound": bound, "max_rel_error_all_fp16": all, "samples": samples.len() });
     if all <= bound {
