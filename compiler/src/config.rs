@@ -58,6 +58,9 @@ pub struct Target {
     /// int8: activation type, `int8` (default) or `uint8`.
     #[serde(default)]
     pub activations: Option<String>,
+    /// int8: cross-layer equalization of Conv→Conv chains (default: on with per-tensor weights).
+    #[serde(default)]
+    pub cle: Option<bool>,
     /// int8: empirical bias correction (default true).
     #[serde(default)]
     pub bias_correction: Option<bool>,

@@ -1,5 +1,6 @@
 //! Quantization: ranges from calibration statistics and QDQ insertion.
 pub mod bias_correction;
+pub mod cle;
 pub mod dead_channels;
 pub mod fp16;
 pub mod mixed;
@@ -53,6 +54,23 @@ impl Quantizer for Ptq {
             ..Default::default()
         };
         let bc = t.bias_correction.unwrap_or(true);
+        // Cross-layer equalization (default with per-tensor weights), then fresh statistics: equalizing
+        // changes the ranges of the tensors between the layers.
+        let (equalized, recalibrated);
+        let (model, calib, cle_pairs, cle_drift) = if t.cle.unwrap_or(!opts.per_channel) {
+            let mut m = model.clone();
+            let n = cle::equalize(&mut m, input, samples, 3)?;
+            // Equalization is exact in float; check it on calibration samples before trusting it.
+            let drift = cle::max_rel_diff(model, &m, input, &samples[..samples.len().min(8)])?;
+            if drift > 1e-3 {
+                return Err(Error::Pass { pass: "cle".into(), reason: format!("equalized model differs from the original by {drift:.2e} (max rel); set `cle: false`") });
+            }
+            recalibrated = kiln_compiler::calib::stats::collect(&m, input, samples, &mut |_, _| {})?;
+            equalized = m;
+            (&equalized, &recalibrated, n, drift)
+        } else {
+            (model, calib, 0, 0.0)
+        };
         // Full-integer targets quantize what their runtime cannot fuse: the tensor before such an
         // activation becomes a quantization point (calibration measured it as `<output>__preact`).
         let unfused;
@@ -92,6 +110,8 @@ impl Quantizer for Ptq {
             "quantized_biases": summary.biases,
             "quantized_activations": summary.activations,
             "bias_corrected_layers": corrected,
+            "cle_pairs_equalized": cle_pairs,
+            "cle_float_max_rel_diff": cle_drift,
             "dead_channels_snapped": summary.snapped_channels,
             "kept_float": summary.kept_float,
             "mixed_precision": mixed,
