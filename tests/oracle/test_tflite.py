@@ -21,17 +21,23 @@ F16 = ", fp16_max_error: 0.005"
 IMAGENET = "preprocess: { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }"
 
 
-def validation_yaml(model):
-    """The `validation:` block kiln measures float16 error on (it keeps sensitive layers float32)."""
+SEQUENCE_DATA = {"tiny_encoder": "tokens_calib.npy", "kws_lstm": "kws_calib.npy"}
+
+
+def data_source(model, role):
+    """The YAML data source for a model: `role` is "val" or "calib"."""
     stem = model.stem.replace("_dynamo", "")
     if model.parent == LOCAL_MODELS:
-        src = f"tensors: {LOCAL_MODELS / (stem + '_inputs.npy')}"
-    elif stem in IMAGE_MODELS:
-        src = f"images: {DATA / 'images_val'}, {IMAGENET}"
-    else:
-        src = f"tensors: {DATA / {'tiny_encoder': 'tokens_calib.npy', 'kws_lstm': 'kws_calib.npy'}.get(stem, 'digits_val.npy')}"
-    samples = 16 if stem in IMAGE_MODELS else 64
-    return f"validation: {{ {src}, samples: {samples} }}\n"
+        return f"tensors: {LOCAL_MODELS / (stem + '_inputs.npy')}"
+    if stem in IMAGE_MODELS:
+        return f"images: {DATA / ('images_' + role)}, {IMAGENET}"
+    return f"tensors: {DATA / SEQUENCE_DATA.get(stem, f'digits_{role}.npy')}"
+
+
+def validation_yaml(model):
+    """The `validation:` block kiln measures float16 error on (it keeps sensitive layers float32)."""
+    samples = 16 if model.stem in IMAGE_MODELS else 64
+    return f"validation: {{ {data_source(model, 'val')}, samples: {samples} }}\n"
 
 
 def build(tmp_path, model, targets, pins="", validation=True):
@@ -131,17 +137,8 @@ def test_unlowerable_op_is_named_and_other_targets_build(tmp_path):
 
 # ---- int8 (full integer, from the quantizer's QDQ model) ----
 
-CALIB = {"tiny_encoder": "tokens_calib.npy", "kws_lstm": "kws_calib.npy"}
-
-
 def build_int8(tmp_path, model, pins="", extra_targets=""):
-    stem = model.stem.replace("_dynamo", "")
-    if model.parent == LOCAL_MODELS:
-        cal = f"tensors: {LOCAL_MODELS / (stem + '_inputs.npy')}"
-    elif stem in IMAGE_MODELS:
-        cal = f"images: {DATA / 'images_calib'}, {IMAGENET}"
-    else:
-        cal = f"tensors: {DATA / CALIB.get(stem, 'digits_calib.npy')}"
+    cal = data_source(model, "calib")
     work = tmp_path / "w"
     work.mkdir(exist_ok=True)
     for f in model.parent.glob(model.name + "*"):

@@ -9,7 +9,7 @@
 //! that way). Ops whose int8 kernels require it get their required output parameters: pass-through ops
 //! (reshape, transpose, max-pool, pad, split, slice, gather) keep the input's, LOGISTIC and SOFTMAX use
 //! (1/256, −128), TANH (1/128, 0).
-use kiln_compiler::ir::{Act, BinOp, DType, NodeId, Op, ValueId};
+use kiln_compiler::ir::{Act, BinOp, DType, NodeId, Op, TensorData, ValueId};
 use kiln_compiler::Result;
 
 use super::lower::Lowering;
@@ -58,38 +58,29 @@ pub fn prepass(l: &mut Lowering) -> Result<()> {
     Ok(())
 }
 
-/// int8 weights behind a DequantizeLinear: (dims, values, per-channel scales).
-pub fn weight(l: &Lowering, w: ValueId) -> Option<(Vec<usize>, Vec<i8>, Vec<f32>)> {
-    let (p, _) = l.g.value(w).producer?;
+/// The constant of `dtype` behind the DequantizeLinear producing `v`, its scales, and its zero points.
+fn dq_const<'g>(l: &Lowering<'g>, v: ValueId, dtype: DType) -> Option<(&'g TensorData, Vec<f32>, Vec<i64>)> {
+    let (p, _) = l.g.value(v).producer?;
     let n = l.g.node(p)?;
     if !matches!(n.op, Op::DequantizeLinear { .. }) {
         return None;
     }
-    let d = l.g.const_data(n.input(0)?)?;
-    if d.dtype != DType::I8 {
-        return None;
-    }
+    let d = l.g.const_data(n.input(0)?).filter(|d| d.dtype == dtype)?;
     let zp = n.input(2).and_then(|z| l.g.const_data(z)).and_then(|z| z.to_i64_vec()).unwrap_or_default();
-    if zp.iter().any(|z| *z != 0) {
-        return None;
-    }
-    let scales = l.g.const_data(n.input(1)?)?.to_f32_vec()?;
+    Some((d, l.g.const_data(n.input(1)?)?.to_f32_vec()?, zp))
+}
+
+/// int8 weights (zero point 0) behind a DequantizeLinear: (dims, values, per-channel scales).
+pub fn weight(l: &Lowering, w: ValueId) -> Option<(Vec<usize>, Vec<i8>, Vec<f32>)> {
+    let (d, scales, zp) = dq_const(l, w, DType::I8)?;
+    zp.iter().all(|z| *z == 0).then_some(())?;
     Some((d.dims.iter().map(|x| *x as usize).collect(), d.bytes().iter().map(|b| *b as i8).collect(), scales))
 }
 
 /// int32 bias behind a DequantizeLinear: (values, scales).
 pub fn bias(l: &Lowering, b: ValueId) -> Option<(Vec<i32>, Vec<f32>)> {
-    let (p, _) = l.g.value(b).producer?;
-    let n = l.g.node(p)?;
-    if !matches!(n.op, Op::DequantizeLinear { .. }) {
-        return None;
-    }
-    let d = l.g.const_data(n.input(0)?)?;
-    if d.dtype != DType::I32 {
-        return None;
-    }
-    let v = d.bytes().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    Some((v, l.g.const_data(n.input(1)?)?.to_f32_vec()?))
+    let (d, scales, _) = dq_const(l, b, DType::I32)?;
+    Some((d.bytes().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), scales))
 }
 
 fn fusable(a: &Option<Act>) -> bool {
