@@ -95,6 +95,9 @@ enum Cmd {
         /// Passes to run before quantizing.
         #[arg(long, value_delimiter = ',', default_value = "cleanup,fuse")]
         passes: Vec<String>,
+        /// Cross-layer equalization: on | off | auto (on with --per-tensor, as in `kiln build`).
+        #[arg(long, default_value = "auto")]
+        cle: String,
     },
     /// Print the IR as text.
     Dump {
@@ -266,7 +269,14 @@ fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<St
 }
 
 #[allow(clippy::too_many_arguments)]
-fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>, method: String, percentile: Option<f64>, per_tensor: bool, activations: String, samples: usize, imagenet: bool, passes: Vec<String>, bias_correction: usize) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>, method: String, percentile: Option<f64>, per_tensor: bool, activations: String, samples: usize, imagenet: bool, passes: Vec<String>, bias_correction: usize, cle: String) -> Result<()> {
+    let cle = match cle.as_str() {
+        "on" => true,
+        "off" => false,
+        "auto" => per_tensor,
+        other => anyhow::bail!("--cle '{other}': expected on, off or auto"),
+    };
     use kiln_compiler::calib;
     let mut m = onnx::load(&model)?;
     let source = if calib.is_dir() {
@@ -289,6 +299,15 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
     let passes = passes.iter().filter(|p| !p.is_empty()).map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone()))).collect::<kiln_compiler::Result<Vec<_>>>()?;
     let mut cx = kiln_compiler::pipeline::PassContext::default();
     driver::run_passes(&mut m, &passes, &mut cx)?;
+    if cle {
+        let before = m.clone();
+        let n = kiln_passes::quant::cle::equalize(&mut m, &input, &data, 3)?;
+        let drift = kiln_passes::quant::cle::max_rel_diff(&before, &m, &input, &data[..data.len().min(8)])?;
+        if drift > 1e-3 {
+            anyhow::bail!("cross-layer equalization changed the float model by {drift:.2e} (max rel); use --cle off");
+        }
+        eprintln!("kiln: cross-layer equalization: {n} conv pairs rescaled (float output moved {drift:.1e})");
+    }
     let t0 = std::time::Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let stats = calib::collect(&m, &input, &data, &mut |done, total| if tty { eprint!("\rkiln: calibrating {done}/{total}") })?;
@@ -332,8 +351,8 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
-        Cmd::Quantize { model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction } => {
-            quantize(model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction)
+        Cmd::Quantize { model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction, cle } => {
+            quantize(model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction, cle)
         }
         Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => optimize(model, output, inputs, passes, external_data, dump_ir, verbose),
     };

@@ -251,3 +251,15 @@ def test_cle_lifts_per_tensor_mobilenet_v2(tmp_path):
     assert q["cle_pairs_equalized"] > 50 and q["cle_float_max_rel_diff"] < 1e-4, q
     assert r["mean_cosine"] >= 0.97 and r["sqnr_db"] >= res["false"][1]["sqnr_db"] + 1.0, (r, res["false"][1])
     assert r["top1_agreement"] >= 0.75, r
+
+
+def test_quantize_cli_cle_is_exact_in_float_and_runs(tmp_path):
+    src = LOCAL_MODELS / "tiny_cnn.onnx"
+    out = tmp_path / "q.onnx"
+    p = quantize(src, out, LOCAL_MODELS / "tiny_cnn_inputs.npy", "--method", "percentile", "--per-tensor")
+    line = next(l for l in p.stderr.splitlines() if "cross-layer equalization" in l)
+    assert int(line.split(": ")[2].split()[0]) > 0 and float(line.split("moved ")[1].rstrip(")")) < 1e-4, line
+    r = compare(src, out, local_inputs(src))
+    assert r["mean_cosine"] >= 0.98, r
+    bad = kiln("quantize", src, "--calib", LOCAL_MODELS / "tiny_cnn_inputs.npy", "-o", tmp_path / "x.onnx", "--cle", "maybe", check=False)
+    assert bad.returncode != 0 and "--cle" in bad.stderr and not (tmp_path / "x.onnx").exists()
