@@ -399,7 +399,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                         reason: format!("target '{}': fp32_layers names '{name}', which is not a node of the optimized model (see `kiln dump`)", t.name),
                     })?;
                     if let Some(n) = m.graph.node_mut(id) {
-                        n.metadata.push(("kiln.weights".into(), "fp32".into()));
+                        n.metadata.push((crate::ir::meta::WEIGHTS.into(), crate::ir::meta::FP32.into()));
                     }
                 }
                 let mut summary = serde_json::json!({ "fp32_layers_configured": t.fp32_layers });

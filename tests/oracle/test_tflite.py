@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kiln_oracle import CORPUS, DATA, IMAGE_MODELS, LOCAL_MODELS, kiln, local_inputs, local_models, session, validation_inputs
-from tflite_oracle import interpreter, max_rel_diff, op_names, tflite_run
+from tflite_oracle import interpreter, max_rel_diff, mean_cosine, op_names, tflite_run
 
 corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus tier: {CORPUS} is absent")
 QDQ = {"tiny_qat", "digits_mobilenet_qat"}
@@ -168,12 +168,8 @@ def test_local_cnn_int8_is_integer_and_close(tmp_path):
     it = interpreter(tfl)
     kinds = {d["dtype"].__name__ for d in it.get_tensor_details()}
     assert "int8" in kinds and "int32" in kinds
-    sess = session(path)
-    cos = []
-    for f in local_inputs(path):
-        r, t = sess.run(None, f)[0].ravel(), tflite_run(it, f)[0].ravel()
-        cos.append(float(r @ t / (np.linalg.norm(r) * np.linalg.norm(t))))
-    assert np.mean(cos) >= 0.98, np.mean(cos)
+    cos = mean_cosine(path, it, local_inputs(path))
+    assert cos >= 0.98, cos
 
 
 @corpus
@@ -238,9 +234,5 @@ def test_dynamic_range_int8_weights_float_activations(tmp_path):
     int8_filters = [d for d in it.get_tensor_details() if d["dtype"] == np.int8]
     assert len(int8_filters) >= 10, "conv/fc filters should be int8"
     assert tfl.stat().st_size < 0.55 * (out / "f32" / "model.tflite").stat().st_size  # tiny: names and structure weigh
-    sess = session(path)
-    cos = []
-    for f in local_inputs(path):
-        r, t = sess.run(None, f)[0].ravel(), tflite_run(it, f)[0].ravel()
-        cos.append(float(r @ t / (np.linalg.norm(r) * np.linalg.norm(t))))
-    assert np.mean(cos) >= 0.98, np.mean(cos)
+    cos = mean_cosine(path, it, local_inputs(path))
+    assert cos >= 0.98, cos

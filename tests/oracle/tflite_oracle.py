@@ -57,6 +57,16 @@ def max_rel_diff(onnx_path, tflite_path, feeds, layout="nhwc"):
     return worst
 
 
+def mean_cosine(onnx_path, it, feeds, layout="nhwc"):
+    """Mean cosine between onnxruntime's first output and the interpreter's, over the feeds."""
+    sess = session(onnx_path)
+    cos = []
+    for f in feeds:
+        r, t = sess.run(None, f)[0].ravel().astype(np.float64), tflite_run(it, f, layout)[0].ravel().astype(np.float64)
+        cos.append(float(r @ t / (np.linalg.norm(r) * np.linalg.norm(t))))
+    return float(np.mean(cos))
+
+
 def op_names(tflite_path):
     it = interpreter(tflite_path)
     return [d["op_name"] for d in it._get_ops_details()]

@@ -83,13 +83,9 @@ pub fn bias(l: &Lowering, b: ValueId) -> Option<(Vec<i32>, Vec<f32>)> {
     Some((d.bytes().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), scales))
 }
 
+/// TFLite can fuse this activation into the op (RELU, RELU6, RELU_N1_TO_1, TANH).
 fn fusable(a: &Option<Act>) -> bool {
-    match a {
-        None | Some(Act::Relu) | Some(Act::Tanh) => true,
-        Some(Act::Clip { min: Some(lo), max: Some(hi) }) => (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0),
-        Some(Act::Clip { min: Some(lo), max: None }) => *lo == 0.0,
-        _ => false,
-    }
+    super::ops::fusable(a).is_some()
 }
 
 /// Activations with an int8 kernel as a standalone op.

@@ -8,13 +8,8 @@ use kiln_compiler::Result;
 use super::lower::{permute, transpose_data, Lowering, TO_NCHW, TO_NHWC};
 use super::model::{Code, Fused, Options, Padding, Quant, TensorType};
 
-/// Did the quantizer keep this layer's weights float32 (see `kiln_passes::quant::fp16`)?
-fn keeps_fp32(n: &kiln_compiler::ir::Node) -> bool {
-    n.metadata.iter().any(|(k, v)| k == "kiln.weights" && v == "fp32")
-}
-
 /// TFLite's fused activation for `act`, if it has one.
-fn fusable(act: &Option<Act>) -> Option<Fused> {
+pub fn fusable(act: &Option<Act>) -> Option<Fused> {
     match act {
         None => Some(Fused::NONE),
         Some(Act::Relu) => Some(Fused::RELU),
@@ -214,7 +209,7 @@ fn conv_float_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, 
         l.m.const_f32(&wname, vec![1, kh as i32, kw as i32, cout as i32], &transpose_data(wv, wd, &[1, 2, 3, 0]))
     };
     let b = l.m.const_f32(&format!("{wname}_bias"), vec![cout as i32], &bias);
-    l.m.tensors[filter as usize].keep_f32 = keeps_fp32(n);
+    l.m.tensors[filter as usize].keep_f32 = n.keeps_fp32_weights();
     Ok((filter, b))
 }
 
@@ -373,7 +368,7 @@ fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
     let name = l.g.value(b).name.clone();
     let wt = l.m.const_f32(&name, vec![o as i32, i as i32], &w);
     let bt = l.m.const_f32(&format!("{name}_bias"), vec![o as i32], &bias);
-    l.m.tensors[wt as usize].keep_f32 = keeps_fp32(&n);
+    l.m.tensors[wt as usize].keep_f32 = n.keeps_fp32_weights();
     let keep = l.rank(a) > 2;
     let (out, act) = output_with_act(l, id, false)?;
     l.emit(Code::FULLY_CONNECTED, vec![at, wt, bt], vec![out], Options::FullyConnected { act, keep_num_dims: keep });

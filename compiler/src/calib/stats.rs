@@ -115,12 +115,12 @@ pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Graph, crate:
         v.shape = g.value(y).shape.clone();
         let pre = g.add_value(v)?;
         // The activation gets back the name it had before fusion, when the fusion pass recorded it.
-        let original = g.nodes[id].metadata.iter().find(|(k, _)| k == "kiln.fused_activation").map(|(_, v)| v.clone());
+        let original = g.nodes[id].meta(crate::ir::meta::FUSED_ACTIVATION).map(str::to_string);
         let node_name = g.fresh_node_name(&original.unwrap_or_else(|| format!("{}__act", g.nodes[id].name)));
         if let Some(n) = g.node_mut(id) {
             n.outputs[0] = Some(pre);
             n.act = None;
-            n.metadata.retain(|(k, _)| k != "kiln.fused_activation");
+            n.metadata.retain(|(k, _)| k != crate::ir::meta::FUSED_ACTIVATION);
         }
         g.value_mut(y).producer = None;
         g.value_mut(pre).producer = Some((id, 0));

@@ -153,7 +153,26 @@ pub struct Node {
     pub device_configurations: Vec<Vec<u8>>,
 }
 
+/// Node metadata keys kiln itself writes (exported as ONNX `metadata_props`, so they survive a round trip).
+pub mod meta {
+    /// Weights that must stay float32 in a float16 artifact; value [`FP32`].
+    pub const WEIGHTS: &str = "kiln.weights";
+    pub const FP32: &str = "fp32";
+    /// The name of the activation node fused into this one (restored when a backend splits it off).
+    pub const FUSED_ACTIVATION: &str = "kiln.fused_activation";
+}
+
 impl Node {
+    /// The value of metadata entry `key`.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Did the config or the fp16 error search keep this layer's weights float32?
+    pub fn keeps_fp32_weights(&self) -> bool {
+        self.meta(meta::WEIGHTS) == Some(meta::FP32)
+    }
+
     pub fn new(name: impl Into<String>, op: Op, inputs: Vec<Option<ValueId>>, outputs: Vec<Option<ValueId>>) -> Self {
         Node {
             name: name.into(),

@@ -70,9 +70,6 @@ fn recognize_silu(g: &mut Graph) -> Result<bool> {
     Ok(changed)
 }
 
-/// Node metadata key: the name of the activation node fused into this one.
-pub const FUSED_NAME: &str = "kiln.fused_activation";
-
 impl Pass for FuseActivation {
     fn name(&self) -> &'static str {
         "fuse_activation"
@@ -95,7 +92,7 @@ impl Pass for FuseActivation {
                 if let Some(n) = g.node_mut(id) {
                     n.act = Some(act);
                     // Kept so a backend that has to split the activation off again can name it as the model did.
-                    n.metadata.push((FUSED_NAME.into(), act_name));
+                    n.metadata.push((kiln_compiler::ir::meta::FUSED_ACTIVATION.into(), act_name));
                 }
                 changed = true;
             }

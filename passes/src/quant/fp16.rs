@@ -12,8 +12,7 @@ use kiln_compiler::eval::Evaluator;
 use kiln_compiler::ir::{DType, Model, NodeId, Op, TensorData, ValueId};
 use kiln_compiler::Result;
 
-pub const KEEP_KEY: &str = "kiln.weights";
-pub const KEEP_FP32: &str = "fp32";
+use kiln_compiler::ir::meta;
 
 fn layers(m: &Model) -> Result<Vec<NodeId>> {
     Ok(m.graph.topo_order()?.into_iter().filter(|id| matches!(m.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)).collect())
@@ -66,7 +65,7 @@ pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64) -
         refs.push(reference.run(&[(input.to_string(), s.clone())])?.into_iter().map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<_>>());
     }
     // Layers the config already keeps float32.
-    let fixed: HashSet<NodeId> = model.graph.nodes.node_indices().filter(|id| model.graph.nodes[*id].metadata.iter().any(|(k, v)| k == KEEP_KEY && v == KEEP_FP32)).collect();
+    let fixed: HashSet<NodeId> = model.graph.nodes.node_indices().filter(|id| model.graph.nodes[*id].keeps_fp32_weights()).collect();
     let eval = |keep: &HashSet<NodeId>, n: usize| -> Result<f64> {
         let keep: HashSet<NodeId> = keep.union(&fixed).copied().collect();
         error(&Evaluator::new(&rounded(model, &keep)?, &fact)?, &refs[..n], input, &samples[..n])
@@ -102,7 +101,7 @@ pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64) -
     let mut out = model.clone();
     for id in &keep {
         if let Some(n) = out.graph.node_mut(*id) {
-            n.metadata.push((KEEP_KEY.into(), KEEP_FP32.into()));
+            n.metadata.push((meta::WEIGHTS.into(), meta::FP32.into()));
         }
     }
     let kept: Vec<serde_json::Value> = sens.iter().filter(|(id, _)| keep.contains(id)).map(|(id, e)| serde_json::json!({ "layer": model.graph.nodes[*id].name, "max_rel_error_alone": e })).collect();
