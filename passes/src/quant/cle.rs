@@ -29,7 +29,7 @@ fn pairs(g: &Graph) -> Result<Vec<(NodeId, NodeId)>> {
         if g.is_output(y) || c.len() != 1 || c[0].1 != 0 || !matches!(g.nodes[c[0].0].op, Op::Conv { .. }) {
             continue;
         }
-        if weights(g, id).is_some() && weights(g, c[0].0).is_some() {
+        if conv_weights(g, id).is_some() && conv_weights(g, c[0].0).is_some() {
             out.push((id, c[0].0));
         }
     }
@@ -42,67 +42,147 @@ fn weights(g: &Graph, id: NodeId) -> Option<(Vec<i64>, Vec<f32>)> {
     Some((d.dims.clone(), d.to_f32_vec()?))
 }
 
-/// Per-channel max of each value, over samples.
-fn channel_max(m: &Model, values: &[ValueId], input: &str, samples: &[TensorData]) -> Result<HashMap<ValueId, Vec<f32>>> {
+/// A Conv's float weights [O, I/groups, kh, kw] and bias, with channel-wise rescaling.
+#[derive(Debug, Clone)]
+pub struct ConvWeights {
+    dims: Vec<i64>,
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    groups: usize,
+}
+
+impl ConvWeights {
+    pub fn out_channels(&self) -> usize {
+        self.dims[0] as usize
+    }
+    pub fn in_channels(&self) -> usize {
+        self.dims[1] as usize * self.groups
+    }
+    fn per_out(&self) -> usize {
+        self.w.len() / self.out_channels().max(1)
+    }
+    /// Indices of the weights reading input channel `c`.
+    fn in_idx(&self, c: usize) -> impl Iterator<Item = usize> {
+        let (co, ci) = (self.dims[0] as usize, self.dims[1] as usize);
+        let k = (self.dims[2] * self.dims[3]) as usize;
+        let opg = co / self.groups.max(1);
+        let (gi, i) = (c / ci.max(1), c % ci.max(1));
+        (gi * opg..(gi + 1) * opg).flat_map(move |o| ((o * ci + i) * k)..((o * ci + i) * k + k))
+    }
+    /// max |W[c]| over output channel `c`.
+    pub fn out_range(&self, c: usize) -> f32 {
+        let p = self.per_out();
+        self.w[c * p..(c + 1) * p].iter().fold(0f32, |m, v| m.max(v.abs()))
+    }
+    /// max |W[·, c]| over the weights reading input channel `c`.
+    pub fn in_range(&self, c: usize) -> f32 {
+        self.in_idx(c).fold(0f32, |m, i| m.max(self.w[i].abs()))
+    }
+    /// Output channel `c` (weights and bias) times `f`.
+    pub fn scale_out(&mut self, c: usize, f: f32) {
+        let p = self.per_out();
+        self.w[c * p..(c + 1) * p].iter_mut().for_each(|v| *v *= f);
+        if let Some(b) = self.bias.as_mut() {
+            b[c] *= f;
+        }
+    }
+    /// Input channel `c` times `f`.
+    pub fn scale_in(&mut self, c: usize, f: f32) {
+        for i in self.in_idx(c).collect::<Vec<_>>() {
+            self.w[i] *= f;
+        }
+    }
+}
+
+/// The float weights of Conv `id`, when they are constants with a consistent shape.
+pub fn conv_weights(g: &Graph, id: NodeId) -> Option<ConvWeights> {
+    let groups = match g.nodes[id].op {
+        Op::Conv { group, .. } => group.unwrap_or(1).max(1) as usize,
+        _ => return None,
+    };
+    let (dims, w) = weights(g, id)?;
+    let co = dims[0] as usize;
+    if co == 0 || co % groups != 0 || w.len() != dims.iter().product::<i64>() as usize {
+        return None;
+    }
+    let bias = match g.nodes[id].input(2) {
+        Some(b) => Some(g.const_data(b)?.to_f32_vec().filter(|v| v.len() == co)?),
+        None => None,
+    };
+    Some(ConvWeights { dims, w, bias, groups })
+}
+
+/// Store rescaled weights (and bias) as new constants of Conv `id`.
+pub fn set_weights(g: &mut Graph, id: NodeId, cw: &ConvWeights, tag: &str) -> Result<()> {
+    let name = g.nodes[id].name.clone();
+    let vw = g.add_const(&format!("{name}_{tag}_w"), TensorData::from_f32(cw.dims.clone(), &cw.w))?;
+    let vb = match &cw.bias {
+        Some(b) => Some(g.add_const(&format!("{name}_{tag}_b"), TensorData::from_f32(vec![b.len() as i64], b))?),
+        None => None,
+    };
+    if let Some(n) = g.node_mut(id) {
+        n.inputs[1] = Some(vw);
+        if vb.is_some() {
+            n.inputs[2] = vb;
+        }
+    }
+    Ok(())
+}
+
+/// Per-channel statistics of a 4-D value over calibration samples.
+#[derive(Debug, Clone)]
+pub struct ChannelStats {
+    pub max: Vec<f32>,
+    pub max_abs: Vec<f32>,
+}
+
+/// Per-channel max and max |x| of each value, over samples (one tract pass).
+pub fn channel_stats(m: &Model, values: &[ValueId], input: &str, samples: &[TensorData]) -> Result<HashMap<ValueId, ChannelStats>> {
     let mut probe = m.clone();
     probe.graph.outputs = values.to_vec();
-    let mut out: HashMap<ValueId, Vec<f32>> = HashMap::new();
+    let mut out: HashMap<ValueId, ChannelStats> = HashMap::new();
     let Some(first) = samples.first() else { return Ok(out) };
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
     for s in samples {
         for (v, (_, t)) in values.iter().zip(ev.run(&[(input.to_string(), s.clone())])?) {
             let (Some(x), true) = (t.to_f32_vec(), t.dims.len() == 4) else { continue };
             let (c, inner) = (t.dims[1] as usize, (t.dims[2] * t.dims[3]) as usize);
-            let e = out.entry(*v).or_insert_with(|| vec![f32::MIN; c]);
+            let e = out.entry(*v).or_insert_with(|| ChannelStats { max: vec![f32::MIN; c], max_abs: vec![0.0; c] });
             for (i, val) in x.iter().enumerate() {
                 let ch = (i / inner.max(1)) % c.max(1);
-                e[ch] = e[ch].max(*val);
+                e.max[ch] = e.max[ch].max(*val);
+                e.max_abs[ch] = e.max_abs[ch].max(val.abs());
             }
         }
     }
     Ok(out)
 }
 
-/// Equalize every pair; returns how many pairs changed.
+/// Equalize every pair; returns how many pairs changed. Sweeps stop early once no channel moves by more
+/// than 1 %.
 pub fn equalize(m: &mut Model, input: &str, samples: &[TensorData], sweeps: usize) -> Result<usize> {
     let ps = pairs(&m.graph)?;
     let ys: Vec<ValueId> = ps.iter().filter_map(|(a, _)| m.graph.nodes[*a].output(0)).collect();
-    let mut maxes = channel_max(m, &ys, input, samples)?;
+    let stats = channel_stats(m, &ys, input, samples)?;
+    let mut maxes: HashMap<ValueId, Vec<f32>> = stats.into_iter().map(|(k, v)| (k, v.max)).collect();
     let mut changed = 0;
     for _ in 0..sweeps {
+        let mut moved = false;
         for (a, b) in &ps {
             let g = &mut m.graph;
-            let (Some((wd1, mut w1)), Some((wd2, mut w2)), Some(y)) = (weights(g, *a), weights(g, *b), g.nodes[*a].output(0)) else { continue };
-            let c1 = wd1[0] as usize;
-            let per1 = w1.len() / c1.max(1);
-            let groups = match g.nodes[*b].op {
-                Op::Conv { group, .. } => group.unwrap_or(1).max(1) as usize,
-                _ => continue,
-            };
-            let (co2, ci2) = (wd2[0] as usize, wd2[1] as usize);
-            let k2: usize = (wd2[2] * wd2[3]) as usize;
-            if ci2 * groups != c1 || co2 % groups != 0 {
+            let (Some(mut w1), Some(mut w2), Some(y)) = (conv_weights(g, *a), conv_weights(g, *b), g.nodes[*a].output(0)) else { continue };
+            let c1 = w1.out_channels();
+            if w2.in_channels() != c1 {
                 continue;
             }
-            let opg = co2 / groups;
-            // Layer-2 weights reading input channel c.
-            let idx2 = |c: usize| -> Vec<usize> {
-                let (gi, i) = (c / ci2, c % ci2);
-                (gi * opg..(gi + 1) * opg).flat_map(|o| ((o * ci2 + i) * k2)..((o * ci2 + i) * k2 + k2)).collect()
-            };
             let clip = match &g.nodes[*a].act {
                 Some(Act::Clip { max, .. }) => *max,
                 _ => None,
             };
             let mx = maxes.get(&y).cloned().unwrap_or_default();
-            let mut bias = match g.nodes[*a].input(2).and_then(|b| g.const_data(b)).and_then(|d| d.to_f32_vec()) {
-                Some(b) if b.len() == c1 => Some(b),
-                _ => None,
-            };
             let mut scales = vec![1f32; c1];
             for (c, s) in scales.iter_mut().enumerate() {
-                let r1 = w1[c * per1..(c + 1) * per1].iter().fold(0f32, |m, v| m.max(v.abs()));
-                let r2 = idx2(c).iter().fold(0f32, |m, i| m.max(w2[*i].abs()));
+                let (r1, r2) = (w1.out_range(c), w2.in_range(c));
                 if r1 <= 0.0 || r2 <= 0.0 {
                     continue;
                 }
@@ -116,41 +196,25 @@ pub fn equalize(m: &mut Model, input: &str, samples: &[TensorData], sweeps: usiz
                 }
                 if v.is_finite() && v > 0.0 && (v - 1.0).abs() > 1e-3 {
                     *s = v;
+                    moved |= (v - 1.0).abs() > 1e-2;
                 }
             }
             if scales.iter().all(|s| *s == 1.0) {
                 continue;
             }
             for (c, s) in scales.iter().enumerate() {
-                w1[c * per1..(c + 1) * per1].iter_mut().for_each(|v| *v /= s);
-                if let Some(b) = bias.as_mut() {
-                    b[c] /= s;
-                }
-                for i in idx2(c) {
-                    w2[i] *= s;
-                }
+                w1.scale_out(c, 1.0 / s);
+                w2.scale_in(c, *s);
             }
             if let Some(e) = maxes.get_mut(&y) {
                 e.iter_mut().zip(&scales).for_each(|(m, s)| *m /= s);
             }
-            let n1 = format!("{}_cle_w", g.nodes[*a].name);
-            let v1 = g.add_const(&n1, TensorData::from_f32(wd1, &w1))?;
-            let n2 = format!("{}_cle_w", g.nodes[*b].name);
-            let v2 = g.add_const(&n2, TensorData::from_f32(wd2, &w2))?;
-            let vb = match bias {
-                Some(b) => Some(g.add_const(&format!("{}_cle_b", g.nodes[*a].name), TensorData::from_f32(vec![c1 as i64], &b))?),
-                None => None,
-            };
-            if let Some(n) = g.node_mut(*a) {
-                n.inputs[1] = Some(v1);
-                if vb.is_some() {
-                    n.inputs[2] = vb;
-                }
-            }
-            if let Some(n) = g.node_mut(*b) {
-                n.inputs[1] = Some(v2);
-            }
+            set_weights(g, *a, &w1, "cle")?;
+            set_weights(g, *b, &w2, "cle")?;
             changed += 1;
+        }
+        if !moved {
+            break;
         }
     }
     m.graph.rebuild_edges();

@@ -6,6 +6,7 @@ pub mod fp16;
 pub mod mixed;
 pub mod params;
 pub mod qdq;
+pub mod streams;
 
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::config::{CalibrationConfig, Target};
@@ -34,6 +35,30 @@ pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: boo
     Ok((m, summary, corrected))
 }
 
+/// What [`equalize`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Equalized {
+    /// Residual streams rescaled (streams.rs).
+    pub streams: usize,
+    /// Conv pairs rescaled, counted per sweep (cle.rs).
+    pub pairs: usize,
+    /// max |Δ| / max |y| of the float model on calibration samples: equalization must be exact.
+    pub drift: f64,
+}
+
+/// Equalization before quantization: residual streams, then conv pairs. Checks that the float model is
+/// unchanged on a few calibration samples and refuses (naming the drift) when it is not.
+pub fn equalize(model: &Model, input: &str, samples: &[TensorData]) -> Result<(Model, Equalized)> {
+    let mut m = model.clone();
+    let streams = streams::equalize(&mut m, input, samples, 0.5)?;
+    let pairs = cle::equalize(&mut m, input, samples, 20)?;
+    let drift = cle::max_rel_diff(model, &m, input, &samples[..samples.len().min(8)])?;
+    if drift > 1e-3 {
+        return Err(Error::Pass { pass: "cle".into(), reason: format!("equalized model differs from the original by {drift:.2e} (max rel); set `cle: false`") });
+    }
+    Ok((m, Equalized { streams, pairs, drift }))
+}
+
 /// Post-training quantization for `kiln build` targets with `precision: int8`.
 pub struct Ptq;
 
@@ -54,22 +79,16 @@ impl Quantizer for Ptq {
             ..Default::default()
         };
         let bc = t.bias_correction.unwrap_or(true);
-        // Cross-layer equalization (default with per-tensor weights), then fresh statistics: equalizing
-        // changes the ranges of the tensors between the layers.
+        // Equalization (on by default), then fresh statistics: equalizing changes the ranges of the
+        // tensors between the layers.
         let (equalized, recalibrated);
-        let (model, calib, cle_pairs, cle_drift) = if t.cle.unwrap_or(!opts.per_channel) {
-            let mut m = model.clone();
-            let n = cle::equalize(&mut m, input, samples, 3)?;
-            // Equalization is exact in float; check it on calibration samples before trusting it.
-            let drift = cle::max_rel_diff(model, &m, input, &samples[..samples.len().min(8)])?;
-            if drift > 1e-3 {
-                return Err(Error::Pass { pass: "cle".into(), reason: format!("equalized model differs from the original by {drift:.2e} (max rel); set `cle: false`") });
-            }
+        let (model, calib, eq) = if t.cle.unwrap_or(true) {
+            let (m, eq) = equalize(model, input, samples)?;
             recalibrated = kiln_compiler::calib::stats::collect(&m, input, samples, &mut |_, _| {})?;
             equalized = m;
-            (&equalized, &recalibrated, n, drift)
+            (&equalized, &recalibrated, eq)
         } else {
-            (model, calib, 0, 0.0)
+            (model, calib, Equalized::default())
         };
         // Full-integer targets quantize what their runtime cannot fuse: the tensor before such an
         // activation becomes a quantization point (calibration measured it as `<output>__preact`).
@@ -110,8 +129,9 @@ impl Quantizer for Ptq {
             "quantized_biases": summary.biases,
             "quantized_activations": summary.activations,
             "bias_corrected_layers": corrected,
-            "cle_pairs_equalized": cle_pairs,
-            "cle_float_max_rel_diff": cle_drift,
+            "cle_pairs_equalized": eq.pairs,
+            "cle_streams_equalized": eq.streams,
+            "cle_float_max_rel_diff": eq.drift,
             "dead_channels_snapped": summary.snapped_channels,
             "kept_float": summary.kept_float,
             "mixed_precision": mixed,
