@@ -95,8 +95,9 @@ enum Cmd {
         /// Passes to run before quantizing.
         #[arg(long, value_delimiter = ',', default_value = "cleanup,fuse")]
         passes: Vec<String>,
-        /// Equalization before quantization (residual streams and conv pairs): on | off (`auto`: on, as in `kiln build`).
-        #[arg(long, default_value = "on")]
+        /// Equalization before quantization (residual streams and conv pairs): on | off | auto (on unless it
+        /// would change the float model, as in `kiln build`).
+        #[arg(long, default_value = "auto")]
         cle: String,
     },
     /// Print the IR as text.
@@ -271,10 +272,10 @@ fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<St
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>, method: String, percentile: Option<f64>, per_tensor: bool, activations: String, samples: usize, imagenet: bool, passes: Vec<String>, bias_correction: usize, cle: String) -> Result<()> {
-    let cle = match cle.as_str() {
-        "on" => true,
-        "off" => false,
-        "auto" => true,
+    let (cle, required) = match cle.as_str() {
+        "on" => (true, true),
+        "off" => (false, false),
+        "auto" => (true, false),
         other => anyhow::bail!("--cle '{other}': expected on, off or auto"),
     };
     use kiln_compiler::calib;
@@ -300,9 +301,12 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
     let mut cx = kiln_compiler::pipeline::PassContext::default();
     driver::run_passes(&mut m, &passes, &mut cx)?;
     if cle {
-        let (em, eq) = kiln_passes::quant::equalize(&m, &input, &data)?;
+        let (em, eq) = kiln_passes::quant::equalize(&m, &input, &data, required)?;
         m = em;
-        eprintln!("kiln: equalization: {} residual streams, {} conv pairs rescaled (float output moved {:.1e})", eq.streams, eq.pairs, eq.drift);
+        match eq.skipped {
+            Some(why) => eprintln!("kiln: equalization skipped: {why}"),
+            None => eprintln!("kiln: equalization: {} residual streams, {} conv pairs rescaled (float output moved {:.1e})", eq.streams, eq.pairs, eq.drift),
+        }
     }
     let t0 = std::time::Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -347,7 +347,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut layer_sqnr = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut quantized_by_settings: BTreeMap<String, (Model, serde_json::Value)> = BTreeMap::new();
+    let mut quantized_by_settings: BTreeMap<String, (Model, serde_json::Value, Option<Model>)> = BTreeMap::new();
     let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
@@ -367,8 +367,8 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 let budget: Option<crate::pipeline::Budget> = if has_budget && validation.is_some() { Some(&check) } else { None };
                 // Targets with the same quantization settings share one quantized model (four NPU targets
                 // quantize once).
-                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction]).to_string();
-                let (m, summary) = match quantized_by_settings.get(&key) {
+                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction, t.cle]).to_string();
+                let (m, summary, reference) = match quantized_by_settings.get(&key) {
                     Some(done) => done.clone(),
                     None => {
                         let r = q.quantize(&model, t, stats, ccfg, input, samples, budget)?;
@@ -385,7 +385,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                     .filter_map(|id| model.graph.nodes[id].output(0).map(|v| model.graph.value(v).name.clone()))
                     .collect();
                 let probe: Vec<crate::ir::TensorData> = samples.iter().take(16).cloned().collect();
-                let table = crate::accuracy::value_sqnr(&model, &m, input, &probe, &layer_outputs)?;
+                let table = crate::accuracy::value_sqnr(reference.as_ref().unwrap_or(&model), &m, input, &probe, &layer_outputs)?;
                 layer_sqnr.insert(t.name.clone(), table.into_iter().map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db }).collect());
                 calibration_report = Some(rep.clone());
                 quantized = m;

@@ -3,6 +3,7 @@ original measured by onnxruntime on the shared validation data.
 
 These floors are today's measured quality, kept as regression guards; the issue's targets (e.g. MobileNetV2
 per-channel top-1 agreement ≥ 0.90) are not all met yet, see the issue notes."""
+import numpy as np
 import onnx
 import pytest
 
@@ -257,9 +258,54 @@ def test_quantize_cli_cle_is_exact_in_float_and_runs(tmp_path):
     src = LOCAL_MODELS / "tiny_cnn.onnx"
     out = tmp_path / "q.onnx"
     p = quantize(src, out, LOCAL_MODELS / "tiny_cnn_inputs.npy", "--method", "percentile", "--per-tensor")
-    line = next(l for l in p.stderr.splitlines() if "cross-layer equalization" in l)
-    assert int(line.split(": ")[2].split()[0]) > 0 and float(line.split("moved ")[1].rstrip(")")) < 1e-4, line
+    line = next(l for l in p.stderr.splitlines() if "equalization:" in l)
+    assert int(line.split("streams, ")[1].split()[0]) > 0 and float(line.split("moved ")[1].rstrip(")")) < 1e-4, line
     r = compare(src, out, local_inputs(src))
     assert r["mean_cosine"] >= 0.98, r
     bad = kiln("quantize", src, "--calib", LOCAL_MODELS / "tiny_cnn_inputs.npy", "-o", tmp_path / "x.onnx", "--cle", "maybe", check=False)
     assert bad.returncode != 0 and "--cle" in bad.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def _residual_stream_model(path):
+    """conv → (conv → relu → conv) → add → conv: one residual stream whose channels span 100×, built here
+    so the test does not depend on the corpus."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    spread = np.geomspace(0.05, 5.0, 8).astype(np.float32)  # stream channel c ranges ~spread[c]
+    w = {
+        "w0": rng.normal(size=(8, 4, 1, 1)).astype(np.float32) * spread[:, None, None, None],
+        "w1": rng.normal(size=(16, 8, 1, 1)).astype(np.float32) * 0.3,
+        "w2": rng.normal(size=(8, 16, 1, 1)).astype(np.float32) * 0.3 * spread[:, None, None, None],
+        "w3": rng.normal(size=(6, 8, 1, 1)).astype(np.float32) / spread[None, :, None, None] * 0.2,
+    }
+    b = {f"b{i}": rng.normal(size=(w[f"w{i}"].shape[0],)).astype(np.float32) * 0.1 for i in range(4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["s1"]),
+        helper.make_node("Conv", ["s1", "w1", "b1"], ["e"]),
+        helper.make_node("Relu", ["e"], ["r"]),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["s2"]),
+        helper.make_node("Add", ["s1", "s2"], ["s3"]),
+        helper.make_node("Conv", ["s3", "w3", "b3"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in {**w, **b}.items()]
+    g = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    np.save(path.with_suffix(".npy"), rng.normal(size=(32, 4, 8, 8)).astype(np.float32))
+
+
+def test_residual_stream_equalization_is_exact_and_helps(tmp_path):
+    src = tmp_path / "stream.onnx"
+    _residual_stream_model(src)
+    feeds = [{"x": x[None]} for x in np.load(src.with_suffix(".npy"))]
+    res = {}
+    for cle in ("off", "auto"):
+        out = tmp_path / f"q_{cle}.onnx"
+        p = quantize(src, out, src.with_suffix(".npy"), "--method", "minmax", "--cle", cle)
+        res[cle] = (p.stderr, compare(src, out, feeds))
+    line = next(l for l in res["auto"][0].splitlines() if "equalization:" in l)
+    assert "1 residual streams" in line and float(line.split("moved ")[1].rstrip(")")) < 1e-4, line
+    off, on = res["off"][1], res["auto"][1]
+    assert on["sqnr_db"] >= off["sqnr_db"] + 3.0, (off, on)

@@ -36,7 +36,7 @@ pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: boo
 }
 
 /// What [`equalize`] did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Equalized {
     /// Residual streams rescaled (streams.rs).
     pub streams: usize,
@@ -44,19 +44,26 @@ pub struct Equalized {
     pub pairs: usize,
     /// max |Δ| / max |y| of the float model on calibration samples: equalization must be exact.
     pub drift: f64,
+    /// Why equalization was dropped (default-on runs fall back to the unequalized model).
+    pub skipped: Option<String>,
 }
 
 /// Equalization before quantization: residual streams, then conv pairs. Checks that the float model is
-/// unchanged on a few calibration samples and refuses (naming the drift) when it is not.
-pub fn equalize(model: &Model, input: &str, samples: &[TensorData]) -> Result<(Model, Equalized)> {
+/// unchanged on a few calibration samples. When it is not, `required` (the user asked for it) refuses,
+/// naming the drift; otherwise the original model is kept and `skipped` says why.
+pub fn equalize(model: &Model, input: &str, samples: &[TensorData], required: bool) -> Result<(Model, Equalized)> {
     let mut m = model.clone();
     let streams = streams::equalize(&mut m, input, samples, 0.5)?;
     let pairs = cle::equalize(&mut m, input, samples, 20)?;
     let drift = cle::max_rel_diff(model, &m, input, &samples[..samples.len().min(8)])?;
     if drift > 1e-3 {
-        return Err(Error::Pass { pass: "cle".into(), reason: format!("equalized model differs from the original by {drift:.2e} (max rel); set `cle: false`") });
+        let reason = format!("equalized model differs from the original by {drift:.2e} (max rel)");
+        if required {
+            return Err(Error::Pass { pass: "cle".into(), reason: format!("{reason}; set `cle: false`") });
+        }
+        return Ok((model.clone(), Equalized { drift, skipped: Some(reason), ..Default::default() }));
     }
-    Ok((m, Equalized { streams, pairs, drift }))
+    Ok((m, Equalized { streams, pairs, drift, skipped: None }))
 }
 
 /// Post-training quantization for `kiln build` targets with `precision: int8`.
@@ -67,7 +74,7 @@ impl Quantizer for Ptq {
         fp16::islands(model, input, samples, bound)
     }
 
-    fn quantize(&self, model: &Model, t: &Target, calib: &Calibration, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value)> {
+    fn quantize(&self, model: &Model, t: &Target, calib: &Calibration, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)> {
         let method = params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
             .ok_or_else(|| Error::Pass { pass: "quantize".into(), reason: "unknown calibration method".into() })?;
         let opts = qdq::QdqOptions {
@@ -82,8 +89,12 @@ impl Quantizer for Ptq {
         // Equalization (on by default), then fresh statistics: equalizing changes the ranges of the
         // tensors between the layers.
         let (equalized, recalibrated);
+        let mut reference = None;
         let (model, calib, eq) = if t.cle.unwrap_or(true) {
-            let (m, eq) = equalize(model, input, samples)?;
+            let (m, eq) = equalize(model, input, samples, t.cle == Some(true))?;
+            if eq.skipped.is_none() {
+                reference = Some(m.clone());
+            }
             recalibrated = kiln_compiler::calib::stats::collect(&m, input, samples, &mut |_, _| {})?;
             equalized = m;
             (&equalized, &recalibrated, eq)
@@ -132,10 +143,11 @@ impl Quantizer for Ptq {
             "cle_pairs_equalized": eq.pairs,
             "cle_streams_equalized": eq.streams,
             "cle_float_max_rel_diff": eq.drift,
+            "cle_skipped": eq.skipped,
             "dead_channels_snapped": summary.snapped_channels,
             "kept_float": summary.kept_float,
             "mixed_precision": mixed,
         });
-        Ok((m, json))
+        Ok((m, json, reference))
     }
 }
