@@ -132,6 +132,10 @@ pub struct ValidationConfig {
     /// Largest allowed drop in label accuracy (needs `labels`), e.g. 0.005 for half a point.
     #[serde(default)]
     pub max_accuracy_drop: Option<f64>,
+    /// How far past `min_top1_agreement` / `max_accuracy_drop` the mixed-precision search aims (default
+    /// 0.01), so integer runtimes, which round differently from kiln's float simulation, still meet it.
+    #[serde(default)]
+    pub search_margin: Option<f64>,
 }
 
 /// The whole config.
@@ -214,6 +218,9 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
         }
         if v.max_accuracy_drop.is_some() && v.labels.is_none() {
             return Err(err("validation.max_accuracy_drop needs `labels`".into()));
+        }
+        if v.search_margin.is_some_and(|m| !(0.0..0.5).contains(&m)) {
+            return Err(err("validation.search_margin must be in [0, 0.5)".into()));
         }
     }
     for t in &cfg.targets {

@@ -77,12 +77,16 @@ def test_digits_qat_accuracy(tmp_path):
 
 
 @corpus
-def test_mobilenet_v2_per_channel_regression_floor(tmp_path):
+def test_mobilenet_v2_per_channel(tmp_path):
+    # Issue 4 line 1 asks >= 0.90 agreement and >= 0.985 cosine. With equalization (residual streams + conv
+    # pairs, on by default) kiln measures 0.89 / 0.994 / 19.2 dB in onnxruntime (0.79 / 0.986 / 15.7 dB before;
+    # onnxruntime's own quantizer: 0.82 / 0.964). The cosine half holds; this floor guards the agreement
+    # half until it reaches 0.90.
     src = CORPUS / "mobilenet_v2.onnx"
     quantize(src, tmp_path / "q.onnx", DATA / "images_calib", "--imagenet", "--method", "percentile")
     feeds, _ = feeds_and_labels("mobilenet_v2")
     r = compare(src, tmp_path / "q.onnx", feeds)
-    assert r["mean_cosine"] >= 0.985 and r["top1_agreement"] >= 0.78, r
+    assert r["mean_cosine"] >= 0.985 and r["sqnr_db"] >= 18.5 and r["top1_agreement"] >= 0.86, r
 
 
 def test_build_int8_target_from_yaml(tmp_path):
@@ -233,8 +237,9 @@ def test_mobilenet_v3_meets_budget_through_mixed_precision(tmp_path):
 
 @corpus
 def test_cle_lifts_per_tensor_mobilenet_v2(tmp_path):
-    # Cross-layer equalization (on by default with per-tensor weights) on MobileNetV2's ReLU6 chains.
-    # Measured: without 0.77 / cosine 0.976 / 13.4 dB, with 0.78 / 0.983 / 15.5 dB (issue 4 asks 0.85 / 0.97).
+    # Equalization (residual streams + conv pairs, on by default) with per-tensor weights on MobileNetV2.
+    # Issue 4 line 1 asks >= 0.85 agreement and >= 0.97 cosine; measured without 0.77 / 0.976 / 13.4 dB,
+    # with 0.88 / 0.986 / 16.4 dB.
     import json
 
     res = {}
@@ -249,9 +254,9 @@ def test_cle_lifts_per_tensor_mobilenet_v2(tmp_path):
         feeds, _ = feeds_and_labels("mobilenet_v2")
         res[cle] = (q, compare(CORPUS / "mobilenet_v2.onnx", tmp_path / f"out_{cle}" / "pt" / "model.onnx", feeds))
     q, r = res["true"]
-    assert q["cle_pairs_equalized"] > 50 and q["cle_float_max_rel_diff"] < 1e-4, q
-    assert r["mean_cosine"] >= 0.97 and r["sqnr_db"] >= res["false"][1]["sqnr_db"] + 1.0, (r, res["false"][1])
-    assert r["top1_agreement"] >= 0.75, r
+    assert q["cle_pairs_equalized"] > 50 and q["cle_streams_equalized"] == 5 and q["cle_float_max_rel_diff"] < 1e-4, q
+    assert r["mean_cosine"] >= 0.97 and r["sqnr_db"] >= res["false"][1]["sqnr_db"] + 2.0, (r, res["false"][1])
+    assert r["top1_agreement"] >= 0.85, r
 
 
 def test_quantize_cli_cle_is_exact_in_float_and_runs(tmp_path):
