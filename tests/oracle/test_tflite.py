@@ -209,7 +209,8 @@ def test_mobilenet_v2_int8_tflite_all_integer_and_matches_its_qdq_twin(tmp_path)
     a_tfl, _ = agreement_and_accuracy(path, tfl, feeds)
     sess, twin = session(path), exact_qdq_session(out / "i8" / "model.qdq.onnx")
     a_qdq = np.mean([sess.run(None, f)[0].argmax() == twin.run(None, f)[0].argmax() for f in feeds])
-    assert abs(a_tfl - a_qdq) <= 0.02, (a_tfl, a_qdq)
+    # Within 0.02, i.e. two images of 100 (counted, not compared as floats).
+    assert abs(round(a_tfl * len(feeds)) - round(a_qdq * len(feeds))) <= 2, (a_tfl, a_qdq)
     assert (tfl.stat().st_size) < 0.3 * path.stat().st_size
 
 
