@@ -310,7 +310,7 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
     }
     let t0 = std::time::Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stats = calib::collect(&m, &input, &data, &mut |done, total| if tty { eprint!("\rkiln: calibrating {done}/{total}") })?;
+    let stats = calib::collect_with(&m, &input, &data, false, &mut |done, total| if tty { eprint!("\rkiln: calibrating {done}/{total}") })?;
     eprintln!("{}kiln: calibrated on {} samples in {:.1} s", if tty { "\n" } else { "" }, stats.samples, t0.elapsed().as_secs_f64());
     let method = kiln_passes::quant::params::Method::parse(&method, percentile).ok_or_else(|| anyhow!("--method '{method}': expected minmax, percentile, entropy or mse"))?;
     let act = match activations.as_str() {

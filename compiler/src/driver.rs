@@ -257,8 +257,11 @@ fn calibrate(cfg: &LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecor
     let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
     let input = model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
     let mut h = Sha256::new();
-    // Bumped whenever what the statistics cover changes (v3: pre-activation values too).
+    // Bumped whenever what the statistics cover changes (v3: pre-activation values too, when a
+    // full-integer target needs them).
+    let preact = cfg.config.targets.iter().any(|t| t.precision == "int8" && matches!(t.backend.as_str(), "tflite" | "npu"));
     h.update(b"kiln-calibration-v3");
+    h.update([u8::from(preact)]);
     h.update(crate::onnx::to_bytes(model, &Default::default())?);
     for i in inputs.iter().filter(|i| i.role == "calibration") {
         h.update(i.sha256.as_bytes());
@@ -273,7 +276,7 @@ fn calibrate(cfg: &LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecor
         }
     }
     let t0 = std::time::Instant::now();
-    let stats = crate::calib::collect(model, &input, &samples, &mut |_, _| {})?;
+    let stats = crate::calib::collect_with(model, &input, &samples, preact, &mut |_, _| {})?;
     let secs = t0.elapsed().as_secs_f64();
     log(&format!("calibrated on {} samples in {secs:.1} s", stats.samples));
     write_atomic(&cache, &serde_json::to_vec(&stats).unwrap_or_default())?;

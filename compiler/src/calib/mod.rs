@@ -3,4 +3,4 @@ pub mod data;
 pub mod stats;
 
 pub use data::{Preprocess, Source};
-pub use stats::{collect, Calibration, TensorStats, BINS};
+pub use stats::{collect, collect_with, Calibration, TensorStats, BINS};

@@ -136,35 +136,74 @@ pub struct ChannelStats {
     pub max_abs: Vec<f32>,
 }
 
-/// Per-channel max and max |x| of each value, over samples (one tract pass).
+/// Per-channel max and max |x| of each value, over samples (one tract pass, on up to two threads).
 pub fn channel_stats(m: &Model, values: &[ValueId], input: &str, samples: &[TensorData]) -> Result<HashMap<ValueId, ChannelStats>> {
     let mut probe = m.clone();
     probe.graph.outputs = values.to_vec();
     let mut out: HashMap<ValueId, ChannelStats> = HashMap::new();
     let Some(first) = samples.first() else { return Ok(out) };
+    if values.is_empty() {
+        return Ok(out);
+    }
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
-    for s in samples {
-        for (v, (_, t)) in values.iter().zip(ev.run(&[(input.to_string(), s.clone())])?) {
-            let (Some(x), true) = (t.to_f32_vec(), t.dims.len() == 4) else { continue };
-            let (c, inner) = (t.dims[1] as usize, (t.dims[2] * t.dims[3]) as usize);
-            let e = out.entry(*v).or_insert_with(|| ChannelStats { max: vec![f32::MIN; c], max_abs: vec![0.0; c] });
-            for (i, val) in x.iter().enumerate() {
-                let ch = (i / inner.max(1)) % c.max(1);
-                e.max[ch] = e.max[ch].max(*val);
-                e.max_abs[ch] = e.max_abs[ch].max(val.abs());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
+    let chunk = samples.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<HashMap<ValueId, ChannelStats>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = samples
+            .chunks(chunk)
+            .map(|part| {
+                let ev = &ev;
+                s.spawn(move || -> Result<HashMap<ValueId, ChannelStats>> {
+                    let mut acc: HashMap<ValueId, ChannelStats> = HashMap::new();
+                    for smp in part {
+                        for (v, (_, t)) in values.iter().zip(ev.run(&[(input.to_string(), smp.clone())])?) {
+                            let (Some(x), true) = (t.to_f32_vec(), t.dims.len() == 4) else { continue };
+                            let (c, inner) = (t.dims[1] as usize, (t.dims[2] * t.dims[3]) as usize);
+                            let e = acc.entry(*v).or_insert_with(|| ChannelStats { max: vec![f32::MIN; c], max_abs: vec![0.0; c] });
+                            if e.max.len() != c {
+                                continue;
+                            }
+                            for (i, val) in x.iter().enumerate() {
+                                let ch = (i / inner.max(1)) % c.max(1);
+                                e.max[ch] = e.max[ch].max(*val);
+                                e.max_abs[ch] = e.max_abs[ch].max(val.abs());
+                            }
+                        }
+                    }
+                    Ok(acc)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(kiln_compiler::Error::Eval("an equalization thread panicked".into())))).collect()
+    });
+    for part in parts {
+        for (v, st) in part? {
+            match out.get_mut(&v) {
+                Some(e) if e.max.len() == st.max.len() => {
+                    e.max.iter_mut().zip(&st.max).for_each(|(a, b)| *a = a.max(*b));
+                    e.max_abs.iter_mut().zip(&st.max_abs).for_each(|(a, b)| *a = a.max(*b));
+                }
+                Some(_) => {}
+                None => {
+                    out.insert(v, st);
+                }
             }
         }
     }
     Ok(out)
 }
 
+/// Outputs of the first conv of every pair: the activations whose per-channel maxima the ReLU6 rule needs.
+pub fn pair_outputs(g: &Graph) -> Result<Vec<ValueId>> {
+    Ok(pairs(g)?.iter().filter_map(|(a, _)| g.nodes[*a].output(0)).collect())
+}
+
 /// Equalize every pair; returns how many pairs changed. Sweeps stop early once no channel moves by more
 /// than 1 %.
-pub fn equalize(m: &mut Model, input: &str, samples: &[TensorData], sweeps: usize) -> Result<usize> {
+/// `stats` holds the per-channel maxima of [`pair_outputs`] (see [`channel_stats`]).
+pub fn equalize(m: &mut Model, stats: &HashMap<ValueId, ChannelStats>, sweeps: usize) -> Result<usize> {
     let ps = pairs(&m.graph)?;
-    let ys: Vec<ValueId> = ps.iter().filter_map(|(a, _)| m.graph.nodes[*a].output(0)).collect();
-    let stats = channel_stats(m, &ys, input, samples)?;
-    let mut maxes: HashMap<ValueId, Vec<f32>> = stats.into_iter().map(|(k, v)| (k, v.max)).collect();
+    let mut maxes: HashMap<ValueId, Vec<f32>> = stats.iter().map(|(k, v)| (*k, v.max.clone())).collect();
     let mut changed = 0;
     for _ in 0..sweeps {
         let mut moved = false;

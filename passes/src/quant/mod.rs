@@ -53,8 +53,13 @@ pub struct Equalized {
 /// naming the drift; otherwise the original model is kept and `skipped` says why.
 pub fn equalize(model: &Model, input: &str, samples: &[TensorData], required: bool) -> Result<(Model, Equalized)> {
     let mut m = model.clone();
-    let streams = streams::equalize(&mut m, input, samples, 0.5)?;
-    let pairs = cle::equalize(&mut m, input, samples, 20)?;
+    // One pass measures both: stream rescaling leaves the pairs' activations unchanged (a pair's first
+    // conv never writes a stream, and stream consumers compensate exactly).
+    let mut values = streams::stream_values(&m.graph)?;
+    values.extend(cle::pair_outputs(&m.graph)?);
+    let stats = cle::channel_stats(&m, &values, input, samples)?;
+    let streams = streams::equalize(&mut m, &stats, 0.5)?;
+    let pairs = cle::equalize(&mut m, &stats, 20)?;
     let drift = cle::max_rel_diff(model, &m, input, &samples[..samples.len().min(8)])?;
     if drift > 1e-3 {
         let reason = format!("equalized model differs from the original by {drift:.2e} (max rel)");
@@ -95,7 +100,7 @@ impl Quantizer for Ptq {
             if eq.skipped.is_none() {
                 reference = Some(m.clone());
             }
-            recalibrated = kiln_compiler::calib::stats::collect(&m, input, samples, &mut |_, _| {})?;
+            recalibrated = kiln_compiler::calib::collect_with(&m, input, samples, opts.quantize_outputs, &mut |_, _| {})?;
             equalized = m;
             (&equalized, &recalibrated, eq)
         } else {

@@ -12,13 +12,13 @@
 //! from the activations, quantized per tensor, into the weights, whose producers are rescaled per output
 //! channel. A stream is left alone when any tensor in it is a graph output or feeds anything other than
 //! an Add of the same stream or a Conv's data input, or when a producer is not an activation-free Conv.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use kiln_compiler::ir::{Graph, Model, NodeId, Op, TensorData, ValueId};
+use kiln_compiler::ir::{Graph, Model, NodeId, Op, ValueId};
 use kiln_compiler::ir::op::BinOp;
 use kiln_compiler::Result;
 
-use super::cle::{channel_stats, conv_weights, set_weights};
+use super::cle::{conv_weights, set_weights, ChannelStats};
 
 /// One stream: its tensors, the convs writing it and the convs reading it.
 #[derive(Debug)]
@@ -93,14 +93,15 @@ pub fn streams(g: &Graph) -> Result<Vec<Stream>> {
     Ok(out)
 }
 
-/// Equalize every stream of `m` (see the module doc); returns how many were rescaled.
-pub fn equalize(m: &mut Model, input: &str, samples: &[TensorData], alpha: f32) -> Result<usize> {
+/// Every value of every stream: what [`equalize`] needs per-channel maxima of.
+pub fn stream_values(g: &Graph) -> Result<Vec<ValueId>> {
+    Ok(streams(g)?.into_iter().flat_map(|s| s.values).collect())
+}
+
+/// Equalize every stream of `m` (see the module doc) given the per-channel statistics of
+/// [`stream_values`]; returns how many were rescaled. Leaves the replaced weights for the caller's DCE.
+pub fn equalize(m: &mut Model, stats: &HashMap<ValueId, ChannelStats>, alpha: f32) -> Result<usize> {
     let ss = streams(&m.graph)?;
-    let values: Vec<ValueId> = ss.iter().flat_map(|s| s.values.iter().copied()).collect();
-    if values.is_empty() {
-        return Ok(0);
-    }
-    let stats = channel_stats(m, &values, input, samples)?;
     let mut changed = 0;
     for s in &ss {
         let g = &mut m.graph;
@@ -157,6 +158,5 @@ pub fn equalize(m: &mut Model, input: &str, samples: &[TensorData], alpha: f32) 
         changed += 1;
     }
     m.graph.rebuild_edges();
-    kiln_compiler::pipeline::Pass::run(&crate::cleanup::dce::Dce, m, &mut kiln_compiler::pipeline::PassContext::default())?;
     Ok(changed)
 }
