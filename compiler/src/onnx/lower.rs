@@ -18,6 +18,8 @@ pub struct Lowering<'g> {
     opset: i64,
     used: HashSet<String>,
     inits: Vec<pb::TensorProto>,
+    /// Float type of the node being expanded: its constants match it (float16 graphs).
+    float: crate::ir::DType,
 }
 
 fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
@@ -34,7 +36,7 @@ fn attr_s(name: &str, v: &str) -> pb::AttributeProto {
 
 impl<'g> Lowering<'g> {
     pub fn new(g: &'g Graph, opset: i64) -> Self {
-        Lowering { g, opset, used: HashSet::new(), inits: Vec::new() }
+        Lowering { g, opset, used: HashSet::new(), inits: Vec::new(), float: crate::ir::DType::F32 }
     }
 
     pub fn into_initializers(self) -> Vec<pb::TensorProto> {
@@ -54,7 +56,12 @@ impl<'g> Lowering<'g> {
 
     fn scalar(&mut self, base: &str, v: f32) -> String {
         let name = self.fresh(base);
-        self.inits.push(tensor_to_proto(&name, &TensorData::from_f32(vec![], &[v]), &mut TensorSink::Inline));
+        let t = if self.float == crate::ir::DType::F16 {
+            TensorData::from_bytes(crate::ir::DType::F16, vec![], half::f16::from_f32(v).to_bits().to_le_bytes().to_vec())
+        } else {
+            TensorData::from_f32(vec![], &[v])
+        };
+        self.inits.push(tensor_to_proto(&name, &t, &mut TensorSink::Inline));
         name
     }
 
@@ -199,6 +206,10 @@ impl<'g> Lowering<'g> {
     /// Expand `n` into `out` when it needs lowering; false when it exports as a single op.
     pub fn expand(&mut self, n: &Node, out: &mut Vec<pb::NodeProto>) -> Result<bool> {
         let g = self.g;
+        self.float = match n.output(0).map(|v| g.value(v).dtype) {
+            Some(crate::ir::DType::F16) => crate::ir::DType::F16,
+            _ => crate::ir::DType::F32,
+        };
         let name = |v: Option<crate::ir::ValueId>| v.map(|v| g.value(v).name.clone()).unwrap_or_default();
         let standalone = matches!(&n.op, Op::Act(a) if self.needs_lowering(a));
         if n.act.is_none() && self.opset < 17 && matches!(&n.op, Op::Generic { op_type, .. } if op_type == "LayerNormalization") && (n.domain.is_empty() || n.domain == "ai.onnx") {

@@ -1,0 +1,77 @@
+"""`backend: onnx, precision: fp16`: float16 weights and activations, float32 I/O, float32 islands.
+Oracle: onnxruntime on the original model, and onnx's own checker (full shape/type inference)."""
+import shutil
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import pytest
+
+from kiln_oracle import CORPUS, LOCAL_MODELS, kiln, local_inputs, session, validation_inputs
+from test_tflite import QDQ, corpus, validation_yaml
+
+# Float16 activations carry 11 bits: expect ~1e-3 relative per op, more through deep or BN-folded nets.
+BOUND = 2e-2
+
+
+def build_fp16(tmp_path, model, pins="", extra=""):
+    work = tmp_path / "w"
+    work.mkdir(exist_ok=True)
+    for f in model.parent.glob(model.name + "*"):
+        shutil.copy(f, work / f.name)
+    (work / "k.yaml").write_text(
+        f"model: {model.name}\n{pins}passes: [cleanup, fuse]\n{validation_yaml(model)}"
+        f"targets:\n  - {{ name: f32, backend: onnx, precision: fp32 }}\n  - {{ name: f16, backend: onnx, precision: fp16{extra} }}\noutput: out\n"
+    )
+    kiln("build", work / "k.yaml")
+    return work / "out"
+
+
+def rel_diff_and_agreement(model, cand, feeds):
+    a, b = session(model), session(cand)
+    worst, agree = 0.0, 0
+    for f in feeds:
+        x, y = a.run(None, f)[0].astype(np.float64), b.run(None, f)[0].astype(np.float64)
+        worst = max(worst, float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-30)))
+        agree += int(x.ravel().argmax() == y.ravel().argmax())
+    return worst, agree / len(feeds)
+
+
+def check(model, out, feeds):
+    art = out / "f16" / "model.onnx"
+    m = onnx.load(str(art))
+    onnx.checker.check_model(m, full_check=True)
+    # Float32 at the edges, float16 inside: every float initializer of rank >= 2 outside islands is half.
+    assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in list(m.graph.input) + list(m.graph.output))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
+    float_bytes = lambda mm: sum(onnx.numpy_helper.to_array(t).nbytes for t in mm.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+    b32, b16 = float_bytes(onnx.load(str(out / "f32" / "model.onnx"))), float_bytes(m)
+    assert b16 <= 0.55 * b32, (b32, b16)
+    worst, agree = rel_diff_and_agreement(model, art, feeds)
+    return worst, agree
+
+
+LOCAL = [p for p in sorted(LOCAL_MODELS.glob("*.onnx")) if p.stem not in {"tiny_qat"}]
+
+
+@pytest.mark.parametrize("path", LOCAL, ids=[p.stem for p in LOCAL])
+def test_local_model_fp16_onnx_matches_onnxruntime(tmp_path, path):
+    sess = session(path)
+    inp = sess.get_inputs()[0]
+    dims = [d if isinstance(d, int) else 1 for d in inp.shape]
+    out = build_fp16(tmp_path, path, pins=f"inputs: {{ {inp.name}: {dims} }}\n")
+    worst, _ = check(path, out, local_inputs(path))
+    assert worst <= BOUND, worst
+
+
+CORPUS_MODELS = [p for p in sorted(CORPUS.glob("*.onnx")) if p.stem not in QDQ] if CORPUS.is_dir() else []
+
+
+@corpus
+@pytest.mark.parametrize("path", CORPUS_MODELS, ids=[p.stem for p in CORPUS_MODELS])
+def test_corpus_model_fp16_onnx_matches_onnxruntime(tmp_path, path):
+    out = build_fp16(tmp_path, path)
+    limit = 20 if path.stem in {"efficientnet_b0", "shufflenet_v2_x1_0"} else None
+    worst, agree = check(path, out, validation_inputs(path.stem, limit=limit))
+    print(path.stem, worst, agree)
+    assert worst <= BOUND and agree >= 0.95, (worst, agree)
