@@ -417,7 +417,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 if let (Some((_, vs, _)), Some(q)) = (&validation, quantizer) {
                     let vin = model.graph.data_input_name().unwrap_or_default();
                     let bound = t.fp16_max_error.unwrap_or(0.01);
-                    let (mm, s) = q.fp16_islands(&m, &vin, vs, bound)?;
+                    let (mm, s) = q.fp16_islands(&m, &vin, vs, bound, t.backend == "onnx")?;
                     let kept = s["fp32_layers"].as_array().map(|a| a.len()).unwrap_or(0);
                     log(&format!("target {}: float16 error {:.2e} with {kept} layer(s) kept float32 (bound {bound})", t.name, s["max_rel_error"].as_f64().unwrap_or(0.0)));
                     summary = s;

@@ -99,7 +99,8 @@ pub trait Quantizer {
     #[allow(clippy::too_many_arguments)]
     /// For float16 targets: mark layers whose weights must stay float32 for the output error (max |Δy| /
     /// max |y|) to stay under `bound`. The default keeps every layer float16.
-    fn fp16_islands(&self, model: &Model, _input: &str, _samples: &[crate::ir::TensorData], _bound: f64) -> Result<(Model, serde_json::Value)> {
+    /// `half_activations`: the backend computes in float16 too (so the search simulates activations in it).
+    fn fp16_islands(&self, model: &Model, _input: &str, _samples: &[crate::ir::TensorData], _bound: f64, _half_activations: bool) -> Result<(Model, serde_json::Value)> {
         Ok((model.clone(), serde_json::Value::Null))
     }
     fn quantize(&self, model: &Model, target: &Target, calib: &crate::calib::Calibration, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)>;

@@ -103,8 +103,18 @@ pub fn to_fp16(model: &Model) -> Result<(Model, usize)> {
             }
         }
     }
-    // 2. Every non-constant float32 value becomes float16.
-    for v in &float_values {
+    // 2. Every non-constant float32 value becomes float16, except between islands: a value an island
+    //    writes and only islands read stays float32 (an activation too large for float16 passes through).
+    let keep32: HashSet<ValueId> = float_values
+        .iter()
+        .copied()
+        .filter(|v| {
+            let from_island = g.value(*v).producer.is_some_and(|(p, _)| islands.contains(&p));
+            let users = g.consumers(*v);
+            from_island && !users.is_empty() && users.iter().all(|(c, _)| islands.contains(c))
+        })
+        .collect();
+    for v in float_values.iter().filter(|v| !keep32.contains(v)) {
         g.value_mut(*v).dtype = DType::F16;
     }
     // 3. Casts to float inside the graph cast to float16.

@@ -40,6 +40,49 @@ fn rounded(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
     Ok(out)
 }
 
+/// `m` with every float activation rounded through float16 (a Cast to float16 and back after each value,
+/// the graph input included), as a float16-compute artifact (the onnx backend's fp16) stores them. Values
+/// a kept layer writes and only kept layers read stay float32, as they do in that artifact.
+fn half_activations(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
+    use kiln_compiler::ir::{AttrValue, Attribute, Node, Value};
+    let mut out = m.clone();
+    let g = &mut out.graph;
+    let data_inputs: HashSet<ValueId> = g.inputs.iter().copied().filter(|v| !g.initializers.contains(v)).collect();
+    let values: Vec<ValueId> = (0..g.values.len())
+        .map(|i| ValueId(i as u32))
+        .filter(|v| g.value(*v).dtype == DType::F32 && g.const_data(*v).is_none() && (g.value(*v).producer.is_some() || data_inputs.contains(v)))
+        .collect();
+    let cast = |to: i64| Op::Generic { op_type: "Cast".into(), attrs: vec![Attribute { name: "to".into(), value: AttrValue::Int(to), doc: String::new(), tensor_names: Vec::new() }] };
+    for v in values {
+        let users = g.consumers(v);
+        let from_kept = g.value(v).producer.is_some_and(|(p, _)| keep.contains(&p));
+        if from_kept && !users.is_empty() && users.iter().all(|(c, _)| keep.contains(c)) {
+            continue;
+        }
+        let base = g.value(v).name.clone();
+        let mut h = Value::new(format!("{base}__f16sim"));
+        h.dtype = DType::F16;
+        h.shape = g.value(v).shape.clone();
+        let h = g.add_value(h)?;
+        let mut r = Value::new(format!("{base}__f16sim_r"));
+        r.dtype = DType::F32;
+        r.shape = g.value(v).shape.clone();
+        let r = g.add_value(r)?;
+        for (c, slot) in users {
+            if let Some(n) = g.node_mut(c) {
+                n.inputs[slot] = Some(r);
+            }
+        }
+        g.add_node(Node::new(format!("{base}__to_f16sim"), cast(10), vec![Some(v)], vec![Some(h)]))?;
+        g.add_node(Node::new(format!("{base}__from_f16sim"), cast(1), vec![Some(h)], vec![Some(r)]))?;
+        for o in g.outputs.iter_mut().filter(|o| **o == v) {
+            *o = r;
+        }
+    }
+    g.rebuild_edges();
+    Ok(out)
+}
+
 /// max |y − ref| / max |ref| over samples and outputs.
 fn error(ev: &Evaluator, refs: &[Vec<Vec<f64>>], input: &str, samples: &[TensorData]) -> Result<f64> {
     let mut worst = 0f64;
@@ -54,9 +97,34 @@ fn error(ev: &Evaluator, refs: &[Vec<Vec<f64>>], input: &str, samples: &[TensorD
     Ok(worst)
 }
 
+/// Float16's largest finite value is 65504; a value whose measured |x| passes half of it (headroom for
+/// inputs the samples did not show) would overflow to infinity in a float16 activation.
+const OVERFLOW: f32 = 32768.0;
+
+/// Nodes that read or write a value past [`OVERFLOW`] on `samples`, with that value's max |x|: they run in
+/// float32 (the values between two such nodes stay float32 in a float16 graph).
+fn overflow_nodes(model: &Model, input: &str, samples: &[TensorData]) -> Result<Vec<(NodeId, String, f32)>> {
+    let stats = kiln_compiler::calib::collect_with(model, input, samples, false, &mut |_, _| {})?;
+    let g = &model.graph;
+    let mut out = Vec::new();
+    for id in g.topo_order()? {
+        let n = &g.nodes[id];
+        let big = n.inputs.iter().chain(n.outputs.iter()).flatten().filter(|v| g.const_data(**v).is_none()).filter_map(|v| {
+            let name = &g.value(*v).name;
+            stats.stats.get(name).map(|s| (name.clone(), s.absmax())).filter(|(_, a)| *a > OVERFLOW)
+        });
+        if let Some((name, a)) = big.fold(None, |m: Option<(String, f32)>, x| if m.as_ref().is_some_and(|m| m.1 >= x.1) { m } else { Some(x) }) {
+            out.push((id, name, a));
+        }
+    }
+    Ok(out)
+}
+
 /// Mark the fewest layers whose fp32 weights keep the float16 error under `bound`. Returns the model and
 /// a JSON summary (error before and after, each kept layer with the error it causes alone).
-pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64) -> Result<(Model, serde_json::Value)> {
+/// With `half_acts`, activations are simulated in float16 too (the onnx backend's fp16 computes in it;
+/// TFLite's fp16 stores only weights in it).
+pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64, half_acts: bool) -> Result<(Model, serde_json::Value)> {
     let Some(first) = samples.first() else { return Ok((model.clone(), serde_json::Value::Null)) };
     let fact = [(input.to_string(), first.dtype, first.dims.clone())];
     let reference = Evaluator::new(model, &fact)?;
@@ -64,14 +132,28 @@ pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64) -
     for s in samples {
         refs.push(reference.run(&[(input.to_string(), s.clone())])?.into_iter().map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<_>>());
     }
-    // Layers the config already keeps float32.
+    // Activations that would overflow float16 keep their nodes float32.
+    let overflow = overflow_nodes(model, input, samples)?;
+    let mut model = model.clone();
+    for (id, _, _) in &overflow {
+        if let Some(n) = model.graph.node_mut(*id) {
+            if !n.keeps_fp32_weights() {
+                n.metadata.push((meta::WEIGHTS.into(), meta::FP32.into()));
+            }
+        }
+    }
+    let model = &model;
+    let overflow_json: Vec<serde_json::Value> = overflow.iter().map(|(id, v, a)| serde_json::json!({ "node": model.graph.nodes[*id].name, "value": v, "max_abs": a, "why": "float16 overflows past 65504" })).collect();
+    // Layers the config already keeps float32 (and the overflow nodes).
     let fixed: HashSet<NodeId> = model.graph.nodes.node_indices().filter(|id| model.graph.nodes[*id].keeps_fp32_weights()).collect();
     let eval = |keep: &HashSet<NodeId>, n: usize| -> Result<f64> {
         let keep: HashSet<NodeId> = keep.union(&fixed).copied().collect();
-        error(&Evaluator::new(&rounded(model, &keep)?, &fact)?, &refs[..n], input, &samples[..n])
+        let r = rounded(model, &keep)?;
+        let r = if half_acts { half_activations(&r, &keep)? } else { r };
+        error(&Evaluator::new(&r, &fact)?, &refs[..n], input, &samples[..n])
     };
     let all = eval(&HashSet::new(), samples.len())?;
-    let mut summary = serde_json::json!({ "bound": bound, "max_rel_error_all_fp16": all, "samples": samples.len() });
+    let mut summary = serde_json::json!({ "bound": bound, "activations_fp16": half_acts, "max_rel_error_all_fp16": all, "samples": samples.len(), "overflow_fp32": overflow_json });
     if all <= bound {
         summary["fp32_layers"] = serde_json::json!([]);
         summary["max_rel_error"] = serde_json::json!(all);

@@ -75,8 +75,8 @@ pub fn equalize(model: &Model, input: &str, samples: &[TensorData], required: bo
 pub struct Ptq;
 
 impl Quantizer for Ptq {
-    fn fp16_islands(&self, model: &Model, input: &str, samples: &[TensorData], bound: f64) -> Result<(Model, serde_json::Value)> {
-        fp16::islands(model, input, samples, bound)
+    fn fp16_islands(&self, model: &Model, input: &str, samples: &[TensorData], bound: f64, half_activations: bool) -> Result<(Model, serde_json::Value)> {
+        fp16::islands(model, input, samples, bound, half_activations)
     }
 
     fn quantize(&self, model: &Model, t: &Target, calib: &Calibration, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)> {
