@@ -1,30 +1,24 @@
 """`backend: onnx, precision: fp16`: float16 weights and activations, float32 I/O, float32 islands.
 Oracle: onnxruntime on the original model, and onnx's own checker (full shape/type inference)."""
-import shutil
-
 import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
 
 from kiln_oracle import CORPUS, LOCAL_MODELS, kiln, local_inputs, session, validation_inputs
-from test_tflite import QDQ, corpus, validation_yaml
+from test_tflite import QDQ, build_config, corpus, validation_yaml
 
 # Float16 activations carry 11 bits: expect ~1e-3 relative per op, more through deep or BN-folded nets.
 BOUND = 2e-2
 
 
 def build_fp16(tmp_path, model, pins="", extra=""):
-    work = tmp_path / "w"
-    work.mkdir(exist_ok=True)
-    for f in model.parent.glob(model.name + "*"):
-        shutil.copy(f, work / f.name)
-    (work / "k.yaml").write_text(
-        f"model: {model.name}\n{pins}passes: [cleanup, fuse]\n{validation_yaml(model)}"
-        f"targets:\n  - {{ name: f32, backend: onnx, precision: fp32 }}\n  - {{ name: f16, backend: onnx, precision: fp16{extra} }}\noutput: out\n"
+    return build_config(
+        tmp_path,
+        model,
+        f"{pins}passes: [cleanup, fuse]\n{validation_yaml(model)}"
+        f"targets:\n  - {{ name: f32, backend: onnx, precision: fp32 }}\n  - {{ name: f16, backend: onnx, precision: fp16{extra} }}\n",
     )
-    kiln("build", work / "k.yaml")
-    return work / "out"
 
 
 def rel_diff_and_agreement(model, cand, feeds):

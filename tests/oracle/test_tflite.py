@@ -40,17 +40,23 @@ def validation_yaml(model):
     return f"validation: {{ {data_source(model, 'val')}, samples: {samples} }}\n"
 
 
-def build(tmp_path, model, targets, pins="", validation=True):
-    """kiln build with the given tflite targets; returns the output folder."""
+def build_config(tmp_path, model, body):
+    """Copy `model` (and its external data) into a work folder, write `model: …` + `body` as the config,
+    run kiln build; returns the output folder (`output: out`)."""
     work = tmp_path / "w"
     work.mkdir(exist_ok=True)
     for f in model.parent.glob(model.name + "*"):
         shutil.copy(f, work / f.name)
-    lines = "".join(f"  - {{ name: {n}, backend: tflite, precision: {p}{extra} }}\n" for n, p, extra in targets)
-    val = validation_yaml(model) if validation and any(p == "fp16" for _, p, _ in targets) else ""
-    (work / "k.yaml").write_text(f"model: {model.name}\n{pins}passes: [cleanup, fuse]\n{val}targets:\n{lines}output: out\n")
+    (work / "k.yaml").write_text(f"model: {model.name}\n{body}output: out\n")
     kiln("build", work / "k.yaml")
     return work / "out"
+
+
+def build(tmp_path, model, targets, pins="", validation=True):
+    """kiln build with the given tflite targets; returns the output folder."""
+    lines = "".join(f"  - {{ name: {n}, backend: tflite, precision: {p}{extra} }}\n" for n, p, extra in targets)
+    val = validation_yaml(model) if validation and any(p == "fp16" for _, p, _ in targets) else ""
+    return build_config(tmp_path, model, f"{pins}passes: [cleanup, fuse]\n{val}targets:\n{lines}")
 
 
 def top1_agreement(model, tfl, feeds, layout="nhwc"):
@@ -139,16 +145,12 @@ def test_unlowerable_op_is_named_and_other_targets_build(tmp_path):
 
 def build_int8(tmp_path, model, pins="", extra_targets=""):
     cal = data_source(model, "calib")
-    work = tmp_path / "w"
-    work.mkdir(exist_ok=True)
-    for f in model.parent.glob(model.name + "*"):
-        shutil.copy(f, work / f.name)
-    (work / "k.yaml").write_text(
-        f"model: {model.name}\n{pins}passes: [cleanup, fuse]\ncalibration: {{ {cal}, method: percentile }}\n"
-        f"targets:\n  - {{ name: i8, backend: tflite, precision: int8 }}\n{extra_targets}output: out\n"
+    return build_config(
+        tmp_path,
+        model,
+        f"{pins}passes: [cleanup, fuse]\ncalibration: {{ {cal}, method: percentile }}\n"
+        f"targets:\n  - {{ name: i8, backend: tflite, precision: int8 }}\n{extra_targets}",
     )
-    kiln("build", work / "k.yaml")
-    return work / "out"
 
 
 def agreement_and_accuracy(model, tfl, feeds, labels=None):
