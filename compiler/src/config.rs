@@ -64,6 +64,9 @@ pub struct Target {
     /// int8: empirical bias correction (default true).
     #[serde(default)]
     pub bias_correction: Option<bool>,
+    /// int8: loss-aware range refinement of residual streams on the calibration samples (default true).
+    #[serde(default)]
+    pub refine_ranges: Option<bool>,
     /// fp16: the largest output error (max |Δy| / max |y| on the validation data) float16 weights may
     /// cause before layers are kept in float32 (default 0.01).
     #[serde(default)]

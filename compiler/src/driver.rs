@@ -378,7 +378,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 let budget: Option<crate::pipeline::Budget> = if has_budget && validation.is_some() { Some(&check) } else { None };
                 // Targets with the same quantization settings share one quantized model (four NPU targets
                 // quantize once).
-                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction, t.cle]).to_string();
+                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction, t.cle, t.refine_ranges]).to_string();
                 let (m, summary, reference) = match quantized_by_settings.get(&key) {
                     Some(done) => done.clone(),
                     None => {

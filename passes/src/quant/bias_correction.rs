@@ -3,6 +3,8 @@
 //! float model on calibration samples. Each Conv/Gemm's bias absorbs −δ (the int32 bias is re-derived
 //! with its scale). Measured per layer on float inputs, so corrections do not compound through the
 //! network (correcting every layer against end-to-end drift at once would count upstream drift twice).
+use std::collections::HashMap;
+
 use kiln_compiler::eval::Evaluator;
 use kiln_compiler::ir::{DType, Graph, Model, NodeId, Op, TensorData, ValueId};
 use kiln_compiler::Result;
@@ -41,11 +43,53 @@ fn dq_parts(g: &Graph, v: ValueId) -> Option<(ValueId, Vec<f64>, Vec<f64>)> {
     Some((q, vals, scales))
 }
 
+/// Mean of every input channel of every Conv/Gemm of a float model on calibration samples, by the
+/// input value's name: what [`correct_with`] needs. Computing it once lets callers that quantize one
+/// model many ways (ranges.rs) skip the float run.
+#[derive(Debug, Clone, Default)]
+pub struct InputMeans(HashMap<String, Vec<f64>>);
+
+/// Per-channel means of the data inputs of every Conv/Gemm of `f`.
+pub fn input_means(f: &Model, input: &str, samples: &[TensorData]) -> Result<InputMeans> {
+    let Some(first) = samples.first() else { return Ok(InputMeans::default()) };
+    let mut probe = f.clone();
+    let mut outs: Vec<ValueId> = Vec::new();
+    for id in f.graph.topo_order()? {
+        let n = &f.graph.nodes[id];
+        if matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }) {
+            if let Some(x) = n.input(0).filter(|x| !outs.contains(x)) {
+                outs.push(x);
+            }
+        }
+    }
+    if outs.is_empty() {
+        return Ok(InputMeans::default());
+    }
+    probe.graph.outputs = outs.clone();
+    let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
+    let mut means: Vec<Vec<f64>> = vec![Vec::new(); outs.len()];
+    for s in samples {
+        for (k, (_, t)) in ev.run(&[(input.to_string(), s.clone())])?.iter().enumerate() {
+            if let (Some(m), Some(acc)) = (channel_means(t), means.get_mut(k)) {
+                if acc.is_empty() {
+                    *acc = vec![0.0; m.len()];
+                }
+                acc.iter_mut().zip(m).for_each(|(a, b)| *a += b / samples.len() as f64);
+            }
+        }
+    }
+    Ok(InputMeans(outs.iter().map(|v| f.graph.value(*v).name.clone()).zip(means).collect()))
+}
+
 /// Correct biases of `q` (the quantized model) using its float source `f`. Returns layers corrected.
 pub fn correct(q: &mut Model, f: &Model, input: &str, samples: &[TensorData]) -> Result<usize> {
-    let Some(first) = samples.first() else { return Ok(0) };
-    // Layers: quantized weight and int32 bias, and the float input they read in `f`.
-    let mut work: Vec<(NodeId, ValueId)> = Vec::new();
+    let means = input_means(f, input, samples)?;
+    correct_with(q, f, &means)
+}
+
+/// [`correct`] with the input means already measured (on `f` or on a model with the same values).
+pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usize> {
+    let mut work: Vec<(NodeId, String)> = Vec::new();
     for id in q.graph.topo_order()? {
         let n = &q.graph.nodes[id];
         if !matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }) {
@@ -53,28 +97,11 @@ pub fn correct(q: &mut Model, f: &Model, input: &str, samples: &[TensorData]) ->
         }
         let Some(fnode) = f.graph.nodes.node_weights().find(|m| m.name == n.name) else { continue };
         let Some(x) = fnode.input(0) else { continue };
-        work.push((id, x));
-    }
-    let mut probe = f.clone();
-    probe.graph.outputs = work.iter().map(|(_, x)| *x).collect();
-    probe.graph.outputs.dedup();
-    let outs: Vec<ValueId> = probe.graph.outputs.clone();
-    let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
-    let mut means: Vec<Vec<f64>> = vec![Vec::new(); outs.len()];
-    for s in samples {
-        for (k, (_, t)) in ev.run(&[(input.to_string(), s.clone())])?.iter().enumerate() {
-            if let Some(m) = channel_means(t) {
-                if means[k].is_empty() {
-                    means[k] = vec![0.0; m.len()];
-                }
-                means[k].iter_mut().zip(m).for_each(|(a, b)| *a += b / samples.len() as f64);
-            }
-        }
+        work.push((id, f.graph.value(x).name.clone()));
     }
     let mut corrected = 0;
     for (id, x) in work {
-        let Some(k) = outs.iter().position(|o| *o == x) else { continue };
-        let mu = &means[k];
+        let Some(mu) = means.0.get(&x) else { continue };
         let g = &q.graph;
         let n = &g.nodes[id];
         let Some(fnode) = f.graph.nodes.node_weights().find(|m| m.name == n.name) else { continue };

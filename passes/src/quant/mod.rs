@@ -6,6 +6,7 @@ pub mod fp16;
 pub mod mixed;
 pub mod params;
 pub mod qdq;
+pub mod ranges;
 pub mod streams;
 
 use kiln_compiler::calib::Calibration;
@@ -16,6 +17,18 @@ use kiln_compiler::{Error, Result};
 
 /// Quantize `model` with `opts`, bias-correct, drop the float weights left behind.
 pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(Model, qdq::QdqSummary, usize)> {
+    build_impl(model, calib, opts, bc, &|q, f| bias_correction::correct(q, f, input, samples))
+}
+
+/// [`build`] with the bias-correction input means measured beforehand (see [`bias_correction::input_means`]).
+pub fn build_with_means(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, means: Option<&bias_correction::InputMeans>) -> Result<(Model, qdq::QdqSummary, usize)> {
+    match means {
+        Some(mu) => build_impl(model, calib, opts, true, &|q, f| bias_correction::correct_with(q, f, mu)),
+        None => build_impl(model, calib, opts, false, &|_, _| Ok(0)),
+    }
+}
+
+fn build_impl(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, correct: &dyn Fn(&mut Model, &Model) -> Result<usize>) -> Result<(Model, qdq::QdqSummary, usize)> {
     let mut m = model.clone();
     let qat = m.graph.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. }));
     let mut snapped = 0;
@@ -29,7 +42,7 @@ pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: boo
     summary.snapped_channels = snapped;
     let mut corrected = 0;
     if bc && !summary.qat_kept {
-        corrected = bias_correction::correct(&mut m, &float, input, samples)?;
+        corrected = correct(&mut m, &float)?;
     }
     crate::cleanup::dce::Dce.run(&mut m, &mut PassContext::default())?;
     Ok((m, summary, corrected))
@@ -125,6 +138,7 @@ impl Quantizer for Ptq {
         } else {
             model
         };
+        let (opts, refined) = if t.refine_ranges.unwrap_or(true) { ranges::refine(model, calib, &opts, bc, input, samples)? } else { (opts, ranges::Refined::default()) };
         let (mut m, summary, mut corrected) = build(model, calib, &opts, bc, input, samples)?;
         let mut mixed = serde_json::Value::Null;
         if let Some(check) = budget {
@@ -150,6 +164,7 @@ impl Quantizer for Ptq {
             "cle_float_max_rel_diff": eq.drift,
             "cle_skipped": eq.skipped,
             "dead_channels_snapped": summary.snapped_channels,
+            "range_refinement": refined,
             "kept_float": summary.kept_float,
             "mixed_precision": mixed,
         });

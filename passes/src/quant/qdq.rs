@@ -29,11 +29,13 @@ pub struct QdqOptions {
     /// Full-integer (TFLite) rules: also quantize graph outputs (Q→DQ before the output, name kept), and use
     /// the fixed output parameters TFLite's int8 kernels require (LOGISTIC, SOFTMAX, TANH).
     pub quantize_outputs: bool,
+    /// Value name → factor on its calibrated range (ranges.rs: loss-aware refinement of residual streams).
+    pub range_scale: std::collections::BTreeMap<String, f32>,
 }
 
 impl Default for QdqOptions {
     fn default() -> Self {
-        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new(), quantize_outputs: false }
+        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new(), quantize_outputs: false, range_scale: Default::default() }
     }
 }
 
@@ -59,8 +61,9 @@ const FLOAT_ONLY: &[&str] = &[
 fn act_params(c: &Calibration, name: &str, opts: &QdqOptions) -> Option<(f32, i64)> {
     let s = c.stats.get(name)?;
     let t = amax(s, opts.method);
-    let lo = s.min.max(-t).min(0.0);
-    let hi = s.max.min(t).max(0.0);
+    let k = opts.range_scale.get(name).copied().unwrap_or(1.0);
+    let lo = s.min.max(-t).min(0.0) * k;
+    let hi = s.max.min(t).max(0.0) * k;
     let (qmin, qmax) = if opts.activations == DType::U8 { (0.0f32, 255.0f32) } else { (-128.0, 127.0) };
     let scale = ((hi - lo) / (qmax - qmin)).max(1e-8);
     let zp = (qmin - lo / scale).round().clamp(qmin, qmax) as i64;

@@ -1,0 +1,152 @@
+//! Loss-aware range refinement for residual streams.
+//!
+//! Calibration picks each activation's range from that tensor alone (min/max, a percentile, KL, local MSE).
+//! For most tensors that is the right trade between clipping and rounding. Residual streams (streams.rs)
+//! are different: every block adds its rounding noise to the stream and the stream carries it to the end
+//! of the stage, so the stream's step size matters more than the rare values a tighter range clips. The
+//! stream's tensors also share one distribution (an `Add` chain), so one factor per stream is enough.
+//!
+//! For each stream in turn, this tries factors on the calibrated range of all its tensors (the fixed grid
+//! [`FACTORS`]) and keeps the one that maximizes the SQNR of the model's outputs against the float model
+//! on the calibration samples — never the validation data. One scalar per stream, chosen on all calibration
+//! samples, cannot fit their noise: it only trades clipping against rounding where the network, not the
+//! tensor, pays for them (the idea of loss-aware PTQ, Nahshan et al. 2019). A factor is kept only if it
+//! beats the current choice by [`MIN_GAIN_DB`].
+use kiln_compiler::calib::Calibration;
+use kiln_compiler::eval::Evaluator;
+use kiln_compiler::ir::{Model, Op, TensorData, ValueId};
+use kiln_compiler::Result;
+
+use super::qdq::QdqOptions;
+
+/// First factors tried on a stream's calibrated range (1.0, the calibrated range itself, is the start);
+/// then the two between the best of the three and its neighbours ([`second_round`]).
+pub const FIRST: [f32; 2] = [0.25, 0.5];
+
+/// Second-round factors around the best of 1.0 and [`FIRST`].
+fn second_round(best: f32) -> [f32; 2] {
+    if best <= 0.25 {
+        [0.15, 0.35]
+    } else if best <= 0.5 {
+        [0.35, 0.7]
+    } else {
+        [0.7, 0.85]
+    }
+}
+/// Smallest output-SQNR gain (dB) that moves a stream off its calibrated range.
+pub const MIN_GAIN_DB: f64 = 0.05;
+
+/// What [`refine`] chose.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Refined {
+    /// One row per stream: its first tensor, how many tensors it has, the factor kept and the SQNR (dB) of
+    /// the outputs on calibration samples before and after.
+    pub streams: Vec<StreamChoice>,
+    /// Candidate quantizations evaluated.
+    pub evaluated: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamChoice {
+    pub first: String,
+    pub tensors: usize,
+    pub factor: f32,
+    pub sqnr_db_before: f64,
+    pub sqnr_db_after: f64,
+}
+
+/// Output SQNR of `cand` against the reference outputs `want` (one Vec per sample, all outputs flattened).
+fn sqnr(cand: &Model, input: &str, samples: &[TensorData], want: &[Vec<f64>]) -> Result<f64> {
+    let Some(first) = samples.first() else { return Ok(f64::INFINITY) };
+    let ev = Evaluator::new(cand, &[(input.to_string(), first.dtype, first.dims.clone())])?;
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for (s, w) in samples.iter().zip(want) {
+        let got: Vec<f64> = ev.run(&[(input.to_string(), s.clone())])?.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect();
+        if got.len() != w.len() {
+            return Ok(f64::NEG_INFINITY);
+        }
+        sig += w.iter().map(|v| v * v).sum::<f64>();
+        noise += w.iter().zip(&got).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+    }
+    Ok(10.0 * (sig / noise.max(1e-30)).log10())
+}
+
+/// At most this many calibration samples score each candidate (evenly spaced over the set).
+pub const MAX_SAMPLES: usize = 48;
+
+/// Choose a range factor per residual stream of `model` (float, equalized) and return `opts` with them in
+/// `range_scale`. With `bc`, candidates are bias-corrected like the final model (input means measured
+/// once), so the choice sees what ships.
+pub fn refine(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(QdqOptions, Refined)> {
+    let mut out = opts.clone();
+    let mut report = Refined::default();
+    if model.graph.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. })) {
+        return Ok((out, report)); // QAT scales are kept as trained
+    }
+    let mut streams: Vec<Vec<ValueId>> = super::streams::streams(&model.graph)?.into_iter().map(|s| s.values).collect();
+    streams.iter_mut().for_each(|v| v.sort());
+    streams.sort();
+    let streams: Vec<Vec<String>> = streams
+        .into_iter()
+        .map(|s| s.iter().map(|v| model.graph.value(*v).name.clone()).filter(|n| calib.stats.contains_key(n) && !opts.keep_float_values.contains(n)).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if streams.is_empty() || samples.is_empty() {
+        return Ok((out, report));
+    }
+    let step = samples.len().div_ceil(MAX_SAMPLES);
+    let probe: Vec<TensorData> = samples.iter().step_by(step).cloned().collect();
+    let ev = Evaluator::new(model, &[(input.to_string(), probe[0].dtype, probe[0].dims.clone())])?;
+    let mut want = Vec::with_capacity(probe.len());
+    for s in &probe {
+        want.push(ev.run(&[(input.to_string(), s.clone())])?.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<f64>>());
+    }
+    let means = if bc { Some(super::bias_correction::input_means(model, input, &probe)?) } else { None };
+    let score = |o: &QdqOptions| -> Result<f64> {
+        let (m, _, _) = super::build_with_means(model, calib, o, means.as_ref())?;
+        sqnr(&m, input, &probe, &want)
+    };
+    let mut best = score(&out)?;
+    report.evaluated += 1;
+    for values in streams {
+        let before = best;
+        let mut keep = 1.0f32;
+        let mut round = FIRST;
+        for r in 0..2 {
+            let cands: Vec<QdqOptions> = round
+                .iter()
+                .map(|f| {
+                    let mut o = out.clone();
+                    values.iter().for_each(|v| {
+                        o.range_scale.insert(v.clone(), *f);
+                    });
+                    o
+                })
+                .collect();
+            // Both candidates at once: each is one quantization and one tract run over the probe samples.
+            let (a, b) = std::thread::scope(|sc| {
+                let h = sc.spawn(|| score(&cands[1]));
+                let a = score(&cands[0]);
+                (a, h.join())
+            });
+            let b = b.map_err(|_| kiln_compiler::Error::Pass { pass: "quantize".into(), reason: "range refinement thread panicked".into() })?;
+            report.evaluated += 2;
+            for (f, s) in round.iter().zip([a?, b?]) {
+                if s > best + MIN_GAIN_DB {
+                    best = s;
+                    keep = *f;
+                }
+            }
+            if r == 0 {
+                round = second_round(keep);
+            }
+        }
+        if keep != 1.0 {
+            for v in &values {
+                out.range_scale.insert(v.clone(), keep);
+            }
+        }
+        report.streams.push(StreamChoice { first: values[0].clone(), tensors: values.len(), factor: keep, sqnr_db_before: before, sqnr_db_after: best });
+    }
+    Ok((out, report))
+}
