@@ -17,6 +17,7 @@ use kiln_compiler::eval::Evaluator;
 use kiln_compiler::ir::{Model, Op, TensorData, ValueId};
 use kiln_compiler::Result;
 
+use super::params::{amax, Method};
 use super::qdq::QdqOptions;
 
 /// First factors tried on a stream's calibrated range (1.0, the calibrated range itself, is the start);
@@ -71,8 +72,24 @@ fn sqnr(cand: &Model, input: &str, samples: &[TensorData], want: &[Vec<f64>]) ->
     Ok(10.0 * (sig / noise.max(1e-30)).log10())
 }
 
+/// `calib` with each value's range already clipped by `method` (graph outputs, which always take min/max,
+/// left alone): candidates then quantize with min/max and the same result, without searching entropy or
+/// MSE thresholds again for every tensor of every candidate.
+fn pin(model: &Model, calib: &Calibration, method: Method) -> Calibration {
+    let mut c = calib.clone();
+    for (name, s) in c.stats.iter_mut() {
+        if model.graph.find(name).is_some_and(|v| model.graph.is_output(v)) {
+            continue;
+        }
+        let t = amax(s, method);
+        s.min = s.min.max(-t);
+        s.max = s.max.min(t);
+    }
+    c
+}
+
 /// At most this many calibration samples score each candidate (evenly spaced over the set).
-pub const MAX_SAMPLES: usize = 48;
+pub const MAX_SAMPLES: usize = 32;
 
 /// Choose a range factor per residual stream of `model` (float, equalized) and return `opts` with them in
 /// `range_scale`. With `bc`, candidates are bias-corrected like the final model (input means measured
@@ -94,16 +111,18 @@ pub fn refine(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, i
     if streams.is_empty() || samples.is_empty() {
         return Ok((out, report));
     }
-    let step = samples.len().div_ceil(MAX_SAMPLES);
-    let probe: Vec<TensorData> = samples.iter().step_by(step).cloned().collect();
+    let n = samples.len().min(MAX_SAMPLES);
+    let probe: Vec<TensorData> = (0..n).filter_map(|i| samples.get(i * samples.len() / n).cloned()).collect();
     let ev = Evaluator::new(model, &[(input.to_string(), probe[0].dtype, probe[0].dims.clone())])?;
     let mut want = Vec::with_capacity(probe.len());
     for s in &probe {
         want.push(ev.run(&[(input.to_string(), s.clone())])?.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<f64>>());
     }
     let means = if bc { Some(super::bias_correction::input_means(model, input, &probe)?) } else { None };
+    let pinned = pin(model, calib, opts.method);
     let score = |o: &QdqOptions| -> Result<f64> {
-        let (m, _, _) = super::build_with_means(model, calib, o, means.as_ref())?;
+        let o = QdqOptions { method: Method::MinMax, ..o.clone() };
+        let (m, _, _) = super::build_with_means(model, &pinned, &o, means.as_ref())?;
         sqnr(&m, input, &probe, &want)
     };
     let mut best = score(&out)?;
