@@ -329,7 +329,10 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
         other => anyhow::bail!("--refine-ranges '{other}': expected on or off"),
     };
     if refine {
-        let (o, r) = kiln_passes::quant::ranges::refine(&m, &stats, &opts, bias_correction > 0, &input, &data)?;
+        let (o, r) = kiln_passes::quant::ranges::refine(&m, &stats, &opts, bias_correction > 0, &input, &data);
+        if let Some(why) = &r.skipped {
+            eprintln!("kiln: range refinement skipped (calibrated ranges kept): {why}");
+        }
         opts = o;
         let moved: Vec<String> = r.streams.iter().filter(|s| s.factor != 1.0).map(|s| format!("{} ×{}", s.first, s.factor)).collect();
         if !r.streams.is_empty() {

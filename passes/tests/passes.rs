@@ -228,3 +228,40 @@ fn pad_folds_into_conv() {
     let conv = m2.graph.nodes.node_weights().next().unwrap();
     assert_eq!(conv.op.attr_ints("pads"), Some(vec![2, 2, 1, 1]));
 }
+
+/// Range refinement scores candidates with min/max on statistics pre-clipped by the calibration method
+/// (`quant::ranges::pin`): that must give every tensor the same (scale, zero point) as the method itself.
+#[test]
+fn pinned_statistics_reproduce_every_method() {
+    use kiln_passes::quant::{params::Method, qdq, ranges};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut m = onnx::load(&root.join("../tests/models/tiny_cnn.onnx")).unwrap();
+    shape::infer(&mut m, &[("input".to_string(), vec![1, 3, 64, 64])].into_iter().collect()).unwrap();
+    run_passes(&mut m, "cleanup,fuse");
+    // Deterministic, heavy-tailed samples (a cubed LCG), so methods disagree.
+    let mut state = 12345u64;
+    let samples: Vec<TensorData> = (0..6)
+        .map(|_| {
+            let v: Vec<f32> = (0..3 * 64 * 64)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                    u * u * u * 4.0
+                })
+                .collect();
+            TensorData::from_f32(vec![1, 3, 64, 64], &v)
+        })
+        .collect();
+    let calib = kiln_compiler::calib::collect_with(&m, "input", &samples, false, &mut |_, _| {}).unwrap();
+    for method in [Method::Percentile(99.0), Method::Entropy, Method::Mse, Method::MinMax] {
+        let opts = qdq::QdqOptions { method, ..Default::default() };
+        let want = qdq::activation_params(&m.graph, &calib, &opts);
+        let pinned = ranges::pin(&m, &calib, method);
+        let got = qdq::activation_params(&m.graph, &pinned, &qdq::QdqOptions { method: Method::MinMax, ..Default::default() });
+        assert!(want.len() > 5 && want == got, "{method:?}: {want:?} vs {got:?}");
+    }
+    // and the methods did differ on this data
+    let a = qdq::activation_params(&m.graph, &calib, &qdq::QdqOptions { method: Method::Percentile(99.0), ..Default::default() });
+    let b = qdq::activation_params(&m.graph, &calib, &qdq::QdqOptions::default());
+    assert_ne!(a, b);
+}

@@ -138,7 +138,7 @@ impl Quantizer for Ptq {
         } else {
             model
         };
-        let (opts, refined) = if t.refine_ranges.unwrap_or(true) { ranges::refine(model, calib, &opts, bc, input, samples)? } else { (opts, ranges::Refined::default()) };
+        let (opts, refined) = if t.refine_ranges.unwrap_or(true) { ranges::refine(model, calib, &opts, bc, input, samples) } else { (opts, ranges::Refined::default()) };
         let (mut m, summary, mut corrected) = build(model, calib, &opts, bc, input, samples)?;
         let mut mixed = serde_json::Value::Null;
         if let Some(check) = budget {

@@ -6,12 +6,13 @@
 //! of the stage, so the stream's step size matters more than the rare values a tighter range clips. The
 //! stream's tensors also share one distribution (an `Add` chain), so one factor per stream is enough.
 //!
-//! For each stream in turn, this tries factors on the calibrated range of all its tensors (the fixed grid
-//! [`FACTORS`]) and keeps the one that maximizes the SQNR of the model's outputs against the float model
-//! on the calibration samples — never the validation data. One scalar per stream, chosen on all calibration
-//! samples, cannot fit their noise: it only trades clipping against rounding where the network, not the
-//! tensor, pays for them (the idea of loss-aware PTQ, Nahshan et al. 2019). A factor is kept only if it
-//! beats the current choice by [`MIN_GAIN_DB`].
+//! For each stream in turn, this tries factors on the calibrated range of all its tensors ([`FIRST`], then
+//! two more around the best) and keeps the one that maximizes the SQNR of the model's outputs against the
+//! float model on the calibration samples (at most [`MAX_SAMPLES`], evenly spaced) — never the validation
+//! data. One scalar per stream cannot fit the samples' noise: it only trades clipping against rounding where
+//! the network, not the tensor, pays for them (the idea of loss-aware PTQ, Nahshan et al. 2019). A factor
+//! is kept only if it beats the current choice by [`MIN_GAIN_DB`]. If a candidate cannot be built or run,
+//! refinement stops and says so (`skipped`); the calibrated ranges stay.
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::eval::Evaluator;
 use kiln_compiler::ir::{Model, Op, TensorData, ValueId};
@@ -45,6 +46,10 @@ pub struct Refined {
     pub streams: Vec<StreamChoice>,
     /// Candidate quantizations evaluated.
     pub evaluated: usize,
+    /// Why refinement did not run to the end (the calibrated ranges are kept): a candidate that could not be
+    /// built or run. Quantization itself does not depend on it, so this is not an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -75,7 +80,7 @@ fn sqnr(cand: &Model, input: &str, samples: &[TensorData], want: &[Vec<f64>]) ->
 /// `calib` with each value's range already clipped by `method` (graph outputs, which always take min/max,
 /// left alone): candidates then quantize with min/max and the same result, without searching entropy or
 /// MSE thresholds again for every tensor of every candidate.
-fn pin(model: &Model, calib: &Calibration, method: Method) -> Calibration {
+pub fn pin(model: &Model, calib: &Calibration, method: Method) -> Calibration {
     let mut c = calib.clone();
     for (name, s) in c.stats.iter_mut() {
         if model.graph.find(name).is_some_and(|v| model.graph.is_output(v)) {
@@ -94,7 +99,14 @@ pub const MAX_SAMPLES: usize = 32;
 /// Choose a range factor per residual stream of `model` (float, equalized) and return `opts` with them in
 /// `range_scale`. With `bc`, candidates are bias-corrected like the final model (input means measured
 /// once), so the choice sees what ships.
-pub fn refine(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(QdqOptions, Refined)> {
+pub fn refine(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> (QdqOptions, Refined) {
+    match search(model, calib, opts, bc, input, samples) {
+        Ok(r) => r,
+        Err(e) => (opts.clone(), Refined { skipped: Some(e.to_string()), ..Default::default() }),
+    }
+}
+
+fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(QdqOptions, Refined)> {
     let mut out = opts.clone();
     let mut report = Refined::default();
     if model.graph.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. })) {
