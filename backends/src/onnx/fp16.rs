@@ -12,12 +12,10 @@
 //! Every other float32 constant is stored as float16 and every float32 value becomes float16.
 use std::collections::{HashMap, HashSet};
 
-use kiln_compiler::ir::{AttrValue, Attribute, DType, Graph, Model, Node, NodeId, Op, TensorData, Value, ValueId};
+use kiln_compiler::ir::{AttrValue, DType, Graph, Model, Node, NodeId, Op, TensorData, Value, ValueId};
 use kiln_compiler::{Error, Result};
 
-/// ONNX `TensorProto.DataType` codes used by Cast.
-const FLOAT: i64 = 1;
-const FLOAT16: i64 = 10;
+use kiln_compiler::ir::half::{CAST_FLOAT as FLOAT, CAST_FLOAT16 as FLOAT16};
 
 fn op_type(n: &Node) -> &str {
     n.op.op_type()
@@ -46,9 +44,7 @@ fn fresh_value(g: &Graph, base: &str) -> String {
 
 fn cast_node(g: &mut Graph, base: &str, from: ValueId, to: ValueId, code: i64) -> Result<()> {
     let name = g.fresh_node_name(base);
-    let attr = Attribute { name: "to".into(), value: AttrValue::Int(code), doc: String::new(), tensor_names: Vec::new() };
-    let op = Op::Generic { op_type: "Cast".into(), attrs: vec![attr] };
-    g.add_node(Node::new(name, op, vec![Some(from)], vec![Some(to)]))?;
+    kiln_compiler::ir::half::add_cast(g, &name, from, to, code)?;
     Ok(())
 }
 
@@ -105,15 +101,7 @@ pub fn to_fp16(model: &Model) -> Result<(Model, usize)> {
     }
     // 2. Every non-constant float32 value becomes float16, except between islands: a value an island
     //    writes and only islands read stays float32 (an activation too large for float16 passes through).
-    let keep32: HashSet<ValueId> = float_values
-        .iter()
-        .copied()
-        .filter(|v| {
-            let from_island = g.value(*v).producer.is_some_and(|(p, _)| islands.contains(&p));
-            let users = g.consumers(*v);
-            from_island && !users.is_empty() && users.iter().all(|(c, _)| islands.contains(c))
-        })
-        .collect();
+    let keep32: HashSet<ValueId> = float_values.iter().copied().filter(|v| kiln_compiler::ir::half::stays_fp32(g, *v, &islands)).collect();
     for v in float_values.iter().filter(|v| !keep32.contains(v)) {
         g.value_mut(*v).dtype = DType::F16;
     }

@@ -6,6 +6,7 @@
 pub mod attr;
 pub mod dtype;
 pub mod dump;
+pub mod half;
 pub mod op;
 pub mod tensor;
 pub mod verify;

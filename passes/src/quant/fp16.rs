@@ -44,7 +44,8 @@ fn rounded(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
 /// the graph input included), as a float16-compute artifact (the onnx backend's fp16) stores them. Values
 /// a kept layer writes and only kept layers read stay float32, as they do in that artifact.
 fn half_activations(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
-    use kiln_compiler::ir::{AttrValue, Attribute, Node, Value};
+    use kiln_compiler::ir::half::{add_cast, stays_fp32, CAST_FLOAT, CAST_FLOAT16};
+    use kiln_compiler::ir::Value;
     let mut out = m.clone();
     let g = &mut out.graph;
     let data_inputs: HashSet<ValueId> = g.inputs.iter().copied().filter(|v| !g.initializers.contains(v)).collect();
@@ -52,13 +53,11 @@ fn half_activations(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
         .map(|i| ValueId(i as u32))
         .filter(|v| g.value(*v).dtype == DType::F32 && g.const_data(*v).is_none() && (g.value(*v).producer.is_some() || data_inputs.contains(v)))
         .collect();
-    let cast = |to: i64| Op::Generic { op_type: "Cast".into(), attrs: vec![Attribute { name: "to".into(), value: AttrValue::Int(to), doc: String::new(), tensor_names: Vec::new() }] };
     for v in values {
-        let users = g.consumers(v);
-        let from_kept = g.value(v).producer.is_some_and(|(p, _)| keep.contains(&p));
-        if from_kept && !users.is_empty() && users.iter().all(|(c, _)| keep.contains(c)) {
+        if stays_fp32(g, v, keep) {
             continue;
         }
+        let users = g.consumers(v);
         let base = g.value(v).name.clone();
         let mut h = Value::new(format!("{base}__f16sim"));
         h.dtype = DType::F16;
@@ -73,8 +72,8 @@ fn half_activations(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
                 n.inputs[slot] = Some(r);
             }
         }
-        g.add_node(Node::new(format!("{base}__to_f16sim"), cast(10), vec![Some(v)], vec![Some(h)]))?;
-        g.add_node(Node::new(format!("{base}__from_f16sim"), cast(1), vec![Some(h)], vec![Some(r)]))?;
+        add_cast(g, &format!("{base}__to_f16sim"), v, h, CAST_FLOAT16)?;
+        add_cast(g, &format!("{base}__from_f16sim"), h, r, CAST_FLOAT)?;
         for o in g.outputs.iter_mut().filter(|o| **o == v) {
             *o = r;
         }
