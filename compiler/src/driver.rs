@@ -249,43 +249,75 @@ fn calibration_files(cfg: &LoadedConfig) -> Result<(crate::calib::Source, Vec<Pa
     Ok((crate::calib::Source::Images { dir, preprocess: c.preprocess.clone().unwrap_or_default() }, files))
 }
 
-/// Statistics for `model` over the calibration data, from `OUTPUT/.kiln-cache` when the model, data and
+/// The calibration samples of a build, and statistics over them for any model the quantizer asks about
+/// (the optimized model, or its equalized form), from `OUTPUT/.kiln-cache` when the model, data and
 /// settings hash the same as last time.
-fn calibrate(cfg: &LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecord], log: &mut dyn FnMut(&str)) -> Result<(crate::calib::Calibration, Vec<crate::ir::TensorData>, String, serde_json::Value)> {
-    let c = cfg.config.calibration.clone().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
-    let (source, _) = calibration_files(cfg)?;
-    let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
-    let input = model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
-    let mut h = Sha256::new();
-    // Bumped whenever what the statistics cover changes (v3: pre-activation values too, when a
-    // full-integer target needs them).
-    let preact = cfg.config.targets.iter().any(|t| t.precision == "int8" && matches!(t.backend.as_str(), "tflite" | "npu"));
-    h.update(b"kiln-calibration-v3");
-    h.update([u8::from(preact)]);
-    h.update(crate::onnx::to_bytes(model, &Default::default())?);
-    for i in inputs.iter().filter(|i| i.role == "calibration") {
-        h.update(i.sha256.as_bytes());
-    }
-    h.update(serde_json::to_vec(&c).unwrap_or_default());
-    let key = hex(&h.finalize());
-    let cache = out.join(".kiln-cache").join(format!("calibration-{}.json", &key[..32]));
-    if let Ok(bytes) = std::fs::read(&cache) {
-        if let Ok(stats) = serde_json::from_slice::<crate::calib::Calibration>(&bytes) {
-            log("calibration statistics: cached");
-            return Ok((stats, samples, input, serde_json::json!({"samples": stats_samples(&bytes), "cached": true})));
-        }
-    }
-    let t0 = std::time::Instant::now();
-    let stats = crate::calib::collect_with(model, &input, &samples, preact, &mut |_, _| {})?;
-    let secs = t0.elapsed().as_secs_f64();
-    log(&format!("calibrated on {} samples in {secs:.1} s", stats.samples));
-    write_atomic(&cache, &serde_json::to_vec(&stats).unwrap_or_default())?;
-    let rep = serde_json::json!({"samples": samples.len(), "cached": false, "seconds": secs});
-    Ok((stats, samples, input, rep))
+struct Calibrator<'a> {
+    cfg: &'a LoadedConfig,
+    cache_dir: PathBuf,
+    data_hashes: Vec<String>,
+    samples: Vec<crate::ir::TensorData>,
+    input: String,
+    /// Full-integer targets also need the values before fused activations.
+    preact: bool,
+    /// What happened, for the log and the report: (message, samples, cached, seconds).
+    events: std::cell::RefCell<Vec<(String, usize, bool, f64)>>,
 }
 
-fn stats_samples(bytes: &[u8]) -> usize {
-    serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| v["samples"].as_u64()).unwrap_or(0) as usize
+impl<'a> Calibrator<'a> {
+    fn new(cfg: &'a LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecord]) -> Result<Self> {
+        let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
+        let (source, _) = calibration_files(cfg)?;
+        let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
+        let input = model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
+        let preact = cfg.config.targets.iter().any(|t| t.precision == "int8" && matches!(t.backend.as_str(), "tflite" | "npu"));
+        let data_hashes = inputs.iter().filter(|i| i.role == "calibration").map(|i| i.sha256.clone()).collect();
+        Ok(Calibrator { cfg, cache_dir: out.join(".kiln-cache"), data_hashes, samples, input, preact, events: Default::default() })
+    }
+
+    fn stats(&self, model: &Model) -> Result<crate::calib::Calibration> {
+        let mut h = Sha256::new();
+        // Bumped whenever what the statistics cover changes (v3: pre-activation values too, when a
+        // full-integer target needs them).
+        h.update(b"kiln-calibration-v3");
+        h.update([u8::from(self.preact)]);
+        h.update(crate::onnx::to_bytes(model, &Default::default())?);
+        for d in &self.data_hashes {
+            h.update(d.as_bytes());
+        }
+        h.update(serde_json::to_vec(&self.cfg.config.calibration).unwrap_or_default());
+        let key = hex(&h.finalize());
+        let cache = self.cache_dir.join(format!("calibration-{}.json", &key[..32]));
+        if let Ok(bytes) = std::fs::read(&cache) {
+            if let Ok(stats) = serde_json::from_slice::<crate::calib::Calibration>(&bytes) {
+                self.events.borrow_mut().push(("calibration statistics: cached".into(), stats.samples, true, 0.0));
+                return Ok(stats);
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let stats = crate::calib::collect_with(model, &self.input, &self.samples, self.preact, &mut |_, _| {})?;
+        let secs = t0.elapsed().as_secs_f64();
+        self.events.borrow_mut().push((format!("calibrated on {} samples in {secs:.1} s", stats.samples), stats.samples, false, secs));
+        write_atomic(&cache, &serde_json::to_vec(&stats).unwrap_or_default())?;
+        Ok(stats)
+    }
+
+    /// Log what happened since the last call; the report entry covers every calibration of the build.
+    fn flush(&self, log: &mut dyn FnMut(&str)) -> Option<serde_json::Value> {
+        let ev = self.events.borrow();
+        let fresh: Vec<&(String, usize, bool, f64)> = ev.iter().filter(|e| !e.0.is_empty()).collect();
+        for e in &fresh {
+            log(&e.0);
+        }
+        drop(ev);
+        let mut ev = self.events.borrow_mut();
+        ev.iter_mut().for_each(|e| e.0.clear());
+        if ev.is_empty() {
+            return None;
+        }
+        let secs: f64 = ev.iter().map(|e| e.3).sum();
+        Some(serde_json::json!({"samples": self.samples.len(), "cached": ev.iter().all(|e| e.2), "lookups": ev.len(), "seconds": secs}))
+    }
 }
 
 /// Build every target of `cfg`.
@@ -356,13 +388,14 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut quantized_by_settings: BTreeMap<String, (Model, serde_json::Value, Option<Model>)> = BTreeMap::new();
-    let calibrated = if needs_calibration { Some(calibrate(cfg, &model, &out, &inputs, log)?) } else { None };
+    let calibrator = if needs_calibration { Some(Calibrator::new(cfg, &model, &out, &inputs)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
         log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
         let quantized;
-        let target_model = match (&calibrated, t.precision.as_str()) {
-            (Some((stats, samples, input, rep)), "int8") => {
+        let target_model = match (&calibrator, t.precision.as_str()) {
+            (Some(cal), "int8") => {
+                let (samples, input) = (&cal.samples, &cal.input);
                 let q = quantizer.ok_or_else(|| Error::Backend { backend: t.backend.clone(), target: t.name.clone(), reason: "this build of kiln has no quantizer".into() })?;
                 let ccfg = cfg.config.calibration.as_ref().ok_or_else(|| Error::invalid("no calibration"))?;
                 let has_budget = cfg.config.validation.as_ref().is_some_and(|v| v.min_top1_agreement.is_some() || v.min_cosine.is_some() || v.max_accuracy_drop.is_some());
@@ -382,7 +415,11 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 let (m, summary, reference) = match quantized_by_settings.get(&key) {
                     Some(done) => done.clone(),
                     None => {
-                        let r = q.quantize(&model, t, stats, ccfg, input, samples, budget)?;
+                        let r = q.quantize(&model, t, &|m: &Model| cal.stats(m), ccfg, input, samples, budget);
+                        if let Some(rep) = cal.flush(log) {
+                            calibration_report = Some(rep);
+                        }
+                        let r = r?;
                         quantized_by_settings.insert(key, r.clone());
                         r
                     }
@@ -398,7 +435,6 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 let probe: Vec<crate::ir::TensorData> = samples.iter().take(16).cloned().collect();
                 let table = crate::accuracy::value_sqnr(reference.as_ref().unwrap_or(&model), &m, input, &probe, &layer_outputs)?;
                 layer_sqnr.insert(t.name.clone(), table.into_iter().map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db }).collect());
-                calibration_report = Some(rep.clone());
                 quantized = m;
                 &quantized
             }

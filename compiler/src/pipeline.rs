@@ -92,16 +92,20 @@ pub trait Backend {
 pub type Budget<'a> = &'a dyn Fn(&Model) -> Result<(bool, crate::accuracy::Metrics)>;
 
 /// Turns the optimized fp32 model into a quantized one for a target (the binary wires in kiln-passes).
+/// Calibration statistics of a model over the build's calibration samples.
+pub type Calibrate<'a> = dyn Fn(&Model) -> Result<crate::calib::Calibration> + 'a;
+
 pub trait Quantizer {
-    /// Returns the quantized model, a JSON summary for the report, and the float model it quantized when
-    /// that differs from `model` (equalization rescales channels: per-layer comparisons need that one).
-    /// With a budget, layers may be kept in float (mixed precision) until the candidate meets it.
-    #[allow(clippy::too_many_arguments)]
     /// For float16 targets: mark layers whose weights must stay float32 for the output error (max |Δy| /
     /// max |y|) to stay under `bound`. The default keeps every layer float16.
     /// `half_activations`: the backend computes in float16 too (so the search simulates activations in it).
     fn fp16_islands(&self, model: &Model, _input: &str, _samples: &[crate::ir::TensorData], _bound: f64, _half_activations: bool) -> Result<(Model, serde_json::Value)> {
         Ok((model.clone(), serde_json::Value::Null))
     }
-    fn quantize(&self, model: &Model, target: &Target, calib: &crate::calib::Calibration, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)>;
+    /// Returns the quantized model, a JSON summary for the report, and the float model it quantized when
+    /// that differs from `model` (equalization rescales channels: per-layer comparisons need that one).
+    /// `calibrate` gives the statistics of whichever model the quantizer ends up quantizing (the driver
+    /// caches them). With a budget, layers may be kept in float (mixed precision) until the candidate meets it.
+    #[allow(clippy::too_many_arguments)]
+    fn quantize(&self, model: &Model, target: &Target, calibrate: &Calibrate, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)>;
 }

@@ -351,3 +351,27 @@ def test_range_refinement_narrows_a_heavy_tailed_stream(tmp_path):
     assert abs(_act_scale(res["on"][1], "e") / _act_scale(res["off"][1], "e") - 1.0) < 1e-6
     off, on = res["off"][2], res["on"][2]
     assert on["sqnr_db"] > off["sqnr_db"], (off, on)
+
+
+def test_calibration_is_done_once_per_model_quantized_and_cached(tmp_path):
+    # An equalized target calibrates the equalized model (through the cache); a `cle: false` target the
+    # optimized one; a tflite target with the same equalization reuses the first. A rebuild reads all three.
+    import json
+    import shutil
+
+    for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
+        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text(
+        "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
+        "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
+        "targets:\n  - { name: a, backend: onnx, precision: int8 }\n  - { name: b, backend: onnx, precision: int8, cle: false }\n"
+        "  - { name: c, backend: tflite, precision: int8 }\noutput: out\n"
+    )
+    first = kiln("build", cfg).stderr
+    assert first.count("calibrated on") == 2 and first.count("statistics: cached") == 1, first
+    assert len(list((tmp_path / "out" / ".kiln-cache").glob("calibration-*.json"))) == 2
+    again = kiln("build", cfg, "--force").stderr
+    assert "calibrated on" not in again and again.count("statistics: cached") == 3, again
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())["calibration"]
+    assert rep["cached"] is True and rep["lookups"] == 3, rep

@@ -12,7 +12,7 @@ pub mod streams;
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::config::{CalibrationConfig, Target};
 use kiln_compiler::ir::{Act, DType, Model, Op, TensorData};
-use kiln_compiler::pipeline::{Budget, Pass, PassContext, Quantizer};
+use kiln_compiler::pipeline::{Budget, Calibrate, Pass, PassContext, Quantizer};
 use kiln_compiler::{Error, Result};
 
 /// Quantize `model` with `opts`, bias-correct, drop the float weights left behind.
@@ -92,7 +92,7 @@ impl Quantizer for Ptq {
         fp16::islands(model, input, samples, bound, half_activations)
     }
 
-    fn quantize(&self, model: &Model, t: &Target, calib: &Calibration, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)> {
+    fn quantize(&self, model: &Model, t: &Target, calibrate: &Calibrate, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)> {
         let method = params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
             .ok_or_else(|| Error::Pass { pass: "quantize".into(), reason: "unknown calibration method".into() })?;
         let opts = qdq::QdqOptions {
@@ -104,20 +104,20 @@ impl Quantizer for Ptq {
             ..Default::default()
         };
         let bc = t.bias_correction.unwrap_or(true);
-        // Equalization (on by default), then fresh statistics: equalizing changes the ranges of the
-        // tensors between the layers.
-        let (equalized, recalibrated);
+        // Equalization (on by default), then the statistics of the model actually quantized.
+        let (equalized, calibration);
         let mut reference = None;
         let (model, calib, eq) = if t.cle.unwrap_or(true) {
             let (m, eq) = equalize(model, input, samples, t.cle == Some(true))?;
             if eq.skipped.is_none() {
                 reference = Some(m.clone());
             }
-            recalibrated = kiln_compiler::calib::collect_with(&m, input, samples, opts.quantize_outputs, &mut |_, _| {})?;
+            calibration = calibrate(&m)?;
             equalized = m;
-            (&equalized, &recalibrated, eq)
+            (&equalized, &calibration, eq)
         } else {
-            (model, calib, Equalized::default())
+            calibration = calibrate(model)?;
+            (model, &calibration, Equalized::default())
         };
         // Full-integer targets quantize what their runtime cannot fuse: the tensor before such an
         // activation becomes a quantization point (calibration measured it as `<output>__preact`).
