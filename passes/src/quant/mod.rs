@@ -127,7 +127,7 @@ impl Quantizer for Ptq {
             // A conv with dead (pruned) channels keeps its activation: its constant channels are snapped onto
             // the output grid (dead_channels.rs), which needs act(b) computed exactly, i.e. in float.
             let keep = |g: &kiln_compiler::ir::Graph, id: kiln_compiler::ir::NodeId| {
-                let fusable = g.nodes[id].act.as_ref().is_some_and(|a| matches!(a, Act::Relu | Act::Tanh) || matches!(a, Act::Clip { min: Some(lo), max: Some(hi) } if (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0)));
+                let fusable = g.nodes[id].act.as_ref().is_some_and(Act::int8_fusable);
                 fusable || dead_channels::has_dead_channels(g, id)
             };
             kiln_compiler::calib::stats::unfuse_activations(&mut m, &keep)?;
