@@ -196,12 +196,19 @@ fn matmul_add_becomes_gemm() {
     assert_eq!(ops(&m2), ["Gemm"]);
 }
 
-#[test]
-fn golden_tiny_cnn_after_fuse() {
+/// tests/models/tiny_cnn.onnx after `cleanup,fuse`, input pinned to 1×3×64×64.
+fn tiny_cnn_fused() -> Model {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut m = onnx::load(&root.join("../tests/models/tiny_cnn.onnx")).unwrap();
     shape::infer(&mut m, &[("input".to_string(), vec![1, 3, 64, 64])].into_iter().collect()).unwrap();
     run_passes(&mut m, "cleanup,fuse");
+    m
+}
+
+#[test]
+fn golden_tiny_cnn_after_fuse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let m = tiny_cnn_fused();
     let text = kiln_compiler::ir::dump::dump_model(&m);
     let path = root.join("tests/golden/tiny_cnn_fused.txt");
     if std::env::var_os("KILN_BLESS").is_some() {
@@ -234,10 +241,7 @@ fn pad_folds_into_conv() {
 #[test]
 fn pinned_statistics_reproduce_every_method() {
     use kiln_passes::quant::{params::Method, qdq, ranges};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut m = onnx::load(&root.join("../tests/models/tiny_cnn.onnx")).unwrap();
-    shape::infer(&mut m, &[("input".to_string(), vec![1, 3, 64, 64])].into_iter().collect()).unwrap();
-    run_passes(&mut m, "cleanup,fuse");
+    let m = tiny_cnn_fused();
     // Deterministic, heavy-tailed samples (a cubed LCG), so methods disagree.
     let mut state = 12345u64;
     let samples: Vec<TensorData> = (0..6)

@@ -91,8 +91,9 @@ def test_mobilenet_v2_per_channel(tmp_path):
     assert r["mean_cosine"] >= 0.985 and r["top1_agreement"] >= 0.90 and r["sqnr_db"] >= 20.0, r
 
 
-def test_build_int8_target_from_yaml(tmp_path):
-    import json
+def tiny_cnn_project(tmp_path, targets):
+    """tiny_cnn and its samples copied into tmp_path, and a config calibrating on them for `targets` (YAML
+    list items, one per line); returns the config's path."""
     import shutil
 
     for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
@@ -101,8 +102,15 @@ def test_build_int8_target_from_yaml(tmp_path):
     cfg.write_text(
         "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
         "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
-        "targets:\n  - { name: q, backend: onnx, precision: int8 }\n  - { name: f, backend: onnx, precision: fp32 }\noutput: out\n"
+        "targets:\n" + "".join(f"  - {t}\n" for t in targets) + "output: out\n"
     )
+    return cfg
+
+
+def test_build_int8_target_from_yaml(tmp_path):
+    import json
+
+    cfg = tiny_cnn_project(tmp_path, ["{ name: q, backend: onnx, precision: int8 }", "{ name: f, backend: onnx, precision: fp32 }"])
     kiln("build", cfg)
     art = tmp_path / "out" / "q" / "model.onnx"
     first = art.read_bytes()
@@ -357,16 +365,10 @@ def test_calibration_is_done_once_per_model_quantized_and_cached(tmp_path):
     # An equalized target calibrates the equalized model (through the cache); a `cle: false` target the
     # optimized one; a tflite target with the same equalization reuses the first. A rebuild reads all three.
     import json
-    import shutil
 
-    for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
-        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
-    cfg = tmp_path / "k.yaml"
-    cfg.write_text(
-        "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
-        "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
-        "targets:\n  - { name: a, backend: onnx, precision: int8 }\n  - { name: b, backend: onnx, precision: int8, cle: false }\n"
-        "  - { name: c, backend: tflite, precision: int8 }\noutput: out\n"
+    cfg = tiny_cnn_project(
+        tmp_path,
+        ["{ name: a, backend: onnx, precision: int8 }", "{ name: b, backend: onnx, precision: int8, cle: false }", "{ name: c, backend: tflite, precision: int8 }"],
     )
     first = kiln("build", cfg).stderr
     assert first.count("calibrated on") == 2 and first.count("statistics: cached") == 1, first
