@@ -32,16 +32,6 @@ fn float32_slot(n: &Node, slot: usize) -> bool {
     matches!((op_type(n), slot), ("Resize", 2) | ("Upsample", 1))
 }
 
-fn fresh_value(g: &Graph, base: &str) -> String {
-    let mut name = base.to_string();
-    let mut i = 1;
-    while g.find(&name).is_some() {
-        name = format!("{base}_{i}");
-        i += 1;
-    }
-    name
-}
-
 fn cast_node(g: &mut Graph, base: &str, from: ValueId, to: ValueId, code: i64) -> Result<()> {
     let name = g.fresh_node_name(base);
     kiln_compiler::ir::half::add_cast(g, &name, from, to, code)?;
@@ -50,16 +40,14 @@ fn cast_node(g: &mut Graph, base: &str, from: ValueId, to: ValueId, code: i64) -
 
 fn new_value(g: &mut Graph, like: ValueId, suffix: &str, dtype: DType) -> Result<ValueId> {
     let base = format!("{}{suffix}", g.value(like).name);
-    let mut v = Value::new(fresh_value(g, &base));
+    let mut v = Value::new(g.fresh_name(&base));
     v.dtype = dtype;
     v.shape = g.value(like).shape.clone();
     g.add_value(v)
 }
 
 fn to_half(d: &TensorData) -> Option<TensorData> {
-    let vals = d.to_f32_vec()?;
-    let bytes: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
-    Some(TensorData::from_bytes(DType::F16, d.dims.clone(), bytes))
+    Some(TensorData::from_f32_as_f16(d.dims.clone(), &d.to_f32_vec()?))
 }
 
 /// The float16 form of `model` (see the module doc). Returns the model and how many nodes stayed float32.

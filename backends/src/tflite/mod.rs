@@ -17,7 +17,7 @@ pub mod ser;
 pub mod seq;
 
 use kiln_compiler::config::Target;
-use kiln_compiler::ir::Model;
+use kiln_compiler::ir::{Model, TensorData};
 use kiln_compiler::pipeline::{ArtifactFile, Backend};
 use kiln_compiler::{Error, Result};
 
@@ -40,7 +40,7 @@ pub fn to_fp16(m: &mut TfModel) {
             continue;
         }
         let Some(vals) = m.f32_data(t as i32) else { continue };
-        let bytes: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        let bytes = TensorData::from_f32_as_f16(Vec::new(), &vals).bytes().to_vec();
         let (name, shape) = (format!("{}_fp16", tensor.name), tensor.shape.clone());
         let half = m.constant(&name, shape, TensorType::FLOAT16, bytes);
         m.tensors[t].data = None;

@@ -53,6 +53,12 @@ impl TensorData {
         Self::from_bytes(DType::F32, dims, bytes)
     }
 
+    /// Float16 storage of `data` (rounded to nearest): float16 weights and constants.
+    pub fn from_f32_as_f16(dims: Vec<i64>, data: &[f32]) -> Self {
+        let bytes = data.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        Self::from_bytes(DType::F16, dims, bytes)
+    }
+
     pub fn from_i64(dims: Vec<i64>, data: &[i64]) -> Self {
         let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         Self::from_bytes(DType::I64, dims, bytes)

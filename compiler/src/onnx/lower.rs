@@ -57,7 +57,7 @@ impl<'g> Lowering<'g> {
     fn scalar(&mut self, base: &str, v: f32) -> String {
         let name = self.fresh(base);
         let t = if self.float == crate::ir::DType::F16 {
-            TensorData::from_bytes(crate::ir::DType::F16, vec![], half::f16::from_f32(v).to_bits().to_le_bytes().to_vec())
+            TensorData::from_f32_as_f16(vec![], &[v])
         } else {
             TensorData::from_f32(vec![], &[v])
         };
