@@ -111,6 +111,39 @@ impl Evaluator {
     }
 }
 
+impl Evaluator {
+    /// Run `input` = each of `samples` on up to two threads; each thread folds the outputs of its share into
+    /// its own accumulator (`init()`, then `step(&mut acc, outputs)` per sample). Returns the accumulators
+    /// in sample order of their shares, for the caller to merge.
+    pub fn fold_samples<A: Send>(
+        &self,
+        input: &str,
+        samples: &[TensorData],
+        init: impl Fn() -> A + Sync,
+        step: impl Fn(&mut A, Vec<(String, TensorData)>) -> Result<()> + Sync,
+    ) -> Result<Vec<A>> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
+        let chunk = samples.len().div_ceil(threads).max(1);
+        let (init, step) = (&init, &step);
+        let parts: Vec<Result<A>> = std::thread::scope(|s| {
+            let handles: Vec<_> = samples
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || -> Result<A> {
+                        let mut acc = init();
+                        for smp in part {
+                            step(&mut acc, self.run(&[(input.to_string(), smp.clone())])?)?;
+                        }
+                        Ok(acc)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Eval("an evaluation thread panicked".into())))).collect()
+        });
+        parts.into_iter().collect()
+    }
+}
+
 /// Run `model` once on `inputs`.
 pub fn run(model: &Model, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
     Evaluator::for_inputs(model, inputs)?.run(inputs)

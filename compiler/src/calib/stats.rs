@@ -172,38 +172,28 @@ pub fn collect_with(model: &Model, input: &str, samples: &[TensorData], preact: 
     probe.graph.outputs = vals.clone();
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
     let names: Vec<String> = vals.iter().map(|v| probe.graph.value(*v).name.clone()).collect();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
-    let chunk = samples.len().div_ceil(threads);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let progress = std::sync::Mutex::new(progress);
-    let results: Vec<Result<Vec<TensorStats>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = samples
-            .chunks(chunk.max(1))
-            .map(|part| {
-                let (ev, names, done, progress) = (&ev, &names, &done, &progress);
-                s.spawn(move || -> Result<Vec<TensorStats>> {
-                    let mut acc = vec![TensorStats::empty(); names.len()];
-                    for smp in part {
-                        let outs = ev.run(&[(input.to_string(), smp.clone())])?;
-                        for (k, (_, t)) in outs.iter().enumerate() {
-                            if let Some(v) = t.to_f32_vec() {
-                                acc[k].add(&v);
-                            }
-                        }
-                        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        if let Ok(mut p) = progress.lock() {
-                            (*p)(d, samples.len());
-                        }
-                    }
-                    Ok(acc)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Eval("a calibration thread panicked".into())))).collect()
-    });
+    let results = ev.fold_samples(
+        input,
+        samples,
+        || vec![TensorStats::empty(); names.len()],
+        |acc, outs| {
+            for (k, (_, t)) in outs.iter().enumerate() {
+                if let (Some(v), Some(a)) = (t.to_f32_vec(), acc.get_mut(k)) {
+                    a.add(&v);
+                }
+            }
+            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if let Ok(mut p) = progress.lock() {
+                (*p)(d, samples.len());
+            }
+            Ok(())
+        },
+    )?;
     let mut total = vec![TensorStats::empty(); names.len()];
     for r in results {
-        for (t, part) in total.iter_mut().zip(r?) {
+        for (t, part) in total.iter_mut().zip(r) {
             t.merge(part);
         }
     }

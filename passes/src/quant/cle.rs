@@ -146,38 +146,24 @@ pub fn channel_stats(m: &Model, values: &[ValueId], input: &str, samples: &[Tens
         return Ok(out);
     }
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
-    let chunk = samples.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<HashMap<ValueId, ChannelStats>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = samples
-            .chunks(chunk)
-            .map(|part| {
-                let ev = &ev;
-                s.spawn(move || -> Result<HashMap<ValueId, ChannelStats>> {
-                    let mut acc: HashMap<ValueId, ChannelStats> = HashMap::new();
-                    for smp in part {
-                        for (v, (_, t)) in values.iter().zip(ev.run(&[(input.to_string(), smp.clone())])?) {
-                            let (Some(x), true) = (t.to_f32_vec(), t.dims.len() == 4) else { continue };
-                            let (c, inner) = (t.dims[1] as usize, (t.dims[2] * t.dims[3]) as usize);
-                            let e = acc.entry(*v).or_insert_with(|| ChannelStats { max: vec![f32::MIN; c], max_abs: vec![0.0; c] });
-                            if e.max.len() != c {
-                                continue;
-                            }
-                            for (i, val) in x.iter().enumerate() {
-                                let ch = (i / inner.max(1)) % c.max(1);
-                                e.max[ch] = e.max[ch].max(*val);
-                                e.max_abs[ch] = e.max_abs[ch].max(val.abs());
-                            }
-                        }
-                    }
-                    Ok(acc)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(kiln_compiler::Error::Eval("an equalization thread panicked".into())))).collect()
-    });
+    let parts = ev.fold_samples(input, samples, HashMap::<ValueId, ChannelStats>::new, |acc, outs| {
+        for (v, (_, t)) in values.iter().zip(outs) {
+            let (Some(x), true) = (t.to_f32_vec(), t.dims.len() == 4) else { continue };
+            let (c, inner) = (t.dims[1] as usize, (t.dims[2] * t.dims[3]) as usize);
+            let e = acc.entry(*v).or_insert_with(|| ChannelStats { max: vec![f32::MIN; c], max_abs: vec![0.0; c] });
+            if e.max.len() != c {
+                continue;
+            }
+            for (i, val) in x.iter().enumerate() {
+                let ch = (i / inner.max(1)) % c.max(1);
+                e.max[ch] = e.max[ch].max(*val);
+                e.max_abs[ch] = e.max_abs[ch].max(val.abs());
+            }
+        }
+        Ok(())
+    })?;
     for part in parts {
-        for (v, st) in part? {
+        for (v, st) in part {
             match out.get_mut(&v) {
                 Some(e) if e.max.len() == st.max.len() => {
                     e.max.iter_mut().zip(&st.max).for_each(|(a, b)| *a = a.max(*b));
