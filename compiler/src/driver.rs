@@ -260,8 +260,10 @@ struct Calibrator<'a> {
     input: String,
     /// Full-integer targets also need the values before fused activations.
     preact: bool,
-    /// What happened, for the log and the report: (message, samples, cached, seconds).
-    events: std::cell::RefCell<Vec<(String, usize, bool, f64)>>,
+    /// Every lookup of the build, for the report: (cached, seconds).
+    lookups: std::cell::RefCell<Vec<(bool, f64)>>,
+    /// Log lines not yet printed (the quantizer calls `stats` where the build's log is not at hand).
+    pending: std::cell::RefCell<Vec<String>>,
 }
 
 impl<'a> Calibrator<'a> {
@@ -272,7 +274,7 @@ impl<'a> Calibrator<'a> {
         let input = model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
         let preact = cfg.config.targets.iter().any(|t| t.precision == "int8" && matches!(t.backend.as_str(), "tflite" | "npu"));
         let data_hashes = inputs.iter().filter(|i| i.role == "calibration").map(|i| i.sha256.clone()).collect();
-        Ok(Calibrator { cfg, cache_dir: out.join(".kiln-cache"), data_hashes, samples, input, preact, events: Default::default() })
+        Ok(Calibrator { cfg, cache_dir: out.join(".kiln-cache"), data_hashes, samples, input, preact, lookups: Default::default(), pending: Default::default() })
     }
 
     fn stats(&self, model: &Model) -> Result<crate::calib::Calibration> {
@@ -290,33 +292,26 @@ impl<'a> Calibrator<'a> {
         let cache = self.cache_dir.join(format!("calibration-{}.json", &key[..32]));
         if let Ok(bytes) = std::fs::read(&cache) {
             if let Ok(stats) = serde_json::from_slice::<crate::calib::Calibration>(&bytes) {
-                self.events.borrow_mut().push(("calibration statistics: cached".into(), stats.samples, true, 0.0));
+                self.lookups.borrow_mut().push((true, 0.0));
+                self.pending.borrow_mut().push("calibration statistics: cached".into());
                 return Ok(stats);
             }
         }
         let t0 = std::time::Instant::now();
         let stats = crate::calib::collect_with(model, &self.input, &self.samples, self.preact, &mut |_, _| {})?;
         let secs = t0.elapsed().as_secs_f64();
-        self.events.borrow_mut().push((format!("calibrated on {} samples in {secs:.1} s", stats.samples), stats.samples, false, secs));
+        self.lookups.borrow_mut().push((false, secs));
+        self.pending.borrow_mut().push(format!("calibrated on {} samples in {secs:.1} s", stats.samples));
         write_atomic(&cache, &serde_json::to_vec(&stats).unwrap_or_default())?;
         Ok(stats)
     }
 
     /// Log what happened since the last call; the report entry covers every calibration of the build.
     fn flush(&self, log: &mut dyn FnMut(&str)) -> Option<serde_json::Value> {
-        let ev = self.events.borrow();
-        let fresh: Vec<&(String, usize, bool, f64)> = ev.iter().filter(|e| !e.0.is_empty()).collect();
-        for e in &fresh {
-            log(&e.0);
-        }
-        drop(ev);
-        let mut ev = self.events.borrow_mut();
-        ev.iter_mut().for_each(|e| e.0.clear());
-        if ev.is_empty() {
-            return None;
-        }
-        let secs: f64 = ev.iter().map(|e| e.3).sum();
-        Some(serde_json::json!({"samples": self.samples.len(), "cached": ev.iter().all(|e| e.2), "lookups": ev.len(), "seconds": secs}))
+        self.pending.borrow_mut().drain(..).for_each(|line| log(&line));
+        let lookups = self.lookups.borrow();
+        let secs: f64 = lookups.iter().map(|l| l.1).sum();
+        (!lookups.is_empty()).then(|| serde_json::json!({"samples": self.samples.len(), "cached": lookups.iter().all(|l| l.0), "lookups": lookups.len(), "seconds": secs}))
     }
 }
 
