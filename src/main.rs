@@ -63,46 +63,7 @@ enum Cmd {
         verbose: bool,
     },
     /// Post-training quantization to a QDQ ONNX model (int8 weights and activations).
-    Quantize {
-        model: PathBuf,
-        /// Calibration data: a folder of images or an .npy of samples along axis 0.
-        #[arg(long)]
-        calib: PathBuf,
-        #[arg(short, long)]
-        output: PathBuf,
-        #[arg(long = "input", value_name = "NAME=DIMS")]
-        inputs: Vec<String>,
-        /// minmax | percentile | entropy | mse
-        #[arg(long, default_value = "entropy")]
-        method: String,
-        #[arg(long)]
-        percentile: Option<f64>,
-        /// Per-tensor weight scales (default: per output channel).
-        #[arg(long)]
-        per_tensor: bool,
-        /// int8 | uint8
-        #[arg(long, default_value = "int8")]
-        activations: String,
-        /// Use at most this many calibration samples.
-        #[arg(long, default_value_t = 1000)]
-        samples: usize,
-        /// ImageNet preprocessing for image folders: resize 256, center crop 224, ImageNet mean/std, NCHW.
-        #[arg(long)]
-        imagenet: bool,
-        /// Empirical bias correction (1: on, 0: off).
-        #[arg(long, default_value_t = 1)]
-        bias_correction: usize,
-        /// Passes to run before quantizing.
-        #[arg(long, value_delimiter = ',', default_value = "cleanup,fuse")]
-        passes: Vec<String>,
-        /// Equalization before quantization (residual streams and conv pairs): on | off | auto (on unless it
-        /// would change the float model, as in `kiln build`).
-        #[arg(long, default_value = "auto")]
-        cle: String,
-        /// Loss-aware range refinement of residual streams, chosen on the calibration samples: on | off.
-        #[arg(long, default_value = "on")]
-        refine_ranges: String,
-    },
+    Quantize(QuantizeArgs),
     /// Print the IR as text.
     Dump {
         model: PathBuf,
@@ -272,9 +233,11 @@ fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<St
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
-fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>, method: String, percentile: Option<f64>, per_tensor: bool, activations: String, samples: usize, imagenet: bool, passes: Vec<String>, bias_correction: usize, cle: String, refine_ranges: String) -> Result<()> {
+fn quantize(args: QuantizeArgs) -> Result<()> {
+    let QuantizeArgs { model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction, cle, refine_ranges, reduce_range, min_calibration_sqnr_db } = args;
+    if !min_calibration_sqnr_db.is_finite() {
+        anyhow::bail!("--min-calibration-sqnr-db must be a number of dB");
+    }
     let (cle, required) = match cle.as_str() {
         "on" => (true, true),
         "off" => (false, false),
@@ -321,7 +284,7 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
         "uint8" => ir::DType::U8,
         other => anyhow::bail!("--activations '{other}': expected int8 or uint8"),
     };
-    let mut opts = kiln_passes::quant::qdq::QdqOptions { per_channel: !per_tensor, activations: act, method, ..Default::default() };
+    let mut opts = kiln_passes::quant::qdq::QdqOptions { per_channel: !per_tensor, activations: act, method, weight_qmax: if reduce_range { 64 } else { 127 }, ..Default::default() };
     let t0 = std::time::Instant::now();
     let refine = match refine_ranges.as_str() {
         "on" => true,
@@ -341,7 +304,8 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
         }
     }
     let t0 = std::time::Instant::now();
-    let (m, summary, corrected) = kiln_passes::quant::build(&m, &stats, &opts, bias_correction > 0, &input, &data)?;
+    let float = m;
+    let (m, summary, corrected) = kiln_passes::quant::build(&float, &stats, &opts, bias_correction > 0, &input, &data)?;
     if summary.qat_kept {
         eprintln!("kiln: the model carries Q/DQ from quantization-aware training: its scales are kept");
     }
@@ -353,6 +317,23 @@ fn quantize(model: PathBuf, calib: PathBuf, output: PathBuf, inputs: Vec<String>
         summary.snapped_channels,
         t0.elapsed().as_secs_f64()
     );
+    for (name, f) in &summary.range_fallbacks {
+        eprintln!("kiln: range of '{name}': {:?} → {} ({}; threshold {:.4} → {:.4})", method, f.method, f.reason, f.searched, f.used);
+    }
+    let (m, _, g) = kiln_passes::quant::guard::check(&float, &stats, &opts, bias_correction > 0, &input, &data, m, min_calibration_sqnr_db, summary.qat_kept)?;
+    eprintln!("kiln: output SQNR on {} calibration samples {:.2} dB, top-1 agreement {:.2} (floor {} dB)", g.samples, g.sqnr_db, g.top1_agreement, g.floor_db);
+    match g.repair.as_str() {
+        "range_fallback" => eprintln!("kiln: repaired by per-tensor range fallback on {} tensors: {:.2} dB, top-1 agreement {:.2}", g.range_fallbacks.len(), g.sqnr_db_after, g.top1_agreement_after),
+        "kept_float" => eprintln!(
+            "kiln: repaired by keeping {} activations in float [{}]: {:.2} dB, top-1 agreement {:.2}",
+            g.kept_float.len(),
+            g.kept_float.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+            g.sqnr_db_after,
+            g.top1_agreement_after
+        ),
+        _ => {}
+    }
+    eprintln!("kiln: kernels: {}", kiln_passes::quant::kernel_family(&opts));
     onnx::save(&m, &output, &onnx::ExportOptions::default())?;
     Ok(())
 }
@@ -365,6 +346,56 @@ fn dump(model: PathBuf, inputs: Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// `kiln quantize` arguments.
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    model: PathBuf,
+    /// Calibration data: a folder of images or an .npy of samples along axis 0.
+    #[arg(long)]
+    calib: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long = "input", value_name = "NAME=DIMS")]
+    inputs: Vec<String>,
+    /// minmax | percentile | entropy | mse
+    #[arg(long, default_value = "entropy")]
+    method: String,
+    #[arg(long)]
+    percentile: Option<f64>,
+    /// Per-tensor weight scales (default: per output channel).
+    #[arg(long)]
+    per_tensor: bool,
+    /// int8 | uint8
+    #[arg(long, default_value = "int8")]
+    activations: String,
+    /// Use at most this many calibration samples.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// ImageNet preprocessing for image folders: resize 256, center crop 224, ImageNet mean/std, NCHW.
+    #[arg(long)]
+    imagenet: bool,
+    /// Empirical bias correction (1: on, 0: off).
+    #[arg(long, default_value_t = 1)]
+    bias_correction: usize,
+    /// Passes to run before quantizing.
+    #[arg(long, value_delimiter = ',', default_value = "cleanup,fuse")]
+    passes: Vec<String>,
+    /// Equalization before quantization (residual streams and conv pairs): on | off | auto (on unless it
+    /// would change the float model, as in `kiln build`).
+    #[arg(long, default_value = "auto")]
+    cle: String,
+    /// Loss-aware range refinement of residual streams, chosen on the calibration samples: on | off.
+    #[arg(long, default_value = "on")]
+    refine_ranges: String,
+    /// 7-bit weights (|q| <= 64) for x86 int8 kernels without VNNI, whose 16-bit pair sums saturate.
+    #[arg(long)]
+    reduce_range: bool,
+    /// The quality guard's floor on the output SQNR (dB) on calibration samples: below it kiln repairs the
+    /// model (per-tensor range fallback, then activations kept in float) or fails without writing it.
+    #[arg(long, default_value_t = kiln_passes::quant::guard::DEFAULT_FLOOR_DB)]
+    min_calibration_sqnr_db: f64,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -372,9 +403,7 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
-        Cmd::Quantize { model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction, cle, refine_ranges } => {
-            quantize(model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction, cle, refine_ranges)
-        }
+        Cmd::Quantize(args) => quantize(args),
         Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => optimize(model, output, inputs, passes, external_data, dump_ir, verbose),
     };
     match r {

@@ -67,6 +67,14 @@ pub struct Target {
     /// int8: loss-aware range refinement of residual streams on the calibration samples (default true).
     #[serde(default)]
     pub refine_ranges: Option<bool>,
+    /// onnx int8: 7-bit weights (|q| ≤ 64), for x86 int8 kernels without VNNI, whose 16-bit pair sums of
+    /// u8×s8 products saturate with full 8-bit weights (default false).
+    #[serde(default)]
+    pub reduce_range: Option<bool>,
+    /// int8: the quality guard's floor on the output SQNR (dB) on calibration samples; below it kiln repairs
+    /// the model or fails the target (default 4).
+    #[serde(default)]
+    pub min_calibration_sqnr_db: Option<f64>,
     /// fp16: the largest output error (max |Δy| / max |y| on the validation data) float16 weights may
     /// cause before layers are kept in float32 (default 0.01).
     #[serde(default)]
@@ -233,6 +241,14 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
         if let Some(w) = &t.weights {
             if w != "per_channel" && w != "per_tensor" {
                 return Err(err(format!("target '{}': weights '{w}': expected per_channel or per_tensor", t.name)));
+            }
+        }
+        if t.reduce_range.is_some() && (t.backend != "onnx" || t.precision != "int8") {
+            return Err(err(format!("target '{}': reduce_range applies to `backend: onnx, precision: int8` only (TFLite and NPU kernels use full 8-bit weights)", t.name)));
+        }
+        if let Some(f) = t.min_calibration_sqnr_db {
+            if t.precision != "int8" || !f.is_finite() || !(-100.0..=100.0).contains(&f) {
+                return Err(err(format!("target '{}': min_calibration_sqnr_db must be a number of dB in [-100, 100] on an int8 target", t.name)));
             }
         }
         if let Some(a) = &t.activations {

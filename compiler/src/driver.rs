@@ -382,7 +382,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut layer_sqnr = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut quantized_by_settings: BTreeMap<String, (Model, serde_json::Value, Option<Model>)> = BTreeMap::new();
+    let mut quantized_by_settings: BTreeMap<String, std::result::Result<(Model, serde_json::Value, Option<Model>), String>> = BTreeMap::new();
     let calibrator = if needs_calibration { Some(Calibrator::new(cfg, &model, &out, &inputs)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
@@ -406,17 +406,31 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                 let budget: Option<crate::pipeline::Budget> = if has_budget && validation.is_some() { Some(&check) } else { None };
                 // Targets with the same quantization settings share one quantized model (four NPU targets
                 // quantize once).
-                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction, t.cle, t.refine_ranges]).to_string();
-                let (m, summary, reference) = match quantized_by_settings.get(&key) {
+                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction, t.cle, t.refine_ranges, t.reduce_range, t.min_calibration_sqnr_db]).to_string();
+                let r = match quantized_by_settings.get(&key) {
                     Some(done) => done.clone(),
                     None => {
                         let r = q.quantize(&model, t, &|m: &Model| cal.stats(m), ccfg, input, samples, budget);
                         if let Some(rep) = cal.flush(log) {
                             calibration_report = Some(rep);
                         }
-                        let r = r?;
+                        // A model the quality guard measured as broken fails its target alone (and every
+                        // target sharing its settings); any other error stops the build.
+                        let r = match r {
+                            Err(Error::Guard(why)) => Err(why),
+                            r => Ok(r?),
+                        };
                         quantized_by_settings.insert(key, r.clone());
                         r
+                    }
+                };
+                let (m, summary, reference) = match r {
+                    Ok(r) => r,
+                    Err(why) => {
+                        let e = Error::Guard(why);
+                        log(&format!("target {}: FAILED: {e}", t.name));
+                        failed.insert(t.name.clone(), e.to_string());
+                        continue;
                     }
                 };
                 quantization.insert(t.name.clone(), summary);

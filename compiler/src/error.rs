@@ -33,6 +33,9 @@ pub enum Error {
     Backend { backend: String, target: String, reason: String },
     #[error("pass '{pass}': {reason}")]
     Pass { pass: String, reason: String },
+    /// A quantized model measured as broken (quant/guard.rs): the build fails that target alone.
+    #[error("quality guard: {0}")]
+    Guard(String),
 }
 
 impl Error {

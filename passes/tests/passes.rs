@@ -260,7 +260,7 @@ fn pinned_statistics_reproduce_every_method() {
     for method in [Method::Percentile(99.0), Method::Entropy, Method::Mse, Method::MinMax] {
         let opts = qdq::QdqOptions { method, ..Default::default() };
         let want = qdq::activation_params(&m.graph, &calib, &opts);
-        let pinned = ranges::pin(&m, &calib, method);
+        let pinned = ranges::pin(&m, &calib, &opts);
         let got = qdq::activation_params(&m.graph, &pinned, &qdq::QdqOptions { method: Method::MinMax, ..Default::default() });
         assert!(want.len() > 5 && want == got, "{method:?}: {want:?} vs {got:?}");
     }

@@ -18,32 +18,8 @@ use super::qdq::QdqOptions;
 /// Search for the smallest float set meeting the budget. Returns (model, report, layers bias-corrected).
 #[allow(clippy::too_many_arguments)]
 pub fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData], check: Budget, first: Metrics) -> Result<(Model, serde_json::Value, usize)> {
-    let layers: Vec<String> = model
-        .graph
-        .topo_order()?
-        .into_iter()
-        .filter(|id| matches!(model.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul))
-        .map(|id| model.graph.nodes[id].name.clone())
-        .collect();
-    let values: Vec<String> = calib.stats.keys().filter(|v| model.graph.find(v).is_some_and(|id| !model.graph.is_output(id))).cloned().collect();
-    // Points: ("layer", name) and ("activation", name).
-    let points: Vec<(&str, String)> = layers.iter().map(|l| ("layer", l.clone())).chain(values.iter().map(|v| ("activation", v.clone()))).collect();
-    let only = |kind: &str, name: &str| -> QdqOptions {
-        let mut o = opts.clone();
-        o.keep_float = layers.iter().filter(|l| !(kind == "layer" && *l == name)).cloned().collect();
-        o.keep_float_values = values.iter().filter(|v| !(kind == "activation" && *v == name)).cloned().collect();
-        o
-    };
     let probe: Vec<TensorData> = samples.iter().take(16).cloned().collect();
-    let mut sens: Vec<(&str, String, f64)> = Vec::new();
-    for (kind, name) in &points {
-        let (m, s, _) = super::build(model, calib, &only(kind, name), false, input, &probe)?;
-        if s.weights + s.activations == 0 {
-            continue; // nothing to quantize at this point (e.g. a value no quantized op reads)
-        }
-        let met = compare(model, &m, input, &probe, None)?;
-        sens.push((kind, name.clone(), met.sqnr_db));
-    }
+    let mut sens = sensitivity(model, calib, opts, input, &probe, true)?;
     sens.sort_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));
     // Activations cost no bytes to keep in float, weights do: first keep activations (most sensitive
     // first), and only if every activation in float still misses the budget, add layers as well.
@@ -80,4 +56,42 @@ pub fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, i
         }
     }
     Err(Error::Pass { pass: "mixed_precision".into(), reason: format!("the accuracy budget is not met even with every layer in float (search: {})", serde_json::Value::Array(tried)) })
+}
+
+/// The model's quantization points: weighted layers (node names) and calibrated activation values that are
+/// not graph outputs.
+pub fn points(model: &Model, calib: &Calibration) -> Result<(Vec<String>, Vec<String>)> {
+    let layers: Vec<String> = model
+        .graph
+        .topo_order()?
+        .into_iter()
+        .filter(|id| matches!(model.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul))
+        .map(|id| model.graph.nodes[id].name.clone())
+        .collect();
+    let values: Vec<String> = calib.stats.keys().filter(|v| model.graph.find(v).is_some_and(|id| !model.graph.is_output(id))).cloned().collect();
+    Ok((layers, values))
+}
+
+/// Sensitivity of each quantization point measured alone: quantize only that point (a layer's weights and
+/// input, or one activation's Q/DQ), run `probe`, and take the SQNR of the output against `model`. Points
+/// with nothing to quantize are left out. Layers are measured only with `with_layers`. Unsorted.
+pub fn sensitivity(model: &Model, calib: &Calibration, opts: &QdqOptions, input: &str, probe: &[TensorData], with_layers: bool) -> Result<Vec<(&'static str, String, f64)>> {
+    let (layers, values) = points(model, calib)?;
+    let points: Vec<(&'static str, String)> = layers.iter().filter(|_| with_layers).map(|l| ("layer", l.clone())).chain(values.iter().map(|v| ("activation", v.clone()))).collect();
+    let only = |kind: &str, name: &str| -> QdqOptions {
+        let mut o = opts.clone();
+        o.keep_float = layers.iter().filter(|l| !(kind == "layer" && *l == name)).cloned().collect();
+        o.keep_float_values = values.iter().filter(|v| !(kind == "activation" && *v == name)).cloned().collect();
+        o
+    };
+    let mut sens = Vec::new();
+    for (kind, name) in points {
+        let (m, s, _) = super::build(model, calib, &only(kind, &name), false, input, probe)?;
+        if s.weights + s.activations == 0 {
+            continue; // nothing to quantize at this point (e.g. a value no quantized op reads)
+        }
+        let met = compare(model, &m, input, probe, None)?;
+        sens.push((kind, name, met.sqnr_db));
+    }
+    Ok(sens)
 }

@@ -3,6 +3,7 @@ pub mod bias_correction;
 pub mod cle;
 pub mod dead_channels;
 pub mod fp16;
+pub mod guard;
 pub mod mixed;
 pub mod params;
 pub mod qdq;
@@ -84,6 +85,17 @@ pub fn equalize(model: &Model, input: &str, samples: &[TensorData], required: bo
     Ok((m, Equalized { streams, pairs, drift, skipped: None }))
 }
 
+/// Which integer kernels an artifact quantized with `opts` is sound on. kiln validates Q/DQ as written (exact
+/// semantics), which VNNI (x86 AVX-512/AVX-VNNI) and ARM dot-product kernels reproduce; x86 kernels without
+/// VNNI add pairs of u8×s8 products in 16 bits, which 8-bit weights can saturate (`reduce_range` avoids it).
+pub fn kernel_family(opts: &qdq::QdqOptions) -> &'static str {
+    if opts.weight_qmax <= 64 {
+        "any: exact Q/DQ, VNNI and ARM dot-product kernels, and x86 without VNNI (7-bit weights keep u8×s8 pair sums within 16 bits)"
+    } else {
+        "exact Q/DQ, VNNI (x86) and ARM dot-product kernels; x86 without VNNI may saturate 16-bit pair sums (use reduce_range)"
+    }
+}
+
 /// Post-training quantization for `kiln build` targets with `precision: int8`.
 pub struct Ptq;
 
@@ -101,6 +113,7 @@ impl Quantizer for Ptq {
             method,
             // Full-integer backends need every tensor's scale, outputs included.
             quantize_outputs: matches!(t.backend.as_str(), "tflite" | "npu"),
+            weight_qmax: if t.reduce_range == Some(true) { 64 } else { 127 },
             ..Default::default()
         };
         let bc = t.bias_correction.unwrap_or(true);
@@ -150,7 +163,8 @@ impl Quantizer for Ptq {
                 corrected = c;
             }
         }
-        let summary = summary;
+        let floor = t.min_calibration_sqnr_db.unwrap_or(guard::DEFAULT_FLOOR_DB);
+        let (m, _, guarded) = guard::check(model, calib, &opts, bc, input, samples, m, floor, summary.qat_kept)?;
         let json = serde_json::json!({
             "method": format!("{method:?}"),
             "weights": if opts.per_channel { "per_channel" } else { "per_tensor" },
@@ -167,6 +181,10 @@ impl Quantizer for Ptq {
             "range_refinement": refined,
             "kept_float": summary.kept_float,
             "mixed_precision": mixed,
+            "range_fallbacks": summary.range_fallbacks,
+            "quality_guard": guarded,
+            "weight_bits": if opts.weight_qmax <= 64 { 7 } else { 8 },
+            "kernel_family": kernel_family(&opts),
         });
         Ok((m, json, reference))
     }

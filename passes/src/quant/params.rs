@@ -29,6 +29,68 @@ impl Method {
 
 /// The clipping threshold (amax) for a tensor.
 pub fn amax(s: &TensorStats, m: Method) -> f32 {
+    threshold(s, m).0
+}
+
+/// Share of a tensor's non-zero values a searched threshold (entropy, MSE) may clip before kiln calls the
+/// search collapsed. A KL or MSE threshold on a well-sampled, smooth histogram clips a few values in ten
+/// thousand; one that clips more than 1 % is resolving a spike or fitting a sparse histogram, not trimming
+/// outliers (a squeeze-excite gate clipped to a third of its range scored −0.2 dB at the output).
+pub const MAX_CLIPPED: f64 = 0.01;
+
+/// Fewest non-empty histogram bins a searched threshold needs: below this the histogram is too sparse
+/// (few elements, or values on a few levels) for a KL or MSE search to mean anything.
+pub const MIN_OCCUPIED_BINS: usize = 64;
+
+/// The percentile a collapsed search falls back to.
+pub const FALLBACK_PERCENTILE: f64 = 99.99;
+
+/// A tensor whose searched threshold was not trusted, and what replaced it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Fallback {
+    /// Why: `sparse histogram (N occupied bins)` or `clipped X % of non-zero values`.
+    pub reason: String,
+    /// The searched threshold and the one used instead.
+    pub searched: f32,
+    pub used: f32,
+    /// `percentile 99.99` or `minmax`.
+    pub method: String,
+}
+
+/// The clipping threshold for a tensor, and the fallback taken when `m` is a search (entropy, MSE) whose
+/// result cannot be trusted on this histogram: too few occupied bins (→ min/max), or more than
+/// [`MAX_CLIPPED`] of the non-zero values clipped (→ the [`FALLBACK_PERCENTILE`] percentile, or min/max
+/// when that clips as much). Min/max and percentile are what the user asked for and are never replaced.
+pub fn threshold(s: &TensorStats, m: Method) -> (f32, Option<Fallback>) {
+    let t = raw_amax(s, m);
+    if !matches!(m, Method::Entropy | Method::Mse) {
+        return (t, None);
+    }
+    let full = s.absmax();
+    let total: u64 = s.hist.iter().sum();
+    if full <= 0.0 || total == 0 || s.hist.len() != BINS || s.hist_max <= 0.0 || t >= full {
+        return (t, None);
+    }
+    let w = s.hist_max / BINS as f32;
+    let occupied = s.hist.iter().skip(1).filter(|c| **c > 0).count();
+    if occupied < MIN_OCCUPIED_BINS {
+        let reason = format!("sparse histogram ({occupied} occupied bins)");
+        return (full, Some(Fallback { reason, searched: t, used: full, method: "minmax".into() }));
+    }
+    let nonzero: u64 = s.hist.iter().skip(1).sum();
+    let edge = ((t / w).round() as usize).min(BINS);
+    let clipped: u64 = s.hist[edge.max(1)..].iter().sum();
+    let share = clipped as f64 / nonzero.max(1) as f64;
+    if share <= MAX_CLIPPED {
+        return (t, None);
+    }
+    let reason = format!("clipped {:.1} % of non-zero values", share * 100.0);
+    let p = raw_amax(s, Method::Percentile(FALLBACK_PERCENTILE));
+    let (used, method) = if p > t { (p, format!("percentile {FALLBACK_PERCENTILE}")) } else { (full, "minmax".to_string()) };
+    (used, Some(Fallback { reason, searched: t, used, method }))
+}
+
+fn raw_amax(s: &TensorStats, m: Method) -> f32 {
     let full = s.absmax();
     let total: u64 = s.hist.iter().sum();
     if full <= 0.0 || total == 0 || s.hist.len() != BINS || s.hist_max <= 0.0 {

@@ -31,11 +31,17 @@ pub struct QdqOptions {
     pub quantize_outputs: bool,
     /// Value name → factor on its calibrated range (ranges.rs: loss-aware refinement of residual streams).
     pub range_scale: std::collections::BTreeMap<String, f32>,
+    /// Value name → range method replacing `method` for that tensor (the quality guard's per-tensor repair).
+    pub method_override: BTreeMap<String, Method>,
+    /// Largest |q| of a weight: 127, or 64 for `reduce_range` (7-bit weights, as onnxruntime's quantizer
+    /// offers): x86 int8 kernels without VNNI add pairs of u8×s8 products in 16 bits, and 2·255·64 fits
+    /// where 2·255·127 saturates.
+    pub weight_qmax: i32,
 }
 
 impl Default for QdqOptions {
     fn default() -> Self {
-        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new(), quantize_outputs: false, range_scale: Default::default() }
+        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new(), quantize_outputs: false, range_scale: Default::default(), method_override: BTreeMap::new(), weight_qmax: 127 }
     }
 }
 
@@ -51,6 +57,8 @@ pub struct QdqSummary {
     pub snapped_channels: usize,
     /// Activation scale and zero point by value name.
     pub activation_params: BTreeMap<String, (f32, i64)>,
+    /// Tensors whose searched range (entropy, MSE) was not trusted, by value name (params.rs).
+    pub range_fallbacks: BTreeMap<String, super::params::Fallback>,
 }
 
 const FLOAT_ONLY: &[&str] = &[
@@ -58,9 +66,14 @@ const FLOAT_ONLY: &[&str] = &[
     "Range", "Cast", "QuantizeLinear", "DequantizeLinear", "Gelu", "Tanh", "Reciprocal", "ReduceMax", "ReduceMin",
 ];
 
+/// The range method for value `name`: its override, or the options' method.
+pub fn method_for(opts: &QdqOptions, name: &str) -> Method {
+    opts.method_override.get(name).copied().unwrap_or(opts.method)
+}
+
 fn act_params(c: &Calibration, name: &str, opts: &QdqOptions) -> Option<(f32, i64)> {
     let s = c.stats.get(name)?;
-    let t = amax(s, opts.method);
+    let t = amax(s, method_for(opts, name));
     let k = opts.range_scale.get(name).copied().unwrap_or(1.0);
     let lo = s.min.max(-t).min(0.0) * k;
     let hi = s.max.min(t).max(0.0) * k;
@@ -99,7 +112,7 @@ fn add_dq(g: &mut Graph, base: &str, q: ValueId, scale: TensorData, zp: TensorDa
 }
 
 /// Quantize weight input `slot` of node `id` along `axis` (None: per tensor). Returns the weight scales.
-fn quantize_weight(g: &mut Graph, id: NodeId, slot: usize, axis: Option<usize>, floor: &dyn Fn(usize) -> f32) -> Result<Option<Vec<f32>>> {
+fn quantize_weight(g: &mut Graph, id: NodeId, slot: usize, axis: Option<usize>, qmax: i32, floor: &dyn Fn(usize) -> f32) -> Result<Option<Vec<f32>>> {
     let Some(w) = g.nodes[id].input(slot) else { return Ok(None) };
     let Some(d) = g.const_data(w).filter(|d| d.dtype == DType::F32).cloned() else { return Ok(None) };
     let Some(vals) = d.to_f32_vec() else { return Ok(None) };
@@ -123,12 +136,12 @@ fn quantize_weight(g: &mut Graph, id: NodeId, slot: usize, axis: Option<usize>, 
         .iter()
         .enumerate()
         .map(|(c, a)| {
-            let s = if *a > 1e-30 { a / 127.0 } else { 0.0 };
+            let s = if *a > 1e-30 { a / qmax as f32 } else { 0.0 };
             let s = s.max(floor(c));
             if s > 0.0 { s } else { 1.0 }
         })
         .collect();
-    let q: Vec<u8> = vals.iter().enumerate().map(|(i, v)| (v / scales[chan_of(i)]).round().clamp(-127.0, 127.0) as i8 as u8).collect();
+    let q: Vec<u8> = vals.iter().enumerate().map(|(i, v)| (v / scales[chan_of(i)]).round().clamp(-(qmax as f32), qmax as f32) as i8 as u8).collect();
     let base = g.value(w).name.clone();
     let qv = g.add_const(&format!("{base}_quantized"), TensorData::from_bytes(DType::I8, dims.clone(), q))?;
     let per_axis = axis.is_some();
@@ -260,6 +273,17 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
     }
     let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
     let params = activation_params(g, calib, opts);
+    for v in params.keys() {
+        let name = &g.value(*v).name;
+        if g.is_output(*v) {
+            continue; // graph outputs always take min/max
+        }
+        if let Some(s) = calib.stats.get(name) {
+            if let (_, Some(f)) = super::params::threshold(s, method_for(opts, name)) {
+                sum.range_fallbacks.insert(name.clone(), f);
+            }
+        }
+    }
     // Weights and biases.
     for id in g.topo_order()? {
         let Some(n) = g.node(id) else { continue };
@@ -288,7 +312,7 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
                 _ => 0.0,
             }
         };
-        let Some(s_w) = quantize_weight(g, id, 1, axis, &floor)? else { continue };
+        let Some(s_w) = quantize_weight(g, id, 1, axis, opts.weight_qmax.clamp(1, 127), &floor)? else { continue };
         sum.weights += 1;
         if let (Some(s_in), true) = (s_in, matches!(g.nodes[id].op, Op::Conv { .. } | Op::Gemm { .. })) {
             if quantize_bias(g, id, s_in, &s_w)? {

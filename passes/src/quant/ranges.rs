@@ -80,13 +80,13 @@ fn sqnr(cand: &Model, input: &str, samples: &[TensorData], want: &[Vec<f64>]) ->
 /// `calib` with each value's range already clipped by `method` (graph outputs, which always take min/max,
 /// left alone): candidates then quantize with min/max and the same result, without searching entropy or
 /// MSE thresholds again for every tensor of every candidate.
-pub fn pin(model: &Model, calib: &Calibration, method: Method) -> Calibration {
+pub fn pin(model: &Model, calib: &Calibration, opts: &QdqOptions) -> Calibration {
     let mut c = calib.clone();
     for (name, s) in c.stats.iter_mut() {
         if model.graph.find(name).is_some_and(|v| model.graph.is_output(v)) {
             continue;
         }
-        let t = amax(s, method);
+        let t = amax(s, super::qdq::method_for(opts, name));
         s.min = s.min.max(-t);
         s.max = s.max.min(t);
     }
@@ -131,9 +131,9 @@ fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input
         want.push(ev.run(&[(input.to_string(), s.clone())])?.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<f64>>());
     }
     let means = if bc { Some(super::bias_correction::input_means(model, input, &probe)?) } else { None };
-    let pinned = pin(model, calib, opts.method);
+    let pinned = pin(model, calib, opts);
     let score = |o: &QdqOptions| -> Result<f64> {
-        let o = QdqOptions { method: Method::MinMax, ..o.clone() };
+        let o = QdqOptions { method: Method::MinMax, method_override: Default::default(), ..o.clone() };
         let (m, _, _) = super::build_with_means(model, &pinned, &o, means.as_ref())?;
         sqnr(&m, input, &probe, &want)
     };
