@@ -1,8 +1,15 @@
 """Accuracy of a (quantized) model against the fp32 original in onnxruntime: top-1 agreement, mean cosine,
 SQNR (dB) of the first output, and label accuracy when labels exist.
 
-    python accuracy.py ORIGINAL.onnx CANDIDATE.onnx STEM   (STEM picks the validation data, as in kiln_oracle)
+Both models run with onnxruntime's graph optimizations off (kiln_oracle.exact_session), so a Q/DQ candidate
+is judged as written — DequantizeLinear → float op → QuantizeLinear — and not by onnxruntime's fused int8
+kernels, whose results depend on the host CPU (16-bit saturating u8×s8 sums on x86 without VNNI). The fp32
+original is the same model either way. `exact=False` measures the host's default kernels instead.
+
+    python accuracy.py ORIGINAL.onnx CANDIDATE.onnx STEM [--host-kernels]
+    (STEM picks the validation data, as in kiln_oracle; --host-kernels: onnxruntime's default session)
 """
+import pathlib
 import sys
 
 import numpy as np
@@ -10,8 +17,8 @@ import numpy as np
 from kiln_oracle import session, validation_inputs, local_inputs, DATA
 
 
-def compare(orig, cand, feeds, labels=None):
-    a, b = session(orig), session(cand)
+def compare(orig, cand, feeds, labels=None, exact=True):
+    a, b = session(orig, exact=exact), session(cand, exact=exact)
     agree, cos, sig, noise, correct_a, correct_b = 0, [], 0.0, 0.0, 0, 0
     for i, f in enumerate(feeds):
         x = a.run(None, f)[0].astype(np.float64).ravel()
@@ -35,11 +42,12 @@ def feeds_and_labels(stem, path=None):
     if stem.startswith("digits"):
         return validation_inputs(stem), np.load(DATA / "digits_val_labels.npy")
     if path is not None and stem.startswith("tiny"):
-        return local_inputs(path), None
+        return local_inputs(pathlib.Path(path)), None
     return validation_inputs(stem), None
 
 
 if __name__ == "__main__":
-    orig, cand, stem = sys.argv[1:4]
+    args = [a for a in sys.argv[1:] if a != "--host-kernels"]
+    orig, cand, stem = args[:3]
     feeds, labels = feeds_and_labels(stem, orig)
-    print(compare(orig, cand, feeds, labels))
+    print(compare(orig, cand, feeds, labels, exact="--host-kernels" not in sys.argv[1:]))

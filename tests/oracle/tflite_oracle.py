@@ -1,8 +1,9 @@
 """Run kiln's TFLite artifacts in the ai-edge-litert interpreter (the independent oracle) and compare them
-with onnxruntime on the original ONNX model."""
+with onnxruntime on the original ONNX model (kiln_oracle.oracle_session: Q/DQ models with graph
+optimizations off, executed as written)."""
 import numpy as np
 
-from kiln_oracle import session
+from kiln_oracle import oracle_session
 
 
 def interpreter(path, threads=1):
@@ -43,23 +44,31 @@ def tflite_run(it, feed, layout="nhwc"):
     return outs
 
 
-def max_rel_diff(onnx_path, tflite_path, feeds, layout="nhwc"):
-    """max |tflite − ort| / max |ort| over every feed and output."""
-    sess = session(onnx_path)
+def paired_outputs(onnx_path, tflite_path, feeds, layout="nhwc"):
+    """[(onnxruntime outputs, interpreter outputs)] for each feed."""
+    sess = oracle_session(onnx_path)
     it = interpreter(tflite_path)
-    worst = 0.0
+    pairs = []
     for f in feeds:
-        refs = sess.run(None, f)
-        outs = tflite_run(it, f, layout)
+        refs, outs = sess.run(None, f), tflite_run(it, f, layout)
         for r, o in zip(refs, outs):
             assert r.shape == o.shape, (r.shape, o.shape)
+        pairs.append((refs, outs))
+    return pairs
+
+
+def max_rel_diff(onnx_path, tflite_path, feeds, layout="nhwc"):
+    """max |tflite − ort| / max |ort| over every feed and output."""
+    worst = 0.0
+    for refs, outs in paired_outputs(onnx_path, tflite_path, feeds, layout):
+        for r, o in zip(refs, outs):
             worst = max(worst, float(np.abs(o.astype(np.float64) - r).max() / (np.abs(r).max() + 1e-30)))
     return worst
 
 
 def mean_cosine(onnx_path, it, feeds, layout="nhwc"):
     """Mean cosine between onnxruntime's first output and the interpreter's, over the feeds."""
-    sess = session(onnx_path)
+    sess = oracle_session(onnx_path)
     cos = []
     for f in feeds:
         r, t = sess.run(None, f)[0].ravel().astype(np.float64), tflite_run(it, f, layout)[0].ravel().astype(np.float64)
