@@ -198,9 +198,31 @@ fn output_qdq(g: &mut Graph, v: ValueId, scale: f32, zp: i64, dt: DType) -> Resu
     Ok(())
 }
 
+/// Values that keep their full calibrated range (min/max) whatever the method: graph outputs, and the values
+/// an output is read from through ops that only pool, select or move values (GlobalAveragePool → Flatten
+/// after a classifier conv, say). Clipping there flattens exactly the largest logits, which decide top-1.
+pub fn full_range_values(g: &Graph) -> HashSet<ValueId> {
+    let mut out: HashSet<ValueId> = g.outputs.iter().copied().collect();
+    let mut stack: Vec<ValueId> = out.iter().copied().collect();
+    while let Some(v) = stack.pop() {
+        let Some((p, _)) = g.value(v).producer else { continue };
+        let Some(n) = g.node(p) else { continue };
+        let passes = n.act.is_none()
+            && (matches!(n.op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity | Op::Pool { .. } | Op::GlobalAveragePool)
+                || matches!(n.op.op_type(), "Squeeze" | "Unsqueeze" | "ReduceMean" | "GlobalMaxPool"));
+        if let (true, Some(x)) = (passes, n.input(0)) {
+            if g.const_data(x).is_none() && out.insert(x) {
+                stack.push(x);
+            }
+        }
+    }
+    out
+}
+
 /// Activation (scale, zero point) for every value that will get Q/DQ.
 pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> BTreeMap<ValueId, (f32, i64)> {
     let mut params = BTreeMap::new();
+    let full = full_range_values(g);
     for (i, v) in g.values.iter().enumerate() {
         let id = ValueId(i as u32);
         if v.dtype != DType::F32 || (g.is_output(id) && !opts.quantize_outputs) || g.const_data(id).is_some() {
@@ -212,7 +234,7 @@ pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> B
         }
         // A graph output keeps its full calibrated range: clipping logits flattens exactly the largest
         // ones, which decide top-1.
-        let p = if g.is_output(id) { act_params(calib, &v.name, &QdqOptions { method: Method::MinMax, ..opts.clone() }) } else { act_params(calib, &v.name, opts) };
+        let p = if full.contains(&id) { act_params(calib, &v.name, &QdqOptions { method: Method::MinMax, method_override: BTreeMap::new(), ..opts.clone() }) } else { act_params(calib, &v.name, opts) };
         if let Some(p) = p {
             params.insert(id, p);
         }
@@ -273,10 +295,11 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
     }
     let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
     let params = activation_params(g, calib, opts);
+    let full = full_range_values(g);
     for v in params.keys() {
         let name = &g.value(*v).name;
-        if g.is_output(*v) {
-            continue; // graph outputs always take min/max
+        if full.contains(v) {
+            continue; // outputs and what they pool take min/max
         }
         if let Some(s) = calib.stats.get(name) {
             if let (_, Some(f)) = super::params::threshold(s, method_for(opts, name)) {

@@ -77,13 +77,14 @@ fn sqnr(cand: &Model, input: &str, samples: &[TensorData], want: &[Vec<f64>]) ->
     Ok(10.0 * (sig / noise.max(1e-30)).log10())
 }
 
-/// `calib` with each value's range already clipped by `method` (graph outputs, which always take min/max,
-/// left alone): candidates then quantize with min/max and the same result, without searching entropy or
+/// `calib` with each value's range already clipped by its method (graph outputs and what they pool, which
+/// always take min/max, left alone): candidates then quantize with min/max and the same result, without searching entropy or
 /// MSE thresholds again for every tensor of every candidate.
 pub fn pin(model: &Model, calib: &Calibration, opts: &QdqOptions) -> Calibration {
     let mut c = calib.clone();
+    let full = super::qdq::full_range_values(&model.graph);
     for (name, s) in c.stats.iter_mut() {
-        if model.graph.find(name).is_some_and(|v| model.graph.is_output(v)) {
+        if model.graph.find(name).is_some_and(|v| full.contains(&v)) {
             continue;
         }
         let t = amax(s, super::qdq::method_for(opts, name));
