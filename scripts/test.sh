@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kiln's whole test suite, installing what it needs on a fresh machine:
-#   - Debian packages when missing (libonnx-testdata: ONNX node test cases), via apt-get as root;
+#   - Debian packages when missing (libonnx-testdata: ONNX node test cases; qemu-user: an emulated x86 CPU
+#     without VNNI for the int8-kernel tests), via apt-get as root;
 #   - a Python venv (.venv) with the pinned oracles from tests/requirements.txt (onnxruntime, onnx, numpy, ...);
 #   - a release build of kiln (cached in target/ between runs);
 # then runs the Rust tests (unit + hostile input) and the oracle tests (pytest, against onnxruntime).
@@ -14,6 +15,9 @@ log() { printf '\n==> %s\n' "$*"; }
 # 1. Debian packages.
 need_pkgs=()
 dpkg -s libonnx-testdata >/dev/null 2>&1 || need_pkgs+=(libonnx-testdata)
+# qemu-user: runs onnxruntime on an emulated x86 CPU without VNNI (AVX2 only), the kernel family whose
+# 16-bit pair sums saturate, so that claim is checked whatever CPU this machine has.
+command -v qemu-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-user)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${need_pkgs[*]}"
