@@ -1,8 +1,7 @@
-"""`kiln quantize` (issue 4, in progress): QDQ artifacts run in onnxruntime; accuracy against the fp32
-original measured by onnxruntime on the shared validation data.
-
-These floors are today's measured quality, kept as regression guards; the issue's targets (e.g. MobileNetV2
-per-channel top-1 agreement ≥ 0.90) are not all met yet, see the issue notes."""
+"""`kiln quantize` and int8 `kiln build` targets: QDQ artifacts run in onnxruntime with their Q/DQ executed as
+written (accuracy.compare: graph optimizations off), so no assertion depends on the host's int8 kernels;
+accuracy against the fp32 original on the shared validation data. What the host's fused kernels do is
+measured separately (test_quant_guard.py, docs/TESTING.md)."""
 import numpy as np
 import onnx
 import pytest
@@ -91,6 +90,28 @@ def test_mobilenet_v2_per_channel(tmp_path):
     assert r["mean_cosine"] >= 0.985 and r["top1_agreement"] >= 0.90 and r["sqnr_db"] >= 20.0, r
 
 
+@corpus
+def test_mobilenet_v2_x86_option_holds_under_default_kernels(tmp_path):
+    # Issue 11 line 5, second half: `--reduce-range` (7-bit weights) is the artifact for x86 servers without
+    # VNNI. It must meet 0.90 / 0.985 both with its Q/DQ as written and under onnxruntime's default session on
+    # whatever CPU runs this (its fused kernels cannot saturate: 2·255·64 < 2^15). Measured (entropy, the
+    # default method): 0.90 / 0.9925 / 18.6 dB exact, 0.90 / 0.9923 default on AVX-512 VNNI; under qemu's
+    # AVX2-only Haswell the default kernels reproduce the exact outputs (see docs/BENCHMARKS.md).
+    from kiln_oracle import host_int8_kernel
+
+    src = CORPUS / "mobilenet_v2.onnx"
+    q = tmp_path / "q.onnx"
+    p = quantize(src, q, DATA / "images_calib", "--imagenet", "--reduce-range")
+    assert "x86 without VNNI (7-bit weights" in p.stderr, p.stderr
+    feeds, _ = feeds_and_labels("mobilenet_v2")
+    exact = compare(src, q, feeds)
+    default = compare(src, q, feeds, exact=False)
+    print(f"host kernels {host_int8_kernel()}: exact {exact}, default {default}")
+    for r in (exact, default):
+        assert r["top1_agreement"] >= 0.90 and r["mean_cosine"] >= 0.985, (exact, default)
+    assert abs(default["sqnr_db"] - exact["sqnr_db"]) < 0.5, (exact, default)
+
+
 def tiny_cnn_project(tmp_path, targets):
     """tiny_cnn and its samples copied into tmp_path, and a config calibrating on them for `targets` (YAML
     list items, one per line); returns the config's path."""
@@ -135,7 +156,9 @@ def test_build_int8_target_from_yaml(tmp_path):
     def expose(path):
         m = onnx.load(str(path))
         m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # Q/DQ as written
+        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     fp, q = expose(tmp_path / "out" / "f" / "model.onnx"), expose(art)
     sig = noise = 0.0
@@ -392,7 +415,7 @@ def _calib_args(stem):
     from kiln_oracle import IMAGE_MODELS
 
     if stem in IMAGE_MODELS:
-        return [DATA / "images_calib", "--imagenet", "--samples", "32"]
+        return [DATA / "images_calib", "--imagenet"]
     if stem.startswith("digits"):
         return [DATA / "digits_calib.npy"]
     return [DATA / {"tiny_encoder": "tokens_calib.npy", "kws_lstm": "kws_calib.npy"}[stem]]
