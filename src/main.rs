@@ -321,7 +321,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         eprintln!("kiln: range of '{name}': {:?} → {} ({}; threshold {:.4} → {:.4})", method, f.method, f.reason, f.searched, f.used);
     }
     let (m, _, g) = kiln_passes::quant::guard::check(&float, &stats, &opts, bias_correction > 0, &input, &data, m, min_calibration_sqnr_db, summary.qat_kept)?;
-    eprintln!("kiln: output SQNR on {} calibration samples {:.2} dB, top-1 agreement {:.2} (floor {} dB)", g.samples, g.sqnr_db, g.top1_agreement, g.floor_db);
+    eprintln!("kiln: output SQNR (median of {} calibration samples) {:.2} dB, top-1 agreement {:.2} (floor {} dB)", g.samples, g.sqnr_db, g.top1_agreement, g.floor_db);
     match g.repair.as_str() {
         "range_fallback" => eprintln!("kiln: repaired by per-tensor range fallback on {} tensors: {:.2} dB, top-1 agreement {:.2}", g.range_fallbacks.len(), g.sqnr_db_after, g.top1_agreement_after),
         "kept_float" => eprintln!(

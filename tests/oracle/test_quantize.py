@@ -448,12 +448,25 @@ def method_sweep(stem, tmp_path, extra=()):
 SWEEP_MODELS = ["digits_mobilenet", "digits_mobilenet_pruned", "digits_mobilenet_qat", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_1", "tiny_encoder", "kws_lstm"]
 
 
+# Random-init image models (../shared/models/README.md: "their predictions mean nothing"). Their logits are
+# nearly tied, so top-1 agreement is decided by noise: MobileNetV3-small's logits have a median std of 0.004
+# and a median top-2 margin of 0.002; EfficientNet-B0's MSE artifact has a higher SQNR and cosine than
+# min/max's (11.2 vs 10.6 dB, 0.982 vs 0.975) and a lower agreement (0.80 vs 0.85); ShuffleNetV2's percentile
+# artifact went from 0.58 to 0.71 agreement between 32 and 48 calibration images at the same SQNR. For these
+# the test asserts what is stable: cosine within 2 points of min/max's and SQNR no more than 3 dB below it
+# (noise power at most doubled); agreement is printed.
+NEAR_TIED_LOGITS = {"mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0"}
+
+
 @corpus
 @pytest.mark.parametrize("stem", SWEEP_MODELS)
 def test_every_calibration_method_is_within_two_points_of_minmax(tmp_path, stem):
     res = method_sweep(stem, tmp_path)
-    base = res["minmax"][0]
-    table = {m: round(v[0], 4) for m, v in res.items()}
-    print(stem, table)
+    base = res["minmax"]
+    table = {m: (round(v[0], 4), round(v[1]["mean_cosine"], 4), round(v[1]["sqnr_db"], 2)) for m, v in res.items()}
+    print(stem, "(metric, cosine, SQNR dB):", table)
     for m, (v, r, err) in res.items():
-        assert v >= base - 0.02, (stem, m, table, r, err[-2000:])
+        if stem in NEAR_TIED_LOGITS:
+            assert r["mean_cosine"] >= base[1]["mean_cosine"] - 0.02 and r["sqnr_db"] >= base[1]["sqnr_db"] - 3.0, (stem, m, table, err[-2000:])
+        else:
+            assert v >= base[0] - 0.02, (stem, m, table, r, err[-2000:])
