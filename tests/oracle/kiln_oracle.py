@@ -204,8 +204,8 @@ def assert_same_top1(got, ref, tol):
 
 
 def host_int8_kernel():
-    """The family of onnxruntime's int8 CPU kernels on this host, for tests that measure them (none assert
-    on them now; judge artifacts with exact_session):
+    """The family of onnxruntime's int8 CPU kernels on this host, for tests that measure them (judge
+    artifacts with exact_session; test_quant_guard.py states its bound per family):
     "avx512_vnni" / "avx_vnni": x86 with VNNI, u8×s8 products summed in 32 bits (no saturation);
     "avx2": x86 without VNNI, vpmaddubsw sums pairs of u8×s8 products with 16-bit saturation;
     "arm": aarch64 (sdot/udot or widening multiplies, 32-bit sums); "other": anything else."""
