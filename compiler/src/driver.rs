@@ -315,6 +315,9 @@ impl<'a> Calibrator<'a> {
     }
 }
 
+/// A quantizer's result: the model, its report summary, and the float model it quantized when different.
+type Quantized = (Model, serde_json::Value, Option<Model>);
+
 /// Build every target of `cfg`.
 #[allow(clippy::too_many_arguments)]
 pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: &[Box<dyn Backend>], quantizer: Option<&dyn Quantizer>, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
@@ -382,7 +385,8 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut layer_sqnr = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut quantized_by_settings: BTreeMap<String, std::result::Result<(Model, serde_json::Value, Option<Model>), String>> = BTreeMap::new();
+    // Shared quantized models by settings; a quality-guard failure is shared too (its message).
+    let mut quantized_by_settings: BTreeMap<String, std::result::Result<Quantized, String>> = BTreeMap::new();
     let calibrator = if needs_calibration { Some(Calibrator::new(cfg, &model, &out, &inputs)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };

@@ -64,33 +64,71 @@ struct Scorer<'a> {
 impl<'a> Scorer<'a> {
     fn new(model: &Model, input: &'a str, samples: &[TensorData]) -> Result<Self> {
         let n = samples.len().min(PROBE_SAMPLES);
-        let probe: Vec<TensorData> = (0..n).filter_map(|i| samples.get(i * samples.len() / n.max(1)).cloned()).collect();
-        let first = probe.first().ok_or_else(|| Error::Input { name: input.into(), reason: "no calibration samples".into() })?;
-        let ev = Evaluator::new(model, &[(input.to_string(), first.dtype, first.dims.clone())])?;
+        let probe: Vec<TensorData> = (0..n)
+            .filter_map(|i| samples.get(i * samples.len() / n.max(1)).cloned())
+            .collect();
+        let first = probe.first().ok_or_else(|| Error::Input {
+            name: input.into(),
+            reason: "no calibration samples".into(),
+        })?;
+        let ev = Evaluator::new(
+            model,
+            &[(input.to_string(), first.dtype, first.dims.clone())],
+        )?;
         let mut want = Vec::with_capacity(n);
         let mut classes = 1;
         for s in &probe {
             let outs = ev.run(&[(input.to_string(), s.clone())])?;
-            classes = outs.first().and_then(|(_, t)| t.dims.last().copied()).unwrap_or(1).max(1) as usize;
-            want.push(outs.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect());
+            classes = outs
+                .first()
+                .and_then(|(_, t)| t.dims.last().copied())
+                .unwrap_or(1)
+                .max(1) as usize;
+            want.push(
+                outs.iter()
+                    .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
+                    .collect(),
+            );
         }
-        Ok(Scorer { input, probe, want, classes })
+        Ok(Scorer {
+            input,
+            probe,
+            want,
+            classes,
+        })
     }
 
     /// (SQNR dB, top-1 agreement) of `cand`. The SQNR is the median over samples of each sample's output
     /// SQNR: pooled over samples, a few samples with large outputs decide it (MobileNetV3-small's int8 model
     /// pooled 19 dB on calibration samples while the median sample's output was noise, 1.8 dB).
     fn score(&self, cand: &Model) -> Result<(f64, f64)> {
-        let Some(first) = self.probe.first() else { return Ok((f64::INFINITY, 1.0)) };
-        let ev = Evaluator::new(cand, &[(self.input.to_string(), first.dtype, first.dims.clone())])?;
+        let Some(first) = self.probe.first() else {
+            return Ok((f64::INFINITY, 1.0));
+        };
+        let ev = Evaluator::new(
+            cand,
+            &[(self.input.to_string(), first.dtype, first.dims.clone())],
+        )?;
         let (mut per, mut agree, mut rows) = (Vec::with_capacity(self.probe.len()), 0usize, 0usize);
         for (s, w) in self.probe.iter().zip(&self.want) {
-            let got: Vec<f64> = ev.run(&[(self.input.to_string(), s.clone())])?.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect();
+            let got: Vec<f64> = ev
+                .run(&[(self.input.to_string(), s.clone())])?
+                .iter()
+                .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
+                .collect();
             if got.len() != w.len() {
-                return Err(Error::Eval(format!("quantized model output has {} values, float {}", got.len(), w.len())));
+                return Err(Error::Eval(format!(
+                    "quantized model output has {} values, float {}",
+                    got.len(),
+                    w.len()
+                )));
             }
             let sig = w.iter().map(|v| v * v).sum::<f64>();
-            let noise = w.iter().zip(&got).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+            let noise = w
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f64>();
             per.push(10.0 * (sig.max(1e-30) / noise.max(1e-30)).log10());
             // Top-1 per row of the first output (its leading `rows * classes` values).
             let c = self.classes;
@@ -103,12 +141,25 @@ impl<'a> Scorer<'a> {
         }
         per.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         let sqnr = per.get(per.len() / 2).copied().unwrap_or(f64::INFINITY);
-        Ok((sqnr, if rows == 0 { 1.0 } else { agree as f64 / rows as f64 }))
+        Ok((
+            sqnr,
+            if rows == 0 {
+                1.0
+            } else {
+                agree as f64 / rows as f64
+            },
+        ))
     }
 }
 
 fn argmax(v: &[f64]) -> usize {
-    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, x)| if *x > b.1 { (i, *x) } else { b }).0
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |b, (i, x)| if *x > b.1 { (i, *x) } else { b },
+        )
+        .0
 }
 
 /// Expected squared error of quantizing |x| (the histogram) with threshold `t` on 255 steps over [0, t]
@@ -120,14 +171,22 @@ pub fn histogram_error(s: &TensorStats, t: f32) -> f64 {
     }
     let w = (s.hist_max / BINS as f32) as f64;
     let t = t as f64 / w;
-    let step = if s.min >= 0.0 { t / 255.0 } else { 2.0 * t / 255.0 };
+    let step = if s.min >= 0.0 {
+        t / 255.0
+    } else {
+        2.0 * t / 255.0
+    };
     s.hist
         .iter()
         .enumerate()
         .filter(|(_, c)| **c > 0)
         .map(|(j, c)| {
             let x = j as f64 + 0.5;
-            let e2 = if x > t { (x - t) * (x - t) } else { step * step / 12.0 };
+            let e2 = if x > t {
+                (x - t) * (x - t)
+            } else {
+                step * step / 12.0
+            };
             *c as f64 * e2
         })
         .sum()
@@ -135,10 +194,16 @@ pub fn histogram_error(s: &TensorStats, t: f32) -> f64 {
 
 /// For every activation, the method among its own, the 99.99th percentile and min/max with the smallest
 /// [`histogram_error`]; returns the tensors whose method changes.
-fn range_repair(calib: &Calibration, opts: &QdqOptions, values: &[String]) -> BTreeMap<String, Method> {
+fn range_repair(
+    calib: &Calibration,
+    opts: &QdqOptions,
+    values: &[String],
+) -> BTreeMap<String, Method> {
     let mut out = BTreeMap::new();
     for v in values {
-        let Some(s) = calib.stats.get(v) else { continue };
+        let Some(s) = calib.stats.get(v) else {
+            continue;
+        };
         let own = method_for(opts, v);
         let err = |m: Method| histogram_error(s, threshold(s, m).0);
         let (mut best, mut best_err) = (own, err(own));
@@ -168,10 +233,29 @@ fn method_name(m: Method) -> String {
 /// Returns the model to ship, the options it was built with, and the report; an error when no repair
 /// reaches the floor. `qat`: the model's scales come from training and are not kiln's to repair.
 #[allow(clippy::too_many_arguments)]
-pub fn check(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData], quantized: Model, floor: f64, qat: bool) -> Result<(Model, QdqOptions, Guarded)> {
+pub fn check(
+    model: &Model,
+    calib: &Calibration,
+    opts: &QdqOptions,
+    bc: bool,
+    input: &str,
+    samples: &[TensorData],
+    quantized: Model,
+    floor: f64,
+    qat: bool,
+) -> Result<(Model, QdqOptions, Guarded)> {
     let scorer = Scorer::new(model, input, samples)?;
     let (sqnr, top1) = scorer.score(&quantized)?;
-    let mut report = Guarded { floor_db: floor, samples: scorer.probe.len(), sqnr_db: sqnr, top1_agreement: top1, repair: "none".into(), sqnr_db_after: sqnr, top1_agreement_after: top1, ..Default::default() };
+    let mut report = Guarded {
+        floor_db: floor,
+        samples: scorer.probe.len(),
+        sqnr_db: sqnr,
+        top1_agreement: top1,
+        repair: "none".into(),
+        sqnr_db_after: sqnr,
+        top1_agreement_after: top1,
+        ..Default::default()
+    };
     if sqnr >= floor || qat {
         return Ok((quantized, opts.clone(), report));
     }
@@ -182,13 +266,17 @@ pub fn check(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, in
     let mut best = (sqnr, top1, quantized, opts.clone());
     if !fix.is_empty() {
         let mut o = opts.clone();
-        o.method_override.extend(fix.iter().map(|(k, v)| (k.clone(), *v)));
+        o.method_override
+            .extend(fix.iter().map(|(k, v)| (k.clone(), *v)));
         let (m, _, _) = super::build(model, calib, &o, bc, input, samples)?;
         let (s, a) = scorer.score(&m)?;
         tried.push(format!("range fallback on {} tensors {s:.2} dB", fix.len()));
         if s > best.0 {
             best = (s, a, m, o);
-            report.range_fallbacks = fix.iter().map(|(k, v)| (k.clone(), method_name(*v))).collect();
+            report.range_fallbacks = fix
+                .iter()
+                .map(|(k, v)| (k.clone(), method_name(*v)))
+                .collect();
         }
         if s >= floor {
             report.repair = "range_fallback".into();
@@ -205,7 +293,8 @@ pub fn check(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, in
     let mut k = 1;
     while k <= cap {
         let mut o = base.clone();
-        o.keep_float_values.extend(sens[..k].iter().map(|p| p.1.clone()));
+        o.keep_float_values
+            .extend(sens[..k].iter().map(|p| p.1.clone()));
         let (m, _, _) = super::build(model, calib, &o, bc, input, samples)?;
         let (s, a) = scorer.score(&m)?;
         tried.push(format!("{k} activations in float {s:.2} dB"));
@@ -217,7 +306,11 @@ pub fn check(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, in
         }
         k = if k == cap { cap + 1 } else { (k * 2).min(cap) };
     }
-    let worst: Vec<String> = sens.iter().take(5).map(|p| format!("{} ({:.1} dB)", p.1, p.2)).collect();
+    let worst: Vec<String> = sens
+        .iter()
+        .take(5)
+        .map(|p| format!("{} ({:.1} dB)", p.1, p.2))
+        .collect();
     Err(Error::Guard(format!(
         "int8 output SQNR (median of {} calibration samples) is {sqnr:.2} dB (top-1 agreement {top1:.2}), below the floor of {floor} dB \
          (min_calibration_sqnr_db). Worst tensors, each quantized alone: {}. Tried: {}. Keep layers in float with a \
