@@ -305,7 +305,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     }
     let t0 = std::time::Instant::now();
     let float = m;
-    let (m, summary, corrected) = kiln_passes::quant::build(&float, &stats, &opts, bias_correction > 0, &input, &data)?;
+    let ((m, summary, corrected), reference) = kiln_passes::quant::guard::build_with_reference(&float, &stats, &opts, bias_correction > 0, &input, &data)?;
     if summary.qat_kept {
         eprintln!("kiln: the model carries Q/DQ from quantization-aware training: its scales are kept");
     }
@@ -320,7 +320,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     for (name, f) in &summary.range_fallbacks {
         eprintln!("kiln: range of '{name}': {:?} → {} ({}; threshold {:.4} → {:.4})", method, f.method, f.reason, f.searched, f.used);
     }
-    let (m, _, g) = kiln_passes::quant::guard::check(&float, &stats, &opts, bias_correction > 0, &input, &data, m, min_calibration_sqnr_db, summary.qat_kept)?;
+    let (m, _, g) = kiln_passes::quant::guard::check(&reference, &float, &stats, &opts, bias_correction > 0, &input, &data, m, min_calibration_sqnr_db, summary.qat_kept)?;
     eprintln!("kiln: output SQNR (median of {} calibration samples) {:.2} dB, top-1 agreement {:.2} (floor {} dB)", g.samples, g.sqnr_db, g.top1_agreement, g.floor_db);
     match g.repair.as_str() {
         "range_fallback" => eprintln!("kiln: repaired by per-tensor range fallback on {} tensors: {:.2} dB, top-1 agreement {:.2}", g.range_fallbacks.len(), g.sqnr_db_after, g.top1_agreement_after),

@@ -152,7 +152,7 @@ impl Quantizer for Ptq {
             model
         };
         let (opts, refined) = if t.refine_ranges.unwrap_or(true) { ranges::refine(model, calib, &opts, bc, input, samples) } else { (opts, ranges::Refined::default()) };
-        let (mut m, summary, mut corrected) = build(model, calib, &opts, bc, input, samples)?;
+        let ((mut m, summary, mut corrected), probe) = guard::build_with_reference(model, calib, &opts, bc, input, samples)?;
         let mut mixed = serde_json::Value::Null;
         if let Some(check) = budget {
             let (ok, metrics) = check(&m)?;
@@ -164,7 +164,7 @@ impl Quantizer for Ptq {
             }
         }
         let floor = t.min_calibration_sqnr_db.unwrap_or(guard::DEFAULT_FLOOR_DB);
-        let (m, _, guarded) = guard::check(model, calib, &opts, bc, input, samples, m, floor, summary.qat_kept)?;
+        let (m, _, guarded) = guard::check(&probe, model, calib, &opts, bc, input, samples, m, floor, summary.qat_kept)?;
         let json = serde_json::json!({
             "method": format!("{method:?}"),
             "weights": if opts.per_channel { "per_channel" } else { "per_tensor" },
