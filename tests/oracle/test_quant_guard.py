@@ -150,16 +150,20 @@ def test_guard_floor_is_configurable_and_checked(tmp_path):
     assert p.returncode == 1 and "min_calibration_sqnr_db" in p.stderr, p.stderr
 
 
-def test_entropy_fallbacks_are_reported(tmp_path):
-    # digits_se's squeeze-excite gates: too few values for a KL search; report.json names each tensor.
+def _build_digits_se(tmp_path, calibration, targets):
+    """`kiln build` of digits_se (copied into tmp_path) for `targets` (YAML flow maps) into tmp_path/out;
+    returns report.json's `quantization` section."""
     for f in ("digits_se.onnx", "digits_se_inputs.npy"):
         shutil.copy(LOCAL_MODELS / f, tmp_path / f)
-    (tmp_path / "k.yaml").write_text(
-        "model: digits_se.onnx\ncalibration: { tensors: digits_se_inputs.npy, method: entropy }\n"
-        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
-    )
+    items = "".join(f"  - {t}\n" for t in targets)
+    (tmp_path / "k.yaml").write_text(f"model: digits_se.onnx\ncalibration: {calibration}\ntargets:\n{items}output: out\n")
     kiln("build", tmp_path / "k.yaml")
-    q = json.loads((tmp_path / "out" / "report.json").read_text())["quantization"]["q"]
+    return json.loads((tmp_path / "out" / "report.json").read_text())["quantization"]
+
+
+def test_entropy_fallbacks_are_reported(tmp_path):
+    # digits_se's squeeze-excite gates: too few values for a KL search; report.json names each tensor.
+    q = _build_digits_se(tmp_path, "{ tensors: digits_se_inputs.npy, method: entropy }", ["{ name: q, backend: onnx, precision: int8 }"])["q"]
     fb = q["range_fallbacks"]
     assert fb and all({"reason", "searched", "used", "method"} <= set(v) for v in fb.values()), fb
     assert all(v["used"] >= v["searched"] for v in fb.values()), fb
@@ -168,14 +172,8 @@ def test_entropy_fallbacks_are_reported(tmp_path):
 
 def test_reduce_range_writes_seven_bit_weights_and_names_its_kernels(tmp_path):
     src = LOCAL_MODELS / "digits_se.onnx"
-    for f in ("digits_se.onnx", "digits_se_inputs.npy"):
-        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
-    (tmp_path / "k.yaml").write_text(
-        "model: digits_se.onnx\ncalibration: { tensors: digits_se_inputs.npy }\n"
-        "targets:\n  - { name: r, backend: onnx, precision: int8, reduce_range: true }\n  - { name: f, backend: onnx, precision: int8 }\noutput: out\n"
-    )
-    kiln("build", tmp_path / "k.yaml")
-    rep = json.loads((tmp_path / "out" / "report.json").read_text())["quantization"]
+    targets = ["{ name: r, backend: onnx, precision: int8, reduce_range: true }", "{ name: f, backend: onnx, precision: int8 }"]
+    rep = _build_digits_se(tmp_path, "{ tensors: digits_se_inputs.npy }", targets)
     assert rep["r"]["weight_bits"] == 7 and "x86 without VNNI" in rep["r"]["kernel_family"], rep["r"]
     assert rep["f"]["weight_bits"] == 8 and "use reduce_range" in rep["f"]["kernel_family"], rep["f"]
 
