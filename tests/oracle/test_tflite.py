@@ -147,13 +147,13 @@ def test_unlowerable_op_is_named_and_other_targets_build(tmp_path):
 
 # ---- int8 (full integer, from the quantizer's QDQ model) ----
 
-def build_int8(tmp_path, model, pins="", extra_targets=""):
+def build_int8(tmp_path, model, pins="", extra_targets="", target_opts=""):
     cal = data_source(model, "calib")
     return build_config(
         tmp_path,
         model,
         f"{pins}passes: [cleanup, fuse]\ncalibration: {{ {cal}, method: percentile }}\n"
-        f"targets:\n  - {{ name: i8, backend: tflite, precision: int8 }}\n{extra_targets}",
+        f"targets:\n  - {{ name: i8, backend: tflite, precision: int8{target_opts} }}\n{extra_targets}",
     )
 
 
@@ -213,7 +213,17 @@ def test_mobilenet_v2_int8_tflite_all_integer_and_matches_its_qdq_twin(tmp_path)
 @pytest.mark.parametrize("stem", ["squeezenet1_1", "efficientnet_b0", "tiny_encoder", "kws_lstm", "shufflenet_v2_x1_0", "mobilenet_v3_small"])
 def test_corpus_int8_tflite_loads_and_runs(tmp_path, stem):
     path = CORPUS / f"{stem}.onnx"
-    out = build_int8(tmp_path, path)
+    opts = ""
+    if stem == "mobilenet_v3_small":
+        # Its full-integer model is noise (median output SQNR on calibration samples 3 dB, top-1 agreement
+        # 0.25: random-init logits nearly tied), so by default the quality guard fails the target, naming the
+        # worst tensors; the other targets would still build. This test is about lowering and loading: it
+        # lowers the floor on purpose. (A `validation:` budget is the way to a useful artifact.)
+        (tmp_path / "default").mkdir()
+        with pytest.raises(AssertionError, match=r"target i8: FAILED: quality guard: .* below the floor of 4 dB"):
+            build_int8(tmp_path / "default", path)
+        opts = ", min_calibration_sqnr_db: -100"
+    out = build_int8(tmp_path, path, target_opts=opts)
     it = interpreter(out / "i8" / "model.tflite")
     sess = session(path)
     for f in validation_inputs(stem, limit=4):
