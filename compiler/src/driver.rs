@@ -76,8 +76,11 @@ pub struct LayerSqnr {
     pub sqnr_db: f64,
 }
 
+/// A `validation:` section's files, its loaded samples and labels.
+type Validation = (Vec<PathBuf>, Vec<crate::ir::TensorData>, Option<Vec<i64>>);
+
 /// Files of a `validation:` section, its loaded samples and labels.
-fn validation_data(cfg: &LoadedConfig) -> Result<Option<(Vec<PathBuf>, Vec<crate::ir::TensorData>, Option<Vec<i64>>)>> {
+fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
     let Some(v) = &cfg.config.validation else { return Ok(None) };
     let limit = v.samples.unwrap_or(usize::MAX);
     let (source, mut files) = match (&v.images, &v.tensors) {
@@ -340,7 +343,7 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
             });
         }
     }
-    let passes: Vec<Box<dyn Pass>> = cfg.config.passes.iter().map(|s| make_pass(s)).collect::<Result<_>>()?;
+    let passes: Vec<Box<dyn Pass>> = cfg.config.passes.iter().map(make_pass).collect::<Result<_>>()?;
     if !force {
         if let Some(manifest) = up_to_date(cfg, &out) {
             return Ok(Outcome { up_to_date: true, manifest, output_dir: out });

@@ -77,7 +77,7 @@ pub fn load_image(path: &Path, p: &Preprocess) -> Result<TensorData> {
     let (w, h) = (img.width(), img.height());
     let (cw, ch) = p.crop.map(|c| (c.min(w), c.min(h))).unwrap_or((w, h));
     let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
-    if p.mean.len() != 3 || p.std.len() != 3 || p.std.iter().any(|s| *s == 0.0) {
+    if p.mean.len() != 3 || p.std.len() != 3 || p.std.contains(&0.0) {
         return Err(err("preprocess mean and std need 3 values each (std non-zero)".into()));
     }
     let bgr = p.channel_order == "bgr";

@@ -35,7 +35,7 @@ impl Pass for RemoveIdentity {
                 Op::Generic { op_type, .. } if op_type == "Dropout" => {
                     let mask_unused = n.output(1).map(|m| g.consumers(m).is_empty() && !g.is_output(m)).unwrap_or(true);
                     let training = n.input(2).and_then(|t| g.const_data(t)).and_then(|d| d.to_i64_vec()).map(|v| v.first() == Some(&1));
-                    mask_unused && n.inputs.len() <= 2 || (mask_unused && training == Some(false))
+                    mask_unused && (n.inputs.len() <= 2 || training == Some(false))
                 }
                 Op::Generic { op_type, .. } if op_type == "Cast" => {
                     n.op.attr_int("to").map(|t| t as i32) == Some(g.value(x).dtype.to_onnx()) && g.value(x).dtype == g.value(y).dtype

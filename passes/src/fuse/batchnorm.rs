@@ -148,11 +148,11 @@ fn fold_into_consumer(g: &mut Graph, bn_id: NodeId) -> Result<bool> {
         None => vec![0.0; cout],
     };
     let mut w2 = w.clone();
-    for o in 0..cout {
+    for (o, bo) in b.iter_mut().enumerate() {
         for i in 0..cin {
             for j in 0..k {
                 let idx = (o * cin + i) * k + j;
-                b[o] += w[idx] * p.shift[i];
+                *bo += w[idx] * p.shift[i];
                 w2[idx] = w[idx] * p.scale[i];
             }
         }

@@ -8,6 +8,7 @@
 //!   export writes back as the same decomposition when the model's opset predates it.
 //! - Attention: MatMul(q, kᵀ) → (Mul/Div by a scalar) → Softmax(last axis) → MatMul(·, v), with scalar
 //!   pre-scaling of q and kᵀ absorbed (the form PyTorch's scaled_dot_product_attention exports).
+//!
 //! Guarantees: every intermediate is read only inside the pattern; constants must match to 1e-4.
 use kiln_compiler::ir::{Act, BinOp, Graph, Model, Node, NodeId, Op, ValueId};
 use kiln_compiler::pipeline::{Pass, PassContext};

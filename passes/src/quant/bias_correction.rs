@@ -9,6 +9,9 @@ use kiln_compiler::eval::Evaluator;
 use kiln_compiler::ir::{DType, Graph, Model, NodeId, Op, TensorData, ValueId};
 use kiln_compiler::Result;
 
+/// Maps a weight element's flat index to its (output channel, input channel).
+type ChannelOf = Box<dyn Fn(usize) -> (usize, usize)>;
+
 /// Per-channel (axis 1) mean of a tensor.
 fn channel_means(t: &TensorData) -> Option<Vec<f64>> {
     let v = t.to_f64_vec()?;
@@ -114,7 +117,7 @@ pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usiz
             continue;
         }
         // Output channel and input channel of every weight element.
-        let (cout, chan): (usize, Box<dyn Fn(usize) -> (usize, usize)>) = match &n.op {
+        let (cout, chan): (usize, ChannelOf) = match &n.op {
             Op::Conv { group, .. } => {
                 let (co, ci_g) = (wdims[0] as usize, wdims[1] as usize);
                 let k: usize = wdims[2..].iter().product::<i64>() as usize;

@@ -102,7 +102,7 @@ pub fn conv_weights(g: &Graph, id: NodeId) -> Option<ConvWeights> {
     };
     let (dims, w) = weights(g, id)?;
     let co = dims[0] as usize;
-    if co == 0 || co % groups != 0 || w.len() != dims.iter().product::<i64>() as usize {
+    if co == 0 || !co.is_multiple_of(groups) || w.len() != dims.iter().product::<i64>() as usize {
         return None;
     }
     let bias = match g.nodes[id].input(2) {

@@ -192,12 +192,10 @@ fn entropy_bins(hist: &[u64]) -> usize {
             }
             let qv = mass / nz as f64 / qsum;
             let (mut sh, mut shl) = (mass, chl[b] - chl[a]);
-            if (a..b).contains(&last) {
-                if h[last] > 0.0 {
-                    q_last = qv;
-                    sh -= h[last];
-                    shl -= h[last] * h[last].ln();
-                }
+            if (a..b).contains(&last) && h[last] > 0.0 {
+                q_last = qv;
+                sh -= h[last];
+                shl -= h[last] * h[last].ln();
             }
             // Σ p ln(p/q) over the level's non-empty bins, p = h/psum, q = qv.
             kl += shl / psum - sh / psum * (psum.ln() + qv.ln());
