@@ -318,7 +318,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     for (name, f) in &summary.range_fallbacks {
-        eprintln!("kiln: range of '{name}': {:?} → {} ({}; threshold {:.4} → {:.4})", method, f.method, f.reason, f.searched, f.used);
+        eprintln!("kiln: range of '{name}': {} → {} ({}; threshold {:.4} → {:.4})", method, f.method, f.reason, f.searched, f.used);
     }
     let (m, _, g) = kiln_passes::quant::guard::check(&reference, &float, &stats, &opts, bias_correction > 0, &input, &data, m, min_calibration_sqnr_db, summary.qat_kept)?;
     eprintln!("kiln: output SQNR (median of {} calibration samples) {:.2} dB, top-1 agreement {:.2} (floor {} dB)", g.samples, g.sqnr_db, g.top1_agreement, g.floor_db);

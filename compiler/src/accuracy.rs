@@ -20,7 +20,8 @@ pub struct Metrics {
     pub accuracy: Option<f64>,
 }
 
-fn argmax(v: &[f64]) -> usize {
+/// Index of the largest value (the first on ties).
+pub fn argmax(v: &[f64]) -> usize {
     v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, x)| if *x > b.1 { (i, *x) } else { b }).0
 }
 

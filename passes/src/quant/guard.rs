@@ -14,6 +14,7 @@
 //! the build then fails that target alone. The report says what was measured and repaired.
 use std::collections::BTreeMap;
 
+use kiln_compiler::accuracy::argmax;
 use kiln_compiler::calib::{Calibration, TensorStats, BINS};
 use kiln_compiler::eval::Evaluator;
 use kiln_compiler::ir::{Model, Op, TensorData};
@@ -230,16 +231,6 @@ fn outputs(ev: &Evaluator, input: &str, probe: &[TensorData]) -> Result<Vec<Vec<
     Ok(parts.into_iter().flatten().collect())
 }
 
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f64::NEG_INFINITY),
-            |b, (i, x)| if *x > b.1 { (i, *x) } else { b },
-        )
-        .0
-}
-
 /// Expected squared error of quantizing |x| (the histogram) with threshold `t` on 255 steps over [0, t]
 /// (a tensor with no negative values) or [−t, t]: values above `t` lose x − t, the rest a uniform rounding
 /// error of step²/12. In units of bins², summed over elements.
@@ -296,15 +287,6 @@ fn range_repair(
         }
     }
     out
-}
-
-fn method_name(m: Method) -> String {
-    match m {
-        Method::MinMax => "minmax".into(),
-        Method::Percentile(p) => format!("percentile {p}"),
-        Method::Entropy => "entropy".into(),
-        Method::Mse => "mse".into(),
-    }
 }
 
 /// [`super::build`] and the guard's [`Reference`] for `model`, computed side by side.
@@ -373,7 +355,7 @@ pub fn check(
             best = (s, a, m, o);
             report.range_fallbacks = fix
                 .iter()
-                .map(|(k, v)| (k.clone(), method_name(*v)))
+                .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect();
         }
         if s >= floor {

@@ -23,6 +23,18 @@ pub enum Method {
     Mse,
 }
 
+impl std::fmt::Display for Method {
+    /// The name the config and CLI use (`percentile 99.99` with its percentile).
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Method::MinMax => f.write_str("minmax"),
+            Method::Percentile(p) => write!(f, "percentile {p}"),
+            Method::Entropy => f.write_str("entropy"),
+            Method::Mse => f.write_str("mse"),
+        }
+    }
+}
+
 impl Method {
     pub fn parse(s: &str, percentile: Option<f64>) -> Option<Method> {
         Some(match s {
@@ -91,7 +103,7 @@ pub fn threshold(s: &TensorStats, m: Method) -> (f32, Option<Fallback>) {
     let w = s.hist_max / BINS as f32;
     let occupied = s.hist.iter().skip(1).filter(|c| **c > 0).count();
     let nonzero: u64 = s.hist.iter().skip(1).sum();
-    let minmax = |reason: String| (full, Some(Fallback { reason, searched: t, used: full, method: "minmax".into() }));
+    let minmax = |reason: String| (full, Some(Fallback { reason, searched: t, used: full, method: Method::MinMax.to_string() }));
     if occupied < MIN_OCCUPIED_BINS {
         return minmax(format!("sparse histogram ({occupied} occupied bins)"));
     }
@@ -110,8 +122,8 @@ pub fn threshold(s: &TensorStats, m: Method) -> (f32, Option<Fallback>) {
     }
     let reason = format!("clipped {:.1} % of non-zero values", share * 100.0);
     let p = raw_amax(s, Method::Percentile(FALLBACK_PERCENTILE));
-    let (used, method) = if p > t { (p, format!("percentile {FALLBACK_PERCENTILE}")) } else { (full, "minmax".to_string()) };
-    (used, Some(Fallback { reason, searched: t, used, method }))
+    let (used, method) = if p > t { (p, Method::Percentile(FALLBACK_PERCENTILE)) } else { (full, Method::MinMax) };
+    (used, Some(Fallback { reason, searched: t, used, method: method.to_string() }))
 }
 
 fn raw_amax(s: &TensorStats, m: Method) -> f32 {

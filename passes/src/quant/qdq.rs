@@ -13,7 +13,7 @@ use kiln_compiler::calib::Calibration;
 use kiln_compiler::ir::{DType, Graph, Model, Node, NodeId, Op, TensorData, ValueId};
 use kiln_compiler::{Error, Result};
 
-use super::params::{amax, Method};
+use super::params::{threshold, Fallback, Method};
 
 /// What to quantize and how.
 #[derive(Clone, Debug)]
@@ -71,16 +71,17 @@ pub fn method_for(opts: &QdqOptions, name: &str) -> Method {
     opts.method_override.get(name).copied().unwrap_or(opts.method)
 }
 
-fn act_params(c: &Calibration, name: &str, opts: &QdqOptions) -> Option<(f32, i64)> {
+/// Scale and zero point of value `name`, and the fallback its range method took (params.rs).
+fn act_params(c: &Calibration, name: &str, opts: &QdqOptions) -> Option<((f32, i64), Option<Fallback>)> {
     let s = c.stats.get(name)?;
-    let t = amax(s, method_for(opts, name));
+    let (t, fallback) = threshold(s, method_for(opts, name));
     let k = opts.range_scale.get(name).copied().unwrap_or(1.0);
     let lo = s.min.max(-t).min(0.0) * k;
     let hi = s.max.min(t).max(0.0) * k;
     let (qmin, qmax) = if opts.activations == DType::U8 { (0.0f32, 255.0f32) } else { (-128.0, 127.0) };
     let scale = ((hi - lo) / (qmax - qmin)).max(1e-8);
     let zp = (qmin - lo / scale).round().clamp(qmin, qmax) as i64;
-    Some((scale, zp))
+    Some(((scale, zp), fallback))
 }
 
 fn zp_tensor(dt: DType, zp: i64, n: Option<usize>) -> TensorData {
@@ -221,7 +222,14 @@ pub fn full_range_values(g: &Graph) -> HashSet<ValueId> {
 
 /// Activation (scale, zero point) for every value that will get Q/DQ.
 pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> BTreeMap<ValueId, (f32, i64)> {
+    params_and_fallbacks(g, calib, opts).0
+}
+
+/// [`activation_params`], and the range fallbacks behind the parameters used (by value name): a value
+/// whose parameters are fixed by the runtime or taken from its input has none.
+fn params_and_fallbacks(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> (BTreeMap<ValueId, (f32, i64)>, BTreeMap<String, Fallback>) {
     let mut params = BTreeMap::new();
+    let mut fallbacks = BTreeMap::new();
     let full = full_range_values(g);
     for (i, v) in g.values.iter().enumerate() {
         let id = ValueId(i as u32);
@@ -235,8 +243,11 @@ pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> B
         // A graph output keeps its full calibrated range: clipping logits flattens exactly the largest
         // ones, which decide top-1.
         let p = if full.contains(&id) { act_params(calib, &v.name, &QdqOptions { method: Method::MinMax, method_override: BTreeMap::new(), ..opts.clone() }) } else { act_params(calib, &v.name, opts) };
-        if let Some(p) = p {
+        if let Some((p, f)) = p {
             params.insert(id, p);
+            if let Some(f) = f {
+                fallbacks.insert(v.name.clone(), f);
+            }
         }
     }
     // Full-integer (TFLite) rules: LOGISTIC and SOFTMAX outputs are (1/256, −128), TANH (1/128, 0) — fixed by
@@ -250,8 +261,9 @@ pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> B
                 _ => None,
             };
             if let (Some(p), Some(o)) = (fixed, n.output(0)) {
-                if params.contains_key(&o) {
-                    params.insert(o, p);
+                if let Some(slot) = params.get_mut(&o) {
+                    *slot = p;
+                    fallbacks.remove(&g.value(o).name);
                 }
             }
         }
@@ -270,10 +282,11 @@ pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> B
         for o in n.outputs.iter().flatten() {
             if params.contains_key(o) && !g.is_output(*o) {
                 params.insert(*o, p);
+                fallbacks.remove(&g.value(*o).name);
             }
         }
     }
-    params
+    (params, fallbacks)
 }
 
 /// Quantized range of the activation type.
@@ -294,19 +307,8 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
         return Err(Error::Pass { pass: "quantize".into(), reason: "per-channel quantization needs opset 13 or newer".into() });
     }
     let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
-    let params = activation_params(g, calib, opts);
-    let full = full_range_values(g);
-    for v in params.keys() {
-        let name = &g.value(*v).name;
-        if full.contains(v) {
-            continue; // outputs and what they pool take min/max
-        }
-        if let Some(s) = calib.stats.get(name) {
-            if let (_, Some(f)) = super::params::threshold(s, method_for(opts, name)) {
-                sum.range_fallbacks.insert(name.clone(), f);
-            }
-        }
-    }
+    let (params, fallbacks) = params_and_fallbacks(g, calib, opts);
+    sum.range_fallbacks = fallbacks;
     // Weights and biases.
     for id in g.topo_order()? {
         let Some(n) = g.node(id) else { continue };
