@@ -9,7 +9,11 @@ use kiln_compiler::ir::{Dim, TensorData};
 use kiln_compiler::{config, driver, eval, ir, npy, onnx, shape, stats};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Compile PyTorch-exported ONNX models into per-device artifacts")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Compile PyTorch-exported ONNX models into per-device artifacts"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -73,17 +77,23 @@ enum Cmd {
 }
 
 fn split_kv(s: &str) -> Result<(&str, &str)> {
-    s.split_once('=').filter(|(k, v)| !k.is_empty() && !v.is_empty()).ok_or_else(|| anyhow!("--input '{s}': expected NAME=VALUE"))
+    s.split_once('=')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| anyhow!("--input '{s}': expected NAME=VALUE"))
 }
 
 fn parse_pins(inputs: &[String]) -> Result<shape::Pins> {
     let mut pins = HashMap::new();
     for s in inputs {
         let (k, v) = split_kv(s)?;
-        let dims = v
-            .split(',')
-            .map(|d| d.trim().parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| anyhow!("--input '{s}': '{d}' is not a non-negative integer")))
-            .collect::<Result<Vec<_>>>()?;
+        let dims =
+            v.split(',')
+                .map(|d| {
+                    d.trim().parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
+                        anyhow!("--input '{s}': '{d}' is not a non-negative integer")
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
         pins.insert(k.to_string(), dims);
     }
     Ok(pins)
@@ -141,7 +151,10 @@ fn inspect(model: PathBuf, inputs: Vec<String>, json: bool) -> Result<()> {
     }
     println!("model      {}", model.display());
     println!("producer   {}  (ir_version {})", s.producer, s.ir_version);
-    println!("opsets     {}", s.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "opsets     {}",
+        s.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect::<Vec<_>>().join(", ")
+    );
     for (kind, list) in [("input", &s.inputs), ("output", &s.outputs)] {
         for t in list {
             println!("{kind:<10} {}: {}[{}]", t.name, t.dtype, t.shape.join(", "));
@@ -182,9 +195,13 @@ fn run(model: PathBuf, inputs: Vec<String>, output_dir: PathBuf) -> Result<()> {
         tensors.push((k.to_string(), npy::read(&PathBuf::from(v))?));
     }
     let outs = eval::run(&m, &tensors)?;
-    std::fs::create_dir_all(&output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("creating {}", output_dir.display()))?;
     for (name, t) in outs {
-        let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .collect();
         let path = output_dir.join(format!("{safe}.npy"));
         kiln_compiler::artifact::write_atomic(&path, &npy::encode(&t)?)?;
         println!("{} {:?} -> {}", name, t.dims, path.display());
@@ -197,9 +214,14 @@ fn build(config_path: PathBuf, force: bool) -> Result<()> {
     let backends = kiln_backends::all();
     let mut log = |s: &str| eprintln!("kiln: {s}");
     let quantizer = kiln_passes::quant::Ptq;
-    let outcome = driver::build(&cfg, force, &kiln_passes::make, &backends, Some(&quantizer), &mut log)?;
+    let outcome =
+        driver::build(&cfg, force, &kiln_passes::make, &backends, Some(&quantizer), &mut log)?;
     if outcome.up_to_date {
-        println!("up to date: {} ({} artifacts)", outcome.output_dir.display(), outcome.manifest.artifacts.len());
+        println!(
+            "up to date: {} ({} artifacts)",
+            outcome.output_dir.display(),
+            outcome.manifest.artifacts.len()
+        );
     } else {
         for a in &outcome.manifest.artifacts {
             println!("{:<40} {:>12} bytes  {}", a.path, a.bytes, &a.sha256[..16]);
@@ -209,12 +231,24 @@ fn build(config_path: PathBuf, force: bool) -> Result<()> {
     Ok(())
 }
 
-fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<String>, external_data: bool, dump_ir: Option<String>, verbose: bool) -> Result<()> {
+fn optimize(
+    model: PathBuf,
+    output: PathBuf,
+    inputs: Vec<String>,
+    passes: Vec<String>,
+    external_data: bool,
+    dump_ir: Option<String>,
+    verbose: bool,
+) -> Result<()> {
     let mut m = onnx::load(&model)?;
     let pins = parse_pins(&inputs)?;
     shape::infer(&mut m, &pins)?;
-    let passes = passes.iter().map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone()))).collect::<kiln_compiler::Result<Vec<_>>>()?;
-    let mut cx = kiln_compiler::pipeline::PassContext { dump_after: dump_ir.clone(), ..Default::default() };
+    let passes = passes
+        .iter()
+        .map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone())))
+        .collect::<kiln_compiler::Result<Vec<_>>>()?;
+    let mut cx =
+        kiln_compiler::pipeline::PassContext { dump_after: dump_ir.clone(), ..Default::default() };
     driver::run_passes(&mut m, &passes, &mut cx)?;
     if let Some(d) = &dump_ir {
         if cx.dumps.is_empty() {
@@ -226,15 +260,36 @@ fn optimize(model: PathBuf, output: PathBuf, inputs: Vec<String>, passes: Vec<St
         }
     }
     for r in cx.records.iter().filter(|r| verbose || !r.pass.contains('/')) {
-        eprintln!("kiln: {:<12} {:>8.1} ms  nodes {} -> {}", r.pass, r.wall_ms, r.nodes.0, r.nodes.1);
+        eprintln!(
+            "kiln: {:<12} {:>8.1} ms  nodes {} -> {}",
+            r.pass, r.wall_ms, r.nodes.0, r.nodes.1
+        );
     }
-    let external = if external_data { onnx::ExternalData::Always } else { onnx::ExternalData::Auto };
+    let external =
+        if external_data { onnx::ExternalData::Always } else { onnx::ExternalData::Auto };
     onnx::save(&m, &output, &onnx::ExportOptions { external, strip_value_info: false })?;
     Ok(())
 }
 
 fn quantize(args: QuantizeArgs) -> Result<()> {
-    let QuantizeArgs { model, calib, output, inputs, method, percentile, per_tensor, activations, samples, imagenet, passes, bias_correction, cle, refine_ranges, reduce_range, min_calibration_sqnr_db } = args;
+    let QuantizeArgs {
+        model,
+        calib,
+        output,
+        inputs,
+        method,
+        percentile,
+        per_tensor,
+        activations,
+        samples,
+        imagenet,
+        passes,
+        bias_correction,
+        cle,
+        refine_ranges,
+        reduce_range,
+        min_calibration_sqnr_db,
+    } = args;
     if !min_calibration_sqnr_db.is_finite() {
         anyhow::bail!("--min-calibration-sqnr-db must be a number of dB");
     }
@@ -248,7 +303,13 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     let mut m = onnx::load(&model)?;
     let source = if calib.is_dir() {
         let preprocess = if imagenet {
-            calib::Preprocess { resize: Some(256), crop: Some(224), mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], ..Default::default() }
+            calib::Preprocess {
+                resize: Some(256),
+                crop: Some(224),
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+                ..Default::default()
+            }
         } else {
             calib::Preprocess::default()
         };
@@ -263,7 +324,11 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         pins.entry(input.clone()).or_insert_with(|| first.dims.clone());
     }
     shape::infer(&mut m, &pins)?;
-    let passes = passes.iter().filter(|p| !p.is_empty()).map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone()))).collect::<kiln_compiler::Result<Vec<_>>>()?;
+    let passes = passes
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone())))
+        .collect::<kiln_compiler::Result<Vec<_>>>()?;
     let mut cx = kiln_compiler::pipeline::PassContext::default();
     driver::run_passes(&mut m, &passes, &mut cx)?;
     if cle {
@@ -276,15 +341,33 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     }
     let t0 = std::time::Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stats = calib::collect_with(&m, &input, &data, false, &mut |done, total| if tty { eprint!("\rkiln: calibrating {done}/{total}") })?;
-    eprintln!("{}kiln: calibrated on {} samples in {:.1} s", if tty { "\n" } else { "" }, stats.samples, t0.elapsed().as_secs_f64());
-    let method = kiln_passes::quant::params::Method::parse(&method, percentile).ok_or_else(|| anyhow!("--method '{method}': expected minmax, percentile, entropy or mse"))?;
+    let stats = calib::collect_with(&m, &input, &data, false, &mut |done, total| {
+        if tty {
+            eprint!("\rkiln: calibrating {done}/{total}")
+        }
+    })?;
+    eprintln!(
+        "{}kiln: calibrated on {} samples in {:.1} s",
+        if tty { "\n" } else { "" },
+        stats.samples,
+        t0.elapsed().as_secs_f64()
+    );
+    let method =
+        kiln_passes::quant::params::Method::parse(&method, percentile).ok_or_else(|| {
+            anyhow!("--method '{method}': expected minmax, percentile, entropy or mse")
+        })?;
     let act = match activations.as_str() {
         "int8" => ir::DType::I8,
         "uint8" => ir::DType::U8,
         other => anyhow::bail!("--activations '{other}': expected int8 or uint8"),
     };
-    let mut opts = kiln_passes::quant::qdq::QdqOptions { per_channel: !per_tensor, activations: act, method, weight_qmax: if reduce_range { 64 } else { 127 }, ..Default::default() };
+    let mut opts = kiln_passes::quant::qdq::QdqOptions {
+        per_channel: !per_tensor,
+        activations: act,
+        method,
+        weight_qmax: if reduce_range { 64 } else { 127 },
+        ..Default::default()
+    };
     let t0 = std::time::Instant::now();
     let refine = match refine_ranges.as_str() {
         "on" => true,
@@ -292,22 +375,46 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         other => anyhow::bail!("--refine-ranges '{other}': expected on or off"),
     };
     if refine {
-        let (o, r) = kiln_passes::quant::ranges::refine(&m, &stats, &opts, bias_correction > 0, &input, &data);
+        let (o, r) = kiln_passes::quant::ranges::refine(
+            &m,
+            &stats,
+            &opts,
+            bias_correction > 0,
+            &input,
+            &data,
+        );
         if let Some(why) = &r.skipped {
             eprintln!("kiln: range refinement skipped (calibrated ranges kept): {why}");
         }
         opts = o;
-        let moved: Vec<String> = r.streams.iter().filter(|s| s.factor != 1.0).map(|s| format!("{} ×{}", s.first, s.factor)).collect();
+        let moved: Vec<String> = r
+            .streams
+            .iter()
+            .filter(|s| s.factor != 1.0)
+            .map(|s| format!("{} ×{}", s.first, s.factor))
+            .collect();
         if !r.streams.is_empty() {
-            let (a, b) = (r.streams.first().map_or(0.0, |s| s.sqnr_db_before), r.streams.last().map_or(0.0, |s| s.sqnr_db_after));
+            let (a, b) = (
+                r.streams.first().map_or(0.0, |s| s.sqnr_db_before),
+                r.streams.last().map_or(0.0, |s| s.sqnr_db_after),
+            );
             eprintln!("kiln: range refinement: {} residual streams, {} narrowed [{}]; output SQNR on calibration samples {a:.2} → {b:.2} dB ({:.1} s)", r.streams.len(), moved.len(), moved.join(", "), t0.elapsed().as_secs_f64());
         }
     }
     let t0 = std::time::Instant::now();
     let float = m;
-    let ((m, summary, corrected), reference) = kiln_passes::quant::guard::build_with_reference(&float, &stats, &opts, bias_correction > 0, &input, &data)?;
+    let ((m, summary, corrected), reference) = kiln_passes::quant::guard::build_with_reference(
+        &float,
+        &stats,
+        &opts,
+        bias_correction > 0,
+        &input,
+        &data,
+    )?;
     if summary.qat_kept {
-        eprintln!("kiln: the model carries Q/DQ from quantization-aware training: its scales are kept");
+        eprintln!(
+            "kiln: the model carries Q/DQ from quantization-aware training: its scales are kept"
+        );
     }
     eprintln!(
         "kiln: quantized {} weights, {} biases, {} activations; bias-corrected {corrected} layers; {} dead channels snapped to the grid ({:.1} s)",
@@ -318,9 +425,23 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     for (name, f) in &summary.range_fallbacks {
-        eprintln!("kiln: range of '{name}': {} → {} ({}; threshold {:.4} → {:.4})", method, f.method, f.reason, f.searched, f.used);
+        eprintln!(
+            "kiln: range of '{name}': {} → {} ({}; threshold {:.4} → {:.4})",
+            method, f.method, f.reason, f.searched, f.used
+        );
     }
-    let (m, _, g) = kiln_passes::quant::guard::check(&reference, &float, &stats, &opts, bias_correction > 0, &input, &data, m, min_calibration_sqnr_db, summary.qat_kept)?;
+    let (m, _, g) = kiln_passes::quant::guard::check(
+        &reference,
+        &float,
+        &stats,
+        &opts,
+        bias_correction > 0,
+        &input,
+        &data,
+        m,
+        min_calibration_sqnr_db,
+        summary.qat_kept,
+    )?;
     eprintln!("kiln: output SQNR (median of {} calibration samples) {:.2} dB, top-1 agreement {:.2} (floor {} dB)", g.samples, g.sqnr_db, g.top1_agreement, g.floor_db);
     match g.repair.as_str() {
         "range_fallback" => eprintln!("kiln: repaired by per-tensor range fallback on {} tensors: {:.2} dB, top-1 agreement {:.2}", g.range_fallbacks.len(), g.sqnr_db_after, g.top1_agreement_after),
@@ -404,7 +525,9 @@ fn main() -> ExitCode {
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
         Cmd::Quantize(args) => quantize(args),
-        Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => optimize(model, output, inputs, passes, external_data, dump_ir, verbose),
+        Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => {
+            optimize(model, output, inputs, passes, external_data, dump_ir, verbose)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -414,4 +537,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

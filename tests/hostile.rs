@@ -15,7 +15,12 @@ fn fails(args: &[&str]) -> String {
     let out = kiln(args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "kiln {args:?} succeeded; stderr: {err}");
-    assert_eq!(out.status.code(), Some(1), "kiln {args:?}: exit {:?} (signal/panic?) stderr: {err}", out.status.code());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "kiln {args:?}: exit {:?} (signal/panic?) stderr: {err}",
+        out.status.code()
+    );
     assert!(!err.contains("panicked"), "kiln {args:?} panicked: {err}");
     err
 }
@@ -28,7 +33,15 @@ fn vi(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
             denotation: String::new(),
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                 elem_type: 1,
-                shape: Some(pb::TensorShapeProto { dim: dims.iter().map(|d| Dimension { denotation: String::new(), value: Some(Value::DimValue(*d)) }).collect() }),
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            denotation: String::new(),
+                            value: Some(Value::DimValue(*d)),
+                        })
+                        .collect(),
+                }),
             })),
         }),
         ..Default::default()
@@ -45,7 +58,12 @@ fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProt
     }
 }
 
-fn model(nodes: Vec<pb::NodeProto>, init: Vec<pb::TensorProto>, inputs: &[&str], outputs: &[&str]) -> pb::ModelProto {
+fn model(
+    nodes: Vec<pb::NodeProto>,
+    init: Vec<pb::TensorProto>,
+    inputs: &[&str],
+    outputs: &[&str],
+) -> pb::ModelProto {
     pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
@@ -66,7 +84,13 @@ fn relu_model() -> pb::ModelProto {
 }
 
 fn f32_tensor(name: &str, dims: &[i64], raw: Vec<u8>) -> pb::TensorProto {
-    pb::TensorProto { name: name.into(), data_type: 1, dims: dims.to_vec(), raw_data: raw, ..Default::default() }
+    pb::TensorProto {
+        name: name.into(),
+        data_type: 1,
+        dims: dims.to_vec(),
+        raw_data: raw,
+        ..Default::default()
+    }
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -123,7 +147,12 @@ fn protobuf_of_another_message() {
     let d = tempfile::tempdir().unwrap();
     let t = f32_tensor("w", &[2], vec![0; 8]);
     let err = inspect_fails(&write(d.path(), "tensor.onnx", &t.encode_to_vec()));
-    assert!(err.contains("not an ONNX ModelProto") || err.contains("no graph") || err.contains("not a valid ONNX"), "{err}");
+    assert!(
+        err.contains("not an ONNX ModelProto")
+            || err.contains("no graph")
+            || err.contains("not a valid ONNX"),
+        "{err}"
+    );
     let g = relu_model().graph.unwrap();
     let err = inspect_fails(&write(d.path(), "graph.onnx", &g.encode_to_vec()));
     assert!(err.contains("not a valid ONNX model"), "{err}");
@@ -136,7 +165,15 @@ fn protobuf_of_another_message() {
 #[test]
 fn cycle() {
     let d = tempfile::tempdir().unwrap();
-    let m = model(vec![node("Add", "a", &["x", "b_out"], &["a_out"]), node("Relu", "b", &["a_out"], &["b_out"])], vec![], &["x"], &["b_out"]);
+    let m = model(
+        vec![
+            node("Add", "a", &["x", "b_out"], &["a_out"]),
+            node("Relu", "b", &["a_out"], &["b_out"]),
+        ],
+        vec![],
+        &["x"],
+        &["b_out"],
+    );
     let err = inspect_fails(&write_model(d.path(), "cycle.onnx", &m));
     assert!(err.contains("cycle") && err.contains('a') && err.contains('b'), "{err}");
     let m = model(vec![node("Add", "self", &["x", "y"], &["y"])], vec![], &["x"], &["y"]);
@@ -158,9 +195,17 @@ fn input_no_node_produces() {
 #[test]
 fn duplicate_names() {
     let d = tempfile::tempdir().unwrap();
-    let m = model(vec![node("Relu", "r1", &["x"], &["y"]), node("Relu", "r2", &["x"], &["y"])], vec![], &["x"], &["y"]);
+    let m = model(
+        vec![node("Relu", "r1", &["x"], &["y"]), node("Relu", "r2", &["x"], &["y"])],
+        vec![],
+        &["x"],
+        &["y"],
+    );
     let err = inspect_fails(&write_model(d.path(), "dup.onnx", &m));
-    assert!(err.contains("'y'") && (err.contains("duplicate") || err.contains("already defined")), "{err}");
+    assert!(
+        err.contains("'y'") && (err.contains("duplicate") || err.contains("already defined")),
+        "{err}"
+    );
     let mut m = relu_model();
     m.graph.as_mut().unwrap().input.push(vi("x", &[1, 4]));
     let err = inspect_fails(&write_model(d.path(), "dupin.onnx", &m));
@@ -177,7 +222,12 @@ fn duplicate_names() {
 #[test]
 fn raw_data_size_disagrees_with_dims() {
     let d = tempfile::tempdir().unwrap();
-    let m = model(vec![node("Add", "a", &["x", "w"], &["y"])], vec![f32_tensor("w", &[1, 4], vec![0; 12])], &["x"], &["y"]);
+    let m = model(
+        vec![node("Add", "a", &["x", "w"], &["y"])],
+        vec![f32_tensor("w", &[1, 4], vec![0; 12])],
+        &["x"],
+        &["y"],
+    );
     let err = inspect_fails(&write_model(d.path(), "size.onnx", &m));
     assert!(err.contains("tensor 'w'") && err.contains("12 bytes") && err.contains("16"), "{err}");
 }
@@ -186,13 +236,28 @@ fn raw_data_size_disagrees_with_dims() {
 fn absurd_dims() {
     let d = tempfile::tempdir().unwrap();
     // 2^40 elements declared, 4 bytes present: refused without allocating.
-    let m = model(vec![node("Add", "a", &["x", "w"], &["y"])], vec![f32_tensor("w", &[1 << 20, 1 << 20], vec![0; 4])], &["x"], &["y"]);
+    let m = model(
+        vec![node("Add", "a", &["x", "w"], &["y"])],
+        vec![f32_tensor("w", &[1 << 20, 1 << 20], vec![0; 4])],
+        &["x"],
+        &["y"],
+    );
     let err = inspect_fails(&write_model(d.path(), "huge.onnx", &m));
     assert!(err.contains("tensor 'w'"), "{err}");
-    let m = model(vec![node("Add", "a", &["x", "w"], &["y"])], vec![f32_tensor("w", &[i64::MAX, 4], vec![0; 4])], &["x"], &["y"]);
+    let m = model(
+        vec![node("Add", "a", &["x", "w"], &["y"])],
+        vec![f32_tensor("w", &[i64::MAX, 4], vec![0; 4])],
+        &["x"],
+        &["y"],
+    );
     let err = inspect_fails(&write_model(d.path(), "overflow.onnx", &m));
     assert!(err.contains("tensor 'w'") && err.contains("overflow"), "{err}");
-    let m = model(vec![node("Add", "a", &["x", "w"], &["y"])], vec![f32_tensor("w", &[-3], vec![])], &["x"], &["y"]);
+    let m = model(
+        vec![node("Add", "a", &["x", "w"], &["y"])],
+        vec![f32_tensor("w", &[-3], vec![])],
+        &["x"],
+        &["y"],
+    );
     let err = inspect_fails(&write_model(d.path(), "neg.onnx", &m));
     assert!(err.contains("tensor 'w'") && err.contains("negative"), "{err}");
     // Absurd pinned input dims: shape inference and MAC counting must not overflow or allocate.
@@ -207,17 +272,29 @@ fn unknown_op_is_kept_not_fatal() {
     let d = tempfile::tempdir().unwrap();
     let mut n = node("FancyOp", "f", &["x"], &["y"]);
     n.domain = "com.example".into();
-    n.attribute.push(pb::AttributeProto { name: "k".into(), r#type: 2, i: Some(0), ..Default::default() });
+    n.attribute.push(pb::AttributeProto {
+        name: "k".into(),
+        r#type: 2,
+        i: Some(0),
+        ..Default::default()
+    });
     let mut m = model(vec![n], vec![], &["x"], &["y"]);
     m.opset_import.push(pb::OperatorSetIdProto { domain: "com.example".into(), version: 1 });
     let p = write_model(d.path(), "custom.onnx", &m);
     let out = kiln(&["inspect", p.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FancyOp"));
-    std::fs::write(d.path().join("k.yaml"), "model: custom.onnx\ntargets: [{ name: t, backend: onnx }]\noutput: out\n").unwrap();
+    std::fs::write(
+        d.path().join("k.yaml"),
+        "model: custom.onnx\ntargets: [{ name: t, backend: onnx }]\noutput: out\n",
+    )
+    .unwrap();
     let out = kiln(&["build", d.path().join("k.yaml").to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let back = pb::ModelProto::decode(std::fs::read(d.path().join("out/t/model.onnx")).unwrap().as_slice()).unwrap();
+    let back = pb::ModelProto::decode(
+        std::fs::read(d.path().join("out/t/model.onnx")).unwrap().as_slice(),
+    )
+    .unwrap();
     let g = back.graph.unwrap();
     assert_eq!(g.node[0].op_type, "FancyOp");
     assert_eq!(g.node[0].domain, "com.example");
@@ -227,7 +304,8 @@ fn unknown_op_is_kept_not_fatal() {
 fn external_model(location: &str) -> pb::ModelProto {
     let mut t = f32_tensor("w", &[1, 4], vec![]);
     t.data_location = 1;
-    t.external_data = vec![pb::StringStringEntryProto { key: "location".into(), value: location.into() }];
+    t.external_data =
+        vec![pb::StringStringEntryProto { key: "location".into(), value: location.into() }];
     model(vec![node("Add", "a", &["x", "w"], &["y"])], vec![t], &["x"], &["y"])
 }
 
@@ -238,10 +316,19 @@ fn external_data_escaping_the_model_folder_is_refused() {
     std::fs::create_dir(&dir).unwrap();
     let secret = write(root.path(), "secret.bin", &[0u8; 16]);
     let abs = secret.to_str().unwrap().to_string();
-    for (name, loc, needle) in [("abs.onnx", abs.as_str(), "absolute"), ("dotdot.onnx", "../secret.bin", "escapes"), ("dotdot2.onnx", "sub/../../secret.bin", "escapes")] {
+    for (name, loc, needle) in [
+        ("abs.onnx", abs.as_str(), "absolute"),
+        ("dotdot.onnx", "../secret.bin", "escapes"),
+        ("dotdot2.onnx", "sub/../../secret.bin", "escapes"),
+    ] {
         let p = write_model(&dir, name, &external_model(loc));
         let err = inspect_fails(&p);
-        assert!(err.contains("external data for tensor 'w'") && err.contains(needle) && err.contains("refused"), "{name}: {err}");
+        assert!(
+            err.contains("external data for tensor 'w'")
+                && err.contains(needle)
+                && err.contains("refused"),
+            "{name}: {err}"
+        );
     }
     #[cfg(unix)]
     {
@@ -298,20 +385,41 @@ fn config_case(yaml: &str, needle: &[&str]) {
 
 #[test]
 fn bad_yaml() {
-    config_case("model: m.onnx\ntargets: [{ name: t, backend: onnx }]\noutput: out\nbogus: 1\n", &["kiln.yaml:4:1", "unknown field `bogus`"]);
-    config_case("model: m.onnx\ntargets:\n  - name: t\n    backend: onnx\n    colour: red\noutput: out\n", &["kiln.yaml:5:5", "targets[0]", "unknown field `colour`"]);
+    config_case(
+        "model: m.onnx\ntargets: [{ name: t, backend: onnx }]\noutput: out\nbogus: 1\n",
+        &["kiln.yaml:4:1", "unknown field `bogus`"],
+    );
+    config_case(
+        "model: m.onnx\ntargets:\n  - name: t\n    backend: onnx\n    colour: red\noutput: out\n",
+        &["kiln.yaml:5:5", "targets[0]", "unknown field `colour`"],
+    );
     config_case("model: m.onnx\ntargets: 12\noutput: out\n", &["kiln.yaml:2", "targets"]);
     config_case("model: [unclosed\n", &["kiln.yaml"]);
     config_case("targets: [{ name: t, backend: onnx }]\noutput: out\n", &["missing field `model`"]);
     config_case("model: m.onnx\ntargets: []\noutput: out\n", &["targets", "empty"]);
-    config_case("model: gone.onnx\ntargets: [{ name: t, backend: onnx }]\noutput: out\n", &["gone.onnx"]);
-    config_case("model: m.onnx\ntargets: [{ name: t, backend: warp-drive }]\noutput: out\n", &["unknown backend 'warp-drive'", "onnx"]);
-    config_case("model: m.onnx\ntargets: [{ name: t, backend: onnx, precision: int3 }]\noutput: out\n", &["precision 'int3'"]);
+    config_case(
+        "model: gone.onnx\ntargets: [{ name: t, backend: onnx }]\noutput: out\n",
+        &["gone.onnx"],
+    );
+    config_case(
+        "model: m.onnx\ntargets: [{ name: t, backend: warp-drive }]\noutput: out\n",
+        &["unknown backend 'warp-drive'", "onnx"],
+    );
+    config_case(
+        "model: m.onnx\ntargets: [{ name: t, backend: onnx, precision: int3 }]\noutput: out\n",
+        &["precision 'int3'"],
+    );
     config_case("model: m.onnx\ntargets: [{ name: t, backend: onnx }, { name: t, backend: onnx }]\noutput: out\n", &["used twice"]);
-    config_case("model: m.onnx\ntargets: [{ name: ../escape, backend: onnx }]\noutput: out\n", &["target name"]);
+    config_case(
+        "model: m.onnx\ntargets: [{ name: ../escape, backend: onnx }]\noutput: out\n",
+        &["target name"],
+    );
     config_case("model: m.onnx\ninputs: { nope: [1, 4] }\ntargets: [{ name: t, backend: onnx }]\noutput: out\n", &["input 'nope'", "x"]);
     config_case("model: m.onnx\ninputs: { x: [1, 4, 4] }\ntargets: [{ name: t, backend: onnx }]\noutput: out\n", &["input 'x'", "rank"]);
-    config_case("model: m.onnx\npasses: [warp]\ntargets: [{ name: t, backend: onnx }]\noutput: out\n", &["pass 'warp'", "unknown pass"]);
+    config_case(
+        "model: m.onnx\npasses: [warp]\ntargets: [{ name: t, backend: onnx }]\noutput: out\n",
+        &["pass 'warp'", "unknown pass"],
+    );
 }
 
 #[test]
@@ -319,7 +427,14 @@ fn bad_run_inputs() {
     let d = tempfile::tempdir().unwrap();
     let p = write_model(d.path(), "m.onnx", &relu_model());
     let npy = write(d.path(), "bad.npy", b"not npy");
-    let err = fails(&["run", p.to_str().unwrap(), "--input", &format!("x={}", npy.display()), "--output-dir", d.path().join("o").to_str().unwrap()]);
+    let err = fails(&[
+        "run",
+        p.to_str().unwrap(),
+        "--input",
+        &format!("x={}", npy.display()),
+        "--output-dir",
+        d.path().join("o").to_str().unwrap(),
+    ]);
     assert!(err.contains("bad.npy") && err.contains("magic"), "{err}");
     let err = fails(&["run", p.to_str().unwrap(), "--input", "nonsense", "--output-dir", "o"]);
     assert!(err.contains("NAME=VALUE"), "{err}");
@@ -330,17 +445,38 @@ fn bad_calibration_data() {
     let d = tempfile::tempdir().unwrap();
     let p = write_model(d.path(), "m.onnx", &relu_model());
     let out = d.path().join("q.onnx");
-    let err = fails(&["quantize", p.to_str().unwrap(), "--calib", "/no/such/calib.npy", "-o", out.to_str().unwrap()]);
+    let err = fails(&[
+        "quantize",
+        p.to_str().unwrap(),
+        "--calib",
+        "/no/such/calib.npy",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(err.contains("/no/such/calib.npy"), "{err}");
     let empty = d.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let err = fails(&["quantize", p.to_str().unwrap(), "--calib", empty.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = fails(&[
+        "quantize",
+        p.to_str().unwrap(),
+        "--calib",
+        empty.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(err.contains("no .jpg/.jpeg/.png images"), "{err}");
     let junk = write(d.path(), "junk.jpg", b"not a jpeg");
     let dir2 = d.path().join("imgs");
     std::fs::create_dir(&dir2).unwrap();
     std::fs::rename(&junk, dir2.join("a.jpg")).unwrap();
-    let err = fails(&["quantize", p.to_str().unwrap(), "--calib", dir2.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = fails(&[
+        "quantize",
+        p.to_str().unwrap(),
+        "--calib",
+        dir2.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(err.contains("a.jpg") && err.contains("cannot decode image"), "{err}");
     assert!(!out.exists());
     config_case(

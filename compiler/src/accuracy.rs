@@ -22,26 +22,52 @@ pub struct Metrics {
 
 /// Index of the largest value (the first on ties).
 pub fn argmax(v: &[f64]) -> usize {
-    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, x)| if *x > b.1 { (i, *x) } else { b }).0
+    v.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |b, (i, x)| if *x > b.1 { (i, *x) } else { b })
+        .0
 }
 
 /// Compare `candidate` with `reference` on `samples` (fed to `input`); `labels` are class indices.
-pub fn compare(reference: &Model, candidate: &Model, input: &str, samples: &[TensorData], labels: Option<&[i64]>) -> Result<Metrics> {
-    let first = samples.first().ok_or_else(|| Error::Input { name: input.into(), reason: "no validation samples".into() })?;
+pub fn compare(
+    reference: &Model,
+    candidate: &Model,
+    input: &str,
+    samples: &[TensorData],
+    labels: Option<&[i64]>,
+) -> Result<Metrics> {
+    let first = samples.first().ok_or_else(|| Error::Input {
+        name: input.into(),
+        reason: "no validation samples".into(),
+    })?;
     let fact = [(input.to_string(), first.dtype, first.dims.clone())];
     let (r, c) = (Evaluator::new(reference, &fact)?, Evaluator::new(candidate, &fact)?);
-    let (mut agree, mut cos, mut sig, mut noise, mut hit_r, mut hit_c) = (0usize, 0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
+    let (mut agree, mut cos, mut sig, mut noise, mut hit_r, mut hit_c) =
+        (0usize, 0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
     for (i, s) in samples.iter().enumerate() {
         let feed = [(input.to_string(), s.clone())];
-        let a = r.run(&feed)?.into_iter().next().and_then(|(_, t)| t.to_f64_vec()).ok_or_else(|| Error::Eval("reference produced no numeric output".into()))?;
-        let b = c.run(&feed)?.into_iter().next().and_then(|(_, t)| t.to_f64_vec()).ok_or_else(|| Error::Eval("candidate produced no numeric output".into()))?;
+        let a = r
+            .run(&feed)?
+            .into_iter()
+            .next()
+            .and_then(|(_, t)| t.to_f64_vec())
+            .ok_or_else(|| Error::Eval("reference produced no numeric output".into()))?;
+        let b = c
+            .run(&feed)?
+            .into_iter()
+            .next()
+            .and_then(|(_, t)| t.to_f64_vec())
+            .ok_or_else(|| Error::Eval("candidate produced no numeric output".into()))?;
         if a.len() != b.len() {
             return Err(Error::Eval(format!("output sizes differ: {} vs {}", a.len(), b.len())));
         }
         let (ia, ib) = (argmax(&a), argmax(&b));
         agree += usize::from(ia == ib);
         let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        let (na, nb) = (a.iter().map(|x| x * x).sum::<f64>().sqrt(), b.iter().map(|x| x * x).sum::<f64>().sqrt());
+        let (na, nb) = (
+            a.iter().map(|x| x * x).sum::<f64>().sqrt(),
+            b.iter().map(|x| x * x).sum::<f64>().sqrt(),
+        );
         cos += dot / (na * nb).max(1e-30);
         sig += na * na;
         noise += a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
@@ -63,9 +89,18 @@ pub fn compare(reference: &Model, candidate: &Model, input: &str, samples: &[Ten
 
 /// SQNR (dB) of every named value of `candidate` against the same value of `reference`, over `samples`:
 /// the per-layer table of the report. Values missing from either model are skipped.
-pub fn value_sqnr(reference: &Model, candidate: &Model, input: &str, samples: &[TensorData], names: &[String]) -> Result<Vec<(String, f64)>> {
+pub fn value_sqnr(
+    reference: &Model,
+    candidate: &Model,
+    input: &str,
+    samples: &[TensorData],
+    names: &[String],
+) -> Result<Vec<(String, f64)>> {
     let Some(first) = samples.first() else { return Ok(Vec::new()) };
-    let shared: Vec<&String> = names.iter().filter(|n| reference.graph.find(n).is_some() && candidate.graph.find(n).is_some()).collect();
+    let shared: Vec<&String> = names
+        .iter()
+        .filter(|n| reference.graph.find(n).is_some() && candidate.graph.find(n).is_some())
+        .collect();
     if shared.is_empty() {
         return Ok(Vec::new());
     }
@@ -85,5 +120,9 @@ pub fn value_sqnr(reference: &Model, candidate: &Model, input: &str, samples: &[
             noise[k] += a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
         }
     }
-    Ok(shared.into_iter().enumerate().map(|(k, n)| (n.clone(), 10.0 * (sig[k].max(1e-30) / noise[k].max(1e-30)).log10())).collect())
+    Ok(shared
+        .into_iter()
+        .enumerate()
+        .map(|(k, n)| (n.clone(), 10.0 * (sig[k].max(1e-30) / noise[k].max(1e-30)).log10()))
+        .collect())
 }

@@ -189,7 +189,10 @@ impl LoadedConfig {
 pub fn parse(text: &str, path: &Path) -> Result<Config> {
     let cfg: Config = serde_yaml::from_str(text).map_err(|e| {
         let loc = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
-        Error::Config { path: PathBuf::from(format!("{}{loc}", path.display())), reason: e.to_string() }
+        Error::Config {
+            path: PathBuf::from(format!("{}{loc}", path.display())),
+            reason: e.to_string(),
+        }
     })?;
     validate(&cfg, path)?;
     Ok(cfg)
@@ -202,7 +205,10 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
     }
     let mut seen = std::collections::HashSet::new();
     for t in &cfg.targets {
-        let ok = !t.name.is_empty() && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && t.name != "." && t.name != "..";
+        let ok = !t.name.is_empty()
+            && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && t.name != "."
+            && t.name != "..";
         if !ok {
             return Err(err(format!("target name '{}' must be non-empty letters, digits, '-', '_' or '.' (it names a folder)", t.name)));
         }
@@ -212,20 +218,27 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
     }
     if let Some(c) = &cfg.calibration {
         if c.images.is_some() == c.tensors.is_some() {
-            return Err(err("calibration: give exactly one of `images` (a folder) or `tensors` (an .npy)".into()));
+            return Err(err(
+                "calibration: give exactly one of `images` (a folder) or `tensors` (an .npy)"
+                    .into(),
+            ));
         }
         if c.preprocess.is_some() && c.images.is_none() {
             return Err(err("calibration.preprocess applies to `images` only".into()));
         }
         if let Some(m) = &c.method {
             if !["minmax", "percentile", "entropy", "mse"].contains(&m.as_str()) {
-                return Err(err(format!("calibration.method '{m}': expected minmax, percentile, entropy or mse")));
+                return Err(err(format!(
+                    "calibration.method '{m}': expected minmax, percentile, entropy or mse"
+                )));
             }
         }
     }
     if let Some(v) = &cfg.validation {
         if v.images.is_some() == v.tensors.is_some() {
-            return Err(err("validation: give exactly one of `images` (a folder) or `tensors` (an .npy)".into()));
+            return Err(err(
+                "validation: give exactly one of `images` (a folder) or `tensors` (an .npy)".into(),
+            ));
         }
         if v.max_accuracy_drop.is_some() && v.labels.is_none() {
             return Err(err("validation.max_accuracy_drop needs `labels`".into()));
@@ -236,11 +249,17 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
     }
     for t in &cfg.targets {
         if t.precision == "int8" && cfg.calibration.is_none() {
-            return Err(err(format!("target '{}': precision int8 needs a `calibration:` section", t.name)));
+            return Err(err(format!(
+                "target '{}': precision int8 needs a `calibration:` section",
+                t.name
+            )));
         }
         if let Some(w) = &t.weights {
             if w != "per_channel" && w != "per_tensor" {
-                return Err(err(format!("target '{}': weights '{w}': expected per_channel or per_tensor", t.name)));
+                return Err(err(format!(
+                    "target '{}': weights '{w}': expected per_channel or per_tensor",
+                    t.name
+                )));
             }
         }
         if t.reduce_range.is_some() && (t.backend != "onnx" || t.precision != "int8") {
@@ -253,7 +272,10 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
         }
         if let Some(a) = &t.activations {
             if a != "int8" && a != "uint8" {
-                return Err(err(format!("target '{}': activations '{a}': expected int8 or uint8", t.name)));
+                return Err(err(format!(
+                    "target '{}': activations '{a}': expected int8 or uint8",
+                    t.name
+                )));
             }
         }
     }
@@ -268,8 +290,10 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
 /// Read and parse a config file.
 pub fn load(path: &Path) -> Result<LoadedConfig> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| Error::Config { path: path.into(), reason: "not UTF-8 text".into() })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::Config { path: path.into(), reason: "not UTF-8 text".into() })?;
     let config = parse(text, path)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir =
+        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     Ok(LoadedConfig { path: path.into(), dir, bytes, config })
 }

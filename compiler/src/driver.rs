@@ -87,7 +87,13 @@ fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
         (Some(dir), _) => {
             let dir = cfg.dir.join(dir);
             let files = crate::calib::data::image_files(&dir, limit)?;
-            (crate::calib::Source::Images { dir, preprocess: v.preprocess.clone().unwrap_or_default() }, files)
+            (
+                crate::calib::Source::Images {
+                    dir,
+                    preprocess: v.preprocess.clone().unwrap_or_default(),
+                },
+                files,
+            )
         }
         (None, Some(t)) => (crate::calib::Source::Tensors(cfg.dir.join(t)), vec![cfg.dir.join(t)]),
         _ => return Ok(None),
@@ -98,7 +104,10 @@ fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
             let p = cfg.dir.join(l);
             files.push(p.clone());
             let t = crate::npy::read(&p)?;
-            Some(t.to_i64_vec().ok_or_else(|| Error::Npy { path: p.clone(), reason: "labels must be integers".into() })?)
+            Some(t.to_i64_vec().ok_or_else(|| Error::Npy {
+                path: p.clone(),
+                reason: "labels must be integers".into(),
+            })?)
         }
         None => None,
     };
@@ -111,7 +120,12 @@ fn check_budget(cfg: &LoadedConfig, target: &str, m: &crate::accuracy::Metrics) 
 }
 
 /// The budget, tightened by `margin` on top-1 agreement and on accuracy drop.
-fn check_budget_with(cfg: &LoadedConfig, target: &str, m: &crate::accuracy::Metrics, margin: f64) -> Result<()> {
+fn check_budget_with(
+    cfg: &LoadedConfig,
+    target: &str,
+    m: &crate::accuracy::Metrics,
+    margin: f64,
+) -> Result<()> {
     let Some(v) = &cfg.config.validation else { return Ok(()) };
     let mut miss = Vec::new();
     if let Some(t) = v.min_top1_agreement.map(|t| (t + margin).min(1.0)) {
@@ -124,7 +138,9 @@ fn check_budget_with(cfg: &LoadedConfig, target: &str, m: &crate::accuracy::Metr
             miss.push(format!("mean cosine {:.4} < {t}", m.mean_cosine));
         }
     }
-    if let (Some(t), Some(a), Some(r)) = (v.max_accuracy_drop.map(|t| (t - margin).max(0.0)), m.accuracy, m.accuracy_reference) {
+    if let (Some(t), Some(a), Some(r)) =
+        (v.max_accuracy_drop.map(|t| (t - margin).max(0.0)), m.accuracy, m.accuracy_reference)
+    {
         if r - a > t {
             miss.push(format!("accuracy {a:.4} is {:.4} below fp32's {r:.4} (allowed {t})", r - a));
         }
@@ -135,7 +151,11 @@ fn check_budget_with(cfg: &LoadedConfig, target: &str, m: &crate::accuracy::Metr
     Err(Error::Backend {
         backend: "validation".into(),
         target: target.into(),
-        reason: format!("accuracy budget not met on {} validation samples: {}", m.samples, miss.join("; ")),
+        reason: format!(
+            "accuracy budget not met on {} validation samples: {}",
+            m.samples,
+            miss.join("; ")
+        ),
     })
 }
 
@@ -206,7 +226,11 @@ fn up_to_date(cfg: &LoadedConfig, out: &Path) -> Option<Manifest> {
         return None;
     }
     for i in &m.inputs {
-        let p = if Path::new(&i.path).is_absolute() { PathBuf::from(&i.path) } else { cfg.dir.join(&i.path) };
+        let p = if Path::new(&i.path).is_absolute() {
+            PathBuf::from(&i.path)
+        } else {
+            cfg.dir.join(&i.path)
+        };
         if i.role != "config" && sha256_file(&p).ok()?.1 != i.sha256 {
             return None;
         }
@@ -226,7 +250,16 @@ const STAMP: &str = ".kiln-stamp";
 fn build_stamp() -> String {
     let exe = std::env::current_exe().ok().and_then(|p| std::fs::metadata(p).ok());
     let (len, mtime) = exe
-        .map(|m| (m.len(), m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0)))
+        .map(|m| {
+            (
+                m.len(),
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            )
+        })
         .unwrap_or((0, 0));
     format!("kiln {KILN_VERSION} exe {len} {mtime}\n")
 }
@@ -241,15 +274,24 @@ pub fn run_passes(model: &mut Model, passes: &[Box<dyn Pass>], cx: &mut PassCont
 
 /// The calibration data files a config names (sorted, as many as `samples` allows).
 fn calibration_files(cfg: &LoadedConfig) -> Result<(crate::calib::Source, Vec<PathBuf>)> {
-    let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
+    let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config {
+        path: cfg.path.clone(),
+        reason: "no calibration section".into(),
+    })?;
     let limit = c.samples.unwrap_or(usize::MAX);
     if let Some(t) = &c.tensors {
         let p = cfg.dir.join(t);
         return Ok((crate::calib::Source::Tensors(p.clone()), vec![p]));
     }
-    let dir = cfg.dir.join(c.images.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "calibration: no images or tensors".into() })?);
+    let dir = cfg.dir.join(c.images.as_ref().ok_or_else(|| Error::Config {
+        path: cfg.path.clone(),
+        reason: "calibration: no images or tensors".into(),
+    })?);
     let files = crate::calib::data::image_files(&dir, limit)?;
-    Ok((crate::calib::Source::Images { dir, preprocess: c.preprocess.clone().unwrap_or_default() }, files))
+    Ok((
+        crate::calib::Source::Images { dir, preprocess: c.preprocess.clone().unwrap_or_default() },
+        files,
+    ))
 }
 
 /// The calibration samples of a build, and statistics over them for any model the quantizer asks about
@@ -270,14 +312,39 @@ struct Calibrator<'a> {
 }
 
 impl<'a> Calibrator<'a> {
-    fn new(cfg: &'a LoadedConfig, model: &Model, out: &Path, inputs: &[InputRecord]) -> Result<Self> {
-        let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: "no calibration section".into() })?;
+    fn new(
+        cfg: &'a LoadedConfig,
+        model: &Model,
+        out: &Path,
+        inputs: &[InputRecord],
+    ) -> Result<Self> {
+        let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config {
+            path: cfg.path.clone(),
+            reason: "no calibration section".into(),
+        })?;
         let (source, _) = calibration_files(cfg)?;
         let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
-        let input = model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
-        let preact = cfg.config.targets.iter().any(|t| t.precision == "int8" && matches!(t.backend.as_str(), "tflite" | "npu"));
-        let data_hashes = inputs.iter().filter(|i| i.role == "calibration").map(|i| i.sha256.clone()).collect();
-        Ok(Calibrator { cfg, cache_dir: out.join(".kiln-cache"), data_hashes, samples, input, preact, lookups: Default::default(), pending: Default::default() })
+        let input = model
+            .graph
+            .data_input_name()
+            .ok_or_else(|| Error::invalid("the model has no input"))?;
+        let preact = cfg
+            .config
+            .targets
+            .iter()
+            .any(|t| t.precision == "int8" && matches!(t.backend.as_str(), "tflite" | "npu"));
+        let data_hashes =
+            inputs.iter().filter(|i| i.role == "calibration").map(|i| i.sha256.clone()).collect();
+        Ok(Calibrator {
+            cfg,
+            cache_dir: out.join(".kiln-cache"),
+            data_hashes,
+            samples,
+            input,
+            preact,
+            lookups: Default::default(),
+            pending: Default::default(),
+        })
     }
 
     fn stats(&self, model: &Model) -> Result<crate::calib::Calibration> {
@@ -301,10 +368,18 @@ impl<'a> Calibrator<'a> {
             }
         }
         let t0 = std::time::Instant::now();
-        let stats = crate::calib::collect_with(model, &self.input, &self.samples, self.preact, &mut |_, _| {})?;
+        let stats = crate::calib::collect_with(
+            model,
+            &self.input,
+            &self.samples,
+            self.preact,
+            &mut |_, _| {},
+        )?;
         let secs = t0.elapsed().as_secs_f64();
         self.lookups.borrow_mut().push((false, secs));
-        self.pending.borrow_mut().push(format!("calibrated on {} samples in {secs:.1} s", stats.samples));
+        self.pending
+            .borrow_mut()
+            .push(format!("calibrated on {} samples in {secs:.1} s", stats.samples));
         write_atomic(&cache, &serde_json::to_vec(&stats).unwrap_or_default())?;
         Ok(stats)
     }
@@ -323,7 +398,14 @@ type Quantized = (Model, serde_json::Value, Option<Model>);
 
 /// Build every target of `cfg`.
 #[allow(clippy::too_many_arguments)]
-pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: &[Box<dyn Backend>], quantizer: Option<&dyn Quantizer>, log: &mut dyn FnMut(&str)) -> Result<Outcome> {
+pub fn build(
+    cfg: &LoadedConfig,
+    force: bool,
+    make_pass: PassFactory,
+    backends: &[Box<dyn Backend>],
+    quantizer: Option<&dyn Quantizer>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
     let out = cfg.output_dir();
     // Check every target names a known backend and precision before any work.
     for t in &cfg.config.targets {
@@ -339,11 +421,18 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         if !b.precisions().contains(&t.precision.as_str()) {
             return Err(Error::Config {
                 path: cfg.path.clone(),
-                reason: format!("target '{}': backend '{}' does not support precision '{}' (supported: {})", t.name, t.backend, t.precision, b.precisions().join(", ")),
+                reason: format!(
+                    "target '{}': backend '{}' does not support precision '{}' (supported: {})",
+                    t.name,
+                    t.backend,
+                    t.precision,
+                    b.precisions().join(", ")
+                ),
             });
         }
     }
-    let passes: Vec<Box<dyn Pass>> = cfg.config.passes.iter().map(make_pass).collect::<Result<_>>()?;
+    let passes: Vec<Box<dyn Pass>> =
+        cfg.config.passes.iter().map(make_pass).collect::<Result<_>>()?;
     if !force {
         if let Some(manifest) = up_to_date(cfg, &out) {
             return Ok(Outcome { up_to_date: true, manifest, output_dir: out });
@@ -363,7 +452,11 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         inputs.push(input_record("external_data", f, &cfg.dir)?);
     }
     let needs_calibration = cfg.config.targets.iter().any(|t| t.precision == "int8");
-    let validation = if cfg.config.targets.iter().any(|t| t.precision != "fp32") { validation_data(cfg)? } else { None };
+    let validation = if cfg.config.targets.iter().any(|t| t.precision != "fp32") {
+        validation_data(cfg)?
+    } else {
+        None
+    };
     if let Some((files, _, _)) = &validation {
         for f in files {
             inputs.push(input_record("validation", f, &cfg.dir)?);
@@ -374,7 +467,8 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
             inputs.push(input_record("calibration", &f, &cfg.dir)?);
         }
     }
-    let pins: crate::shape::Pins = cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let pins: crate::shape::Pins =
+        cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     crate::shape::infer(&mut model, &pins)?;
     let original = model.clone();
     let before = model_stats(&model);
@@ -389,8 +483,10 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     // Shared quantized models by settings; a quality-guard failure is shared too (its message).
-    let mut quantized_by_settings: BTreeMap<String, std::result::Result<Quantized, String>> = BTreeMap::new();
-    let calibrator = if needs_calibration { Some(Calibrator::new(cfg, &model, &out, &inputs)?) } else { None };
+    let mut quantized_by_settings: BTreeMap<String, std::result::Result<Quantized, String>> =
+        BTreeMap::new();
+    let calibrator =
+        if needs_calibration { Some(Calibrator::new(cfg, &model, &out, &inputs)?) } else { None };
     for t in &cfg.config.targets {
         let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
         log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
@@ -398,26 +494,64 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         let target_model = match (&calibrator, t.precision.as_str()) {
             (Some(cal), "int8") => {
                 let (samples, input) = (&cal.samples, &cal.input);
-                let q = quantizer.ok_or_else(|| Error::Backend { backend: t.backend.clone(), target: t.name.clone(), reason: "this build of kiln has no quantizer".into() })?;
-                let ccfg = cfg.config.calibration.as_ref().ok_or_else(|| Error::invalid("no calibration"))?;
-                let has_budget = cfg.config.validation.as_ref().is_some_and(|v| v.min_top1_agreement.is_some() || v.min_cosine.is_some() || v.max_accuracy_drop.is_some());
+                let q = quantizer.ok_or_else(|| Error::Backend {
+                    backend: t.backend.clone(),
+                    target: t.name.clone(),
+                    reason: "this build of kiln has no quantizer".into(),
+                })?;
+                let ccfg = cfg
+                    .config
+                    .calibration
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("no calibration"))?;
+                let has_budget = cfg.config.validation.as_ref().is_some_and(|v| {
+                    v.min_top1_agreement.is_some()
+                        || v.min_cosine.is_some()
+                        || v.max_accuracy_drop.is_some()
+                });
                 let check = |cand: &Model| -> Result<(bool, crate::accuracy::Metrics)> {
-                    let Some((_, vs, labels)) = &validation else { return Err(Error::invalid("no validation data")) };
+                    let Some((_, vs, labels)) = &validation else {
+                        return Err(Error::invalid("no validation data"));
+                    };
                     let vin = original.graph.data_input_name().unwrap_or_default();
                     let m = crate::accuracy::compare(&original, cand, &vin, vs, labels.as_deref())?;
                     // The search aims past the budget by a margin: kiln simulates Q/DQ in float, integer
                     // runtimes round differently, and a candidate exactly at the threshold can miss it there.
-                    let margin = cfg.config.validation.as_ref().and_then(|v| v.search_margin).unwrap_or(0.01);
+                    let margin = cfg
+                        .config
+                        .validation
+                        .as_ref()
+                        .and_then(|v| v.search_margin)
+                        .unwrap_or(0.01);
                     Ok((check_budget_with(cfg, &t.name, &m, margin).is_ok(), m))
                 };
-                let budget: Option<crate::pipeline::Budget> = if has_budget && validation.is_some() { Some(&check) } else { None };
+                let budget: Option<crate::pipeline::Budget> =
+                    if has_budget && validation.is_some() { Some(&check) } else { None };
                 // Targets with the same quantization settings share one quantized model (four NPU targets
                 // quantize once).
-                let key = serde_json::json!([matches!(t.backend.as_str(), "tflite" | "npu"), t.weights, t.activations, t.bias_correction, t.cle, t.refine_ranges, t.reduce_range, t.min_calibration_sqnr_db]).to_string();
+                let key = serde_json::json!([
+                    matches!(t.backend.as_str(), "tflite" | "npu"),
+                    t.weights,
+                    t.activations,
+                    t.bias_correction,
+                    t.cle,
+                    t.refine_ranges,
+                    t.reduce_range,
+                    t.min_calibration_sqnr_db
+                ])
+                .to_string();
                 let r = match quantized_by_settings.get(&key) {
                     Some(done) => done.clone(),
                     None => {
-                        let r = q.quantize(&model, t, &|m: &Model| cal.stats(m), ccfg, input, samples, budget);
+                        let r = q.quantize(
+                            &model,
+                            t,
+                            &|m: &Model| cal.stats(m),
+                            ccfg,
+                            input,
+                            samples,
+                            budget,
+                        );
                         if let Some(rep) = cal.flush(log) {
                             calibration_report = Some(rep);
                         }
@@ -445,12 +579,33 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                     .graph
                     .topo_order()?
                     .into_iter()
-                    .filter(|id| matches!(model.graph.nodes[*id].op, crate::ir::Op::Conv { .. } | crate::ir::Op::Gemm { .. } | crate::ir::Op::MatMul))
-                    .filter_map(|id| model.graph.nodes[id].output(0).map(|v| model.graph.value(v).name.clone()))
+                    .filter(|id| {
+                        matches!(
+                            model.graph.nodes[*id].op,
+                            crate::ir::Op::Conv { .. }
+                                | crate::ir::Op::Gemm { .. }
+                                | crate::ir::Op::MatMul
+                        )
+                    })
+                    .filter_map(|id| {
+                        model.graph.nodes[id].output(0).map(|v| model.graph.value(v).name.clone())
+                    })
                     .collect();
                 let probe: Vec<crate::ir::TensorData> = samples.iter().take(16).cloned().collect();
-                let table = crate::accuracy::value_sqnr(reference.as_ref().unwrap_or(&model), &m, input, &probe, &layer_outputs)?;
-                layer_sqnr.insert(t.name.clone(), table.into_iter().map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db }).collect());
+                let table = crate::accuracy::value_sqnr(
+                    reference.as_ref().unwrap_or(&model),
+                    &m,
+                    input,
+                    &probe,
+                    &layer_outputs,
+                )?;
+                layer_sqnr.insert(
+                    t.name.clone(),
+                    table
+                        .into_iter()
+                        .map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db })
+                        .collect(),
+                );
                 quantized = m;
                 &quantized
             }
@@ -462,7 +617,8 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
                         reason: format!("target '{}': fp32_layers names '{name}', which is not a node of the optimized model (see `kiln dump`)", t.name),
                     })?;
                     if let Some(n) = m.graph.node_mut(id) {
-                        n.metadata.push((crate::ir::meta::WEIGHTS.into(), crate::ir::meta::FP32.into()));
+                        n.metadata
+                            .push((crate::ir::meta::WEIGHTS.into(), crate::ir::meta::FP32.into()));
                     }
                 }
                 let mut summary = serde_json::json!({ "fp32_layers_configured": t.fp32_layers });
@@ -488,8 +644,17 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         };
         if let (Some((_, samples, labels)), true) = (&validation, t.precision == "int8") {
             let input = original.graph.data_input_name().unwrap_or_default();
-            let m = crate::accuracy::compare(&original, target_model, &input, samples, labels.as_deref())?;
-            log(&format!("target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples", t.name, m.top1_agreement, m.mean_cosine, m.sqnr_db, m.samples));
+            let m = crate::accuracy::compare(
+                &original,
+                target_model,
+                &input,
+                samples,
+                labels.as_deref(),
+            )?;
+            log(&format!(
+                "target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples",
+                t.name, m.top1_agreement, m.mean_cosine, m.sqnr_db, m.samples
+            ));
             check_budget(cfg, &t.name, &m)?;
             accuracy.insert(t.name.clone(), m);
         }
@@ -523,7 +688,18 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         }
     }
     let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
-    let report = Report { model: before, optimized: model_stats(&model), passes: cx.records, targets: by_target, quantization, calibration: calibration_report, accuracy, layer_sqnr, failed: failed.clone(), backend: backend_reports };
+    let report = Report {
+        model: before,
+        optimized: model_stats(&model),
+        passes: cx.records,
+        targets: by_target,
+        quantization,
+        calibration: calibration_report,
+        accuracy,
+        layer_sqnr,
+        failed: failed.clone(),
+        backend: backend_reports,
+    };
     let json = |v: &dyn erased::Ser| v.to_json();
     write_atomic(&out.join("report.json"), &json(&report))?;
     // The manifest goes last: it is what marks the build complete.
@@ -532,7 +708,15 @@ pub fn build(cfg: &LoadedConfig, force: bool, make_pass: PassFactory, backends: 
         // No stamp: the next run rebuilds instead of calling a partial build up to date.
         let _ = std::fs::remove_file(out.join(STAMP));
         let list: Vec<String> = failed.iter().map(|(t, e)| format!("target '{t}': {e}")).collect();
-        return Err(Error::Backend { backend: "build".into(), target: failed.keys().cloned().collect::<Vec<_>>().join(", "), reason: format!("{} target(s) failed (the others were written):\n  {}", failed.len(), list.join("\n  ")) });
+        return Err(Error::Backend {
+            backend: "build".into(),
+            target: failed.keys().cloned().collect::<Vec<_>>().join(", "),
+            reason: format!(
+                "{} target(s) failed (the others were written):\n  {}",
+                failed.len(),
+                list.join("\n  ")
+            ),
+        });
     }
     write_atomic(&out.join(STAMP), build_stamp().as_bytes())?;
     Ok(Outcome { up_to_date: false, manifest, output_dir: out })

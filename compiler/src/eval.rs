@@ -45,7 +45,10 @@ fn dtype(d: DatumType) -> Option<DType> {
 }
 
 fn to_tract(t: &TensorData, name: &str) -> Result<Tensor> {
-    let dt = datum(t.dtype).ok_or_else(|| Error::Input { name: name.into(), reason: format!("element type {} is not supported for evaluation", t.dtype) })?;
+    let dt = datum(t.dtype).ok_or_else(|| Error::Input {
+        name: name.into(),
+        reason: format!("element type {} is not supported for evaluation", t.dtype),
+    })?;
     let shape: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
     t.check(name)?;
     // SAFETY: `check` proved the byte length equals elements × element size for this plain-old-data type.
@@ -53,7 +56,8 @@ fn to_tract(t: &TensorData, name: &str) -> Result<Tensor> {
 }
 
 fn from_tract(t: &Tensor) -> Result<TensorData> {
-    let dt = dtype(t.datum_type()).ok_or_else(|| Error::Eval(format!("output type {:?} is not supported", t.datum_type())))?;
+    let dt = dtype(t.datum_type())
+        .ok_or_else(|| Error::Eval(format!("output type {:?} is not supported", t.datum_type())))?;
     let dims = t.shape().iter().map(|d| *d as i64).collect();
     Ok(TensorData::from_bytes(dt, dims, t.as_bytes().to_vec()))
 }
@@ -68,20 +72,41 @@ pub struct Evaluator {
 impl Evaluator {
     /// Prepare `model` for inputs of the given dtypes and shapes (by input name).
     pub fn new(model: &Model, input_facts: &[(String, DType, Vec<i64>)]) -> Result<Self> {
-        let bytes = crate::onnx::to_bytes(model, &ExportOptions { external: ExternalData::Inline, strip_value_info: true })?;
+        let bytes = crate::onnx::to_bytes(
+            model,
+            &ExportOptions { external: ExternalData::Inline, strip_value_info: true },
+        )?;
         let ev = |e: TractError| Error::Eval(format!("{e:#}"));
         let mut tm = tract_onnx::onnx().model_for_read(&mut bytes.as_slice()).map_err(ev)?;
         let g = &model.graph;
-        let input_names: Vec<String> = g.inputs.iter().filter(|v| !g.initializers.contains(v)).map(|v| g.value(*v).name.clone()).collect();
+        let input_names: Vec<String> = g
+            .inputs
+            .iter()
+            .filter(|v| !g.initializers.contains(v))
+            .map(|v| g.value(*v).name.clone())
+            .collect();
         for (ix, name) in input_names.iter().enumerate() {
-            let (_, dt, shape) = input_facts.iter().find(|(n, _, _)| n == name).ok_or_else(|| Error::Input { name: name.clone(), reason: "no tensor given for this model input".into() })?;
-            let dt = datum(*dt).ok_or_else(|| Error::Input { name: name.clone(), reason: format!("element type {dt} is not supported") })?;
+            let (_, dt, shape) =
+                input_facts.iter().find(|(n, _, _)| n == name).ok_or_else(|| Error::Input {
+                    name: name.clone(),
+                    reason: "no tensor given for this model input".into(),
+                })?;
+            let dt = datum(*dt).ok_or_else(|| Error::Input {
+                name: name.clone(),
+                reason: format!("element type {dt} is not supported"),
+            })?;
             let shape: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
             tm.set_input_fact(ix, InferenceFact::dt_shape(dt, &shape)).map_err(ev)?;
         }
         for (n, _, _) in input_facts {
             if !input_names.contains(n) {
-                return Err(Error::Input { name: n.clone(), reason: format!("the model has no such input (inputs: {})", input_names.join(", ")) });
+                return Err(Error::Input {
+                    name: n.clone(),
+                    reason: format!(
+                        "the model has no such input (inputs: {})",
+                        input_names.join(", ")
+                    ),
+                });
             }
         }
         let plan = tm.into_optimized().map_err(ev)?.into_runnable().map_err(ev)?;
@@ -91,7 +116,8 @@ impl Evaluator {
 
     /// Prepare for the given input tensors' types and shapes.
     pub fn for_inputs(model: &Model, inputs: &[(String, TensorData)]) -> Result<Self> {
-        let facts: Vec<(String, DType, Vec<i64>)> = inputs.iter().map(|(n, t)| (n.clone(), t.dtype, t.dims.clone())).collect();
+        let facts: Vec<(String, DType, Vec<i64>)> =
+            inputs.iter().map(|(n, t)| (n.clone(), t.dtype, t.dims.clone())).collect();
         Self::new(model, &facts)
     }
 
@@ -103,7 +129,10 @@ impl Evaluator {
     pub fn run(&self, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
         let mut tv = TVec::new();
         for name in &self.input_names {
-            let (_, t) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| Error::Input { name: name.clone(), reason: "no tensor given for this model input".into() })?;
+            let (_, t) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| Error::Input {
+                name: name.clone(),
+                reason: "no tensor given for this model input".into(),
+            })?;
             tv.push(to_tract(t, name)?.into());
         }
         let outs = self.plan.run(tv).map_err(|e| Error::Eval(format!("{e:#}")))?;
@@ -122,7 +151,8 @@ impl Evaluator {
         init: impl Fn() -> A + Sync,
         step: impl Fn(&mut A, Vec<(String, TensorData)>) -> Result<()> + Sync,
     ) -> Result<Vec<A>> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
+        let threads =
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 2);
         let chunk = samples.len().div_ceil(threads).max(1);
         let (init, step) = (&init, &step);
         let parts: Vec<Result<A>> = std::thread::scope(|s| {
@@ -138,7 +168,14 @@ impl Evaluator {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Eval("an evaluation thread panicked".into())))).collect()
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Eval("an evaluation thread panicked".into()))
+                    })
+                })
+                .collect()
         });
         parts.into_iter().collect()
     }

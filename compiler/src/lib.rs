@@ -7,11 +7,11 @@ pub mod onnx;
 pub mod shape;
 
 pub use error::{Error, Result};
-pub mod eval;
-pub mod npy;
-pub mod stats;
+pub mod accuracy;
+pub mod calib;
 pub mod config;
 pub mod driver;
+pub mod eval;
+pub mod npy;
 pub mod pipeline;
-pub mod calib;
-pub mod accuracy;
+pub mod stats;

@@ -64,12 +64,19 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<TensorData> {
         let i = header.find(&format!("'{key}'"))?;
         Some(header[i + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
     };
-    let descr = field("descr").and_then(|s| s.strip_prefix('\'')).and_then(|s| s.split('\'').next()).ok_or_else(|| err("no descr"))?;
-    let dtype = descr_dtype(descr).ok_or_else(|| err(&format!("unsupported dtype '{descr}' (little-endian numeric only)")))?;
+    let descr = field("descr")
+        .and_then(|s| s.strip_prefix('\''))
+        .and_then(|s| s.split('\'').next())
+        .ok_or_else(|| err("no descr"))?;
+    let dtype = descr_dtype(descr)
+        .ok_or_else(|| err(&format!("unsupported dtype '{descr}' (little-endian numeric only)")))?;
     if field("fortran_order").map(|s| s.starts_with("True")).unwrap_or(false) {
         return Err(err("Fortran-order arrays are not supported"));
     }
-    let shape_txt = field("shape").and_then(|s| s.strip_prefix('(')).and_then(|s| s.split(')').next()).ok_or_else(|| err("no shape"))?;
+    let shape_txt = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| err("no shape"))?;
     let dims: Vec<i64> = shape_txt
         .split(',')
         .map(|s| s.trim())
@@ -80,7 +87,11 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<TensorData> {
     let size = dtype.size().unwrap_or(1) as u64;
     let data = &bytes[start + hlen..];
     if n.checked_mul(size) != Some(data.len() as u64) {
-        return Err(err(&format!("data is {} bytes, shape {dims:?} of {dtype} needs {}", data.len(), n * size)));
+        return Err(err(&format!(
+            "data is {} bytes, shape {dims:?} of {dtype} needs {}",
+            data.len(),
+            n * size
+        )));
     }
     Ok(TensorData::from_bytes(dtype, dims, data.to_vec()))
 }
@@ -93,7 +104,8 @@ pub fn read(path: &Path) -> Result<TensorData> {
 
 /// Encode a tensor as `.npy` bytes.
 pub fn encode(t: &TensorData) -> Result<Vec<u8>> {
-    let descr = dtype_descr(t.dtype).ok_or_else(|| Error::Eval(format!("cannot write {} as .npy", t.dtype)))?;
+    let descr = dtype_descr(t.dtype)
+        .ok_or_else(|| Error::Eval(format!("cannot write {} as .npy", t.dtype)))?;
     let shape = match t.dims.len() {
         0 => "()".to_string(),
         1 => format!("({},)", t.dims[0]),

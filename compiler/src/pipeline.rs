@@ -38,7 +38,12 @@ pub struct PassRecord {
 /// Run one pass: re-infer shapes when it changed something, verify (debug builds, or
 /// `PassContext::verify`), take the `--dump-ir` dump when asked, and record its statistics. `parent` is the
 /// pipeline running it, if any (records are named `parent/pass`). Shared by the driver and the pass manager.
-pub fn run_pass(p: &dyn Pass, model: &mut Model, cx: &mut PassContext, parent: Option<&str>) -> Result<bool> {
+pub fn run_pass(
+    p: &dyn Pass,
+    model: &mut Model,
+    cx: &mut PassContext,
+    parent: Option<&str>,
+) -> Result<bool> {
     use crate::stats::model_stats;
     let before = model_stats(model);
     let t0 = std::time::Instant::now();
@@ -47,8 +52,10 @@ pub fn run_pass(p: &dyn Pass, model: &mut Model, cx: &mut PassContext, parent: O
         let opset = model.opset();
         crate::shape::infer_graph(&mut model.graph, opset)?;
         if cfg!(debug_assertions) || cx.verify {
-            crate::ir::verify::verify(&model.graph)
-                .map_err(|e| crate::Error::Pass { pass: p.name().into(), reason: format!("left an invalid graph: {e}") })?;
+            crate::ir::verify::verify(&model.graph).map_err(|e| crate::Error::Pass {
+                pass: p.name().into(),
+                reason: format!("left an invalid graph: {e}"),
+            })?;
         }
     }
     let after = if changed { model_stats(model) } else { before.clone() };
@@ -83,7 +90,11 @@ pub trait Backend {
     fn precisions(&self) -> &'static [&'static str];
     fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>>;
     /// The files, and a summary for the build report (an NPU partition summary, ...).
-    fn emit_with_report(&self, model: &Model, target: &Target) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
+    fn emit_with_report(
+        &self,
+        model: &Model,
+        target: &Target,
+    ) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
         Ok((self.emit(model, target)?, None))
     }
 }
@@ -99,7 +110,14 @@ pub trait Quantizer {
     /// For float16 targets: mark layers whose weights must stay float32 for the output error (max |Δy| /
     /// max |y|) to stay under `bound`. The default keeps every layer float16.
     /// `half_activations`: the backend computes in float16 too (so the search simulates activations in it).
-    fn fp16_islands(&self, model: &Model, _input: &str, _samples: &[crate::ir::TensorData], _bound: f64, _half_activations: bool) -> Result<(Model, serde_json::Value)> {
+    fn fp16_islands(
+        &self,
+        model: &Model,
+        _input: &str,
+        _samples: &[crate::ir::TensorData],
+        _bound: f64,
+        _half_activations: bool,
+    ) -> Result<(Model, serde_json::Value)> {
         Ok((model.clone(), serde_json::Value::Null))
     }
     /// Returns the quantized model, a JSON summary for the report, and the float model it quantized when
@@ -107,5 +125,14 @@ pub trait Quantizer {
     /// `calibrate` gives the statistics of whichever model the quantizer ends up quantizing (the driver
     /// caches them). With a budget, layers may be kept in float (mixed precision) until the candidate meets it.
     #[allow(clippy::too_many_arguments)]
-    fn quantize(&self, model: &Model, target: &Target, calibrate: &Calibrate, cfg: &crate::config::CalibrationConfig, input: &str, samples: &[crate::ir::TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)>;
+    fn quantize(
+        &self,
+        model: &Model,
+        target: &Target,
+        calibrate: &Calibrate,
+        cfg: &crate::config::CalibrationConfig,
+        input: &str,
+        samples: &[crate::ir::TensorData],
+        budget: Option<Budget>,
+    ) -> Result<(Model, serde_json::Value, Option<Model>)>;
 }

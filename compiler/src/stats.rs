@@ -41,7 +41,11 @@ fn sig(g: &Graph, v: crate::ir::ValueId) -> TensorSig {
     TensorSig {
         name: val.name.clone(),
         dtype: val.dtype.to_string(),
-        shape: val.shape.as_ref().map(|s| s.iter().map(|d| d.to_string()).collect()).unwrap_or_default(),
+        shape: val
+            .shape
+            .as_ref()
+            .map(|s| s.iter().map(|d| d.to_string()).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -70,8 +74,13 @@ pub fn node_macs(g: &Graph, n: &crate::ir::Node) -> Option<u64> {
         Op::Attention { .. } => {
             let (q, v) = (shape(0)?, shape(2)?);
             let o = out(0)?;
-            let scores = prod(o.get(..o.len().checked_sub(1)?)?).saturating_mul((*v.get(v.len().checked_sub(2)?)?).max(0) as u64);
-            Some(scores.saturating_mul((*q.last()?).max(0) as u64).saturating_add(prod(&o).saturating_mul((*v.get(v.len() - 2)?).max(0) as u64)))
+            let scores = prod(o.get(..o.len().checked_sub(1)?)?)
+                .saturating_mul((*v.get(v.len().checked_sub(2)?)?).max(0) as u64);
+            Some(
+                scores
+                    .saturating_mul((*q.last()?).max(0) as u64)
+                    .saturating_add(prod(&o).saturating_mul((*v.get(v.len() - 2)?).max(0) as u64)),
+            )
         }
         Op::Generic { op_type, .. } => match op_type.as_str() {
             "ConvTranspose" => {
@@ -79,7 +88,11 @@ pub fn node_macs(g: &Graph, n: &crate::ir::Node) -> Option<u64> {
                 Some(prod(&shape(0)?).saturating_mul(prod(w.get(1..)?)))
             }
             "LSTM" | "GRU" | "RNN" => {
-                let gates = match op_type.as_str() { "LSTM" => 4, "GRU" => 3, _ => 1 };
+                let gates = match op_type.as_str() {
+                    "LSTM" => 4,
+                    "GRU" => 3,
+                    _ => 1,
+                };
                 let x = shape(0)?;
                 let w = shape(1)?; // [dirs, gates*hidden, input]
                 let r = shape(2)?; // [dirs, gates*hidden, hidden]
@@ -130,9 +143,18 @@ pub fn model_stats(m: &Model) -> ModelStats {
         }
     }
     ModelStats {
-        inputs: g.inputs.iter().filter(|v| !g.initializers.contains(v)).map(|v| sig(g, *v)).collect(),
+        inputs: g
+            .inputs
+            .iter()
+            .filter(|v| !g.initializers.contains(v))
+            .map(|v| sig(g, *v))
+            .collect(),
         outputs: g.outputs.iter().map(|v| sig(g, *v)).collect(),
-        opsets: m.opset_imports.iter().map(|(d, v)| (if d.is_empty() { "ai.onnx".to_string() } else { d.clone() }, *v)).collect(),
+        opsets: m
+            .opset_imports
+            .iter()
+            .map(|(d, v)| (if d.is_empty() { "ai.onnx".to_string() } else { d.clone() }, *v))
+            .collect(),
         ir_version: m.ir_version,
         producer: format!("{} {}", m.producer_name, m.producer_version).trim().to_string(),
         nodes: g.node_count(),

@@ -2,7 +2,9 @@
 //! Regenerate the golden files with `KILN_BLESS=1 cargo test -p kiln-compiler --test ir`.
 use std::path::Path;
 
-use kiln_compiler::ir::{dump, verify, Act, BinOp, DType, Dim, Graph, Model, Node, Op, TensorData, Value, Window};
+use kiln_compiler::ir::{
+    dump, verify, Act, BinOp, DType, Dim, Graph, Model, Node, Op, TensorData, Value, Window,
+};
 use kiln_compiler::{npy, onnx, shape};
 
 fn input(g: &mut Graph, name: &str, dims: &[i64]) -> kiln_compiler::ir::ValueId {
@@ -25,7 +27,12 @@ fn init(g: &mut Graph, name: &str, t: TensorData) -> kiln_compiler::ir::ValueId 
 }
 
 fn model(g: Graph) -> Model {
-    Model { ir_version: 8, opset_imports: vec![(String::new(), 17)], graph: g, ..Default::default() }
+    Model {
+        ir_version: 8,
+        opset_imports: vec![(String::new(), 17)],
+        graph: g,
+        ..Default::default()
+    }
 }
 
 /// x[1,3,8,8] -> Conv(3->4, 3x3, stride 2, pad 1) -> Relu -> y
@@ -35,8 +42,15 @@ fn conv_relu() -> Model {
     let w = init(&mut g, "w", TensorData::from_f32(vec![4, 3, 3, 3], &[0.1; 108]));
     let c = g.add_value(Value::new("c")).unwrap();
     let y = g.add_value(Value::new("y")).unwrap();
-    let window = Window { pads: Some(vec![1, 1, 1, 1]), strides: Some(vec![2, 2]), ..Default::default() };
-    g.add_node(Node::new("conv", Op::Conv { window, group: None }, vec![Some(x), Some(w)], vec![Some(c)])).unwrap();
+    let window =
+        Window { pads: Some(vec![1, 1, 1, 1]), strides: Some(vec![2, 2]), ..Default::default() };
+    g.add_node(Node::new(
+        "conv",
+        Op::Conv { window, group: None },
+        vec![Some(x), Some(w)],
+        vec![Some(c)],
+    ))
+    .unwrap();
     g.add_node(Node::new("relu", Op::Act(Act::Relu), vec![Some(c)], vec![Some(y)])).unwrap();
     g.outputs.push(y);
     model(g)
@@ -49,7 +63,8 @@ fn shapes_and_topology() {
     let y = m.graph.find("y").unwrap();
     assert_eq!(m.graph.value(y).static_shape(), Some(vec![1, 4, 4, 4]));
     assert_eq!(m.graph.value(y).dtype, DType::F32);
-    let order: Vec<String> = m.graph.topo_order().unwrap().iter().map(|n| m.graph.nodes[*n].name.clone()).collect();
+    let order: Vec<String> =
+        m.graph.topo_order().unwrap().iter().map(|n| m.graph.nodes[*n].name.clone()).collect();
     assert_eq!(order, ["conv", "relu"]);
     verify::verify(&m.graph).unwrap();
     let s = kiln_compiler::stats::model_stats(&m);
@@ -62,15 +77,19 @@ fn verifier_collects_every_problem() {
     let mut g = Graph::default();
     let x = input(&mut g, "x", &[2]);
     let ghost = g.add_value(Value::new("ghost")).unwrap();
-    let i = g.add_value({
-        let mut v = Value::new("i");
-        v.dtype = DType::I64;
-        v
-    }).unwrap();
+    let i = g
+        .add_value({
+            let mut v = Value::new("i");
+            v.dtype = DType::I64;
+            v
+        })
+        .unwrap();
     let y = g.add_value(Value::new("y")).unwrap();
     let z = g.add_value(Value::new("z")).unwrap();
-    g.add_node(Node::new("a", Op::Binary(BinOp::Add), vec![Some(x), Some(ghost)], vec![Some(y)])).unwrap();
-    g.add_node(Node::new("b", Op::Binary(BinOp::Mul), vec![Some(x), Some(i)], vec![Some(z)])).unwrap();
+    g.add_node(Node::new("a", Op::Binary(BinOp::Add), vec![Some(x), Some(ghost)], vec![Some(y)]))
+        .unwrap();
+    g.add_node(Node::new("b", Op::Binary(BinOp::Mul), vec![Some(x), Some(i)], vec![Some(z)]))
+        .unwrap();
     g.outputs.push(y);
     let err = verify::verify(&g).unwrap_err().to_string();
     assert!(err.contains("'ghost'"), "{err}");
@@ -97,7 +116,10 @@ fn duplicate_value_and_second_producer_are_errors() {
     let x = input(&mut g, "x", &[1]);
     let y = g.add_value(Value::new("y")).unwrap();
     g.add_node(Node::new("p1", Op::Identity, vec![Some(x)], vec![Some(y)])).unwrap();
-    let err = g.add_node(Node::new("p2", Op::Identity, vec![Some(x)], vec![Some(y)])).unwrap_err().to_string();
+    let err = g
+        .add_node(Node::new("p2", Op::Identity, vec![Some(x)], vec![Some(y)]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("p1") && err.contains("p2"), "{err}");
 }
 
@@ -108,11 +130,34 @@ fn shape_rules() {
     let mut g = Graph::default();
     let x = input(&mut g, "x", &[1, 8, 112, 112]);
     let p = g.add_value(Value::new("p")).unwrap();
-    let window = Window { kernel_shape: Some(vec![3, 3]), pads: Some(vec![1, 1, 1, 1]), strides: Some(vec![2, 2]), ..Default::default() };
-    g.add_node(Node::new("pool", Op::Pool { kind: PoolKind::Max, window, ceil_mode: Some(1), count_include_pad: None, storage_order: None }, vec![Some(x)], vec![Some(p)])).unwrap();
+    let window = Window {
+        kernel_shape: Some(vec![3, 3]),
+        pads: Some(vec![1, 1, 1, 1]),
+        strides: Some(vec![2, 2]),
+        ..Default::default()
+    };
+    g.add_node(Node::new(
+        "pool",
+        Op::Pool {
+            kind: PoolKind::Max,
+            window,
+            ceil_mode: Some(1),
+            count_include_pad: None,
+            storage_order: None,
+        },
+        vec![Some(x)],
+        vec![Some(p)],
+    ))
+    .unwrap();
     let target = init(&mut g, "t", TensorData::from_i64(vec![3], &[0, -1, 57]));
     let r = g.add_value(Value::new("r")).unwrap();
-    g.add_node(Node::new("reshape", Op::Reshape { allowzero: None }, vec![Some(p), Some(target)], vec![Some(r)])).unwrap();
+    g.add_node(Node::new(
+        "reshape",
+        Op::Reshape { allowzero: None },
+        vec![Some(p), Some(target)],
+        vec![Some(r)],
+    ))
+    .unwrap();
     g.outputs.push(r);
     let mut m = model(g);
     shape::infer(&mut m, &Default::default()).unwrap();
@@ -123,7 +168,8 @@ fn shape_rules() {
     let a = input(&mut g, "a", &[2, 3]);
     let b = input(&mut g, "b", &[4]);
     let c = g.add_value(Value::new("c")).unwrap();
-    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(a), Some(b)], vec![Some(c)])).unwrap();
+    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(a), Some(b)], vec![Some(c)]))
+        .unwrap();
     g.outputs.push(c);
     let err = shape::infer(&mut model(g), &Default::default()).unwrap_err().to_string();
     assert!(err.contains("'add'") && err.contains("3 and 4"), "{err}");
@@ -139,7 +185,13 @@ fn shape_chain_folds_to_static_reshape() {
     for n in m.graph.nodes.node_weights() {
         for o in n.outputs.iter().flatten() {
             let v = m.graph.value(*o);
-            assert!(v.static_shape().is_some(), "{} ({}) has shape {:?}", v.name, n.op.op_type(), v.shape);
+            assert!(
+                v.static_shape().is_some(),
+                "{} ({}) has shape {:?}",
+                v.name,
+                n.op.op_type(),
+                v.shape
+            );
         }
     }
 }
@@ -147,11 +199,17 @@ fn shape_chain_folds_to_static_reshape() {
 #[test]
 fn pins_are_checked() {
     let mut m = conv_relu();
-    let err = shape::infer(&mut m, &[("x".to_string(), vec![1, 3, 8])].into_iter().collect()).unwrap_err().to_string();
+    let err = shape::infer(&mut m, &[("x".to_string(), vec![1, 3, 8])].into_iter().collect())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rank"), "{err}");
-    let err = shape::infer(&mut m, &[("x".to_string(), vec![2, 3, 8, 8])].into_iter().collect()).unwrap_err().to_string();
+    let err = shape::infer(&mut m, &[("x".to_string(), vec![2, 3, 8, 8])].into_iter().collect())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("conflict"), "{err}");
-    let err = shape::infer(&mut m, &[("nope".to_string(), vec![1])].into_iter().collect()).unwrap_err().to_string();
+    let err = shape::infer(&mut m, &[("nope".to_string(), vec![1])].into_iter().collect())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope") && err.contains("x"), "{err}");
 }
 
@@ -162,7 +220,10 @@ fn tensor_sizes_are_checked() {
     assert!(err.contains("'w'") && err.contains("12 bytes") && err.contains("16"), "{err}");
     let t = TensorData::from_bytes(DType::F32, vec![1 << 40, 1 << 40], vec![0; 4]);
     assert!(t.check("big").is_err());
-    assert_eq!(TensorData::from_f32(vec![3], &[1.0, -2.5, 3.0]).to_f32_vec(), Some(vec![1.0, -2.5, 3.0]));
+    assert_eq!(
+        TensorData::from_f32(vec![3], &[1.0, -2.5, 3.0]).to_f32_vec(),
+        Some(vec![1.0, -2.5, 3.0])
+    );
 }
 
 #[test]
@@ -194,7 +255,9 @@ fn export_is_deterministic_and_round_trips() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/tiny_cnn.onnx");
     let m = onnx::load(&path).unwrap();
     let a = onnx::to_bytes(&m, &Default::default()).unwrap();
-    let b = onnx::to_bytes(&onnx::load_bytes(&a, None, Path::new("rt")).unwrap(), &Default::default()).unwrap();
+    let b =
+        onnx::to_bytes(&onnx::load_bytes(&a, None, Path::new("rt")).unwrap(), &Default::default())
+            .unwrap();
     assert_eq!(a, b, "export(import(export(m))) differs from export(m)");
     assert_eq!(m.graph.node_count(), 54);
 }
@@ -206,13 +269,18 @@ fn golden(name: &str, text: &str) {
         return;
     }
     let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(want == text, "IR dump differs from {} (regenerate with KILN_BLESS=1):\n{text}", path.display());
+    assert!(
+        want == text,
+        "IR dump differs from {} (regenerate with KILN_BLESS=1):\n{text}",
+        path.display()
+    );
 }
 
 #[test]
 fn golden_dumps() {
     for stem in ["tiny_qat", "tiny_lstm"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/models/{stem}.onnx"));
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/models/{stem}.onnx"));
         let mut m = onnx::load(&path).unwrap();
         shape::infer(&mut m, &Default::default()).unwrap();
         golden(&format!("{stem}.txt"), &dump::dump_model(&m));

@@ -17,8 +17,20 @@ use manager::Pipeline;
 
 /// Names accepted in `passes:` and `--passes`.
 pub const AVAILABLE: &[&str] = &[
-    "cleanup", "fuse", "dce", "fold_constants", "remove_identity", "cse", "simplify_reshape", "cancel_transpose",
-    "fold_pad", "fold_batchnorm", "recognize_patterns", "fold_const_arith", "matmul_add_to_gemm", "fuse_activation",
+    "cleanup",
+    "fuse",
+    "dce",
+    "fold_constants",
+    "remove_identity",
+    "cse",
+    "simplify_reshape",
+    "cancel_transpose",
+    "fold_pad",
+    "fold_batchnorm",
+    "recognize_patterns",
+    "fold_const_arith",
+    "matmul_add_to_gemm",
+    "fuse_activation",
 ];
 
 fn single(name: &str) -> Option<Box<dyn Pass>> {
@@ -41,13 +53,33 @@ fn single(name: &str) -> Option<Box<dyn Pass>> {
 
 /// The `cleanup` pipeline.
 pub fn cleanup() -> Pipeline {
-    let names = ["fold_constants", "remove_identity", "cse", "simplify_reshape", "cancel_transpose", "fold_pad", "fold_batchnorm", "dce"];
-    Pipeline { name: "cleanup", passes: names.iter().filter_map(|n| single(n)).collect(), max_rounds: 8 }
+    let names = [
+        "fold_constants",
+        "remove_identity",
+        "cse",
+        "simplify_reshape",
+        "cancel_transpose",
+        "fold_pad",
+        "fold_batchnorm",
+        "dce",
+    ];
+    Pipeline {
+        name: "cleanup",
+        passes: names.iter().filter_map(|n| single(n)).collect(),
+        max_rounds: 8,
+    }
 }
 
 /// The `fuse` pipeline (runs `cleanup` first so folding sees constants).
 pub fn fuse() -> Pipeline {
-    let names = ["recognize_patterns", "fold_batchnorm", "fold_const_arith", "matmul_add_to_gemm", "fuse_activation", "dce"];
+    let names = [
+        "recognize_patterns",
+        "fold_batchnorm",
+        "fold_const_arith",
+        "matmul_add_to_gemm",
+        "fuse_activation",
+        "dce",
+    ];
     let mut passes: Vec<Box<dyn Pass>> = vec![Box::new(cleanup())];
     passes.extend(names.iter().filter_map(|n| single(n)));
     Pipeline { name: "fuse", passes, max_rounds: 4 }
@@ -65,5 +97,8 @@ pub fn make(spec: &PassSpec) -> Result<Box<dyn Pass>> {
     if name == "fuse" {
         return Ok(Box::new(fuse()));
     }
-    single(&name).ok_or_else(|| Error::Pass { pass: name, reason: format!("unknown pass (available: {})", AVAILABLE.join(", ")) })
+    single(&name).ok_or_else(|| Error::Pass {
+        pass: name,
+        reason: format!("unknown pass (available: {})", AVAILABLE.join(", ")),
+    })
 }

@@ -34,6 +34,11 @@ impl Pass for Pipeline {
 }
 
 /// Run one pass inside pipeline `parent` (see `kiln_compiler::pipeline::run_pass`).
-pub fn run_one(p: &dyn Pass, model: &mut Model, cx: &mut PassContext, parent: &str) -> Result<bool> {
+pub fn run_one(
+    p: &dyn Pass,
+    model: &mut Model,
+    cx: &mut PassContext,
+    parent: &str,
+) -> Result<bool> {
     kiln_compiler::pipeline::run_pass(p, model, cx, Some(parent))
 }

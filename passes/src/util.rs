@@ -21,7 +21,10 @@ pub fn single_consumer(g: &Graph, v: ValueId) -> Option<(NodeId, usize)> {
 /// input, initializer or output, in which case the node stays and `Ok(false)` is returned.
 pub fn bypass(g: &mut Graph, node: NodeId, out: ValueId, inp: ValueId) -> Result<bool> {
     if g.is_output(out) {
-        let inp_fixed = g.inputs.contains(&inp) || g.initializers.contains(&inp) || g.is_output(inp) || g.value(inp).outer;
+        let inp_fixed = g.inputs.contains(&inp)
+            || g.initializers.contains(&inp)
+            || g.is_output(inp)
+            || g.value(inp).outer;
         if inp_fixed {
             return Ok(false);
         }
@@ -30,7 +33,8 @@ pub fn bypass(g: &mut Graph, node: NodeId, out: ValueId, inp: ValueId) -> Result
         g.remove_node(node);
         g.rename_value(out, &dead)?;
         g.rename_value(inp, &out_name)?;
-        let (dt, shape, doc) = (g.value(out).dtype, g.value(out).shape.clone(), g.value(out).doc.clone());
+        let (dt, shape, doc) =
+            (g.value(out).dtype, g.value(out).shape.clone(), g.value(out).doc.clone());
         let v = g.value_mut(inp);
         if v.shape.is_none() {
             v.shape = shape;

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use kiln_compiler::config::PassSpec;
-use kiln_compiler::ir::{Act, AttrValue, Attribute, BinOp, DType, Dim, Graph, Model, Node, Op, TensorData, Value, ValueId, Window};
+use kiln_compiler::ir::{
+    Act, AttrValue, Attribute, BinOp, DType, Dim, Graph, Model, Node, Op, TensorData, Value,
+    ValueId, Window,
+};
 use kiln_compiler::pipeline::PassContext;
 use kiln_compiler::{eval, onnx, shape};
 
@@ -22,7 +25,12 @@ fn val(g: &mut Graph, name: &str) -> ValueId {
 }
 
 fn model(g: Graph) -> Model {
-    let mut m = Model { ir_version: 8, opset_imports: vec![(String::new(), 17)], graph: g, ..Default::default() };
+    let mut m = Model {
+        ir_version: 8,
+        opset_imports: vec![(String::new(), 17)],
+        graph: g,
+        ..Default::default()
+    };
     shape::infer(&mut m, &Default::default()).unwrap();
     m
 }
@@ -41,7 +49,15 @@ fn ramp(n: usize, scale: f32) -> Vec<f32> {
 
 /// Outputs before and after `passes` agree (tract), and the rewritten model re-imports.
 fn same_results(m: &Model, passes: &str, x: &[(&str, Vec<i64>)]) -> Model {
-    let inputs: Vec<(String, TensorData)> = x.iter().map(|(n, d)| (n.to_string(), TensorData::from_f32(d.clone(), &ramp(d.iter().product::<i64>() as usize, 4.0)))).collect();
+    let inputs: Vec<(String, TensorData)> = x
+        .iter()
+        .map(|(n, d)| {
+            (
+                n.to_string(),
+                TensorData::from_f32(d.clone(), &ramp(d.iter().product::<i64>() as usize, 4.0)),
+            )
+        })
+        .collect();
     let before = eval::run(m, &inputs).unwrap();
     let mut m2 = m.clone();
     run_passes(&mut m2, passes);
@@ -59,7 +75,8 @@ fn same_results(m: &Model, passes: &str, x: &[(&str, Vec<i64>)]) -> Model {
 }
 
 fn ops(m: &Model) -> Vec<String> {
-    let mut v: Vec<String> = m.graph.nodes.node_weights().map(|n| n.op.op_type().to_string()).collect();
+    let mut v: Vec<String> =
+        m.graph.nodes.node_weights().map(|n| n.op.op_type().to_string()).collect();
     v.sort();
     v
 }
@@ -73,12 +90,34 @@ fn constants_and_shapes_fold() {
     let c2 = val(&mut g, "c2");
     let y = val(&mut g, "y");
     let t = TensorData::from_i64(vec![2], &[3, 4]);
-    g.add_node(Node::new("k", Op::Generic { op_type: "Constant".into(), attrs: vec![Attribute::new("value", AttrValue::Tensor(t))] }, vec![], vec![Some(c)])).unwrap();
-    g.add_node(Node::new("shape", Op::Generic { op_type: "Shape".into(), attrs: vec![] }, vec![Some(x)], vec![Some(s)])).unwrap();
+    g.add_node(Node::new(
+        "k",
+        Op::Generic {
+            op_type: "Constant".into(),
+            attrs: vec![Attribute::new("value", AttrValue::Tensor(t))],
+        },
+        vec![],
+        vec![Some(c)],
+    ))
+    .unwrap();
+    g.add_node(Node::new(
+        "shape",
+        Op::Generic { op_type: "Shape".into(), attrs: vec![] },
+        vec![Some(x)],
+        vec![Some(s)],
+    ))
+    .unwrap();
     // c2 = c * 1 (both constant) → folded by tract; y = Reshape(x, [3, 4]).
     let one = g.add_const("one", TensorData::from_i64(vec![1], &[1])).unwrap();
-    g.add_node(Node::new("mul", Op::Binary(BinOp::Mul), vec![Some(c), Some(one)], vec![Some(c2)])).unwrap();
-    g.add_node(Node::new("reshape", Op::Reshape { allowzero: None }, vec![Some(x), Some(c2)], vec![Some(y)])).unwrap();
+    g.add_node(Node::new("mul", Op::Binary(BinOp::Mul), vec![Some(c), Some(one)], vec![Some(c2)]))
+        .unwrap();
+    g.add_node(Node::new(
+        "reshape",
+        Op::Reshape { allowzero: None },
+        vec![Some(x), Some(c2)],
+        vec![Some(y)],
+    ))
+    .unwrap();
     g.outputs.push(y);
     let m = model(g);
     let m2 = same_results(&m, "cleanup", &[("x", vec![2, 6])]);
@@ -107,7 +146,8 @@ fn cse_merges_duplicates() {
     let (a, b, y) = (val(&mut g, "a"), val(&mut g, "b"), val(&mut g, "y"));
     g.add_node(Node::new("r1", Op::Act(Act::Sigmoid), vec![Some(x)], vec![Some(a)])).unwrap();
     g.add_node(Node::new("r2", Op::Act(Act::Sigmoid), vec![Some(x)], vec![Some(b)])).unwrap();
-    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(a), Some(b)], vec![Some(y)])).unwrap();
+    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(a), Some(b)], vec![Some(y)]))
+        .unwrap();
     g.outputs.push(y);
     let m2 = same_results(&model(g), "cleanup", &[("x", vec![4])]);
     assert_eq!(ops(&m2), ["Add", "Sigmoid"]);
@@ -118,20 +158,44 @@ fn conv_bn_mul_clip() -> Model {
     let mut g = Graph::default();
     let x = input(&mut g, "x", &[1, 2, 5, 5]);
     let w = g.add_const("w", TensorData::from_f32(vec![3, 2, 3, 3], &ramp(54, 1.0))).unwrap();
-    let bn: Vec<ValueId> = [(vec![1.5f32, 0.5, 2.0]), vec![0.1, -0.2, 0.3], vec![0.05, 0.0, -0.1], vec![1.0, 2.0, 0.5]]
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| g.add_const(&format!("bn{i}"), TensorData::from_f32(vec![3], &v)).unwrap())
-        .collect();
+    let bn: Vec<ValueId> = [
+        (vec![1.5f32, 0.5, 2.0]),
+        vec![0.1, -0.2, 0.3],
+        vec![0.05, 0.0, -0.1],
+        vec![1.0, 2.0, 0.5],
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, v)| g.add_const(&format!("bn{i}"), TensorData::from_f32(vec![3], &v)).unwrap())
+    .collect();
     let k = g.add_const("k", TensorData::from_f32(vec![3, 1, 1], &[2.0, -1.0, 0.5])).unwrap();
     let lo = g.add_const("lo", TensorData::from_f32(vec![], &[0.0])).unwrap();
     let hi = g.add_const("hi", TensorData::from_f32(vec![], &[6.0])).unwrap();
     let (c, b, mm, y) = (val(&mut g, "c"), val(&mut g, "b"), val(&mut g, "m"), val(&mut g, "y"));
     let window = Window { pads: Some(vec![1, 1, 1, 1]), ..Default::default() };
-    g.add_node(Node::new("conv", Op::Conv { window, group: None }, vec![Some(x), Some(w)], vec![Some(c)])).unwrap();
-    g.add_node(Node::new("bn", Op::BatchNorm { epsilon: Some(1e-3), momentum: None, training_mode: None }, vec![Some(c), Some(bn[0]), Some(bn[1]), Some(bn[2]), Some(bn[3])], vec![Some(b)])).unwrap();
-    g.add_node(Node::new("mul", Op::Binary(BinOp::Mul), vec![Some(b), Some(k)], vec![Some(mm)])).unwrap();
-    g.add_node(Node::new("clip", Op::Act(Act::Clip { min: None, max: None }), vec![Some(mm), Some(lo), Some(hi)], vec![Some(y)])).unwrap();
+    g.add_node(Node::new(
+        "conv",
+        Op::Conv { window, group: None },
+        vec![Some(x), Some(w)],
+        vec![Some(c)],
+    ))
+    .unwrap();
+    g.add_node(Node::new(
+        "bn",
+        Op::BatchNorm { epsilon: Some(1e-3), momentum: None, training_mode: None },
+        vec![Some(c), Some(bn[0]), Some(bn[1]), Some(bn[2]), Some(bn[3])],
+        vec![Some(b)],
+    ))
+    .unwrap();
+    g.add_node(Node::new("mul", Op::Binary(BinOp::Mul), vec![Some(b), Some(k)], vec![Some(mm)]))
+        .unwrap();
+    g.add_node(Node::new(
+        "clip",
+        Op::Act(Act::Clip { min: None, max: None }),
+        vec![Some(mm), Some(lo), Some(hi)],
+        vec![Some(y)],
+    ))
+    .unwrap();
     g.outputs.push(y);
     model(g)
 }
@@ -158,25 +222,48 @@ fn silu_gelu_and_attention_are_recognized() {
     let (s, sc, p, o) = (val(&mut g, "s"), val(&mut g, "sc"), val(&mut g, "p"), val(&mut g, "o"));
     let scale = g.add_const("scale", TensorData::from_f32(vec![], &[0.35])).unwrap();
     g.add_node(Node::new("mm1", Op::MatMul, vec![Some(q), Some(kt)], vec![Some(s)])).unwrap();
-    g.add_node(Node::new("scale", Op::Binary(BinOp::Mul), vec![Some(s), Some(scale)], vec![Some(sc)])).unwrap();
-    g.add_node(Node::new("sm", Op::Softmax { axis: Some(-1) }, vec![Some(sc)], vec![Some(p)])).unwrap();
+    g.add_node(Node::new(
+        "scale",
+        Op::Binary(BinOp::Mul),
+        vec![Some(s), Some(scale)],
+        vec![Some(sc)],
+    ))
+    .unwrap();
+    g.add_node(Node::new("sm", Op::Softmax { axis: Some(-1) }, vec![Some(sc)], vec![Some(p)]))
+        .unwrap();
     g.add_node(Node::new("mm2", Op::MatMul, vec![Some(p), Some(v)], vec![Some(o)])).unwrap();
     // GELU (erf form) then SiLU on the attention output.
-    let c2 = g.add_const("sqrt2", TensorData::from_f32(vec![], &[std::f32::consts::SQRT_2])).unwrap();
+    let c2 =
+        g.add_const("sqrt2", TensorData::from_f32(vec![], &[std::f32::consts::SQRT_2])).unwrap();
     let c1 = g.add_const("one", TensorData::from_f32(vec![], &[1.0])).unwrap();
     let ch = g.add_const("half", TensorData::from_f32(vec![], &[0.5])).unwrap();
     let names = ["d", "e", "a", "m1", "gelu", "sig", "y"];
     let ids: Vec<ValueId> = names.iter().map(|n| val(&mut g, n)).collect();
     let [d, e, a, m1, gl, sg, y] = ids[..] else { unreachable!() };
-    g.add_node(Node::new("div", Op::Binary(BinOp::Div), vec![Some(o), Some(c2)], vec![Some(d)])).unwrap();
-    g.add_node(Node::new("erf", Op::Generic { op_type: "Erf".into(), attrs: vec![] }, vec![Some(d)], vec![Some(e)])).unwrap();
-    g.add_node(Node::new("add1", Op::Binary(BinOp::Add), vec![Some(e), Some(c1)], vec![Some(a)])).unwrap();
-    g.add_node(Node::new("mulx", Op::Binary(BinOp::Mul), vec![Some(o), Some(a)], vec![Some(m1)])).unwrap();
-    g.add_node(Node::new("mulh", Op::Binary(BinOp::Mul), vec![Some(m1), Some(ch)], vec![Some(gl)])).unwrap();
+    g.add_node(Node::new("div", Op::Binary(BinOp::Div), vec![Some(o), Some(c2)], vec![Some(d)]))
+        .unwrap();
+    g.add_node(Node::new(
+        "erf",
+        Op::Generic { op_type: "Erf".into(), attrs: vec![] },
+        vec![Some(d)],
+        vec![Some(e)],
+    ))
+    .unwrap();
+    g.add_node(Node::new("add1", Op::Binary(BinOp::Add), vec![Some(e), Some(c1)], vec![Some(a)]))
+        .unwrap();
+    g.add_node(Node::new("mulx", Op::Binary(BinOp::Mul), vec![Some(o), Some(a)], vec![Some(m1)]))
+        .unwrap();
+    g.add_node(Node::new("mulh", Op::Binary(BinOp::Mul), vec![Some(m1), Some(ch)], vec![Some(gl)]))
+        .unwrap();
     g.add_node(Node::new("sigm", Op::Act(Act::Sigmoid), vec![Some(gl)], vec![Some(sg)])).unwrap();
-    g.add_node(Node::new("silu", Op::Binary(BinOp::Mul), vec![Some(gl), Some(sg)], vec![Some(y)])).unwrap();
+    g.add_node(Node::new("silu", Op::Binary(BinOp::Mul), vec![Some(gl), Some(sg)], vec![Some(y)]))
+        .unwrap();
     g.outputs.push(y);
-    let m2 = same_results(&model(g), "fuse", &[("q", vec![1, 2, 4, 8]), ("kt", vec![1, 2, 8, 4]), ("v", vec![1, 2, 4, 8])]);
+    let m2 = same_results(
+        &model(g),
+        "fuse",
+        &[("q", vec![1, 2, 4, 8]), ("kt", vec![1, 2, 8, 4]), ("v", vec![1, 2, 4, 8])],
+    );
     assert_eq!(ops(&m2), ["Attention", "Gelu", "Silu"]);
     // The recognized attention keeps the MAC count of the two MatMuls it replaced (batch 1: 2·4·4·8 each).
     assert_eq!(kiln_compiler::stats::model_stats(&m2).macs, 2 * (2 * 4 * 4 * 8));
@@ -190,7 +277,8 @@ fn matmul_add_becomes_gemm() {
     let b = g.add_const("b", TensorData::from_f32(vec![5], &ramp(5, 1.0))).unwrap();
     let (m, y) = (val(&mut g, "m"), val(&mut g, "y"));
     g.add_node(Node::new("mm", Op::MatMul, vec![Some(x), Some(w)], vec![Some(m)])).unwrap();
-    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(m), Some(b)], vec![Some(y)])).unwrap();
+    g.add_node(Node::new("add", Op::Binary(BinOp::Add), vec![Some(m), Some(b)], vec![Some(y)]))
+        .unwrap();
     g.outputs.push(y);
     let m2 = same_results(&model(g), "fuse", &[("x", vec![3, 4])]);
     assert_eq!(ops(&m2), ["Gemm"]);
@@ -200,7 +288,8 @@ fn matmul_add_becomes_gemm() {
 fn tiny_cnn_fused() -> Model {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut m = onnx::load(&root.join("../tests/models/tiny_cnn.onnx")).unwrap();
-    shape::infer(&mut m, &[("input".to_string(), vec![1, 3, 64, 64])].into_iter().collect()).unwrap();
+    shape::infer(&mut m, &[("input".to_string(), vec![1, 3, 64, 64])].into_iter().collect())
+        .unwrap();
     run_passes(&mut m, "cleanup,fuse");
     m
 }
@@ -215,7 +304,11 @@ fn golden_tiny_cnn_after_fuse() {
         std::fs::write(&path, &text).unwrap();
     }
     let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(want == text, "differs from {} (regenerate with KILN_BLESS=1):\n{text}", path.display());
+    assert!(
+        want == text,
+        "differs from {} (regenerate with KILN_BLESS=1):\n{text}",
+        path.display()
+    );
     assert!(!text.contains("BatchNormalization"));
 }
 
@@ -223,12 +316,25 @@ fn golden_tiny_cnn_after_fuse() {
 fn pad_folds_into_conv() {
     let mut g = Graph::default();
     let x = input(&mut g, "x", &[1, 2, 5, 5]);
-    let pads = g.add_const("pads", TensorData::from_i64(vec![8], &[0, 0, 1, 2, 0, 0, 1, 0])).unwrap();
+    let pads =
+        g.add_const("pads", TensorData::from_i64(vec![8], &[0, 0, 1, 2, 0, 0, 1, 0])).unwrap();
     let w = g.add_const("w", TensorData::from_f32(vec![3, 2, 3, 3], &ramp(54, 1.0))).unwrap();
     let (p, y) = (val(&mut g, "p"), val(&mut g, "y"));
-    g.add_node(Node::new("pad", Op::Generic { op_type: "Pad".into(), attrs: vec![] }, vec![Some(x), Some(pads)], vec![Some(p)])).unwrap();
+    g.add_node(Node::new(
+        "pad",
+        Op::Generic { op_type: "Pad".into(), attrs: vec![] },
+        vec![Some(x), Some(pads)],
+        vec![Some(p)],
+    ))
+    .unwrap();
     let window = Window { pads: Some(vec![1, 0, 0, 1]), ..Default::default() };
-    g.add_node(Node::new("conv", Op::Conv { window, group: None }, vec![Some(p), Some(w)], vec![Some(y)])).unwrap();
+    g.add_node(Node::new(
+        "conv",
+        Op::Conv { window, group: None },
+        vec![Some(p), Some(w)],
+        vec![Some(y)],
+    ))
+    .unwrap();
     g.outputs.push(y);
     let m2 = same_results(&model(g), "cleanup", &[("x", vec![1, 2, 5, 5])]);
     assert_eq!(ops(&m2), ["Conv"]);
@@ -248,7 +354,8 @@ fn pinned_statistics_reproduce_every_method() {
         .map(|_| {
             let v: Vec<f32> = (0..3 * 64 * 64)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state =
+                        state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
                     u * u * u * 4.0
                 })
@@ -256,16 +363,25 @@ fn pinned_statistics_reproduce_every_method() {
             TensorData::from_f32(vec![1, 3, 64, 64], &v)
         })
         .collect();
-    let calib = kiln_compiler::calib::collect_with(&m, "input", &samples, false, &mut |_, _| {}).unwrap();
+    let calib =
+        kiln_compiler::calib::collect_with(&m, "input", &samples, false, &mut |_, _| {}).unwrap();
     for method in [Method::Percentile(99.0), Method::Entropy, Method::Mse, Method::MinMax] {
         let opts = qdq::QdqOptions { method, ..Default::default() };
         let want = qdq::activation_params(&m.graph, &calib, &opts);
         let pinned = ranges::pin(&m, &calib, &opts);
-        let got = qdq::activation_params(&m.graph, &pinned, &qdq::QdqOptions { method: Method::MinMax, ..Default::default() });
+        let got = qdq::activation_params(
+            &m.graph,
+            &pinned,
+            &qdq::QdqOptions { method: Method::MinMax, ..Default::default() },
+        );
         assert!(want.len() > 5 && want == got, "{method:?}: {want:?} vs {got:?}");
     }
     // and the methods did differ on this data
-    let a = qdq::activation_params(&m.graph, &calib, &qdq::QdqOptions { method: Method::Percentile(99.0), ..Default::default() });
+    let a = qdq::activation_params(
+        &m.graph,
+        &calib,
+        &qdq::QdqOptions { method: Method::Percentile(99.0), ..Default::default() },
+    );
     let b = qdq::activation_params(&m.graph, &calib, &qdq::QdqOptions::default());
     assert_ne!(a, b);
 }

@@ -25,20 +25,30 @@ pub fn qnn_qdq(model: &Model) -> Result<Model> {
     let ids: Vec<_> = g.nodes.node_indices().collect();
     for id in ids {
         let n = &g.nodes[id];
-        let (is_q, is_dq) = (matches!(n.op, Op::QuantizeLinear { .. }), matches!(n.op, Op::DequantizeLinear { .. }));
+        let (is_q, is_dq) = (
+            matches!(n.op, Op::QuantizeLinear { .. }),
+            matches!(n.op, Op::DequantizeLinear { .. }),
+        );
         if !(is_q || is_dq) {
             continue;
         }
         let (Some(x), Some(z)) = (n.input(0), n.input(2)) else { continue };
         // Activations only: a Q reading a non-constant, or a DQ reading a Q's output. Weights stay int8.
-        let from_q = g.value(x).producer.and_then(|(p, _)| g.node(p)).is_some_and(|p| matches!(p.op, Op::QuantizeLinear { .. }));
+        let from_q = g
+            .value(x)
+            .producer
+            .and_then(|(p, _)| g.node(p))
+            .is_some_and(|p| matches!(p.op, Op::QuantizeLinear { .. }));
         let activation = g.const_data(x).is_none() && (is_q || from_q);
         let Some(zd) = g.const_data(z).filter(|d| d.dtype == DType::I8).cloned() else { continue };
         if !activation {
             continue;
         }
         let shifted: Vec<u8> = zd.bytes().iter().map(|b| ((*b as i8) as i16 + 128) as u8).collect();
-        let nz = g.add_const(&format!("{}_u8", g.value(z).name), TensorData::from_bytes(DType::U8, zd.dims.clone(), shifted))?;
+        let nz = g.add_const(
+            &format!("{}_u8", g.value(z).name),
+            TensorData::from_bytes(DType::U8, zd.dims.clone(), shifted),
+        )?;
         if let Some(node) = g.node_mut(id) {
             node.inputs[2] = Some(nz);
         }
@@ -63,8 +73,19 @@ pub fn qnn_qdq(model: &Model) -> Result<Model> {
 
 impl NpuBackend {
     fn profile(t: &Target) -> Result<profile::Profile> {
-        let d = t.device.as_deref().ok_or_else(|| Error::Backend { backend: "npu".into(), target: t.name.clone(), reason: format!("`device:` is required (one of {})", profile::builtin_names().join(", ")) })?;
-        profile::load(d).map_err(|e| Error::Backend { backend: "npu".into(), target: t.name.clone(), reason: e.to_string() })
+        let d = t.device.as_deref().ok_or_else(|| Error::Backend {
+            backend: "npu".into(),
+            target: t.name.clone(),
+            reason: format!(
+                "`device:` is required (one of {})",
+                profile::builtin_names().join(", ")
+            ),
+        })?;
+        profile::load(d).map_err(|e| Error::Backend {
+            backend: "npu".into(),
+            target: t.name.clone(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -81,23 +102,38 @@ impl Backend for NpuBackend {
         Ok(self.emit_with_report(model, target)?.0)
     }
 
-    fn emit_with_report(&self, model: &Model, target: &Target) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
+    fn emit_with_report(
+        &self,
+        model: &Model,
+        target: &Target,
+    ) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
         let p = Self::profile(target)?;
         let io_int8 = tflite::io_int8(target, p.io_dtype.as_deref() == Some("int8"))?;
         let m = tflite::lower_model(model, tflite::io_layout(target)?, true, io_int8)?;
-        let bytes = tflite::ser::write(&m, &format!("kiln {} int8 for {}", env!("CARGO_PKG_VERSION"), p.name));
+        let bytes = tflite::ser::write(
+            &m,
+            &format!("kiln {} int8 for {}", env!("CARGO_PKG_VERSION"), p.name),
+        );
         let report = partition::partition(&m, &p);
         let json = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
-        let mut pretty = serde_json::to_vec_pretty(&json).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut pretty =
+            serde_json::to_vec_pretty(&json).map_err(|e| Error::invalid(e.to_string()))?;
         pretty.push(b'\n');
         let mut files = vec![
             ArtifactFile { rel_path: "model.tflite".into(), bytes },
             ArtifactFile { rel_path: "partition.json".into(), bytes: pretty },
-            ArtifactFile { rel_path: "partition.txt".into(), bytes: partition::text(&report).into_bytes() },
+            ArtifactFile {
+                rel_path: "partition.txt".into(),
+                bytes: partition::text(&report).into_bytes(),
+            },
         ];
         if p.emit_qdq_onnx {
             let q = qnn_qdq(model)?;
-            for (rel_path, bytes) in to_files(&q, "model.qdq.onnx", &ExportOptions { external: ExternalData::Inline, strip_value_info: true })? {
+            for (rel_path, bytes) in to_files(
+                &q,
+                "model.qdq.onnx",
+                &ExportOptions { external: ExternalData::Inline, strip_value_info: true },
+            )? {
                 files.push(ArtifactFile { rel_path, bytes });
             }
         }

@@ -63,7 +63,9 @@ fn elements(shape: &[i32]) -> u64 {
 /// Multiply-accumulates of one operator.
 pub fn macs(m: &TfModel, o: &crate::tflite::model::Operator) -> u64 {
     let out = o.outputs.first().map(|t| elements(m.shape(*t))).unwrap_or(0);
-    let shape = |i: usize| o.inputs.get(i).filter(|t| **t >= 0).map(|t| m.shape(*t).to_vec()).unwrap_or_default();
+    let shape = |i: usize| {
+        o.inputs.get(i).filter(|t| **t >= 0).map(|t| m.shape(*t).to_vec()).unwrap_or_default()
+    };
     match o.code {
         Code::CONV_2D => {
             let f = shape(1);
@@ -85,7 +87,9 @@ pub fn macs(m: &TfModel, o: &crate::tflite::model::Operator) -> u64 {
 /// Why `o` cannot run on the device, if it cannot.
 fn unsupported(m: &TfModel, o: &crate::tflite::model::Operator, p: &Profile) -> Option<String> {
     let op = name(o.code);
-    let Some(rule) = p.ops.get(&op) else { return Some(format!("{op} is not supported by {}", p.name)) };
+    let Some(rule) = p.ops.get(&op) else {
+        return Some(format!("{op} is not supported by {}", p.name));
+    };
     let c = &p.constraints;
     for t in o.inputs.iter().chain(&o.outputs).filter(|t| **t >= 0) {
         let tensor = &m.tensors[*t as usize];
@@ -95,32 +99,54 @@ fn unsupported(m: &TfModel, o: &crate::tflite::model::Operator, p: &Profile) -> 
         }
         let dt = dtype_name(tensor.dtype);
         if !c.dtypes.contains(&dt) {
-            return Some(format!("tensor '{}' is {dt}; {} computes in {}", tensor.name, p.name, c.dtypes.join("/")));
+            return Some(format!(
+                "tensor '{}' is {dt}; {} computes in {}",
+                tensor.name,
+                p.name,
+                c.dtypes.join("/")
+            ));
         }
         if tensor.data.is_some() {
             continue;
         }
         let rank = tensor.shape.len();
         if c.max_rank.is_some_and(|r| rank > r) {
-            return Some(format!("tensor '{}' has rank {rank} (max {})", tensor.name, c.max_rank.unwrap_or(0)));
+            return Some(format!(
+                "tensor '{}' has rank {rank} (max {})",
+                tensor.name,
+                c.max_rank.unwrap_or(0)
+            ));
         }
         if let Some(n) = c.max_nonunit_dims {
             if tensor.shape.iter().filter(|d| **d > 1).count() > n {
-                return Some(format!("tensor '{}' {:?} has more than {n} dimensions larger than 1", tensor.name, tensor.shape));
+                return Some(format!(
+                    "tensor '{}' {:?} has more than {n} dimensions larger than 1",
+                    tensor.name, tensor.shape
+                ));
             }
         }
         if let (Some(b), true) = (c.batch, rank >= 2) {
             if tensor.shape[0] != b {
-                return Some(format!("tensor '{}' has batch {} (the device needs {b})", tensor.name, tensor.shape[0]));
+                return Some(format!(
+                    "tensor '{}' has batch {} (the device needs {b})",
+                    tensor.name, tensor.shape[0]
+                ));
             }
         }
         if let Some(d) = c.max_dim.filter(|d| tensor.shape.iter().any(|x| x > d)) {
-            return Some(format!("tensor '{}' {:?} has a dimension above {d}", tensor.name, tensor.shape));
+            return Some(format!(
+                "tensor '{}' {:?} has a dimension above {d}",
+                tensor.name, tensor.shape
+            ));
         }
     }
     let (stride, act) = match &o.options {
-        Options::Conv { stride, act, .. } | Options::Depthwise { stride, act, .. } | Options::Pool { stride, act, .. } => (Some(*stride), *act),
-        Options::Concat { act, .. } | Options::Binary { act } | Options::FullyConnected { act, .. } => (None, *act),
+        Options::Conv { stride, act, .. }
+        | Options::Depthwise { stride, act, .. }
+        | Options::Pool { stride, act, .. } => (Some(*stride), *act),
+        Options::Concat { act, .. }
+        | Options::Binary { act }
+        | Options::FullyConnected { act, .. } => (None, *act),
         _ => (None, Fused::NONE),
     };
     if rule.fused_activation == Some(false) && act != Fused::NONE {
@@ -134,7 +160,9 @@ fn unsupported(m: &TfModel, o: &crate::tflite::model::Operator, p: &Profile) -> 
     if let Some(max) = rule.max_kernel {
         let k = match (&o.options, o.inputs.get(1)) {
             (Options::Pool { filter, .. }, _) => Some(*filter),
-            (Options::Conv { .. } | Options::Depthwise { .. }, Some(f)) if *f >= 0 => m.shape(*f).get(1..3).map(|s| (s[0], s[1])),
+            (Options::Conv { .. } | Options::Depthwise { .. }, Some(f)) if *f >= 0 => {
+                m.shape(*f).get(1..3).map(|s| (s[0], s[1]))
+            }
             _ => None,
         };
         if let Some((kh, kw)) = k.filter(|(kh, kw)| *kh > max || *kw > max) {
@@ -150,10 +178,17 @@ fn unsupported(m: &TfModel, o: &crate::tflite::model::Operator, p: &Profile) -> 
     }
     if rule.spatial_only {
         // PAD: paddings [rank, 2]; MEAN: axes. Only H and W (1, 2 of NHWC) may be touched.
-        let param = o.inputs.get(1).filter(|t| **t >= 0).and_then(|t| m.tensors[*t as usize].data.as_ref());
-        let vals: Vec<i32> = param.map(|b| b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()).unwrap_or_default();
+        let param =
+            o.inputs.get(1).filter(|t| **t >= 0).and_then(|t| m.tensors[*t as usize].data.as_ref());
+        let vals: Vec<i32> = param
+            .map(|b| {
+                b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            })
+            .unwrap_or_default();
         let ok = match o.code {
-            Code::PAD | Code::PADV2 => vals.len() == 8 && vals[0] == 0 && vals[1] == 0 && vals[6] == 0 && vals[7] == 0,
+            Code::PAD | Code::PADV2 => {
+                vals.len() == 8 && vals[0] == 0 && vals[1] == 0 && vals[6] == 0 && vals[7] == 0
+            }
             Code::MEAN => !vals.is_empty() && vals.iter().all(|a| *a == 1 || *a == 2),
             _ => true,
         };
@@ -172,13 +207,23 @@ pub fn partition(m: &TfModel, p: &Profile) -> Report {
         .enumerate()
         .map(|(i, o)| {
             let reason = unsupported(m, o, p);
-            OpPlacement { index: i, op: name(o.code), node: o.origin.clone(), npu: reason.is_none(), reason, macs: macs(m, o) }
+            OpPlacement {
+                index: i,
+                op: name(o.code),
+                node: o.origin.clone(),
+                npu: reason.is_none(),
+                reason,
+                macs: macs(m, o),
+            }
         })
         .collect();
     let fallback_point = ops.iter().find(|o| !o.npu).cloned();
     if p.partitioning == Partitioning::FirstUnsupportedStops {
         if let Some(first) = &fallback_point {
-            let why = format!("after the first unsupported op ({} of node '{}'): {} partitions once", first.op, first.node, p.name);
+            let why = format!(
+                "after the first unsupported op ({} of node '{}'): {} partitions once",
+                first.op, first.node, p.name
+            );
             for o in ops.iter_mut().skip(first.index + 1).filter(|o| o.npu) {
                 o.npu = false;
                 o.reason = Some(why.clone());
@@ -231,7 +276,13 @@ pub fn partition(m: &TfModel, p: &Profile) -> Report {
     let partitions = parts
         .iter()
         .enumerate()
-        .map(|(k, g)| Partition { index: k, ops: g.len(), first: format!("{} ({})", ops[g[0]].op, ops[g[0]].node), last: format!("{} ({})", ops[g[g.len() - 1]].op, ops[g[g.len() - 1]].node), macs: g.iter().map(|i| ops[*i].macs).sum() })
+        .map(|(k, g)| Partition {
+            index: k,
+            ops: g.len(),
+            first: format!("{} ({})", ops[g[0]].op, ops[g[0]].node),
+            last: format!("{} ({})", ops[g[g.len() - 1]].op, ops[g[g.len() - 1]].node),
+            macs: g.iter().map(|i| ops[*i].macs).sum(),
+        })
         .collect();
     let macs_total: u64 = ops.iter().map(|o| o.macs).sum();
     let macs_on_npu: u64 = ops.iter().filter(|o| o.npu).map(|o| o.macs).sum();
@@ -255,16 +306,41 @@ pub fn partition(m: &TfModel, p: &Profile) -> Report {
 /// The report as text for people.
 pub fn text(r: &Report) -> String {
     let mut s = format!("{} — {}\n", r.device, r.title);
-    s += &format!("ops on the NPU: {} of {}, in {} partition(s); MACs on the NPU: {:.1}% ({} of {})\n", r.ops_on_npu, r.ops_total, r.partitions.len(), 100.0 * r.npu_mac_share, r.macs_on_npu, r.macs_total);
+    s += &format!(
+        "ops on the NPU: {} of {}, in {} partition(s); MACs on the NPU: {:.1}% ({} of {})\n",
+        r.ops_on_npu,
+        r.ops_total,
+        r.partitions.len(),
+        100.0 * r.npu_mac_share,
+        r.macs_on_npu,
+        r.macs_total
+    );
     for p in &r.partitions {
-        s += &format!("  partition {}: {} ops, {} MACs, from {} to {}\n", p.index, p.ops, p.macs, p.first, p.last);
+        s += &format!(
+            "  partition {}: {} ops, {} MACs, from {} to {}\n",
+            p.index, p.ops, p.macs, p.first, p.last
+        );
     }
     match &r.fallback_point {
-        Some(f) => s += &format!("CPU takes over at op {} {} (node '{}'): {}\n", f.index, f.op, f.node, f.reason.clone().unwrap_or_default()),
+        Some(f) => {
+            s += &format!(
+                "CPU takes over at op {} {} (node '{}'): {}\n",
+                f.index,
+                f.op,
+                f.node,
+                f.reason.clone().unwrap_or_default()
+            )
+        }
         None => s += "no CPU fallback: every op runs on the NPU\n",
     }
     for o in &r.cpu_ops {
-        s += &format!("  cpu: op {} {} (node '{}'): {}\n", o.index, o.op, o.node, o.reason.clone().unwrap_or_default());
+        s += &format!(
+            "  cpu: op {} {} (node '{}'): {}\n",
+            o.index,
+            o.op,
+            o.node,
+            o.reason.clone().unwrap_or_default()
+        );
     }
     s += &format!("sources: {}\n", r.sources.join(", "));
     s

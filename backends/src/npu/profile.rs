@@ -88,7 +88,10 @@ pub fn load(device: &str) -> Result<Profile> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         return parse(&text, device);
     }
-    Err(Error::invalid(format!("unknown device '{device}' (known: {}, or a path to a profile .yaml)", builtin_names().join(", "))))
+    Err(Error::invalid(format!(
+        "unknown device '{device}' (known: {}, or a path to a profile .yaml)",
+        builtin_names().join(", ")
+    )))
 }
 
 #[cfg(test)]

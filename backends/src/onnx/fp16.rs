@@ -12,7 +12,9 @@
 //! Every other float32 constant is stored as float16 and every float32 value becomes float16.
 use std::collections::{HashMap, HashSet};
 
-use kiln_compiler::ir::{AttrValue, DType, Graph, Model, Node, NodeId, Op, TensorData, Value, ValueId};
+use kiln_compiler::ir::{
+    AttrValue, DType, Graph, Model, Node, NodeId, Op, TensorData, Value, ValueId,
+};
 use kiln_compiler::{Error, Result};
 
 use kiln_compiler::ir::half::{CAST_FLOAT as FLOAT, CAST_FLOAT16 as FLOAT16};
@@ -24,7 +26,18 @@ fn op_type(n: &Node) -> &str {
 /// Ops that must run in float32 whatever their neighbours: their float output type is fixed by an
 /// attribute or by float32 parameters.
 fn fixed_float_op(n: &Node) -> bool {
-    matches!(op_type(n), "QuantizeLinear" | "DequantizeLinear" | "ConstantOfShape" | "RandomNormal" | "RandomUniform" | "RandomNormalLike" | "RandomUniformLike" | "EyeLike" | "DynamicQuantizeLinear")
+    matches!(
+        op_type(n),
+        "QuantizeLinear"
+            | "DequantizeLinear"
+            | "ConstantOfShape"
+            | "RandomNormal"
+            | "RandomUniform"
+            | "RandomNormalLike"
+            | "RandomUniformLike"
+            | "EyeLike"
+            | "DynamicQuantizeLinear"
+    )
 }
 
 /// Inputs that ONNX types as float32 regardless of the data type.
@@ -55,12 +68,23 @@ pub fn to_fp16(model: &Model) -> Result<(Model, usize)> {
     let mut m = model.clone();
     let g = &mut m.graph;
     let order = g.topo_order()?;
-    let islands: HashSet<NodeId> = order.iter().copied().filter(|id| g.nodes[*id].keeps_fp32_weights() || fixed_float_op(&g.nodes[*id])).collect();
+    let islands: HashSet<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|id| g.nodes[*id].keeps_fp32_weights() || fixed_float_op(&g.nodes[*id]))
+        .collect();
     if order.iter().any(|id| !g.nodes[*id].op.subgraphs().is_empty()) {
-        return Err(Error::Backend { backend: "onnx".into(), target: String::new(), reason: "fp16: models with subgraphs (If/Loop/Scan) are not converted".into() });
+        return Err(Error::Backend {
+            backend: "onnx".into(),
+            target: String::new(),
+            reason: "fp16: models with subgraphs (If/Loop/Scan) are not converted".into(),
+        });
     }
     let is_const = |g: &Graph, v: ValueId| g.const_data(v).is_some();
-    let float_values: Vec<ValueId> = (0..g.values.len()).map(|i| ValueId(i as u32)).filter(|v| g.value(*v).dtype == DType::F32 && !is_const(g, *v)).collect();
+    let float_values: Vec<ValueId> = (0..g.values.len())
+        .map(|i| ValueId(i as u32))
+        .filter(|v| g.value(*v).dtype == DType::F32 && !is_const(g, *v))
+        .collect();
 
     // 1. Constants: a float16 copy for every use outside islands and float32-typed slots.
     let mut half_of: HashMap<ValueId, ValueId> = HashMap::new();
@@ -75,7 +99,12 @@ pub fn to_fp16(model: &Model) -> Result<(Model, usize)> {
             let h = match half_of.get(&v) {
                 Some(h) => *h,
                 None => {
-                    let data = to_half(d).ok_or_else(|| Error::invalid(format!("fp16: constant '{}' is not readable as float", g.value(v).name)))?;
+                    let data = to_half(d).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "fp16: constant '{}' is not readable as float",
+                            g.value(v).name
+                        ))
+                    })?;
                     let base = format!("{}_fp16", g.value(v).name);
                     let h = g.add_const(&base, data)?;
                     half_of.insert(v, h);
@@ -89,7 +118,11 @@ pub fn to_fp16(model: &Model) -> Result<(Model, usize)> {
     }
     // 2. Every non-constant float32 value becomes float16, except between islands: a value an island
     //    writes and only islands read stays float32 (an activation too large for float16 passes through).
-    let keep32: HashSet<ValueId> = float_values.iter().copied().filter(|v| kiln_compiler::ir::half::stays_fp32(g, *v, &islands)).collect();
+    let keep32: HashSet<ValueId> = float_values
+        .iter()
+        .copied()
+        .filter(|v| kiln_compiler::ir::half::stays_fp32(g, *v, &islands))
+        .collect();
     for v in float_values.iter().filter(|v| !keep32.contains(v)) {
         g.value_mut(*v).dtype = DType::F16;
     }
@@ -140,7 +173,8 @@ pub fn to_fp16(model: &Model) -> Result<(Model, usize)> {
         }
     }
     // 5. Graph inputs and outputs stay float32.
-    let data_inputs: Vec<ValueId> = g.inputs.iter().copied().filter(|v| !g.initializers.contains(v)).collect();
+    let data_inputs: Vec<ValueId> =
+        g.inputs.iter().copied().filter(|v| !g.initializers.contains(v)).collect();
     for x in data_inputs {
         if g.value(x).dtype != DType::F16 {
             continue;
@@ -178,7 +212,11 @@ pub fn to_fp16(model: &Model) -> Result<(Model, usize)> {
         cast_node(g, &format!("{}_to_fp32", g.value(y).name), y16, y, FLOAT)?;
     }
     // The float32 originals that no node reads any more are not written.
-    let orphans: HashSet<ValueId> = half_of.keys().copied().filter(|v| g.consumers(*v).is_empty() && !g.is_output(*v)).collect();
+    let orphans: HashSet<ValueId> = half_of
+        .keys()
+        .copied()
+        .filter(|v| g.consumers(*v).is_empty() && !g.is_output(*v))
+        .collect();
     g.initializers.retain(|v| !orphans.contains(v));
     for v in &orphans {
         g.value_mut(*v).data = None;

@@ -34,7 +34,9 @@ impl Backend for OnnxBackend {
         let half;
         let model = if target.precision == "fp16" {
             half = fp16::to_fp16(model).map_err(|e| match e {
-                kiln_compiler::Error::Backend { backend, reason, .. } => kiln_compiler::Error::Backend { backend, target: target.name.clone(), reason },
+                kiln_compiler::Error::Backend { backend, reason, .. } => {
+                    kiln_compiler::Error::Backend { backend, target: target.name.clone(), reason }
+                }
                 other => other,
             })?;
             &half.0

@@ -38,12 +38,18 @@ pub fn prepass(l: &mut Lowering) -> Result<()> {
         let scale = g.const_data(s).and_then(|d| d.to_f32_vec()).unwrap_or_default();
         let zd = n.input(2).and_then(|z| g.const_data(z));
         let zp = zd.and_then(|d| d.to_i64_vec()).unwrap_or_else(|| vec![0]);
-        let dtype = if zd.map(|d| d.dtype) == Some(DType::U8) { TensorType::UINT8 } else { TensorType::INT8 };
+        let dtype = if zd.map(|d| d.dtype) == Some(DType::U8) {
+            TensorType::UINT8
+        } else {
+            TensorType::INT8
+        };
         if scale.len() != 1 || zp.len() != 1 {
             continue;
         }
         let consumers = g.consumers(q);
-        if consumers.iter().any(|(c, _)| !matches!(g.nodes[*c].op, Op::DequantizeLinear { .. })) || g.is_output(q) {
+        if consumers.iter().any(|(c, _)| !matches!(g.nodes[*c].op, Op::DequantizeLinear { .. }))
+            || g.is_output(q)
+        {
             continue;
         }
         l.qp.insert(x, (quant(scale[0], zp[0]), dtype));
@@ -59,14 +65,19 @@ pub fn prepass(l: &mut Lowering) -> Result<()> {
 }
 
 /// The constant of `dtype` behind the DequantizeLinear producing `v`, its scales, and its zero points.
-fn dq_const<'g>(l: &Lowering<'g>, v: ValueId, dtype: DType) -> Option<(&'g TensorData, Vec<f32>, Vec<i64>)> {
+fn dq_const<'g>(
+    l: &Lowering<'g>,
+    v: ValueId,
+    dtype: DType,
+) -> Option<(&'g TensorData, Vec<f32>, Vec<i64>)> {
     let (p, _) = l.g.value(v).producer?;
     let n = l.g.node(p)?;
     if !matches!(n.op, Op::DequantizeLinear { .. }) {
         return None;
     }
     let d = l.g.const_data(n.input(0)?).filter(|d| d.dtype == dtype)?;
-    let zp = n.input(2).and_then(|z| l.g.const_data(z)).and_then(|z| z.to_i64_vec()).unwrap_or_default();
+    let zp =
+        n.input(2).and_then(|z| l.g.const_data(z)).and_then(|z| z.to_i64_vec()).unwrap_or_default();
     Some((d, l.g.const_data(n.input(1)?)?.to_f32_vec()?, zp))
 }
 
@@ -74,13 +85,20 @@ fn dq_const<'g>(l: &Lowering<'g>, v: ValueId, dtype: DType) -> Option<(&'g Tenso
 pub fn weight(l: &Lowering, w: ValueId) -> Option<(Vec<usize>, Vec<i8>, Vec<f32>)> {
     let (d, scales, zp) = dq_const(l, w, DType::I8)?;
     zp.iter().all(|z| *z == 0).then_some(())?;
-    Some((d.dims.iter().map(|x| *x as usize).collect(), d.bytes().iter().map(|b| *b as i8).collect(), scales))
+    Some((
+        d.dims.iter().map(|x| *x as usize).collect(),
+        d.bytes().iter().map(|b| *b as i8).collect(),
+        scales,
+    ))
 }
 
 /// int32 bias behind a DequantizeLinear: (values, scales).
 pub fn bias(l: &Lowering, b: ValueId) -> Option<(Vec<i32>, Vec<f32>)> {
     let (d, scales, _) = dq_const(l, b, DType::I32)?;
-    Some((d.bytes().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), scales))
+    Some((
+        d.bytes().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        scales,
+    ))
 }
 
 /// TFLite can fuse this activation into the op (RELU, RELU6, RELU_N1_TO_1, TANH).
@@ -90,7 +108,11 @@ fn fusable(a: &Option<Act>) -> bool {
 
 /// Activations with an int8 kernel as a standalone op.
 fn int8_act(a: &Act) -> bool {
-    fusable(&Some(a.clone())) || matches!(a, Act::HardSwish | Act::Sigmoid | Act::Tanh | Act::LeakyRelu { .. } | Act::Silu)
+    fusable(&Some(a.clone()))
+        || matches!(
+            a,
+            Act::HardSwish | Act::Sigmoid | Act::Tanh | Act::LeakyRelu { .. } | Act::Silu
+        )
 }
 
 /// Fixed output parameters an int8 kernel requires, if any.
@@ -105,19 +127,29 @@ fn fixed_output(a: &Act) -> Option<Quant> {
 /// Decide whether node `id` runs as integer ops; when it does, settle its outputs' parameters.
 pub fn decide(l: &mut Lowering, id: NodeId) -> bool {
     let n = l.g.nodes[id].clone();
-    let data: Vec<ValueId> = n.inputs.iter().flatten().map(|v| l.resolve(*v)).filter(|v| !l.is_const(*v)).collect();
+    let data: Vec<ValueId> =
+        n.inputs.iter().flatten().map(|v| l.resolve(*v)).filter(|v| !l.is_const(*v)).collect();
     let outs: Vec<ValueId> = n.outputs.iter().flatten().map(|v| l.resolve(*v)).collect();
-    if data.is_empty() || !data.iter().all(|v| l.qp.contains_key(v)) || !outs.iter().all(|v| l.qp.contains_key(v)) {
+    if data.is_empty()
+        || !data.iter().all(|v| l.qp.contains_key(v))
+        || !outs.iter().all(|v| l.qp.contains_key(v))
+    {
         return false;
     }
     let op_type = n.op.op_type().to_string();
-    let pass_through = matches!(n.op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity)
-        || matches!(&n.op, Op::Pool { kind: kiln_compiler::ir::PoolKind::Max, .. })
-        || matches!(op_type.as_str(), "Squeeze" | "Unsqueeze" | "Split" | "Slice" | "Gather");
+    let pass_through =
+        matches!(
+            n.op,
+            Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity
+        ) || matches!(&n.op, Op::Pool { kind: kiln_compiler::ir::PoolKind::Max, .. })
+            || matches!(op_type.as_str(), "Squeeze" | "Unsqueeze" | "Split" | "Slice" | "Gather");
     let ok = match &n.op {
         Op::Conv { .. } => n.input(1).is_some_and(|w| weight(l, w).is_some()),
         Op::Gemm { alpha, beta, trans_a, .. } => {
-            alpha.unwrap_or(1.0) == 1.0 && beta.unwrap_or(1.0) == 1.0 && trans_a.unwrap_or(0) == 0 && n.input(1).is_some_and(|w| weight(l, w).is_some())
+            alpha.unwrap_or(1.0) == 1.0
+                && beta.unwrap_or(1.0) == 1.0
+                && trans_a.unwrap_or(0) == 0
+                && n.input(1).is_some_and(|w| weight(l, w).is_some())
         }
         Op::MatMul => n.input(1).is_some_and(|w| weight(l, w).is_some()),
         Op::Binary(b) => matches!(b, BinOp::Add | BinOp::Sub | BinOp::Mul),
@@ -163,6 +195,9 @@ pub fn quantize_const(vals: &[f32]) -> (Vec<u8>, Quant) {
     let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
     let scale = ((hi - lo) / 255.0).max(1e-12);
     let zp = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i64;
-    let q = vals.iter().map(|v| ((v / scale).round() + zp as f32).clamp(-128.0, 127.0) as i8 as u8).collect();
+    let q = vals
+        .iter()
+        .map(|v| ((v / scale).round() + zp as f32).clamp(-128.0, 127.0) as i8 as u8)
+        .collect();
     (q, quant(scale, zp))
 }

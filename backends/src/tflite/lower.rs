@@ -81,7 +81,21 @@ pub fn transpose_data<T: Copy + Default>(data: &[T], dims: &[usize], perm: &[usi
 
 impl<'a> Lowering<'a> {
     pub fn new(g: &'a Graph) -> Self {
-        Lowering { g, m: TfModel::default(), map: HashMap::new(), alt: HashMap::new(), int8: false, qp: HashMap::new(), aliases: HashMap::new(), float_mode: true, deferred: Vec::new(), folded: HashMap::new(), skip: Default::default(), node: String::new(), op: String::new() }
+        Lowering {
+            g,
+            m: TfModel::default(),
+            map: HashMap::new(),
+            alt: HashMap::new(),
+            int8: false,
+            qp: HashMap::new(),
+            aliases: HashMap::new(),
+            float_mode: true,
+            deferred: Vec::new(),
+            folded: HashMap::new(),
+            skip: Default::default(),
+            node: String::new(),
+            op: String::new(),
+        }
     }
 
     pub fn err(&self, reason: impl Into<String>) -> Error {
@@ -107,7 +121,10 @@ impl<'a> Lowering<'a> {
         if let Some((d, _)) = self.folded.get(&v) {
             return Ok(d.iter().map(|x| *x as i64).collect());
         }
-        let shape = val.shape.as_ref().ok_or_else(|| self.err(format!("value '{}' has no inferred shape", val.name)))?;
+        let shape = val
+            .shape
+            .as_ref()
+            .ok_or_else(|| self.err(format!("value '{}' has no inferred shape", val.name)))?;
         shape
             .iter()
             .enumerate()
@@ -123,7 +140,13 @@ impl<'a> Lowering<'a> {
         if let Some((d, _)) = self.folded.get(&v) {
             return d.len();
         }
-        self.g.value(v).shape.as_ref().map(|s| s.len()).or_else(|| self.g.const_data(v).map(|d| d.dims.len())).unwrap_or(0)
+        self.g
+            .value(v)
+            .shape
+            .as_ref()
+            .map(|s| s.len())
+            .or_else(|| self.g.const_data(v).map(|d| d.dims.len()))
+            .unwrap_or(0)
     }
 
     pub fn is_const(&self, v: ValueId) -> bool {
@@ -141,20 +164,31 @@ impl<'a> Lowering<'a> {
         if let Some(f) = self.folded.get(&v) {
             return Ok(f.clone());
         }
-        let d = self.g.const_data(v).ok_or_else(|| self.err(format!("'{}' must be a constant", self.g.value(v).name)))?;
-        let vals = d.to_f32_vec().or_else(|| d.to_f64_vec().map(|v| v.into_iter().map(|x| x as f32).collect())).ok_or_else(|| self.err("constant is not numeric"))?;
+        let d = self
+            .g
+            .const_data(v)
+            .ok_or_else(|| self.err(format!("'{}' must be a constant", self.g.value(v).name)))?;
+        let vals = d
+            .to_f32_vec()
+            .or_else(|| d.to_f64_vec().map(|v| v.into_iter().map(|x| x as f32).collect()))
+            .ok_or_else(|| self.err("constant is not numeric"))?;
         Ok((d.dims.iter().map(|x| *x as usize).collect(), vals))
     }
 
     pub fn const_i64(&self, v: ValueId) -> Result<Vec<i64>> {
-        self.g.const_data(v).and_then(|d| d.to_i64_vec()).ok_or_else(|| self.err(format!("'{}' must be an integer constant", self.g.value(v).name)))
+        self.g.const_data(v).and_then(|d| d.to_i64_vec()).ok_or_else(|| {
+            self.err(format!("'{}' must be an integer constant", self.g.value(v).name))
+        })
     }
 
     /// Register `v` as produced into a fresh tensor; returns the tensor.
     pub fn define(&mut self, v: ValueId, nhwc: bool) -> Result<i32> {
         let v = self.resolve(v);
         let dims = self.dims(v)?;
-        let shape: Vec<i32> = if nhwc && dims.len() == 4 { permute(&dims, &TO_NHWC) } else { dims }.iter().map(|d| *d as i32).collect();
+        let shape: Vec<i32> = if nhwc && dims.len() == 4 { permute(&dims, &TO_NHWC) } else { dims }
+            .iter()
+            .map(|d| *d as i32)
+            .collect();
         let (dtype, quant) = match self.qp.get(&v) {
             Some((q, dt)) if self.wants_q(v) => (*dt, Some(q.clone())),
             _ => (tensor_type(self.g.value(v).dtype), None),
@@ -181,9 +215,21 @@ impl<'a> Lowering<'a> {
         if self.is_const(v) {
             let (dims, vals) = self.const_f32(v)?;
             let name = self.g.value(v).name.clone();
-            let (dims, vals) = if want { (permute(&dims, &TO_NHWC), transpose_data(&vals, &dims, &TO_NHWC)) } else { (dims, vals) };
-            let t = match if self.folded.contains_key(&v) { kiln_compiler::ir::DType::F32 } else { self.g.value(v).dtype } {
-                kiln_compiler::ir::DType::F32 | kiln_compiler::ir::DType::F16 | kiln_compiler::ir::DType::F64 => self.m.const_f32(&name, dims.iter().map(|d| *d as i32).collect(), &vals),
+            let (dims, vals) = if want {
+                (permute(&dims, &TO_NHWC), transpose_data(&vals, &dims, &TO_NHWC))
+            } else {
+                (dims, vals)
+            };
+            let t = match if self.folded.contains_key(&v) {
+                kiln_compiler::ir::DType::F32
+            } else {
+                self.g.value(v).dtype
+            } {
+                kiln_compiler::ir::DType::F32
+                | kiln_compiler::ir::DType::F16
+                | kiln_compiler::ir::DType::F64 => {
+                    self.m.const_f32(&name, dims.iter().map(|d| *d as i32).collect(), &vals)
+                }
                 _ => {
                     let iv: Vec<i32> = self.const_i64(v)?.iter().map(|x| *x as i32).collect();
                     let t = self.m.const_i32(&name, &iv);
@@ -194,7 +240,10 @@ impl<'a> Lowering<'a> {
             self.alt.insert((v, want, want_q), t);
             return Ok(t);
         }
-        let &(t, have) = self.map.get(&v).ok_or_else(|| self.err(format!("input '{}' was not lowered", self.g.value(v).name)))?;
+        let &(t, have) = self
+            .map
+            .get(&v)
+            .ok_or_else(|| self.err(format!("input '{}' was not lowered", self.g.value(v).name)))?;
         let is_q = self.m.tensors[t as usize].quant.is_some();
         if have == want && is_q == want_q {
             return Ok(t);
@@ -208,13 +257,17 @@ impl<'a> Lowering<'a> {
             let dtype = self.m.tensors[t as usize].dtype;
             let out = self.m.tensor(&name, shape, dtype);
             self.m.tensors[out as usize].quant = self.m.tensors[t as usize].quant.clone();
-            let p = self.m.const_i32(&format!("{name}_perm"), &perm.iter().map(|x| *x as i32).collect::<Vec<_>>());
+            let p = self.m.const_i32(
+                &format!("{name}_perm"),
+                &perm.iter().map(|x| *x as i32).collect::<Vec<_>>(),
+            );
             self.m.op(Code::TRANSPOSE, vec![t, p], vec![out], Options::None, &origin);
             cur = out;
         }
         if is_q != want_q {
             let shape = self.m.shape(cur).to_vec();
-            let name = format!("{}_{}", self.g.value(v).name, if want_q { "int8" } else { "float" });
+            let name =
+                format!("{}_{}", self.g.value(v).name, if want_q { "int8" } else { "float" });
             if want_q {
                 let (q, dt) = self.qp[&v].clone();
                 let out = self.m.tensor(&name, shape, dt);

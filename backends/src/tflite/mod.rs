@@ -13,8 +13,8 @@ pub mod int8;
 pub mod lower;
 pub mod model;
 pub mod ops;
-pub mod ser;
 pub mod seq;
+pub mod ser;
 
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::{Model, TensorData};
@@ -36,7 +36,11 @@ pub fn to_fp16(m: &mut TfModel) {
     let mut deq = Vec::new();
     for t in 0..m.tensors.len() {
         let tensor = &m.tensors[t];
-        if tensor.dtype != TensorType::FLOAT32 || tensor.data.is_none() || tensor.shape.len() <= 1 || tensor.keep_f32 {
+        if tensor.dtype != TensorType::FLOAT32
+            || tensor.data.is_none()
+            || tensor.shape.len() <= 1
+            || tensor.keep_f32
+        {
             continue;
         }
         let Some(vals) = m.f32_data(t as i32) else { continue };
@@ -44,7 +48,13 @@ pub fn to_fp16(m: &mut TfModel) {
         let (name, shape) = (format!("{}_fp16", tensor.name), tensor.shape.clone());
         let half = m.constant(&name, shape, TensorType::FLOAT16, bytes);
         m.tensors[t].data = None;
-        deq.push(model::Operator { code: Code::DEQUANTIZE, inputs: vec![half], outputs: vec![t as i32], options: Options::None, origin: "fp16 weights".into() });
+        deq.push(model::Operator {
+            code: Code::DEQUANTIZE,
+            inputs: vec![half],
+            outputs: vec![t as i32],
+            options: Options::None,
+            origin: "fp16 weights".into(),
+        });
     }
     deq.append(&mut m.operators);
     m.operators = deq;
@@ -70,14 +80,20 @@ pub fn to_dynamic(m: &mut TfModel) {
         }
         let (Some(vals), shape) = (m.f32_data(f), t.shape.clone()) else { continue };
         let channels = shape.get(axis as usize).copied().unwrap_or(1).max(1) as usize;
-        let inner: usize = shape[axis as usize + 1..].iter().map(|d| *d as usize).product::<usize>().max(1);
+        let inner: usize =
+            shape[axis as usize + 1..].iter().map(|d| *d as usize).product::<usize>().max(1);
         let ch = |i: usize| (i / inner) % channels;
         let mut amax = vec![0f32; channels];
         for (i, v) in vals.iter().enumerate() {
             amax[ch(i)] = amax[ch(i)].max(v.abs());
         }
-        let scales: Vec<f32> = amax.iter().map(|a| if *a > 0.0 { a / 127.0 } else { 1.0 }).collect();
-        let q: Vec<u8> = vals.iter().enumerate().map(|(i, v)| (v / scales[ch(i)]).round().clamp(-127.0, 127.0) as i8 as u8).collect();
+        let scales: Vec<f32> =
+            amax.iter().map(|a| if *a > 0.0 { a / 127.0 } else { 1.0 }).collect();
+        let q: Vec<u8> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v / scales[ch(i)]).round().clamp(-127.0, 127.0) as i8 as u8)
+            .collect();
         let t = &mut m.tensors[f as usize];
         t.dtype = TensorType::INT8;
         t.data = Some(q);
@@ -89,7 +105,11 @@ pub fn io_layout(t: &Target) -> Result<IoLayout> {
     match t.io_layout.as_deref() {
         None | Some("nhwc") => Ok(IoLayout::Nhwc),
         Some("nchw") => Ok(IoLayout::Nchw),
-        Some(other) => Err(Error::Backend { backend: "tflite".into(), target: t.name.clone(), reason: format!("io_layout '{other}': expected nhwc or nchw") }),
+        Some(other) => Err(Error::Backend {
+            backend: "tflite".into(),
+            target: t.name.clone(),
+            reason: format!("io_layout '{other}': expected nhwc or nchw"),
+        }),
     }
 }
 
@@ -99,7 +119,11 @@ pub fn io_int8(t: &Target, default: bool) -> Result<bool> {
         None => Ok(default && t.precision == "int8"),
         Some("int8") if t.precision == "int8" => Ok(true),
         Some("float") => Ok(false),
-        Some(other) => Err(Error::Backend { backend: t.backend.clone(), target: t.name.clone(), reason: format!("io_dtype '{other}': expected float, or int8 with precision int8") }),
+        Some(other) => Err(Error::Backend {
+            backend: t.backend.clone(),
+            target: t.name.clone(),
+            reason: format!("io_dtype '{other}': expected float, or int8 with precision int8"),
+        }),
     }
 }
 
@@ -116,20 +140,34 @@ impl Backend for TfliteBackend {
         Ok(self.emit_with_report(model, target)?.0)
     }
 
-    fn emit_with_report(&self, model: &Model, target: &Target) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
-        let mut m = lower_model(model, io_layout(target)?, target.precision == "int8", io_int8(target, false)?)?;
+    fn emit_with_report(
+        &self,
+        model: &Model,
+        target: &Target,
+    ) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
+        let mut m = lower_model(
+            model,
+            io_layout(target)?,
+            target.precision == "int8",
+            io_int8(target, false)?,
+        )?;
         if target.precision == "fp16" {
             to_fp16(&mut m);
         }
         if target.precision == "dynamic" {
             to_dynamic(&mut m);
         }
-        let bytes = ser::write(&m, &format!("kiln {} {}", env!("CARGO_PKG_VERSION"), target.precision));
+        let bytes =
+            ser::write(&m, &format!("kiln {} {}", env!("CARGO_PKG_VERSION"), target.precision));
         let mut files = vec![ArtifactFile { rel_path: "model.tflite".into(), bytes }];
         if target.precision == "int8" {
             // The QDQ twin: the same quantization decisions as ONNX, for checking the artifact in any runtime.
-            let opts = kiln_compiler::onnx::ExportOptions { external: kiln_compiler::onnx::ExternalData::Inline, strip_value_info: true };
-            for (rel_path, bytes) in kiln_compiler::onnx::to_files(model, "model.qdq.onnx", &opts)? {
+            let opts = kiln_compiler::onnx::ExportOptions {
+                external: kiln_compiler::onnx::ExternalData::Inline,
+                strip_value_info: true,
+            };
+            for (rel_path, bytes) in kiln_compiler::onnx::to_files(model, "model.qdq.onnx", &opts)?
+            {
                 files.push(ArtifactFile { rel_path, bytes });
             }
         }
@@ -139,7 +177,8 @@ impl Backend for TfliteBackend {
             *ops.entry(o.code.variant_name().unwrap_or("UNKNOWN").to_string()).or_default() += 1;
         }
         let macs: u64 = m.operators.iter().map(|o| crate::npu::partition::macs(&m, o)).sum();
-        let summary = serde_json::json!({ "operators": m.operators.len(), "macs": macs, "ops": ops });
+        let summary =
+            serde_json::json!({ "operators": m.operators.len(), "macs": macs, "ops": ops });
         Ok((files, Some(summary)))
     }
 }

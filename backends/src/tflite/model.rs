@@ -3,7 +3,9 @@
 //! flatbuffer; partition reports read it. Nothing here knows ONNX.
 use std::collections::BTreeMap;
 
-pub use tract_tflite::tflite::{ActivationFunctionType as Fused, BuiltinOperator as Code, Padding, TensorType};
+pub use tract_tflite::tflite::{
+    ActivationFunctionType as Fused, BuiltinOperator as Code, Padding, TensorType,
+};
 
 /// Per-tensor or per-axis affine quantization.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,23 +33,69 @@ pub struct Tensor {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Options {
     None,
-    Conv { padding: Padding, stride: (i32, i32), dilation: (i32, i32), act: Fused },
-    Depthwise { padding: Padding, stride: (i32, i32), dilation: (i32, i32), multiplier: i32, act: Fused },
-    Pool { padding: Padding, stride: (i32, i32), filter: (i32, i32), act: Fused },
-    FullyConnected { act: Fused, keep_num_dims: bool },
+    Conv {
+        padding: Padding,
+        stride: (i32, i32),
+        dilation: (i32, i32),
+        act: Fused,
+    },
+    Depthwise {
+        padding: Padding,
+        stride: (i32, i32),
+        dilation: (i32, i32),
+        multiplier: i32,
+        act: Fused,
+    },
+    Pool {
+        padding: Padding,
+        stride: (i32, i32),
+        filter: (i32, i32),
+        act: Fused,
+    },
+    FullyConnected {
+        act: Fused,
+        keep_num_dims: bool,
+    },
     /// Add, Sub, Mul, Div.
-    Binary { act: Fused },
-    Concat { axis: i32, act: Fused },
-    Reshape { shape: Vec<i32> },
-    Softmax { beta: f32 },
-    Reducer { keep_dims: bool },
-    LeakyRelu { alpha: f32 },
-    Gelu { approximate: bool },
-    BatchMatMul { adj_x: bool, adj_y: bool },
-    Gather { axis: i32 },
-    Split { num_splits: i32 },
-    SplitV { num_splits: i32 },
-    Lstm { cell_clip: f32, time_major: bool },
+    Binary {
+        act: Fused,
+    },
+    Concat {
+        axis: i32,
+        act: Fused,
+    },
+    Reshape {
+        shape: Vec<i32>,
+    },
+    Softmax {
+        beta: f32,
+    },
+    Reducer {
+        keep_dims: bool,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+    Gelu {
+        approximate: bool,
+    },
+    BatchMatMul {
+        adj_x: bool,
+        adj_y: bool,
+    },
+    Gather {
+        axis: i32,
+    },
+    Split {
+        num_splits: i32,
+    },
+    SplitV {
+        num_splits: i32,
+    },
+    Lstm {
+        cell_clip: f32,
+        time_major: bool,
+    },
     StridedSlice,
 }
 
@@ -80,26 +128,63 @@ impl TfModel {
             k += 1;
         }
         self.names.insert(n.clone(), self.tensors.len());
-        self.tensors.push(Tensor { name: n, shape, dtype, data: None, quant: None, is_variable: false, keep_f32: false });
+        self.tensors.push(Tensor {
+            name: n,
+            shape,
+            dtype,
+            data: None,
+            quant: None,
+            is_variable: false,
+            keep_f32: false,
+        });
         (self.tensors.len() - 1) as i32
     }
 
-    pub fn constant(&mut self, name: &str, shape: Vec<i32>, dtype: TensorType, bytes: Vec<u8>) -> i32 {
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: Vec<i32>,
+        dtype: TensorType,
+        bytes: Vec<u8>,
+    ) -> i32 {
         let t = self.tensor(name, shape, dtype);
         self.tensors[t as usize].data = Some(bytes);
         t
     }
 
     pub fn const_f32(&mut self, name: &str, shape: Vec<i32>, v: &[f32]) -> i32 {
-        self.constant(name, shape, TensorType::FLOAT32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        self.constant(
+            name,
+            shape,
+            TensorType::FLOAT32,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
     }
 
     pub fn const_i32(&mut self, name: &str, v: &[i32]) -> i32 {
-        self.constant(name, vec![v.len() as i32], TensorType::INT32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        self.constant(
+            name,
+            vec![v.len() as i32],
+            TensorType::INT32,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
     }
 
-    pub fn op(&mut self, code: Code, inputs: Vec<i32>, outputs: Vec<i32>, options: Options, origin: &str) {
-        self.operators.push(Operator { code, inputs, outputs, options, origin: origin.to_string() });
+    pub fn op(
+        &mut self,
+        code: Code,
+        inputs: Vec<i32>,
+        outputs: Vec<i32>,
+        options: Options,
+        origin: &str,
+    ) {
+        self.operators.push(Operator {
+            code,
+            inputs,
+            outputs,
+            options,
+            origin: origin.to_string(),
+        });
     }
 
     pub fn shape(&self, t: i32) -> &[i32] {
@@ -114,6 +199,13 @@ impl TfModel {
     pub fn f32_data(&self, t: i32) -> Option<Vec<f32>> {
         let tensor = &self.tensors[t as usize];
         (tensor.dtype == TensorType::FLOAT32).then_some(())?;
-        Some(tensor.data.as_ref()?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Some(
+            tensor
+                .data
+                .as_ref()?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
     }
 }

@@ -14,8 +14,12 @@ pub fn fusable(act: &Option<Act>) -> Option<Fused> {
         None => Some(Fused::NONE),
         Some(Act::Relu) => Some(Fused::RELU),
         Some(Act::Tanh) => Some(Fused::TANH),
-        Some(Act::Clip { min: Some(lo), max: Some(hi) }) if *lo == 0.0 && *hi == 6.0 => Some(Fused::RELU6),
-        Some(Act::Clip { min: Some(lo), max: Some(hi) }) if *lo == -1.0 && *hi == 1.0 => Some(Fused::RELU_N1_TO_1),
+        Some(Act::Clip { min: Some(lo), max: Some(hi) }) if *lo == 0.0 && *hi == 6.0 => {
+            Some(Fused::RELU6)
+        }
+        Some(Act::Clip { min: Some(lo), max: Some(hi) }) if *lo == -1.0 && *hi == 1.0 => {
+            Some(Fused::RELU_N1_TO_1)
+        }
         Some(Act::Clip { min: Some(lo), max: None }) if *lo == 0.0 => Some(Fused::RELU),
         _ => None,
     }
@@ -50,12 +54,26 @@ pub fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
         Act::Sigmoid => l.emit(Code::LOGISTIC, vec![x], vec![y], Options::None),
         Act::Tanh => l.emit(Code::TANH, vec![x], vec![y], Options::None),
         Act::HardSwish => l.emit(Code::HARD_SWISH, vec![x], vec![y], Options::None),
-        Act::LeakyRelu { alpha } => l.emit(Code::LEAKY_RELU, vec![x], vec![y], Options::LeakyRelu { alpha: alpha.unwrap_or(0.01) }),
-        Act::Gelu { approximate } => l.emit(Code::GELU, vec![x], vec![y], Options::Gelu { approximate: approximate.as_deref() == Some("tanh") }),
+        Act::LeakyRelu { alpha } => l.emit(
+            Code::LEAKY_RELU,
+            vec![x],
+            vec![y],
+            Options::LeakyRelu { alpha: alpha.unwrap_or(0.01) },
+        ),
+        Act::Gelu { approximate } => l.emit(
+            Code::GELU,
+            vec![x],
+            vec![y],
+            Options::Gelu { approximate: approximate.as_deref() == Some("tanh") },
+        ),
         Act::Silu => {
             let s = l.temp_like(x, "sigmoid");
             if l.m.tensors[x as usize].quant.is_some() {
-                l.m.tensors[s as usize].quant = Some(super::model::Quant { scale: vec![1.0 / 256.0], zero_point: vec![-128], axis: 0 });
+                l.m.tensors[s as usize].quant = Some(super::model::Quant {
+                    scale: vec![1.0 / 256.0],
+                    zero_point: vec![-128],
+                    axis: 0,
+                });
             }
             l.emit(Code::LOGISTIC, vec![x], vec![s], Options::None);
             l.emit(Code::MUL, vec![x, s], vec![y], Options::Binary { act: Fused::NONE });
@@ -63,7 +81,9 @@ pub fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
         Act::Clip { min, max } => match fusable(&Some(a.clone())) {
             Some(Fused::RELU6) => l.emit(Code::RELU6, vec![x], vec![y], Options::None),
             Some(Fused::RELU) => l.emit(Code::RELU, vec![x], vec![y], Options::None),
-            Some(Fused::RELU_N1_TO_1) => l.emit(Code::RELU_N1_TO_1, vec![x], vec![y], Options::None),
+            Some(Fused::RELU_N1_TO_1) => {
+                l.emit(Code::RELU_N1_TO_1, vec![x], vec![y], Options::None)
+            }
             _ => {
                 let mut cur = x;
                 if let Some(lo) = min {
@@ -76,7 +96,12 @@ pub fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
                     let c = scalar(l, "clip_max", *hi);
                     l.emit(Code::MINIMUM, vec![cur, c], vec![y], Options::None);
                 } else if min.is_none() {
-                    l.emit(Code::RESHAPE, vec![x], vec![y], Options::Reshape { shape: l.m.shape(y).to_vec() });
+                    l.emit(
+                        Code::RESHAPE,
+                        vec![x],
+                        vec![y],
+                        Options::Reshape { shape: l.m.shape(y).to_vec() },
+                    );
                 }
             }
         },
@@ -97,7 +122,14 @@ pub fn activation(l: &mut Lowering, a: &Act, x: i32, y: i32) -> Result<()> {
 }
 
 /// TFLite padding for a 2-D window: VALID, SAME, or explicit (then a PAD op is needed).
-fn padding(l: &Lowering, w: &Window, in_hw: (i64, i64), k: (i64, i64), s: (i64, i64), d: (i64, i64)) -> Result<(Padding, Option<[i64; 4]>)> {
+fn padding(
+    l: &Lowering,
+    w: &Window,
+    in_hw: (i64, i64),
+    k: (i64, i64),
+    s: (i64, i64),
+    d: (i64, i64),
+) -> Result<(Padding, Option<[i64; 4]>)> {
     match w.auto_pad.as_deref() {
         Some("SAME_UPPER") => return Ok((Padding::SAME, None)),
         Some("VALID") => return Ok((Padding::VALID, None)),
@@ -133,7 +165,10 @@ fn pad_nhwc(l: &mut Lowering, x: i32, p: [i64; 4], value: Option<f32>) -> i32 {
     let out = l.m.tensor(&name, out_shape, dtype);
     let quant = l.m.tensors[x as usize].quant.clone();
     l.m.tensors[out as usize].quant = quant.clone();
-    let pads = l.m.const_i32(&format!("{name}_pads"), &[0, 0, p[0] as i32, p[2] as i32, p[1] as i32, p[3] as i32, 0, 0]);
+    let pads = l.m.const_i32(
+        &format!("{name}_pads"),
+        &[0, 0, p[0] as i32, p[2] as i32, p[1] as i32, p[3] as i32, 0, 0],
+    );
     l.m.tensors[pads as usize].shape = vec![4, 2];
     match value {
         None => l.emit(Code::PAD, vec![x, pads], vec![out], Options::None),
@@ -141,7 +176,12 @@ fn pad_nhwc(l: &mut Lowering, x: i32, p: [i64; 4], value: Option<f32>) -> i32 {
             let c = match quant {
                 // The lowest representable value (max-pool padding).
                 Some(q) => {
-                    let c = l.m.constant(&format!("{name}_value"), vec![], dtype, vec![if dtype == TensorType::UINT8 { 0 } else { 0x80 }]);
+                    let c = l.m.constant(
+                        &format!("{name}_value"),
+                        vec![],
+                        dtype,
+                        vec![if dtype == TensorType::UINT8 { 0 } else { 0x80 }],
+                    );
                     l.m.tensors[c as usize].quant = Some(q);
                     c
                 }
@@ -163,7 +203,10 @@ fn pair(v: &Option<Vec<i64>>, default: i64) -> (i64, i64) {
 fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
     let n = l.g.nodes[id].clone();
     let Op::Conv { window, group } = &n.op else { return Ok(()) };
-    let (x, w) = (n.input(0).ok_or_else(|| l.err("no input"))?, n.input(1).ok_or_else(|| l.err("no weight"))?);
+    let (x, w) = (
+        n.input(0).ok_or_else(|| l.err("no input"))?,
+        n.input(1).ok_or_else(|| l.err("no weight"))?,
+    );
     if l.rank(x) != 4 {
         return Err(l.err("only 2-D convolutions are supported"));
     }
@@ -179,23 +222,46 @@ fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
     }
     let depthwise = groups > 1 && cin_g == 1 && groups == xd[1] as usize;
     if groups > 1 && !depthwise {
-        return Err(l.err(format!("grouped convolution (group={groups}, not depthwise) has no TFLite lowering")));
+        return Err(l.err(format!(
+            "grouped convolution (group={groups}, not depthwise) has no TFLite lowering"
+        )));
     }
-    let (filter, b) = if l.float_mode { conv_float_params(l, &n, w, &wd, &wv, depthwise)? } else { conv_int8_params(l, &n, w, xt, depthwise)? };
+    let (filter, b) = if l.float_mode {
+        conv_float_params(l, &n, w, &wd, &wv, depthwise)?
+    } else {
+        conv_int8_params(l, &n, w, xt, depthwise)?
+    };
     let (out, act) = output_with_act(l, id, true)?;
     let stride = (s.0 as i32, s.1 as i32);
     let dilation = (d.0 as i32, d.1 as i32);
     if depthwise {
         let multiplier = (cout / groups) as i32;
-        l.emit(Code::DEPTHWISE_CONV_2D, vec![xt, filter, b], vec![out], Options::Depthwise { padding: pad, stride, dilation, multiplier, act });
+        l.emit(
+            Code::DEPTHWISE_CONV_2D,
+            vec![xt, filter, b],
+            vec![out],
+            Options::Depthwise { padding: pad, stride, dilation, multiplier, act },
+        );
     } else {
-        l.emit(Code::CONV_2D, vec![xt, filter, b], vec![out], Options::Conv { padding: pad, stride, dilation, act });
+        l.emit(
+            Code::CONV_2D,
+            vec![xt, filter, b],
+            vec![out],
+            Options::Conv { padding: pad, stride, dilation, act },
+        );
     }
     Ok(())
 }
 
 /// Float filter (OHWI, or 1HWC for depthwise) and bias.
-fn conv_float_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, wd: &[usize], wv: &[f32], depthwise: bool) -> Result<(i32, i32)> {
+fn conv_float_params(
+    l: &mut Lowering,
+    n: &kiln_compiler::ir::Node,
+    w: ValueId,
+    wd: &[usize],
+    wv: &[f32],
+    depthwise: bool,
+) -> Result<(i32, i32)> {
     let (cout, cin_g, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
     let bias = match n.input(2) {
         Some(b) => l.const_f32(b)?.1,
@@ -203,10 +269,18 @@ fn conv_float_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, 
     };
     let wname = l.g.value(w).name.clone();
     let filter = if !depthwise {
-        l.m.const_f32(&wname, vec![cout as i32, kh as i32, kw as i32, cin_g as i32], &transpose_data(wv, wd, &TO_NHWC))
+        l.m.const_f32(
+            &wname,
+            vec![cout as i32, kh as i32, kw as i32, cin_g as i32],
+            &transpose_data(wv, wd, &TO_NHWC),
+        )
     } else {
         // [C·m, 1, kh, kw] → [1, kh, kw, C·m]
-        l.m.const_f32(&wname, vec![1, kh as i32, kw as i32, cout as i32], &transpose_data(wv, wd, &[1, 2, 3, 0]))
+        l.m.const_f32(
+            &wname,
+            vec![1, kh as i32, kw as i32, cout as i32],
+            &transpose_data(wv, wd, &[1, 2, 3, 0]),
+        )
     };
     let b = l.m.const_f32(&format!("{wname}_bias"), vec![cout as i32], &bias);
     l.m.tensors[filter as usize].keep_f32 = n.keeps_fp32_weights();
@@ -214,39 +288,73 @@ fn conv_float_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, 
 }
 
 /// int8 filter (per output channel: axis 0 of OHWI, axis 3 of depthwise 1HWC) and int32 bias.
-fn conv_int8_params(l: &mut Lowering, n: &kiln_compiler::ir::Node, w: ValueId, xt: i32, depthwise: bool) -> Result<(i32, i32)> {
+fn conv_int8_params(
+    l: &mut Lowering,
+    n: &kiln_compiler::ir::Node,
+    w: ValueId,
+    xt: i32,
+    depthwise: bool,
+) -> Result<(i32, i32)> {
     let (wd, wq, ws) = super::int8::weight(l, w).ok_or_else(|| l.err("int8 weights expected"))?;
     let (cout, cin_g, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
     let wname = l.g.value(w).name.clone();
     let (shape, data, axis) = if depthwise {
         (vec![1, kh as i32, kw as i32, cout as i32], transpose_data(&wq, &wd, &[1, 2, 3, 0]), 3)
     } else {
-        (vec![cout as i32, kh as i32, kw as i32, cin_g as i32], transpose_data(&wq, &wd, &TO_NHWC), 0)
+        (
+            vec![cout as i32, kh as i32, kw as i32, cin_g as i32],
+            transpose_data(&wq, &wd, &TO_NHWC),
+            0,
+        )
     };
-    let filter = l.m.constant(&wname, shape, TensorType::INT8, data.iter().map(|v| *v as u8).collect());
-    l.m.tensors[filter as usize].quant = Some(Quant { scale: ws.clone(), zero_point: vec![0; ws.len()], axis });
+    let filter =
+        l.m.constant(&wname, shape, TensorType::INT8, data.iter().map(|v| *v as u8).collect());
+    l.m.tensors[filter as usize].quant =
+        Some(Quant { scale: ws.clone(), zero_point: vec![0; ws.len()], axis });
     let b = int32_bias(l, n.input(2), xt, &ws, cout, &wname)?;
     Ok((filter, b))
 }
 
 /// The int32 bias behind the node's bias input, or zeros with scale s_in·s_w.
-fn int32_bias(l: &mut Lowering, b: Option<ValueId>, xt: i32, ws: &[f32], cout: usize, wname: &str) -> Result<i32> {
+fn int32_bias(
+    l: &mut Lowering,
+    b: Option<ValueId>,
+    xt: i32,
+    ws: &[f32],
+    cout: usize,
+    wname: &str,
+) -> Result<i32> {
     let s_in = l.m.tensors[xt as usize].quant.as_ref().map(|q| q.scale[0]).unwrap_or(1.0);
-    let scales: Vec<f32> = (0..cout).map(|c| s_in * ws[if ws.len() == 1 { 0 } else { c }]).collect();
+    let scales: Vec<f32> =
+        (0..cout).map(|c| s_in * ws[if ws.len() == 1 { 0 } else { c }]).collect();
     // TFLite reads the int32 bias at scale s_in·s_w of the tensors the op actually reads. The quantizer's
     // s_in can differ (a pass-through op before this one keeps its own input's parameters), so the bias is
     // re-expressed at the actual scale from its real value — and a float bias (QAT exports) is quantized.
     let real: Vec<f64> = match b.map(|b| (b, super::int8::bias(l, b))) {
-        Some((_, Some((q, s)))) => q.iter().enumerate().map(|(c, v)| *v as f64 * s[if s.len() == 1 { 0 } else { c }] as f64).collect(),
+        Some((_, Some((q, s)))) => q
+            .iter()
+            .enumerate()
+            .map(|(c, v)| *v as f64 * s[if s.len() == 1 { 0 } else { c }] as f64)
+            .collect(),
         Some((b, None)) => l.const_f32(b)?.1.iter().map(|v| *v as f64).collect(),
         None => vec![0.0; cout],
     };
     if real.len() != cout {
         return Err(l.err(format!("bias has {} values for {cout} channels", real.len())));
     }
-    let vals: Vec<i32> = real.iter().zip(&scales).map(|(v, s)| (v / *s as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).collect();
-    let t = l.m.constant(&format!("{wname}_bias"), vec![cout as i32], TensorType::INT32, vals.iter().flat_map(|v| v.to_le_bytes()).collect());
-    l.m.tensors[t as usize].quant = Some(Quant { zero_point: vec![0; scales.len()], scale: scales, axis: 0 });
+    let vals: Vec<i32> = real
+        .iter()
+        .zip(&scales)
+        .map(|(v, s)| (v / *s as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+        .collect();
+    let t = l.m.constant(
+        &format!("{wname}_bias"),
+        vec![cout as i32],
+        TensorType::INT32,
+        vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
+    l.m.tensors[t as usize].quant =
+        Some(Quant { zero_point: vec![0; scales.len()], scale: scales, axis: 0 });
     Ok(t)
 }
 
@@ -264,7 +372,11 @@ fn pool(l: &mut Lowering, id: NodeId) -> Result<()> {
     if ceil_mode.unwrap_or(0) != 0 {
         // ceil_mode: pad the bottom/right so a VALID window yields the (already inferred) ceil output.
         let od = l.dims(n.output(0).ok_or_else(|| l.err("no output"))?)?;
-        let p = explicit.unwrap_or(if pad == Padding::VALID { [0; 4] } else { return Err(l.err("ceil_mode with SAME padding is not supported")) });
+        let p = explicit.unwrap_or(if pad == Padding::VALID {
+            [0; 4]
+        } else {
+            return Err(l.err("ceil_mode with SAME padding is not supported"));
+        });
         let extra_h = ((od[2] - 1) * s.0 + k.0 - xd[2] - p[0] - p[2]).max(0);
         let extra_w = ((od[3] - 1) * s.1 + k.1 - xd[3] - p[1] - p[3]).max(0);
         if extra_h + extra_w > 0 {
@@ -278,18 +390,32 @@ fn pool(l: &mut Lowering, id: NodeId) -> Result<()> {
     let mut xt = l.get(x, true)?;
     let mut padding_mode = pad;
     if pad == Padding::SAME && *kind == PoolKind::Average && count_include_pad.unwrap_or(0) != 0 {
-        return Err(l.err("AveragePool with count_include_pad=1 and padding has no TFLite lowering"));
+        return Err(
+            l.err("AveragePool with count_include_pad=1 and padding has no TFLite lowering")
+        );
     }
     if let Some(p) = explicit {
         if *kind == PoolKind::Average {
-            return Err(l.err("AveragePool with asymmetric explicit padding has no TFLite lowering"));
+            return Err(
+                l.err("AveragePool with asymmetric explicit padding has no TFLite lowering")
+            );
         }
         xt = pad_nhwc(l, xt, p, Some(f32::MIN));
         padding_mode = Padding::VALID;
     }
     let (out, act) = output_with_act(l, id, true)?;
     let code = if *kind == PoolKind::Max { Code::MAX_POOL_2D } else { Code::AVERAGE_POOL_2D };
-    l.emit(code, vec![xt], vec![out], Options::Pool { padding: padding_mode, stride: (s.0 as i32, s.1 as i32), filter: (k.0 as i32, k.1 as i32), act });
+    l.emit(
+        code,
+        vec![xt],
+        vec![out],
+        Options::Pool {
+            padding: padding_mode,
+            stride: (s.0 as i32, s.1 as i32),
+            filter: (k.0 as i32, k.1 as i32),
+            act,
+        },
+    );
     Ok(())
 }
 
@@ -298,7 +424,11 @@ fn mean(l: &mut Lowering, id: NodeId, x: ValueId, axes: &[i64], keep: bool) -> R
     let rank = l.rank(x) as i64;
     let nhwc = l.nhwc(x) && keep;
     let xt = l.get(x, nhwc)?;
-    let mut ax: Vec<i32> = axes.iter().map(|a| if *a < 0 { a + rank } else { *a } as usize).map(|a| if nhwc { TO_NCHW[a] } else { a } as i32).collect();
+    let mut ax: Vec<i32> = axes
+        .iter()
+        .map(|a| if *a < 0 { a + rank } else { *a } as usize)
+        .map(|a| if nhwc { TO_NCHW[a] } else { a } as i32)
+        .collect();
     ax.sort();
     let axes_t = l.m.const_i32("mean_axes", &ax);
     let (out, act) = output_with_act(l, id, nhwc)?;
@@ -311,9 +441,17 @@ fn mean(l: &mut Lowering, id: NodeId, x: ValueId, axes: &[i64], keep: bool) -> R
 
 fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
     let n = l.g.nodes[id].clone();
-    let (a, b) = (n.input(0).ok_or_else(|| l.err("no input"))?, n.input(1).ok_or_else(|| l.err("no input"))?);
+    let (a, b) = (
+        n.input(0).ok_or_else(|| l.err("no input"))?,
+        n.input(1).ok_or_else(|| l.err("no input"))?,
+    );
     let (trans_a, trans_b, alpha, beta) = match &n.op {
-        Op::Gemm { alpha, beta, trans_a, trans_b } => (trans_a.unwrap_or(0) != 0, trans_b.unwrap_or(0) != 0, alpha.unwrap_or(1.0), beta.unwrap_or(1.0)),
+        Op::Gemm { alpha, beta, trans_a, trans_b } => (
+            trans_a.unwrap_or(0) != 0,
+            trans_b.unwrap_or(0) != 0,
+            alpha.unwrap_or(1.0),
+            beta.unwrap_or(1.0),
+        ),
         _ => (false, false, 1.0, 1.0),
     };
     if trans_a {
@@ -329,19 +467,40 @@ fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
         if act != Fused::NONE {
             return Err(l.err("a fused activation on BatchMatMul is not supported"));
         }
-        l.emit(Code::BATCH_MATMUL, vec![at, bt], vec![out], Options::BatchMatMul { adj_x: false, adj_y: false });
+        l.emit(
+            Code::BATCH_MATMUL,
+            vec![at, bt],
+            vec![out],
+            Options::BatchMatMul { adj_x: false, adj_y: false },
+        );
         return Ok(());
     }
     if !l.float_mode {
-        let (bd, bq, ws) = super::int8::weight(l, b).ok_or_else(|| l.err("int8 weights expected"))?;
-        let (w, (o, i)) = if trans_b { (bq, (bd[0], bd[1])) } else { (transpose_data(&bq, &bd, &[1, 0]), (bd[1], bd[0])) };
+        let (bd, bq, ws) =
+            super::int8::weight(l, b).ok_or_else(|| l.err("int8 weights expected"))?;
+        let (w, (o, i)) = if trans_b {
+            (bq, (bd[0], bd[1]))
+        } else {
+            (transpose_data(&bq, &bd, &[1, 0]), (bd[1], bd[0]))
+        };
         let name = l.g.value(b).name.clone();
-        let wt = l.m.constant(&name, vec![o as i32, i as i32], TensorType::INT8, w.iter().map(|v| *v as u8).collect());
-        l.m.tensors[wt as usize].quant = Some(Quant { scale: ws.clone(), zero_point: vec![0; ws.len()], axis: 0 });
+        let wt = l.m.constant(
+            &name,
+            vec![o as i32, i as i32],
+            TensorType::INT8,
+            w.iter().map(|v| *v as u8).collect(),
+        );
+        l.m.tensors[wt as usize].quant =
+            Some(Quant { scale: ws.clone(), zero_point: vec![0; ws.len()], axis: 0 });
         let bt = int32_bias(l, n.input(2), at, &ws, o, &name)?;
         let keep = l.rank(a) > 2;
         let (out, act) = output_with_act(l, id, false)?;
-        l.emit(Code::FULLY_CONNECTED, vec![at, wt, bt], vec![out], Options::FullyConnected { act, keep_num_dims: keep });
+        l.emit(
+            Code::FULLY_CONNECTED,
+            vec![at, wt, bt],
+            vec![out],
+            Options::FullyConnected { act, keep_num_dims: keep },
+        );
         return Ok(());
     }
     let (bd, bv) = l.const_f32(b)?;
@@ -349,7 +508,11 @@ fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
         return Err(l.err("MatMul with a constant of rank ≠ 2 has no lowering"));
     }
     // FULLY_CONNECTED wants [out, in].
-    let (w, (o, i)) = if trans_b { (bv, (bd[0], bd[1])) } else { (transpose_data(&bv, &bd, &[1, 0]), (bd[1], bd[0])) };
+    let (w, (o, i)) = if trans_b {
+        (bv, (bd[0], bd[1]))
+    } else {
+        (transpose_data(&bv, &bd, &[1, 0]), (bd[1], bd[0]))
+    };
     let w: Vec<f32> = w.iter().map(|x| x * alpha).collect();
     let bias: Vec<f32> = match n.input(2) {
         Some(c) => {
@@ -371,7 +534,12 @@ fn fully_connected(l: &mut Lowering, id: NodeId) -> Result<()> {
     l.m.tensors[wt as usize].keep_f32 = n.keeps_fp32_weights();
     let keep = l.rank(a) > 2;
     let (out, act) = output_with_act(l, id, false)?;
-    l.emit(Code::FULLY_CONNECTED, vec![at, wt, bt], vec![out], Options::FullyConnected { act, keep_num_dims: keep });
+    l.emit(
+        Code::FULLY_CONNECTED,
+        vec![at, wt, bt],
+        vec![out],
+        Options::FullyConnected { act, keep_num_dims: keep },
+    );
     Ok(())
 }
 
@@ -382,7 +550,8 @@ fn binary(l: &mut Lowering, id: NodeId, op: BinOp) -> Result<()> {
     let ins: Vec<ValueId> = n.inputs.iter().flatten().copied().collect();
     // Channel-last when every non-constant input is a channel-last rank-4 tensor.
     let dynamic: Vec<&ValueId> = ins.iter().filter(|v| !l.is_const(**v)).collect();
-    let nhwc = rank == 4 && !dynamic.is_empty() && dynamic.iter().all(|v| l.rank(**v) == 4 && l.nhwc(**v));
+    let nhwc =
+        rank == 4 && !dynamic.is_empty() && dynamic.iter().all(|v| l.rank(**v) == 4 && l.nhwc(**v));
     let mut ts = Vec::new();
     for v in &ins {
         ts.push(if l.is_const(*v) { l.broadcast_const(*v, rank, nhwc)? } else { l.get(*v, nhwc)? });
@@ -404,7 +573,11 @@ fn binary(l: &mut Lowering, id: NodeId, op: BinOp) -> Result<()> {
 }
 
 /// Element-wise op that keeps its input's layout.
-pub fn unary(l: &mut Lowering, id: NodeId, f: impl FnOnce(&mut Lowering, i32, i32) -> Result<()>) -> Result<()> {
+pub fn unary(
+    l: &mut Lowering,
+    id: NodeId,
+    f: impl FnOnce(&mut Lowering, i32, i32) -> Result<()>,
+) -> Result<()> {
     let n = l.g.nodes[id].clone();
     let x = n.input(0).ok_or_else(|| l.err("no input"))?;
     let nhwc = l.nhwc(x);
@@ -427,7 +600,13 @@ fn channel_shuffle(l: &Lowering, id: NodeId) -> Option<(NodeId, NodeId, i64)> {
     let n = &l.g.nodes[id];
     let x = n.input(0)?;
     let (xd, yd) = (l.dims(x).ok()?, l.dims(n.output(0)?).ok()?);
-    if !l.nhwc(x) || xd.len() != 4 || yd.len() != 5 || yd[0] != xd[0] || yd[1] * yd[2] != xd[1] || yd[3..] != xd[2..] {
+    if !l.nhwc(x)
+        || xd.len() != 4
+        || yd.len() != 5
+        || yd[0] != xd[0]
+        || yd[1] * yd[2] != xd[1]
+        || yd[3..] != xd[2..]
+    {
         return None;
     }
     // The one node reading `v`, looking through the Q/DQ pair an int8 model puts on it.
@@ -449,12 +628,15 @@ fn channel_shuffle(l: &Lowering, id: NodeId) -> Option<(NodeId, NodeId, i64)> {
     };
     let t = single(n.output(0)?)?;
     let tn = &l.g.nodes[t];
-    if !matches!(&tn.op, Op::Transpose { perm: Some(p) } if p == &[0, 2, 1, 3, 4]) || tn.act.is_some() {
+    if !matches!(&tn.op, Op::Transpose { perm: Some(p) } if p == &[0, 2, 1, 3, 4])
+        || tn.act.is_some()
+    {
         return None;
     }
     let r2 = single(tn.output(0)?)?;
     let rn = &l.g.nodes[r2];
-    if !matches!(rn.op, Op::Reshape { .. }) || l.dims(rn.output(0)?).ok()? != xd || rn.act.is_some() {
+    if !matches!(rn.op, Op::Reshape { .. }) || l.dims(rn.output(0)?).ok()? != xd || rn.act.is_some()
+    {
         return None;
     }
     Some((t, r2, yd[1]))
@@ -524,7 +706,9 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
     match &n.op {
         Op::Conv { .. } => conv(l, id),
         Op::Pool { .. } => pool(l, id),
-        Op::GlobalAveragePool => mean(l, id, n.input(0).ok_or_else(|| l.err("no input"))?, &[2, 3], true),
+        Op::GlobalAveragePool => {
+            mean(l, id, n.input(0).ok_or_else(|| l.err("no input"))?, &[2, 3], true)
+        }
         Op::Gemm { .. } | Op::MatMul => fully_connected(l, id),
         Op::Binary(b) => binary(l, id, *b),
         Op::Act(a) => {
@@ -547,14 +731,20 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
             Ok(())
         }
         Op::Flatten { .. } | Op::Reshape { .. } => reshape_to_output(l, id),
-        Op::Generic { op_type, .. } if op_type == "Squeeze" || op_type == "Unsqueeze" => reshape_to_output(l, id),
+        Op::Generic { op_type, .. } if op_type == "Squeeze" || op_type == "Unsqueeze" => {
+            reshape_to_output(l, id)
+        }
         Op::Concat { axis } => {
             let ins: Vec<ValueId> = n.inputs.iter().flatten().copied().collect();
             let first = *ins.first().ok_or_else(|| l.err("no inputs"))?;
             let (ax, nhwc) = axis_of(l, first, *axis);
             let mut ts = Vec::new();
             for v in &ins {
-                ts.push(if l.is_const(*v) { l.broadcast_const(*v, 4, nhwc)? } else { l.get(*v, nhwc)? });
+                ts.push(if l.is_const(*v) {
+                    l.broadcast_const(*v, 4, nhwc)?
+                } else {
+                    l.get(*v, nhwc)?
+                });
             }
             let (out, act) = output_with_act(l, id, nhwc)?;
             // Integer concatenation needs one set of parameters: requantize inputs to the output's.
@@ -574,11 +764,15 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
         Op::Transpose { perm } => {
             let x = n.input(0).ok_or_else(|| l.err("no input"))?;
             let rank = l.rank(x);
-            let perm: Vec<usize> = perm.clone().map(|p| p.iter().map(|v| *v as usize).collect()).unwrap_or_else(|| (0..rank).rev().collect());
+            let perm: Vec<usize> = perm
+                .clone()
+                .map(|p| p.iter().map(|v| *v as usize).collect())
+                .unwrap_or_else(|| (0..rank).rev().collect());
             let nhwc = l.nhwc(x);
             let xt = l.get(x, nhwc)?;
             // Output dim i is logical input dim perm[i], stored at position TO_NCHW[perm[i]] when channel-last.
-            let p: Vec<i32> = perm.iter().map(|a| if nhwc { TO_NCHW[*a] } else { *a } as i32).collect();
+            let p: Vec<i32> =
+                perm.iter().map(|a| if nhwc { TO_NCHW[*a] } else { *a } as i32).collect();
             let pt = l.m.const_i32("transpose_perm", &p);
             let out = l.define(n.output(0).ok_or_else(|| l.err("no output"))?, false)?;
             l.emit(Code::TRANSPOSE, vec![xt, pt], vec![out], Options::None);
@@ -598,7 +792,9 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
         }
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => super::seq::qdq(l, id),
         Op::Attention { scale } => super::seq::attention(l, id, *scale),
-        Op::Generic { op_type, .. } if op_type == "LayerNormalization" => super::seq::layer_norm(l, id),
+        Op::Generic { op_type, .. } if op_type == "LayerNormalization" => {
+            super::seq::layer_norm(l, id)
+        }
         Op::Generic { op_type, .. } if op_type == "Gather" => super::seq::gather(l, id),
         Op::Generic { op_type, .. } if op_type == "LSTM" => super::seq::lstm(l, id),
         Op::Generic { op_type, .. } => generic(l, id, op_type),
@@ -635,11 +831,15 @@ fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
         }
         "Max" | "Min" => {
             let code = if op_type == "Max" { Code::MAXIMUM } else { Code::MINIMUM };
-            let (a, b) = (n.input(0).ok_or_else(|| l.err("no input"))?, n.input(1).ok_or_else(|| l.err("Max/Min of one input"))?);
+            let (a, b) = (
+                n.input(0).ok_or_else(|| l.err("no input"))?,
+                n.input(1).ok_or_else(|| l.err("Max/Min of one input"))?,
+            );
             let rank = l.rank(n.output(0).ok_or_else(|| l.err("no output"))?);
             let nhwc = l.nhwc(a) && rank == 4 && (l.is_const(b) || l.nhwc(b));
             let at = l.get(a, nhwc)?;
-            let bt = if l.is_const(b) { l.broadcast_const(b, rank, nhwc)? } else { l.get(b, nhwc)? };
+            let bt =
+                if l.is_const(b) { l.broadcast_const(b, rank, nhwc)? } else { l.get(b, nhwc)? };
             let (out, _) = output_with_act(l, id, nhwc)?;
             l.emit(code, vec![at, bt], vec![out], Options::None);
             Ok(())
@@ -660,10 +860,20 @@ fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
             l.m.tensors[axis_t as usize].shape = vec![];
             if sizes.iter().all(|s| *s == sizes[0]) {
                 // Equal parts: SPLIT, which XNNPACK delegates (SPLIT_V it does not).
-                l.emit(Code::SPLIT, vec![axis_t, xt], ts, Options::Split { num_splits: outs.len() as i32 });
+                l.emit(
+                    Code::SPLIT,
+                    vec![axis_t, xt],
+                    ts,
+                    Options::Split { num_splits: outs.len() as i32 },
+                );
             } else {
                 let st = l.m.const_i32("split_sizes", &sizes);
-                l.emit(Code::SPLIT_V, vec![xt, st, axis_t], ts, Options::SplitV { num_splits: outs.len() as i32 });
+                l.emit(
+                    Code::SPLIT_V,
+                    vec![xt, st, axis_t],
+                    ts,
+                    Options::SplitV { num_splits: outs.len() as i32 },
+                );
             }
             Ok(())
         }
@@ -682,21 +892,37 @@ fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
                 None => vec![1; starts.len()],
             };
             let nhwc = l.nhwc(x);
-            let (mut b, mut e, mut s) = (vec![0i32; rank], dims.iter().map(|d| *d as i32).collect::<Vec<_>>(), vec![1i32; rank]);
+            let (mut b, mut e, mut s) = (
+                vec![0i32; rank],
+                dims.iter().map(|d| *d as i32).collect::<Vec<_>>(),
+                vec![1i32; rank],
+            );
             for (k, a) in axes.iter().enumerate() {
                 let a = if *a < 0 { a + rank as i64 } else { *a } as usize;
                 let d = dims[a];
                 let clamp = |v: i64, step: i64| {
                     let v = if v < 0 { v + d } else { v };
-                    if step > 0 { v.clamp(0, d) } else { v.clamp(-1, d - 1) }
+                    if step > 0 {
+                        v.clamp(0, d)
+                    } else {
+                        v.clamp(-1, d - 1)
+                    }
                 };
                 b[a] = clamp(starts[k], steps[k]) as i32;
                 e[a] = clamp(ends[k], steps[k]) as i32;
                 s[a] = steps[k] as i32;
             }
-            let (b, e, s) = if nhwc && rank == 4 { (permute(&b, &TO_NHWC), permute(&e, &TO_NHWC), permute(&s, &TO_NHWC)) } else { (b, e, s) };
+            let (b, e, s) = if nhwc && rank == 4 {
+                (permute(&b, &TO_NHWC), permute(&e, &TO_NHWC), permute(&s, &TO_NHWC))
+            } else {
+                (b, e, s)
+            };
             let xt = l.get(x, nhwc)?;
-            let (bt, et, stt) = (l.m.const_i32("slice_begin", &b), l.m.const_i32("slice_end", &e), l.m.const_i32("slice_strides", &s));
+            let (bt, et, stt) = (
+                l.m.const_i32("slice_begin", &b),
+                l.m.const_i32("slice_end", &e),
+                l.m.const_i32("slice_strides", &s),
+            );
             let (out, _) = output_with_act(l, id, nhwc)?;
             l.emit(Code::STRIDED_SLICE, vec![xt, bt, et, stt], vec![out], Options::StridedSlice);
             Ok(())
@@ -719,19 +945,34 @@ mod tests {
         let g = Graph::default();
         let l = Lowering::new(&g);
         // 3x3 stride 1 with pads 1: TensorFlow's SAME.
-        assert_eq!(padding(&l, &window([1, 1, 1, 1]), (32, 32), (3, 3), (1, 1), (1, 1)).ok(), Some((Padding::SAME, None)));
+        assert_eq!(
+            padding(&l, &window([1, 1, 1, 1]), (32, 32), (3, 3), (1, 1), (1, 1)).ok(),
+            Some((Padding::SAME, None))
+        );
         // 3x3 stride 2 on an even size: SAME pads (0, 1), ONNX (1, 1) — an explicit PAD is needed.
-        assert_eq!(padding(&l, &window([1, 1, 1, 1]), (224, 224), (3, 3), (2, 2), (1, 1)).ok(), Some((Padding::VALID, Some([1, 1, 1, 1]))));
+        assert_eq!(
+            padding(&l, &window([1, 1, 1, 1]), (224, 224), (3, 3), (2, 2), (1, 1)).ok(),
+            Some((Padding::VALID, Some([1, 1, 1, 1])))
+        );
         // ... while on an odd size SAME is (1, 1).
-        assert_eq!(padding(&l, &window([1, 1, 1, 1]), (225, 225), (3, 3), (2, 2), (1, 1)).ok(), Some((Padding::SAME, None)));
-        assert_eq!(padding(&l, &window([0, 0, 0, 0]), (8, 8), (3, 3), (1, 1), (1, 1)).ok(), Some((Padding::VALID, None)));
+        assert_eq!(
+            padding(&l, &window([1, 1, 1, 1]), (225, 225), (3, 3), (2, 2), (1, 1)).ok(),
+            Some((Padding::SAME, None))
+        );
+        assert_eq!(
+            padding(&l, &window([0, 0, 0, 0]), (8, 8), (3, 3), (1, 1), (1, 1)).ok(),
+            Some((Padding::VALID, None))
+        );
         let lower = Window { auto_pad: Some("SAME_LOWER".into()), ..Default::default() };
         assert!(padding(&l, &lower, (8, 8), (2, 2), (1, 1), (1, 1)).is_err());
     }
 
     #[test]
     fn fusable_activations() {
-        assert_eq!(fusable(&Some(Act::Clip { min: Some(0.0), max: Some(6.0) })), Some(Fused::RELU6));
+        assert_eq!(
+            fusable(&Some(Act::Clip { min: Some(0.0), max: Some(6.0) })),
+            Some(Fused::RELU6)
+        );
         assert_eq!(fusable(&Some(Act::Relu)), Some(Fused::RELU));
         assert_eq!(fusable(&Some(Act::HardSwish)), None);
         assert_eq!(fusable(&Some(Act::Clip { min: Some(0.0), max: Some(4.0) })), None);

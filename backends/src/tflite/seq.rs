@@ -48,7 +48,11 @@ pub fn qdq(l: &mut Lowering, id: NodeId) -> Result<()> {
             .enumerate()
             .map(|(i, v)| {
                 let (s, z) = (scale[ch(i)], zp[ch(i)] as f32);
-                if is_q { ((v / s).round_ties_even() + z).clamp(lo, hi) } else { (v - z) * s }
+                if is_q {
+                    ((v / s).round_ties_even() + z).clamp(lo, hi)
+                } else {
+                    (v - z) * s
+                }
             })
             .collect();
         l.folded.insert(y, (dims, out));
@@ -61,7 +65,8 @@ pub fn qdq(l: &mut Lowering, id: NodeId) -> Result<()> {
     let xt = if is_q { l.get(x, nhwc)? } else { l.get_raw(x, nhwc)? };
     let out = l.define(y, nhwc)?;
     if is_q {
-        l.m.tensors[out as usize].quant = Some(Quant { scale: scale.clone(), zero_point: zp.clone(), axis: 0 });
+        l.m.tensors[out as usize].quant =
+            Some(Quant { scale: scale.clone(), zero_point: zp.clone(), axis: 0 });
         l.emit(Code::QUANTIZE, vec![xt], vec![out], Options::None);
     } else {
         if l.m.tensors[xt as usize].quant.is_none() {
@@ -91,14 +96,24 @@ pub fn attention(l: &mut Lowering, id: NodeId, scale: f32) -> Result<()> {
     let scaled = l.m.tensor(&format!("{name}_scaled"), shape.clone(), TensorType::FLOAT32);
     let probs = l.m.tensor(&format!("{name}_probs"), shape, TensorType::FLOAT32);
     let sc = l.m.const_f32(&format!("{name}_scale"), vec![], &[scale]);
-    l.emit(Code::BATCH_MATMUL, vec![qt, ktt], vec![scores], Options::BatchMatMul { adj_x: false, adj_y: false });
+    l.emit(
+        Code::BATCH_MATMUL,
+        vec![qt, ktt],
+        vec![scores],
+        Options::BatchMatMul { adj_x: false, adj_y: false },
+    );
     l.emit(Code::MUL, vec![scores, sc], vec![scaled], Options::Binary { act: Fused::NONE });
     l.emit(Code::SOFTMAX, vec![scaled], vec![probs], Options::Softmax { beta: 1.0 });
     let (out, act) = output_with_act(l, id, false)?;
     if act != Fused::NONE {
         return Err(l.err("a fused activation on Attention is not supported"));
     }
-    l.emit(Code::BATCH_MATMUL, vec![probs, vt], vec![out], Options::BatchMatMul { adj_x: false, adj_y: false });
+    l.emit(
+        Code::BATCH_MATMUL,
+        vec![probs, vt],
+        vec![out],
+        Options::BatchMatMul { adj_x: false, adj_y: false },
+    );
     Ok(())
 }
 
@@ -115,8 +130,18 @@ pub fn layer_norm(l: &mut Lowering, id: NodeId) -> Result<()> {
     let shape = l.m.shape(xt).to_vec();
     let reduced = with_last(&shape, 1);
     let name = l.node.clone();
-    let t = |l: &mut Lowering, s: &str, sh: &[i32]| l.m.tensor(&format!("{name}_{s}"), sh.to_vec(), TensorType::FLOAT32);
-    let (mean, centered, sq, var, var_eps, rstd, normed) = (t(l, "mean", &reduced), t(l, "centered", &shape), t(l, "sq", &shape), t(l, "var", &reduced), t(l, "var_eps", &reduced), t(l, "rstd", &reduced), t(l, "normed", &shape));
+    let t = |l: &mut Lowering, s: &str, sh: &[i32]| {
+        l.m.tensor(&format!("{name}_{s}"), sh.to_vec(), TensorType::FLOAT32)
+    };
+    let (mean, centered, sq, var, var_eps, rstd, normed) = (
+        t(l, "mean", &reduced),
+        t(l, "centered", &shape),
+        t(l, "sq", &shape),
+        t(l, "var", &reduced),
+        t(l, "var_eps", &reduced),
+        t(l, "rstd", &reduced),
+        t(l, "normed", &shape),
+    );
     let axes = l.m.const_i32(&format!("{name}_axes"), &[(rank - 1) as i32]);
     let e = l.m.const_f32(&format!("{name}_eps"), vec![], &[eps]);
     let none = || Options::Binary { act: Fused::NONE };
@@ -151,7 +176,8 @@ pub fn gather(l: &mut Lowering, id: NodeId) -> Result<()> {
     let it = if l.is_const(idx) {
         let dims = l.dims(idx)?;
         let d = l.dims(data)?[axis as usize];
-        let v: Vec<i32> = l.const_i64(idx)?.iter().map(|i| if *i < 0 { i + d } else { *i } as i32).collect();
+        let v: Vec<i32> =
+            l.const_i64(idx)?.iter().map(|i| if *i < 0 { i + d } else { *i } as i32).collect();
         let t = l.m.const_i32("gather_indices", &v);
         l.m.tensors[t as usize].shape = dims.iter().map(|x| *x as i32).collect();
         t
@@ -174,10 +200,17 @@ fn gate(m: &[f32], k: usize, h: usize, cols: usize) -> Vec<f32> {
 pub fn lstm(l: &mut Lowering, id: NodeId) -> Result<()> {
     let n = l.g.nodes[id].clone();
     let op = &n.op;
-    if op.attr("direction").is_some_and(|d| !matches!(d, kiln_compiler::ir::AttrValue::String(ref s) if s.as_slice() == b"forward")) {
+    if op.attr("direction").is_some_and(
+        |d| !matches!(d, kiln_compiler::ir::AttrValue::String(ref s) if s.as_slice() == b"forward"),
+    ) {
         return Err(l.err("only forward LSTMs have a lowering (UNIDIRECTIONAL_SEQUENCE_LSTM)"));
     }
-    if op.attr_int("layout").unwrap_or(0) != 0 || op.attr_int("input_forget").unwrap_or(0) != 0 || op.attr("activations").is_some() || n.input(4).is_some() || n.input(7).is_some() {
+    if op.attr_int("layout").unwrap_or(0) != 0
+        || op.attr_int("input_forget").unwrap_or(0) != 0
+        || op.attr("activations").is_some()
+        || n.input(4).is_some()
+        || n.input(7).is_some()
+    {
         return Err(l.err("LSTM with layout=1, input_forget, custom activations, sequence_lens or peepholes has no lowering"));
     }
     let h = op.attr_int("hidden_size").ok_or_else(|| l.err("hidden_size missing"))? as usize;
@@ -201,7 +234,9 @@ pub fn lstm(l: &mut Lowering, id: NodeId) -> Result<()> {
     for (k, o) in n.outputs.iter().enumerate().skip(1) {
         if let Some(o) = o {
             if !l.g.consumers(*o).is_empty() || l.g.is_output(*o) {
-                return Err(l.err(format!("LSTM output {k} (Y_h/Y_c) is used; only Y has a lowering")));
+                return Err(
+                    l.err(format!("LSTM output {k} (Y_h/Y_c) is used; only Y has a lowering"))
+                );
             }
         }
     }
@@ -214,12 +249,20 @@ pub fn lstm(l: &mut Lowering, id: NodeId) -> Result<()> {
     let mut ins = vec![xt];
     for (mat, c) in [(&w, cols), (&r, h)] {
         for (j, k) in order.iter().enumerate() {
-            ins.push(l.m.const_f32(&format!("{name}_{}_{j}", if c == h { "recurrent" } else { "input" }), vec![h as i32, c as i32], &gate(mat, *k, h, c)));
+            ins.push(l.m.const_f32(
+                &format!("{name}_{}_{j}", if c == h { "recurrent" } else { "input" }),
+                vec![h as i32, c as i32],
+                &gate(mat, *k, h, c),
+            ));
         }
     }
     ins.extend([-1, -1, -1]);
     for (j, k) in order.iter().enumerate() {
-        ins.push(l.m.const_f32(&format!("{name}_bias_{j}"), vec![h as i32], &bias[k * h..(k + 1) * h]));
+        ins.push(l.m.const_f32(
+            &format!("{name}_bias_{j}"),
+            vec![h as i32],
+            &bias[k * h..(k + 1) * h],
+        ));
     }
     ins.extend([-1, -1]);
     // The kernel keeps h and c in variable tensors that persist across invocations; ONNX's LSTM starts
@@ -234,8 +277,14 @@ pub fn lstm(l: &mut Lowering, id: NodeId) -> Result<()> {
     }
     ins.extend([-1, -1, -1, -1]);
     let y = n.output(0).ok_or_else(|| l.err("no output"))?;
-    let seq_out = l.m.tensor(&format!("{name}_sequence"), vec![seq, batch, h as i32], TensorType::FLOAT32);
-    l.emit(Code::UNIDIRECTIONAL_SEQUENCE_LSTM, ins, vec![seq_out], Options::Lstm { cell_clip: clip, time_major: true });
+    let seq_out =
+        l.m.tensor(&format!("{name}_sequence"), vec![seq, batch, h as i32], TensorType::FLOAT32);
+    l.emit(
+        Code::UNIDIRECTIONAL_SEQUENCE_LSTM,
+        ins,
+        vec![seq_out],
+        Options::Lstm { cell_clip: clip, time_major: true },
+    );
     // Y is [seq, num_directions = 1, batch, h].
     let out = l.define(y, false)?;
     let shape = l.m.shape(out).to_vec();

@@ -44,7 +44,14 @@ fn default_layout() -> String {
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Preprocess { resize: None, crop: None, mean: default_mean(), std: default_std(), channel_order: default_order(), layout: default_layout() }
+        Preprocess {
+            resize: None,
+            crop: None,
+            mean: default_mean(),
+            std: default_std(),
+            channel_order: default_order(),
+            layout: default_layout(),
+        }
     }
 }
 
@@ -58,12 +65,23 @@ pub enum Source {
 fn npy_samples(path: &Path, limit: usize) -> Result<Vec<TensorData>> {
     let t = crate::npy::read(path)?;
     let Some(&n) = t.dims.first() else {
-        return Err(Error::Npy { path: path.into(), reason: "a scalar holds no samples (expected samples along axis 0)".into() });
+        return Err(Error::Npy {
+            path: path.into(),
+            reason: "a scalar holds no samples (expected samples along axis 0)".into(),
+        });
     };
     let per = t.bytes().len() / (n.max(1) as usize);
     let mut dims = t.dims.clone();
     dims[0] = 1;
-    Ok((0..(n as usize).min(limit)).map(|i| TensorData::from_bytes(t.dtype, dims.clone(), t.bytes()[i * per..(i + 1) * per].to_vec())).collect())
+    Ok((0..(n as usize).min(limit))
+        .map(|i| {
+            TensorData::from_bytes(
+                t.dtype,
+                dims.clone(),
+                t.bytes()[i * per..(i + 1) * per].to_vec(),
+            )
+        })
+        .collect())
 }
 
 /// Decode and preprocess one image into a [1, 3, H, W] (or [1, H, W, 3]) f32 tensor.
@@ -71,7 +89,9 @@ pub fn load_image(path: &Path, p: &Preprocess) -> Result<TensorData> {
     let err = |reason: String| Error::Input { name: path.display().to_string(), reason };
     let img = image::open(path).map_err(|e| err(format!("cannot decode image: {e}")))?.to_rgb8();
     let img = match p.resize {
-        Some(r) if img.width() != r || img.height() != r => image::imageops::resize(&img, r, r, image::imageops::FilterType::Triangle),
+        Some(r) if img.width() != r || img.height() != r => {
+            image::imageops::resize(&img, r, r, image::imageops::FilterType::Triangle)
+        }
         _ => img,
     };
     let (w, h) = (img.width(), img.height());
@@ -95,7 +115,8 @@ pub fn load_image(path: &Path, p: &Preprocess) -> Result<TensorData> {
             }
         }
     }
-    let dims = if nhwc { vec![1, hh as i64, ww as i64, 3] } else { vec![1, 3, hh as i64, ww as i64] };
+    let dims =
+        if nhwc { vec![1, hh as i64, ww as i64, 3] } else { vec![1, 3, hh as i64, ww as i64] };
     Ok(TensorData::from_f32(dims, &out))
 }
 
@@ -103,7 +124,9 @@ pub fn load_image(path: &Path, p: &Preprocess) -> Result<TensorData> {
 pub fn load(source: &Source, limit: usize) -> Result<Vec<TensorData>> {
     match source {
         Source::Tensors(p) => npy_samples(p, limit),
-        Source::Images { dir, preprocess } => image_files(dir, limit)?.iter().map(|f| load_image(f, preprocess)).collect(),
+        Source::Images { dir, preprocess } => {
+            image_files(dir, limit)?.iter().map(|f| load_image(f, preprocess)).collect()
+        }
     }
 }
 
@@ -112,10 +135,17 @@ pub fn image_files(dir: &Path, limit: usize) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
         .collect();
     if files.is_empty() {
-        return Err(Error::Input { name: dir.display().to_string(), reason: "no .jpg/.jpeg/.png images in this folder".into() });
+        return Err(Error::Input {
+            name: dir.display().to_string(),
+            reason: "no .jpg/.jpeg/.png images in this folder".into(),
+        });
     }
     files.sort();
     files.truncate(limit);

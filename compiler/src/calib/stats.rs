@@ -28,7 +28,12 @@ impl TensorStats {
     }
 
     fn empty() -> Self {
-        TensorStats { min: f32::INFINITY, max: f32::NEG_INFINITY, hist: vec![0; BINS], hist_max: 0.0 }
+        TensorStats {
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+            hist: vec![0; BINS],
+            hist_max: 0.0,
+        }
     }
 
     /// Double the histogram range (pairs of bins merge) until it covers `a`.
@@ -100,12 +105,18 @@ pub const PREACT: &str = "__preact";
 /// Split fused activations (those `keep` rejects) back into op → `<output>__preact` → activation.
 /// Calibration unfuses all of them, so it also sees the ranges before activations; a full-integer target
 /// unfuses those its runtime cannot fuse, and quantizes the tensor in between with those ranges.
-pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Graph, crate::ir::NodeId) -> bool) -> Result<()> {
+pub fn unfuse_activations(
+    m: &mut Model,
+    keep: &dyn Fn(&crate::ir::Graph, crate::ir::NodeId) -> bool,
+) -> Result<()> {
     let clip_inputs = m.opset() >= 11;
     let g = &mut m.graph;
-    let fused: Vec<_> = g.nodes.node_indices().filter(|id| g.nodes[*id].act.is_some() && !keep(g, *id)).collect();
+    let fused: Vec<_> =
+        g.nodes.node_indices().filter(|id| g.nodes[*id].act.is_some() && !keep(g, *id)).collect();
     for id in fused {
-        let (Some(y), Some(act)) = (g.nodes[id].output(0), g.nodes[id].act.clone()) else { continue };
+        let (Some(y), Some(act)) = (g.nodes[id].output(0), g.nodes[id].act.clone()) else {
+            continue;
+        };
         let name = format!("{}{PREACT}", g.value(y).name);
         if g.find(&name).is_some() {
             continue;
@@ -116,7 +127,8 @@ pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Graph, crate:
         let pre = g.add_value(v)?;
         // The activation gets back the name it had before fusion, when the fusion pass recorded it.
         let original = g.nodes[id].meta(crate::ir::meta::FUSED_ACTIVATION).map(str::to_string);
-        let node_name = g.fresh_node_name(&original.unwrap_or_else(|| format!("{}__act", g.nodes[id].name)));
+        let node_name =
+            g.fresh_node_name(&original.unwrap_or_else(|| format!("{}__act", g.nodes[id].name)));
         if let Some(n) = g.node_mut(id) {
             n.outputs[0] = Some(pre);
             n.act = None;
@@ -129,12 +141,20 @@ pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Graph, crate:
             // From opset 11 Clip reads its bounds as inputs.
             for (k, b) in [("min", min), ("max", max)] {
                 inputs.push(match b {
-                    Some(b) => Some(g.add_const(&format!("{}_{k}", g.nodes[id].name), crate::ir::TensorData::from_f32(vec![], &[*b]))?),
+                    Some(b) => Some(g.add_const(
+                        &format!("{}_{k}", g.nodes[id].name),
+                        crate::ir::TensorData::from_f32(vec![], &[*b]),
+                    )?),
                     None => None,
                 });
             }
         }
-        g.add_node(crate::ir::Node::new(node_name, crate::ir::Op::Act(act), inputs, vec![Some(y)]))?;
+        g.add_node(crate::ir::Node::new(
+            node_name,
+            crate::ir::Op::Act(act),
+            inputs,
+            vec![Some(y)],
+        ))?;
     }
     g.rebuild_edges();
     Ok(())
@@ -143,7 +163,8 @@ pub fn unfuse_activations(m: &mut Model, keep: &dyn Fn(&crate::ir::Graph, crate:
 /// Values worth calibrating: float graph inputs and float node outputs.
 fn targets(m: &Model) -> Vec<ValueId> {
     let g = &m.graph;
-    let mut out: Vec<ValueId> = g.inputs.iter().copied().filter(|v| g.const_data(*v).is_none()).collect();
+    let mut out: Vec<ValueId> =
+        g.inputs.iter().copied().filter(|v| g.const_data(*v).is_none()).collect();
     for id in g.topo_order().unwrap_or_default() {
         for o in g.nodes[id].outputs.iter().flatten() {
             if g.value(*o).dtype == DType::F32 && !out.contains(o) {
@@ -156,14 +177,28 @@ fn targets(m: &Model) -> Vec<ValueId> {
 
 /// Run `model` on every sample (fed to input `input`) in one pass, on up to two threads, calling
 /// `progress(done, total)`.
-pub fn collect(model: &Model, input: &str, samples: &[TensorData], progress: &mut (dyn FnMut(usize, usize) + Send)) -> Result<Calibration> {
+pub fn collect(
+    model: &Model,
+    input: &str,
+    samples: &[TensorData],
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<Calibration> {
     collect_with(model, input, samples, true, progress)
 }
 
 /// [`collect`], choosing whether values before fused activations (`<value>__preact`) are measured too:
 /// full-integer targets need them; they cost an unfused graph and about 1.7x the time.
-pub fn collect_with(model: &Model, input: &str, samples: &[TensorData], preact: bool, progress: &mut (dyn FnMut(usize, usize) + Send)) -> Result<Calibration> {
-    let first = samples.first().ok_or_else(|| Error::Input { name: input.into(), reason: "no calibration samples".into() })?;
+pub fn collect_with(
+    model: &Model,
+    input: &str,
+    samples: &[TensorData],
+    preact: bool,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<Calibration> {
+    let first = samples.first().ok_or_else(|| Error::Input {
+        name: input.into(),
+        reason: "no calibration samples".into(),
+    })?;
     let mut probe = model.clone();
     if preact {
         unfuse_activations(&mut probe, &|_, _| false)?;

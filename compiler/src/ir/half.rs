@@ -11,11 +11,25 @@ pub const CAST_FLOAT16: i64 = 10;
 
 /// A `Cast` to `to` (an ONNX data type code).
 pub fn cast_op(to: i64) -> Op {
-    Op::Generic { op_type: "Cast".into(), attrs: vec![Attribute { name: "to".into(), value: AttrValue::Int(to), doc: String::new(), tensor_names: Vec::new() }] }
+    Op::Generic {
+        op_type: "Cast".into(),
+        attrs: vec![Attribute {
+            name: "to".into(),
+            value: AttrValue::Int(to),
+            doc: String::new(),
+            tensor_names: Vec::new(),
+        }],
+    }
 }
 
 /// Add node `name`: `to_value = Cast(from, to = code)`.
-pub fn add_cast(g: &mut Graph, name: &str, from: ValueId, to_value: ValueId, code: i64) -> Result<NodeId> {
+pub fn add_cast(
+    g: &mut Graph,
+    name: &str,
+    from: ValueId,
+    to_value: ValueId,
+    code: i64,
+) -> Result<NodeId> {
     g.add_node(Node::new(name, cast_op(code), vec![Some(from)], vec![Some(to_value)]))
 }
 

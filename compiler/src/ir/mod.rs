@@ -174,7 +174,12 @@ impl Node {
         self.meta(meta::WEIGHTS) == Some(meta::FP32)
     }
 
-    pub fn new(name: impl Into<String>, op: Op, inputs: Vec<Option<ValueId>>, outputs: Vec<Option<ValueId>>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        op: Op,
+        inputs: Vec<Option<ValueId>>,
+        outputs: Vec<Option<ValueId>>,
+    ) -> Self {
         Node {
             name: name.into(),
             domain: String::new(),
@@ -268,16 +273,23 @@ impl Graph {
         if !self.names.contains_key(base) {
             return base.to_string();
         }
-        (1..).map(|i| format!("{base}_{i}")).find(|n| !self.names.contains_key(n)).unwrap_or_default()
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !self.names.contains_key(n))
+            .unwrap_or_default()
     }
 
     /// A node name not yet used in this graph, derived from `base`.
     pub fn fresh_node_name(&self, base: &str) -> String {
-        let used: std::collections::HashSet<&str> = self.nodes.node_weights().map(|n| n.name.as_str()).collect();
+        let used: std::collections::HashSet<&str> =
+            self.nodes.node_weights().map(|n| n.name.as_str()).collect();
         if !used.contains(base) {
             return base.to_string();
         }
-        (1..).map(|i| format!("{base}_{i}")).find(|n| !used.contains(n.as_str())).unwrap_or_default()
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !used.contains(n.as_str()))
+            .unwrap_or_default()
     }
 
     /// Add a node; records it as the producer of its outputs and links edges from known producers.
@@ -350,7 +362,10 @@ impl Graph {
     /// Rename a value (the new name must be unused).
     pub fn rename_value(&mut self, id: ValueId, name: &str) -> Result<()> {
         if self.names.contains_key(name) {
-            return Err(Error::invalid(format!("cannot rename '{}' to '{name}': name in use", self.value(id).name)));
+            return Err(Error::invalid(format!(
+                "cannot rename '{}' to '{name}': name in use",
+                self.value(id).name
+            )));
         }
         let old = std::mem::replace(&mut self.values[id.index()].name, name.to_string());
         self.names.remove(&old);
@@ -370,7 +385,12 @@ impl Graph {
     }
 
     /// Add an intermediate value with the given type, named after `base`.
-    pub fn add_temp(&mut self, base: &str, dtype: DType, shape: Option<Vec<Dim>>) -> Result<ValueId> {
+    pub fn add_temp(
+        &mut self,
+        base: &str,
+        dtype: DType,
+        shape: Option<Vec<Dim>>,
+    ) -> Result<ValueId> {
         let mut v = Value::new(self.fresh_name(base));
         v.dtype = dtype;
         v.shape = shape;
@@ -379,7 +399,10 @@ impl Graph {
 
     /// The name of the first graph input that is not an initializer (what calibration and validation feed).
     pub fn data_input_name(&self) -> Option<String> {
-        self.inputs.iter().find(|v| !self.initializers.contains(v)).map(|v| self.value(*v).name.clone())
+        self.inputs
+            .iter()
+            .find(|v| !self.initializers.contains(v))
+            .map(|v| self.value(*v).name.clone())
     }
 
     pub fn is_output(&self, v: ValueId) -> bool {
@@ -438,7 +461,8 @@ impl Graph {
         for id in self.nodes.node_indices() {
             indeg.insert(id, self.nodes.edges_directed(id, Direction::Incoming).count());
         }
-        let mut ready: BTreeSet<NodeId> = indeg.iter().filter(|(_, d)| **d == 0).map(|(k, _)| *k).collect();
+        let mut ready: BTreeSet<NodeId> =
+            indeg.iter().filter(|(_, d)| **d == 0).map(|(k, _)| *k).collect();
         let mut order = Vec::with_capacity(indeg.len());
         while let Some(id) = ready.pop_first() {
             order.push(id);
@@ -460,7 +484,10 @@ impl Graph {
                 .collect();
             stuck.sort();
             stuck.truncate(5);
-            return Err(Error::invalid(format!("the graph has a cycle through node(s) {}", stuck.join(", "))));
+            return Err(Error::invalid(format!(
+                "the graph has a cycle through node(s) {}",
+                stuck.join(", ")
+            )));
         }
         Ok(order)
     }

@@ -43,11 +43,21 @@ pub enum Act {
     Tanh,
     HardSwish,
     /// Opset < 11 carries min/max as attributes; later opsets as optional inputs.
-    Clip { min: Option<f32>, max: Option<f32> },
-    HardSigmoid { alpha: Option<f32>, beta: Option<f32> },
-    LeakyRelu { alpha: Option<f32> },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
+    HardSigmoid {
+        alpha: Option<f32>,
+        beta: Option<f32>,
+    },
+    LeakyRelu {
+        alpha: Option<f32>,
+    },
     /// ONNX Gelu (opset 20); `approximate` is "none" or "tanh". Exported as its decomposition before opset 20.
-    Gelu { approximate: Option<String> },
+    Gelu {
+        approximate: Option<String>,
+    },
     /// x·σ(x). Not an ONNX op: exported as Sigmoid and Mul.
     Silu,
 }
@@ -59,7 +69,9 @@ impl Act {
     pub fn int8_fusable(&self) -> bool {
         match self {
             Act::Relu | Act::Tanh => true,
-            Act::Clip { min: Some(lo), max: Some(hi) } => (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0),
+            Act::Clip { min: Some(lo), max: Some(hi) } => {
+                (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0)
+            }
             Act::Clip { min: Some(lo), max: None } => *lo == 0.0,
             _ => false,
         }
@@ -86,27 +98,65 @@ pub enum PoolKind {
 /// An operator.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Conv { window: Window, group: Option<i64> },
-    Gemm { alpha: Option<f32>, beta: Option<f32>, trans_a: Option<i64>, trans_b: Option<i64> },
+    Conv {
+        window: Window,
+        group: Option<i64>,
+    },
+    Gemm {
+        alpha: Option<f32>,
+        beta: Option<f32>,
+        trans_a: Option<i64>,
+        trans_b: Option<i64>,
+    },
     MatMul,
-    BatchNorm { epsilon: Option<f32>, momentum: Option<f32>, training_mode: Option<i64> },
+    BatchNorm {
+        epsilon: Option<f32>,
+        momentum: Option<f32>,
+        training_mode: Option<i64>,
+    },
     Act(Act),
     Binary(BinOp),
     Identity,
-    Reshape { allowzero: Option<i64> },
-    Transpose { perm: Option<Vec<i64>> },
-    Flatten { axis: Option<i64> },
-    Concat { axis: i64 },
+    Reshape {
+        allowzero: Option<i64>,
+    },
+    Transpose {
+        perm: Option<Vec<i64>>,
+    },
+    Flatten {
+        axis: Option<i64>,
+    },
+    Concat {
+        axis: i64,
+    },
     GlobalAveragePool,
-    Pool { kind: PoolKind, window: Window, ceil_mode: Option<i64>, count_include_pad: Option<i64>, storage_order: Option<i64> },
-    Softmax { axis: Option<i64> },
-    QuantizeLinear { axis: Option<i64>, saturate: Option<i64> },
-    DequantizeLinear { axis: Option<i64> },
+    Pool {
+        kind: PoolKind,
+        window: Window,
+        ceil_mode: Option<i64>,
+        count_include_pad: Option<i64>,
+        storage_order: Option<i64>,
+    },
+    Softmax {
+        axis: Option<i64>,
+    },
+    QuantizeLinear {
+        axis: Option<i64>,
+        saturate: Option<i64>,
+    },
+    DequantizeLinear {
+        axis: Option<i64>,
+    },
     /// Scaled dot-product attention recognized from MatMul(q, kᵀ) → scale → Softmax(-1) → MatMul(·, v);
     /// inputs `[q, kᵀ, v]`. Not an ONNX op: exported as that sequence.
-    Attention { scale: f32 },
+    Attention {
+        scale: f32,
+    },
     /// Any other op, as written in the model.
-    Generic { op_type: String, attrs: Vec<Attribute> },
+    Generic {
+        op_type: String,
+        attrs: Vec<Attribute>,
+    },
 }
 
 impl Op {
@@ -131,15 +181,19 @@ impl Op {
                 trans_b: r.int("transB"),
             },
             "MatMul" => Op::MatMul,
-            "BatchNormalization" => {
-                Op::BatchNorm { epsilon: r.float("epsilon"), momentum: r.float("momentum"), training_mode: r.int("training_mode") }
-            }
+            "BatchNormalization" => Op::BatchNorm {
+                epsilon: r.float("epsilon"),
+                momentum: r.float("momentum"),
+                training_mode: r.int("training_mode"),
+            },
             "Relu" => Op::Act(Act::Relu),
             "Sigmoid" => Op::Act(Act::Sigmoid),
             "Tanh" => Op::Act(Act::Tanh),
             "HardSwish" => Op::Act(Act::HardSwish),
             "Clip" => Op::Act(Act::Clip { min: r.float("min"), max: r.float("max") }),
-            "HardSigmoid" => Op::Act(Act::HardSigmoid { alpha: r.float("alpha"), beta: r.float("beta") }),
+            "HardSigmoid" => {
+                Op::Act(Act::HardSigmoid { alpha: r.float("alpha"), beta: r.float("beta") })
+            }
             "LeakyRelu" => Op::Act(Act::LeakyRelu { alpha: r.float("alpha") }),
             "Gelu" => Op::Act(Act::Gelu { approximate: r.string("approximate") }),
             "Add" => Op::Binary(BinOp::Add),
@@ -161,7 +215,9 @@ impl Op {
                 storage_order: r.int("storage_order"),
             },
             "Softmax" => Op::Softmax { axis: r.int("axis") },
-            "QuantizeLinear" => Op::QuantizeLinear { axis: r.int("axis"), saturate: r.int("saturate") },
+            "QuantizeLinear" => {
+                Op::QuantizeLinear { axis: r.int("axis"), saturate: r.int("saturate") }
+            }
             "DequantizeLinear" => Op::DequantizeLinear { axis: r.int("axis") },
             _ => return None,
         };
@@ -218,14 +274,19 @@ impl Op {
         let w = AttrWriter::default();
         let w = match self {
             Op::Conv { window, group } => window.write(w).int("group", *group),
-            Op::Gemm { alpha, beta, trans_a, trans_b } => {
-                w.float("alpha", *alpha).float("beta", *beta).int("transA", *trans_a).int("transB", *trans_b)
-            }
-            Op::BatchNorm { epsilon, momentum, training_mode } => {
-                w.float("epsilon", *epsilon).float("momentum", *momentum).int("training_mode", *training_mode)
-            }
+            Op::Gemm { alpha, beta, trans_a, trans_b } => w
+                .float("alpha", *alpha)
+                .float("beta", *beta)
+                .int("transA", *trans_a)
+                .int("transB", *trans_b),
+            Op::BatchNorm { epsilon, momentum, training_mode } => w
+                .float("epsilon", *epsilon)
+                .float("momentum", *momentum)
+                .int("training_mode", *training_mode),
             Op::Act(Act::Clip { min, max }) => w.float("min", *min).float("max", *max),
-            Op::Act(Act::HardSigmoid { alpha, beta }) => w.float("alpha", *alpha).float("beta", *beta),
+            Op::Act(Act::HardSigmoid { alpha, beta }) => {
+                w.float("alpha", *alpha).float("beta", *beta)
+            }
             Op::Act(Act::LeakyRelu { alpha }) => w.float("alpha", *alpha),
             Op::Act(Act::Gelu { approximate }) => w.string("approximate", approximate),
             Op::Attention { scale } => w.float("scale", Some(*scale)),
@@ -239,7 +300,9 @@ impl Op {
                 .int("count_include_pad", *count_include_pad)
                 .int("storage_order", *storage_order),
             Op::Softmax { axis } => w.int("axis", *axis),
-            Op::QuantizeLinear { axis, saturate } => w.int("axis", *axis).int("saturate", *saturate),
+            Op::QuantizeLinear { axis, saturate } => {
+                w.int("axis", *axis).int("saturate", *saturate)
+            }
             Op::DequantizeLinear { axis } => w.int("axis", *axis),
             Op::Generic { attrs, .. } => return attrs.clone(),
             _ => w,
@@ -250,7 +313,9 @@ impl Op {
     /// Attribute lookup that works for typed and generic ops alike.
     pub fn attr(&self, name: &str) -> Option<super::attr::AttrValue> {
         match self {
-            Op::Generic { attrs, .. } => attrs.iter().find(|a| a.name == name).map(|a| a.value.clone()),
+            Op::Generic { attrs, .. } => {
+                attrs.iter().find(|a| a.name == name).map(|a| a.value.clone())
+            }
             _ => self.attributes().into_iter().find(|a| a.name == name).map(|a| a.value),
         }
     }

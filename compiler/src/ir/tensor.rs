@@ -55,7 +55,8 @@ impl TensorData {
 
     /// Float16 storage of `data` (rounded to nearest): float16 weights and constants.
     pub fn from_f32_as_f16(dims: Vec<i64>, data: &[f32]) -> Self {
-        let bytes = data.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        let bytes =
+            data.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
         Self::from_bytes(DType::F16, dims, bytes)
     }
 
@@ -106,16 +107,38 @@ impl TensorData {
             return None;
         }
         let out = match self.dtype {
-            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-            DType::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
-            DType::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64).collect(),
-            DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-            DType::U32 => b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-            DType::I16 => b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f64).collect(),
-            DType::U16 => b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f64).collect(),
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            DType::F64 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+            DType::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64)
+                .collect(),
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            DType::U32 => b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            DType::I16 => {
+                b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f64).collect()
+            }
+            DType::U16 => {
+                b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f64).collect()
+            }
             DType::I8 => b.iter().map(|&v| v as i8 as f64).collect(),
             DType::U8 | DType::Bool => b.iter().map(|&v| v as f64).collect(),
-            DType::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64).collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64)
+                .collect(),
             _ => return None,
         };
         Some(out)
@@ -129,12 +152,16 @@ impl TensorData {
         let b = self.bytes();
         let n = self.len() as usize;
         match self.dtype {
-            DType::I64 if b.len() == n * 8 => {
-                Some(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
-            }
-            DType::I32 if b.len() == n * 4 => {
-                Some(b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect())
-            }
+            DType::I64 if b.len() == n * 8 => Some(
+                b.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
+            ),
+            DType::I32 if b.len() == n * 4 => Some(
+                b.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                    .collect(),
+            ),
             DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::U32 | DType::Bool => {
                 self.to_f64_vec().map(|v| v.into_iter().map(|x| x as i64).collect())
             }
@@ -158,7 +185,11 @@ impl TensorData {
                 if s.len() as u64 != n {
                     return Err(Error::Tensor {
                         name: name.into(),
-                        reason: format!("{} strings stored, dims {:?} need {n}", s.len(), self.dims),
+                        reason: format!(
+                            "{} strings stored, dims {:?} need {n}",
+                            s.len(),
+                            self.dims
+                        ),
                     });
                 }
             }
@@ -174,7 +205,8 @@ impl TensorData {
                                 self.bytes().len(),
                                 self.dims,
                                 self.dtype,
-                                want.map(|w| w.to_string()).unwrap_or_else(|| "more than 2^64".into())
+                                want.map(|w| w.to_string())
+                                    .unwrap_or_else(|| "more than 2^64".into())
                             ),
                         });
                     }

@@ -32,7 +32,10 @@ fn check(g: &Graph, scope: &str, problems: &mut Vec<String>) {
     let mut names = std::collections::HashSet::new();
     for n in g.nodes.node_weights() {
         if !n.name.is_empty() && !names.insert(n.name.as_str()) {
-            problems.push(format!("{scope}two nodes are named '{}' (node names must be unique)", n.name));
+            problems.push(format!(
+                "{scope}two nodes are named '{}' (node names must be unique)",
+                n.name
+            ));
         }
     }
     for id in g.nodes.node_indices() {
@@ -84,7 +87,11 @@ fn check_dtypes(g: &Graph, n: &super::Node, scope: &str, problems: &mut Vec<Stri
         Op::Concat { .. } => &[],
         _ => return,
     };
-    let idx: Vec<usize> = if matches!(n.op, Op::Concat { .. }) { (0..n.inputs.len()).collect() } else { same.to_vec() };
+    let idx: Vec<usize> = if matches!(n.op, Op::Concat { .. }) {
+        (0..n.inputs.len()).collect()
+    } else {
+        same.to_vec()
+    };
     let dts: Vec<_> = idx
         .iter()
         .filter_map(|&i| n.input(i))

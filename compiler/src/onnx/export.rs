@@ -47,8 +47,18 @@ pub fn to_bytes(m: &Model, opts: &ExportOptions) -> Result<Vec<u8>> {
 
 /// Serialize the model as files: `(relative name, bytes)` pairs — the model and, when external data is
 /// used, its data file. `file_name` is the model's file name.
-pub fn to_files(m: &Model, file_name: &str, opts: &ExportOptions) -> Result<Vec<(String, Vec<u8>)>> {
-    let total: usize = m.graph.initializers.iter().filter_map(|v| m.graph.value(*v).data.as_ref()).map(|d| d.byte_len()).sum();
+pub fn to_files(
+    m: &Model,
+    file_name: &str,
+    opts: &ExportOptions,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let total: usize = m
+        .graph
+        .initializers
+        .iter()
+        .filter_map(|v| m.graph.value(*v).data.as_ref())
+        .map(|d| d.byte_len())
+        .sum();
     let external = match opts.external {
         ExternalData::Always => true,
         ExternalData::Inline => false,
@@ -59,13 +69,24 @@ pub fn to_files(m: &Model, file_name: &str, opts: &ExportOptions) -> Result<Vec<
     }
     let data_name = format!("{file_name}.data");
     let mut buf = Vec::with_capacity(total);
-    let proto = to_proto_with(m, opts, &mut TensorSink::External { location: &data_name, buf: &mut buf, threshold: EXTERNAL_THRESHOLD })?;
+    let proto = to_proto_with(
+        m,
+        opts,
+        &mut TensorSink::External {
+            location: &data_name,
+            buf: &mut buf,
+            threshold: EXTERNAL_THRESHOLD,
+        },
+    )?;
     Ok(vec![(file_name.to_string(), proto.encode_to_vec()), (data_name, buf)])
 }
 
 /// Write the model to `path` (and `path.data` when external), each file atomically.
 pub fn save(m: &Model, path: &Path, opts: &ExportOptions) -> Result<Vec<std::path::PathBuf>> {
-    let file_name = path.file_name().and_then(|f| f.to_str()).ok_or_else(|| Error::invalid(format!("bad output path {}", path.display())))?;
+    let file_name = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| Error::invalid(format!("bad output path {}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut written = Vec::new();
     // Data file first, so a model file never points at a missing or partial data file.
@@ -84,7 +105,11 @@ fn to_proto_with(m: &Model, opts: &ExportOptions, sink: &mut TensorSink) -> Resu
     let graph = export_graph(&m.graph, opts, sink, m.opset())?;
     Ok(pb::ModelProto {
         ir_version: m.ir_version,
-        opset_import: m.opset_imports.iter().map(|(d, v)| pb::OperatorSetIdProto { domain: d.clone(), version: *v }).collect(),
+        opset_import: m
+            .opset_imports
+            .iter()
+            .map(|(d, v)| pb::OperatorSetIdProto { domain: d.clone(), version: *v })
+            .collect(),
         producer_name: m.producer_name.clone(),
         producer_version: m.producer_version.clone(),
         domain: m.domain.clone(),
@@ -92,9 +117,24 @@ fn to_proto_with(m: &Model, opts: &ExportOptions, sink: &mut TensorSink) -> Resu
         doc_string: m.doc.clone(),
         graph: Some(graph),
         metadata_props: props(&m.metadata),
-        training_info: m.opaque.training_info.iter().filter_map(|b| pb::TrainingInfoProto::decode(b.as_slice()).ok()).collect(),
-        functions: m.opaque.functions.iter().filter_map(|b| pb::FunctionProto::decode(b.as_slice()).ok()).collect(),
-        configuration: m.opaque.configuration.iter().filter_map(|b| pb::DeviceConfigurationProto::decode(b.as_slice()).ok()).collect(),
+        training_info: m
+            .opaque
+            .training_info
+            .iter()
+            .filter_map(|b| pb::TrainingInfoProto::decode(b.as_slice()).ok())
+            .collect(),
+        functions: m
+            .opaque
+            .functions
+            .iter()
+            .filter_map(|b| pb::FunctionProto::decode(b.as_slice()).ok())
+            .collect(),
+        configuration: m
+            .opaque
+            .configuration
+            .iter()
+            .filter_map(|b| pb::DeviceConfigurationProto::decode(b.as_slice()).ok())
+            .collect(),
     })
 }
 
@@ -117,7 +157,9 @@ fn type_proto(g: &Graph, v: ValueId) -> Option<pb::TypeProto> {
                 denotation: String::new(),
                 value: match d {
                     Dim::Known(x) => Some(pb::tensor_shape_proto::dimension::Value::DimValue(*x)),
-                    Dim::Sym(s) => Some(pb::tensor_shape_proto::dimension::Value::DimParam(s.clone())),
+                    Dim::Sym(s) => {
+                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(s.clone()))
+                    }
                     Dim::Unknown => None,
                 },
             })
@@ -125,16 +167,29 @@ fn type_proto(g: &Graph, v: ValueId) -> Option<pb::TypeProto> {
     });
     Some(pb::TypeProto {
         denotation: String::new(),
-        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor { elem_type: val.dtype.to_onnx(), shape })),
+        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+            elem_type: val.dtype.to_onnx(),
+            shape,
+        })),
     })
 }
 
 fn value_info(g: &Graph, v: ValueId) -> pb::ValueInfoProto {
     let val = g.value(v);
-    pb::ValueInfoProto { name: val.name.clone(), r#type: type_proto(g, v), doc_string: val.doc.clone(), metadata_props: props(&val.metadata) }
+    pb::ValueInfoProto {
+        name: val.name.clone(),
+        r#type: type_proto(g, v),
+        doc_string: val.doc.clone(),
+        metadata_props: props(&val.metadata),
+    }
 }
 
-fn export_graph(g: &Graph, opts: &ExportOptions, sink: &mut TensorSink, opset: i64) -> Result<pb::GraphProto> {
+fn export_graph(
+    g: &Graph,
+    opts: &ExportOptions,
+    sink: &mut TensorSink,
+    opset: i64,
+) -> Result<pb::GraphProto> {
     let order = g.topo_order()?;
     let name = |v: Option<ValueId>| v.map(|v| g.value(v).name.clone()).unwrap_or_default();
     let mut nodes = Vec::with_capacity(order.len());
@@ -158,36 +213,68 @@ fn export_graph(g: &Graph, opts: &ExportOptions, sink: &mut TensorSink, opset: i
             attribute,
             doc_string: n.doc.clone(),
             metadata_props: props(&n.metadata),
-            device_configurations: n.device_configurations.iter().filter_map(|b| pb::NodeDeviceConfigurationProto::decode(b.as_slice()).ok()).collect(),
+            device_configurations: n
+                .device_configurations
+                .iter()
+                .filter_map(|b| pb::NodeDeviceConfigurationProto::decode(b.as_slice()).ok())
+                .collect(),
         });
     }
     let mut initializer: Vec<pb::TensorProto> = g
         .initializers
         .iter()
-        .filter_map(|v| g.value(*v).data.as_ref().map(|d| tensor_to_proto(&g.value(*v).name, d, sink)))
+        .filter_map(|v| {
+            g.value(*v).data.as_ref().map(|d| tensor_to_proto(&g.value(*v).name, d, sink))
+        })
         .collect();
     initializer.extend(lower.into_initializers());
     let live = |v: &ValueId| {
         let val = g.value(*v);
-        val.producer.map(|(p, _)| g.nodes.contains_node(p)).unwrap_or(false) || g.inputs.contains(v) || g.initializers.contains(v) || val.outer
+        val.producer.map(|(p, _)| g.nodes.contains_node(p)).unwrap_or(false)
+            || g.inputs.contains(v)
+            || g.initializers.contains(v)
+            || val.outer
     };
     Ok(pb::GraphProto {
         node: nodes,
         name: g.name.clone(),
         initializer,
-        sparse_initializer: g.opaque.sparse_initializers.iter().filter_map(|b| pb::SparseTensorProto::decode(b.as_slice()).ok()).collect(),
+        sparse_initializer: g
+            .opaque
+            .sparse_initializers
+            .iter()
+            .filter_map(|b| pb::SparseTensorProto::decode(b.as_slice()).ok())
+            .collect(),
         doc_string: g.doc.clone(),
         input: g.inputs.iter().map(|v| value_info(g, *v)).collect(),
         output: g.outputs.iter().map(|v| value_info(g, *v)).collect(),
-        value_info: if opts.strip_value_info { Vec::new() } else { g.value_info.iter().filter(|v| live(v)).map(|v| value_info(g, *v)).collect() },
-        quantization_annotation: g.opaque.quantization_annotation.iter().filter_map(|b| pb::TensorAnnotation::decode(b.as_slice()).ok()).collect(),
+        value_info: if opts.strip_value_info {
+            Vec::new()
+        } else {
+            g.value_info.iter().filter(|v| live(v)).map(|v| value_info(g, *v)).collect()
+        },
+        quantization_annotation: g
+            .opaque
+            .quantization_annotation
+            .iter()
+            .filter_map(|b| pb::TensorAnnotation::decode(b.as_slice()).ok())
+            .collect(),
         metadata_props: props(&g.metadata),
     })
 }
 
-pub(crate) fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut TensorSink, opset: i64) -> Result<pb::AttributeProto> {
+pub(crate) fn export_attr(
+    a: &Attribute,
+    opts: &ExportOptions,
+    sink: &mut TensorSink,
+    opset: i64,
+) -> Result<pb::AttributeProto> {
     use pb::attribute_proto::AttributeType as T;
-    let mut p = pb::AttributeProto { name: a.name.clone(), doc_string: a.doc.clone(), ..Default::default() };
+    let mut p = pb::AttributeProto {
+        name: a.name.clone(),
+        doc_string: a.doc.clone(),
+        ..Default::default()
+    };
     let ty = match &a.value {
         AttrValue::Float(f) => {
             p.f = Some(*f);
@@ -215,11 +302,25 @@ pub(crate) fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut Tensor
         }
         // Attribute tensors stay inline: runtimes resolve external data for initializers most reliably.
         AttrValue::Tensor(t) => {
-            p.t = Some(tensor_to_proto(a.tensor_names.first().map(String::as_str).unwrap_or(""), t, &mut TensorSink::Inline));
+            p.t = Some(tensor_to_proto(
+                a.tensor_names.first().map(String::as_str).unwrap_or(""),
+                t,
+                &mut TensorSink::Inline,
+            ));
             T::Tensor
         }
         AttrValue::Tensors(ts) => {
-            p.tensors = ts.iter().enumerate().map(|(i, t)| tensor_to_proto(a.tensor_names.get(i).map(String::as_str).unwrap_or(""), t, &mut TensorSink::Inline)).collect();
+            p.tensors = ts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    tensor_to_proto(
+                        a.tensor_names.get(i).map(String::as_str).unwrap_or(""),
+                        t,
+                        &mut TensorSink::Inline,
+                    )
+                })
+                .collect();
             T::Tensors
         }
         AttrValue::Graph(g) => {
@@ -227,11 +328,13 @@ pub(crate) fn export_attr(a: &Attribute, opts: &ExportOptions, sink: &mut Tensor
             T::Graph
         }
         AttrValue::Graphs(gs) => {
-            p.graphs = gs.iter().map(|g| export_graph(g, opts, sink, opset)).collect::<Result<_>>()?;
+            p.graphs =
+                gs.iter().map(|g| export_graph(g, opts, sink, opset)).collect::<Result<_>>()?;
             T::Graphs
         }
         AttrValue::Opaque(b) => {
-            return pb::AttributeProto::decode(b.as_slice()).map_err(|e| Error::invalid(format!("attribute '{}': {e}", a.name)));
+            return pb::AttributeProto::decode(b.as_slice())
+                .map_err(|e| Error::invalid(format!("attribute '{}': {e}", a.name)));
         }
     };
     p.r#type = ty as i32;

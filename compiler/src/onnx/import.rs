@@ -12,7 +12,9 @@ use prost::Message;
 
 use super::tensor::{tensor_from_proto, ImportCx};
 use crate::error::{Error, Result};
-use crate::ir::{AttrValue, Attribute, DType, Dim, Graph, Model, ModelOpaque, Node, Op, Value, ValueId};
+use crate::ir::{
+    AttrValue, Attribute, DType, Dim, Graph, Model, ModelOpaque, Node, Op, Value, ValueId,
+};
 
 /// Largest model file kiln reads into memory (protobuf itself caps messages at 2 GiB).
 const MAX_MODEL_BYTES: u64 = 2 << 30;
@@ -26,24 +28,40 @@ pub fn load(path: &Path) -> Result<Model> {
         return Err(Error::NotOnnx { path: path.into(), reason: "is a directory".into() });
     }
     if meta.len() > MAX_MODEL_BYTES {
-        return Err(Error::NotOnnx { path: path.into(), reason: format!("{} bytes is over the 2 GiB protobuf limit", meta.len()) });
+        return Err(Error::NotOnnx {
+            path: path.into(),
+            reason: format!("{} bytes is over the 2 GiB protobuf limit", meta.len()),
+        });
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let base = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).map(|p| p.to_path_buf());
+    let base = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| p.to_path_buf());
     load_bytes(&bytes, base, path)
 }
 
 /// Decode a model from bytes. `base_dir` is where external data lives (None: external data is an error).
-pub fn load_bytes(bytes: &[u8], base_dir: Option<std::path::PathBuf>, label: &Path) -> Result<Model> {
+pub fn load_bytes(
+    bytes: &[u8],
+    base_dir: Option<std::path::PathBuf>,
+    label: &Path,
+) -> Result<Model> {
     let not_onnx = |reason: String| Error::NotOnnx { path: label.into(), reason };
     if bytes.is_empty() {
         return Err(not_onnx("the file is empty".into()));
     }
-    let mp = pb::ModelProto::decode(bytes).map_err(|e| not_onnx(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX")))?;
+    let mp = pb::ModelProto::decode(bytes).map_err(|e| {
+        not_onnx(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX"))
+    })?;
     if mp.ir_version <= 0 {
-        return Err(not_onnx("no ir_version: this is not an ONNX ModelProto (a protobuf of another message?)".into()));
+        return Err(not_onnx(
+            "no ir_version: this is not an ONNX ModelProto (a protobuf of another message?)".into(),
+        ));
     }
-    let gp = mp.graph.ok_or_else(|| not_onnx("the model has no graph (a protobuf of another message?)".into()))?;
+    let gp = mp.graph.ok_or_else(|| {
+        not_onnx("the model has no graph (a protobuf of another message?)".into())
+    })?;
     let mut cx = ImportCx::new(base_dir);
     let graph = import_graph(gp, &mut cx, 0)?;
     let model = Model {
@@ -63,11 +81,18 @@ pub fn load_bytes(bytes: &[u8], base_dir: Option<std::path::PathBuf>, label: &Pa
         },
         external_files: cx.external_files,
     };
-    let outer: Vec<&str> = model.graph.values.iter().filter(|v| v.outer).map(|v| v.name.as_str()).collect();
+    let outer: Vec<&str> =
+        model.graph.values.iter().filter(|v| v.outer).map(|v| v.name.as_str()).collect();
     if let Some(first) = outer.first() {
         let users = model.graph.consumers(model.graph.find(first).unwrap_or(crate::ir::ValueId(0)));
-        let who = users.first().and_then(|(n, _)| model.graph.node(*n)).map(|n| format!("node '{}' ({}) reads", n.name, n.op.op_type())).unwrap_or_else(|| "the graph references".into());
-        return Err(Error::invalid(format!("{who} '{first}', which no node produces and is not a graph input or initializer")));
+        let who = users
+            .first()
+            .and_then(|(n, _)| model.graph.node(*n))
+            .map(|n| format!("node '{}' ({}) reads", n.name, n.op.op_type()))
+            .unwrap_or_else(|| "the graph references".into());
+        return Err(Error::invalid(format!(
+            "{who} '{first}', which no node produces and is not a graph input or initializer"
+        )));
     }
     crate::ir::verify::verify(&model.graph)?;
     Ok(model)
@@ -87,8 +112,14 @@ fn apply_type(v: &mut Value, tp: Option<pb::TypeProto>) {
                 s.dim
                     .iter()
                     .map(|d| match &d.value {
-                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(x)) if *x >= 0 => Dim::Known(*x),
-                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Sym(p.clone()),
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(x)) if *x >= 0 => {
+                            Dim::Known(*x)
+                        }
+                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p))
+                            if !p.is_empty() =>
+                        {
+                            Dim::Sym(p.clone())
+                        }
                         _ => Dim::Unknown,
                     })
                     .collect()
@@ -107,21 +138,27 @@ fn import_graph(gp: pb::GraphProto, cx: &mut ImportCx, depth: usize) -> Result<G
     g.name = gp.name;
     g.doc = gp.doc_string;
     g.metadata = props(gp.metadata_props);
-    g.opaque.quantization_annotation = gp.quantization_annotation.iter().map(|a| a.encode_to_vec()).collect();
+    g.opaque.quantization_annotation =
+        gp.quantization_annotation.iter().map(|a| a.encode_to_vec()).collect();
     // Graph inputs.
     for vi in gp.input {
         let mut v = Value::new(vi.name.clone());
         v.doc = vi.doc_string;
         v.metadata = props(vi.metadata_props);
         apply_type(&mut v, vi.r#type);
-        let id = g.add_value(v).map_err(|_| Error::invalid(format!("graph '{}': duplicate input name '{}'", g.name, vi.name)))?;
+        let id = g.add_value(v).map_err(|_| {
+            Error::invalid(format!("graph '{}': duplicate input name '{}'", g.name, vi.name))
+        })?;
         g.inputs.push(id);
     }
     // Initializers (old exporters also list them among the inputs).
     for t in gp.initializer {
         let name = t.name.clone();
         if name.is_empty() {
-            return Err(Error::Tensor { name: "<unnamed>".into(), reason: "initializer without a name".into() });
+            return Err(Error::Tensor {
+                name: "<unnamed>".into(),
+                reason: "initializer without a name".into(),
+            });
         }
         let data = tensor_from_proto(t, cx)?;
         let id = match g.find(&name) {
@@ -150,19 +187,27 @@ fn import_graph(gp: pb::GraphProto, cx: &mut ImportCx, depth: usize) -> Result<G
             g.add_value(v)?;
         }
     }
-    let sparse_names: HashSet<String> = g.values.iter().filter(|v| v.outer).map(|v| v.name.clone()).collect();
+    let sparse_names: HashSet<String> =
+        g.values.iter().filter(|v| v.outer).map(|v| v.name.clone()).collect();
     // Nodes.
     let mut nodes = Vec::with_capacity(gp.node.len());
     for (i, np) in gp.node.into_iter().enumerate() {
-        let label = if np.name.is_empty() { format!("#{i} ({})", np.op_type) } else { np.name.clone() };
+        let label =
+            if np.name.is_empty() { format!("#{i} ({})", np.op_type) } else { np.name.clone() };
         let mut attrs = Vec::with_capacity(np.attribute.len());
         let mut seen = HashSet::new();
         for a in np.attribute {
             if !seen.insert(a.name.clone()) {
-                return Err(Error::Node { node: label, op: np.op_type, reason: format!("attribute '{}' given twice", a.name) });
+                return Err(Error::Node {
+                    node: label,
+                    op: np.op_type,
+                    reason: format!("attribute '{}' given twice", a.name),
+                });
             }
             attrs.push(import_attr(a, cx, depth).map_err(|e| match e {
-                Error::Invalid(r) => Error::Node { node: label.clone(), op: np.op_type.clone(), reason: r },
+                Error::Invalid(r) => {
+                    Error::Node { node: label.clone(), op: np.op_type.clone(), reason: r }
+                }
                 other => other,
             })?);
         }
@@ -179,7 +224,11 @@ fn import_graph(gp: pb::GraphProto, cx: &mut ImportCx, depth: usize) -> Result<G
             }
             let id = value_for(&mut g, name)?;
             let v = g.value(id);
-            if g.inputs.contains(&id) || v.data.is_some() || v.producer.is_some() || sparse_names.contains(name) {
+            if g.inputs.contains(&id)
+                || v.data.is_some()
+                || v.producer.is_some()
+                || sparse_names.contains(name)
+            {
                 return Err(Error::Node {
                     node: label,
                     op: np.op_type,
@@ -205,7 +254,8 @@ fn import_graph(gp: pb::GraphProto, cx: &mut ImportCx, depth: usize) -> Result<G
         node.doc = np.doc_string;
         node.overload = np.overload;
         node.metadata = props(np.metadata_props);
-        node.device_configurations = np.device_configurations.iter().map(|d| d.encode_to_vec()).collect();
+        node.device_configurations =
+            np.device_configurations.iter().map(|d| d.encode_to_vec()).collect();
         node.captures = captures;
         nodes.push(node);
     }
@@ -256,7 +306,9 @@ fn import_graph(gp: pb::GraphProto, cx: &mut ImportCx, depth: usize) -> Result<G
     let used: HashSet<ValueId> = g
         .nodes
         .node_weights()
-        .flat_map(|n| n.inputs.iter().flatten().chain(n.captures.iter()).copied().collect::<Vec<_>>())
+        .flat_map(|n| {
+            n.inputs.iter().flatten().chain(n.captures.iter()).copied().collect::<Vec<_>>()
+        })
         .chain(g.outputs.iter().copied())
         .collect();
     for (i, v) in g.values.iter_mut().enumerate() {
@@ -277,12 +329,18 @@ fn value_for(g: &mut Graph, name: &str) -> Result<ValueId> {
 fn import_attr(a: pb::AttributeProto, cx: &mut ImportCx, depth: usize) -> Result<Attribute> {
     use pb::attribute_proto::AttributeType as T;
     if !a.ref_attr_name.is_empty() {
-        return Ok(Attribute { name: a.name.clone(), value: AttrValue::Opaque(a.encode_to_vec()), doc: String::new(), tensor_names: Vec::new() });
+        return Ok(Attribute {
+            name: a.name.clone(),
+            value: AttrValue::Opaque(a.encode_to_vec()),
+            doc: String::new(),
+            tensor_names: Vec::new(),
+        });
     }
     let ty = T::try_from(a.r#type).unwrap_or(T::Undefined);
     let name = a.name.clone();
     let doc = a.doc_string.clone();
-    let tensor_names: Vec<String> = a.t.iter().chain(a.tensors.iter()).map(|t| t.name.clone()).collect();
+    let tensor_names: Vec<String> =
+        a.t.iter().chain(a.tensors.iter()).map(|t| t.name.clone()).collect();
     let value = match ty {
         T::Float => AttrValue::Float(a.f.unwrap_or_default()),
         T::Int => AttrValue::Int(a.i.unwrap_or_default()),
@@ -292,14 +350,26 @@ fn import_attr(a: pb::AttributeProto, cx: &mut ImportCx, depth: usize) -> Result
         T::Strings => AttrValue::Strings(a.strings),
         T::Tensor => match a.t {
             Some(t) => AttrValue::Tensor(tensor_from_proto(t, cx)?),
-            None => return Err(Error::invalid(format!("attribute '{name}' of type TENSOR has no tensor"))),
+            None => {
+                return Err(Error::invalid(format!(
+                    "attribute '{name}' of type TENSOR has no tensor"
+                )))
+            }
         },
-        T::Tensors => AttrValue::Tensors(a.tensors.into_iter().map(|t| tensor_from_proto(t, cx)).collect::<Result<_>>()?),
+        T::Tensors => AttrValue::Tensors(
+            a.tensors.into_iter().map(|t| tensor_from_proto(t, cx)).collect::<Result<_>>()?,
+        ),
         T::Graph => match a.g {
             Some(g) => AttrValue::Graph(Box::new(import_graph(g, cx, depth + 1)?)),
-            None => return Err(Error::invalid(format!("attribute '{name}' of type GRAPH has no graph"))),
+            None => {
+                return Err(Error::invalid(format!(
+                    "attribute '{name}' of type GRAPH has no graph"
+                )))
+            }
         },
-        T::Graphs => AttrValue::Graphs(a.graphs.into_iter().map(|g| import_graph(g, cx, depth + 1)).collect::<Result<_>>()?),
+        T::Graphs => AttrValue::Graphs(
+            a.graphs.into_iter().map(|g| import_graph(g, cx, depth + 1)).collect::<Result<_>>()?,
+        ),
         _ => AttrValue::Opaque(a.encode_to_vec()),
     };
     Ok(Attribute { name, value, doc, tensor_names })

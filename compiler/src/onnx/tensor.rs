@@ -60,12 +60,18 @@ pub fn resolve_external(base: &Path, location: &str, tensor: &str) -> Result<Pat
     for c in p.components() {
         match c {
             Component::Normal(_) | Component::CurDir => {}
-            _ => return Err(err(format!("location '{location}' escapes the model's folder ('..' or a root); refused"))),
+            _ => {
+                return Err(err(format!(
+                    "location '{location}' escapes the model's folder ('..' or a root); refused"
+                )))
+            }
         }
     }
     let full = base.join(p);
-    let canon_base = base.canonicalize().map_err(|e| err(format!("model folder {}: {e}", base.display())))?;
-    let canon = full.canonicalize().map_err(|e| err(format!("cannot open {}: {e}", full.display())))?;
+    let canon_base =
+        base.canonicalize().map_err(|e| err(format!("model folder {}: {e}", base.display())))?;
+    let canon =
+        full.canonicalize().map_err(|e| err(format!("cannot open {}: {e}", full.display())))?;
     if !canon.starts_with(&canon_base) {
         return Err(err(format!(
             "location '{location}' resolves to {} outside the model's folder (symlink); refused",
@@ -93,7 +99,11 @@ pub fn tensor_from_proto(t: pb::TensorProto, cx: &mut ImportCx) -> Result<Tensor
         reason: format!("invalid dims {dims:?} (negative or overflowing element count)"),
     })?;
     if t.segment.is_some() {
-        return Ok(TensorData { dtype, dims, storage: Storage::Opaque(Arc::new(t.encode_to_vec())) });
+        return Ok(TensorData {
+            dtype,
+            dims,
+            storage: Storage::Opaque(Arc::new(t.encode_to_vec())),
+        });
     }
     let storage = if t.data_location == pb::tensor_proto::DataLocation::External as i32 {
         external_storage(&t, dtype, n, cx)?
@@ -102,16 +112,26 @@ pub fn tensor_from_proto(t: pb::TensorProto, cx: &mut ImportCx) -> Result<Tensor
             return Err(Error::Tensor { name, reason: "string tensor with raw_data".into() });
         }
         if dtype.size().is_none() {
-            return Ok(TensorData { dtype, dims, storage: Storage::Opaque(Arc::new(t.encode_to_vec())) });
+            return Ok(TensorData {
+                dtype,
+                dims,
+                storage: Storage::Opaque(Arc::new(t.encode_to_vec())),
+            });
         }
         Storage::Bytes(Arc::new(t.raw_data))
     } else {
         match dtype {
-            DType::F32 | DType::C64 => Storage::Bytes(Arc::new(le_bytes(&t.float_data, f32::to_le_bytes))),
-            DType::F64 | DType::C128 => Storage::Bytes(Arc::new(le_bytes(&t.double_data, f64::to_le_bytes))),
+            DType::F32 | DType::C64 => {
+                Storage::Bytes(Arc::new(le_bytes(&t.float_data, f32::to_le_bytes)))
+            }
+            DType::F64 | DType::C128 => {
+                Storage::Bytes(Arc::new(le_bytes(&t.double_data, f64::to_le_bytes)))
+            }
             DType::I64 => Storage::Bytes(Arc::new(le_bytes(&t.int64_data, i64::to_le_bytes))),
             DType::U64 => Storage::Bytes(Arc::new(le_bytes(&t.uint64_data, u64::to_le_bytes))),
-            DType::U32 => Storage::Bytes(Arc::new(le_bytes(&t.uint64_data, |v| (v as u32).to_le_bytes()))),
+            DType::U32 => {
+                Storage::Bytes(Arc::new(le_bytes(&t.uint64_data, |v| (v as u32).to_le_bytes())))
+            }
             DType::I32 => Storage::Bytes(Arc::new(le_bytes(&t.int32_data, i32::to_le_bytes))),
             DType::I16 | DType::U16 | DType::F16 | DType::BF16 => {
                 Storage::Bytes(Arc::new(le_bytes(&t.int32_data, |v| (v as u16).to_le_bytes())))
@@ -120,7 +140,13 @@ pub fn tensor_from_proto(t: pb::TensorProto, cx: &mut ImportCx) -> Result<Tensor
                 Storage::Bytes(Arc::new(t.int32_data.iter().map(|v| *v as u8).collect()))
             }
             DType::String => Storage::Strings(Arc::new(t.string_data)),
-            _ => return Ok(TensorData { dtype, dims, storage: Storage::Opaque(Arc::new(t.encode_to_vec())) }),
+            _ => {
+                return Ok(TensorData {
+                    dtype,
+                    dims,
+                    storage: Storage::Opaque(Arc::new(t.encode_to_vec())),
+                })
+            }
         }
     };
     let td = TensorData { dtype, dims, storage };
@@ -128,7 +154,12 @@ pub fn tensor_from_proto(t: pb::TensorProto, cx: &mut ImportCx) -> Result<Tensor
     Ok(td)
 }
 
-fn external_storage(t: &pb::TensorProto, dtype: DType, n: u64, cx: &mut ImportCx) -> Result<Storage> {
+fn external_storage(
+    t: &pb::TensorProto,
+    dtype: DType,
+    n: u64,
+    cx: &mut ImportCx,
+) -> Result<Storage> {
     let name = t.name.as_str();
     let err = |reason: String| Error::ExternalData { name: name.into(), reason };
     let mut location = None;
@@ -137,24 +168,33 @@ fn external_storage(t: &pb::TensorProto, dtype: DType, n: u64, cx: &mut ImportCx
     for kv in &t.external_data {
         match kv.key.as_str() {
             "location" => location = Some(kv.value.clone()),
-            "offset" => offset = kv.value.parse().map_err(|_| err(format!("bad offset '{}'", kv.value)))?,
-            "length" => length = Some(kv.value.parse().map_err(|_| err(format!("bad length '{}'", kv.value)))?),
+            "offset" => {
+                offset = kv.value.parse().map_err(|_| err(format!("bad offset '{}'", kv.value)))?
+            }
+            "length" => {
+                length =
+                    Some(kv.value.parse().map_err(|_| err(format!("bad length '{}'", kv.value)))?)
+            }
             _ => {}
         }
     }
     let location = location.ok_or_else(|| err("no location".into()))?;
-    let base = cx
-        .base_dir
-        .clone()
-        .ok_or_else(|| err("the model was not loaded from a file, so its external data cannot be found".into()))?;
+    let base = cx.base_dir.clone().ok_or_else(|| {
+        err("the model was not loaded from a file, so its external data cannot be found".into())
+    })?;
     let path = resolve_external(&base, &location, name)?;
-    let size = dtype.size().ok_or_else(|| err(format!("external data of type {dtype} is not supported")))?;
+    let size = dtype
+        .size()
+        .ok_or_else(|| err(format!("external data of type {dtype} is not supported")))?;
     let need = n.checked_mul(size as u64).ok_or_else(|| err("size overflows".into()))?;
     let map = cx.map(&path, name)?;
     let file_len = map.len() as u64;
     let len = length.unwrap_or_else(|| file_len.saturating_sub(offset));
     if len != need {
-        return Err(err(format!("length {len} disagrees with dims {:?} of {dtype} ({need} bytes)", t.dims)));
+        return Err(err(format!(
+            "length {len} disagrees with dims {:?} of {dtype} ({need} bytes)",
+            t.dims
+        )));
     }
     let end = offset.checked_add(len).ok_or_else(|| err("offset + length overflows".into()))?;
     if end > file_len {
@@ -170,7 +210,11 @@ fn external_storage(t: &pb::TensorProto, dtype: DType, n: u64, cx: &mut ImportCx
 pub enum TensorSink<'a> {
     Inline,
     /// Append to an external data file (returns offset); `location` is written into the proto.
-    External { location: &'a str, buf: &'a mut Vec<u8>, threshold: usize },
+    External {
+        location: &'a str,
+        buf: &'a mut Vec<u8>,
+        threshold: usize,
+    },
 }
 
 /// Convert IR tensor data back into a `TensorProto` named `name`.
@@ -181,7 +225,12 @@ pub fn tensor_to_proto(name: &str, t: &TensorData, sink: &mut TensorSink) -> pb:
             return p;
         }
     }
-    let mut p = pb::TensorProto { name: name.to_string(), data_type: t.dtype.to_onnx(), dims: t.dims.clone(), ..Default::default() };
+    let mut p = pb::TensorProto {
+        name: name.to_string(),
+        data_type: t.dtype.to_onnx(),
+        dims: t.dims.clone(),
+        ..Default::default()
+    };
     match &t.storage {
         Storage::Strings(s) => p.string_data = s.as_ref().clone(),
         _ => {

@@ -28,22 +28,41 @@ pub fn infer(model: &mut Model, pins: &Pins) -> Result<()> {
     let opset = model.opset();
     let g = &mut model.graph;
     for (name, dims) in pins {
-        let id = g.inputs.iter().copied().find(|v| &g.value(*v).name == name).ok_or_else(|| Error::Input {
-            name: name.clone(),
-            reason: format!(
-                "the model has no input of that name (inputs: {})",
-                g.inputs.iter().map(|v| g.value(*v).name.clone()).collect::<Vec<_>>().join(", ")
-            ),
+        let id = g.inputs.iter().copied().find(|v| &g.value(*v).name == name).ok_or_else(|| {
+            Error::Input {
+                name: name.clone(),
+                reason: format!(
+                    "the model has no input of that name (inputs: {})",
+                    g.inputs
+                        .iter()
+                        .map(|v| g.value(*v).name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
         })?;
         let v = g.value_mut(id);
         if let Some(shape) = &v.shape {
             if shape.len() != dims.len() {
-                return Err(Error::Input { name: name.clone(), reason: format!("rank {} given, the model declares rank {}", dims.len(), shape.len()) });
+                return Err(Error::Input {
+                    name: name.clone(),
+                    reason: format!(
+                        "rank {} given, the model declares rank {}",
+                        dims.len(),
+                        shape.len()
+                    ),
+                });
             }
             for (d, p) in shape.iter().zip(dims) {
                 if let Dim::Known(k) = d {
                     if k != p {
-                        return Err(Error::Input { name: name.clone(), reason: format!("dims {dims:?} conflict with the model's {}", fmt_shape(shape)) });
+                        return Err(Error::Input {
+                            name: name.clone(),
+                            reason: format!(
+                                "dims {dims:?} conflict with the model's {}",
+                                fmt_shape(shape)
+                            ),
+                        });
                     }
                 }
             }
@@ -71,7 +90,8 @@ pub fn infer_graph(g: &mut Graph, opset: i64) -> Result<()> {
     };
     for id in order {
         let n = &g.nodes[id];
-        let ins: Vec<Option<Fact>> = n.inputs.iter().map(|v| v.map(|v| fact_of(g, &facts, v))).collect();
+        let ins: Vec<Option<Fact>> =
+            n.inputs.iter().map(|v| v.map(|v| fact_of(g, &facts, v))).collect();
         let outs = ops::infer_node(n, &ins, opset).map_err(|reason| shape_err(g, id, reason))?;
         let outputs = n.outputs.clone();
         for (slot, o) in outputs.iter().enumerate() {
@@ -82,18 +102,40 @@ pub fn infer_graph(g: &mut Graph, opset: i64) -> Result<()> {
             }
             if let Some(s) = &f.shape {
                 // A negative extent can only come from contradictory input: treat it as unknown.
-                let s: Vec<Dim> = s.iter().map(|d| if matches!(d, Dim::Known(k) if *k < 0) { Dim::Unknown } else { d.clone() }).collect();
+                let s: Vec<Dim> = s
+                    .iter()
+                    .map(|d| {
+                        if matches!(d, Dim::Known(k) if *k < 0) {
+                            Dim::Unknown
+                        } else {
+                            d.clone()
+                        }
+                    })
+                    .collect();
                 let s = &s;
                 // Keep the model's symbolic names where inference only knows "unknown".
                 let merged = match &val.shape {
-                    Some(old) if old.len() == s.len() => {
-                        s.iter().zip(old).map(|(new, old)| if *new == Dim::Unknown { old.clone() } else { new.clone() }).collect()
-                    }
+                    Some(old) if old.len() == s.len() => s
+                        .iter()
+                        .zip(old)
+                        .map(
+                            |(new, old)| {
+                                if *new == Dim::Unknown {
+                                    old.clone()
+                                } else {
+                                    new.clone()
+                                }
+                            },
+                        )
+                        .collect(),
                     _ => s.clone(),
                 };
                 val.shape = Some(merged);
             }
-            facts.insert(*o, Fact { dtype: val.dtype, shape: val.shape.clone(), konst: f.konst.clone() });
+            facts.insert(
+                *o,
+                Fact { dtype: val.dtype, shape: val.shape.clone(), konst: f.konst.clone() },
+            );
         }
     }
     Ok(())

@@ -18,7 +18,11 @@ fn known(dims: &[i64]) -> Vec<Dim> {
 }
 
 fn int_const(dims: Vec<i64>, vals: &[i64]) -> Fact {
-    Fact { dtype: DType::I64, shape: Some(known(&dims)), konst: Some(TensorData::from_i64(dims, vals)) }
+    Fact {
+        dtype: DType::I64,
+        shape: Some(known(&dims)),
+        konst: Some(TensorData::from_i64(dims, vals)),
+    }
 }
 
 fn ints_of(f: &Option<Fact>) -> Option<Vec<i64>> {
@@ -46,7 +50,9 @@ pub fn broadcast(shapes: &[&Vec<Dim>]) -> Result<Vec<Dim>, String> {
                 (Dim::Known(1), x) => x.clone(),
                 (x, Dim::Known(1)) => x.clone(),
                 (Dim::Known(a), Dim::Known(b)) if a == b => Dim::Known(*a),
-                (Dim::Known(a), Dim::Known(b)) => return Err(format!("cannot broadcast dims {a} and {b}")),
+                (Dim::Known(a), Dim::Known(b)) => {
+                    return Err(format!("cannot broadcast dims {a} and {b}"))
+                }
                 (Dim::Known(a), _) | (_, Dim::Known(a)) => Dim::Known(*a),
                 (a, b) if a == b => a.clone(),
                 _ => Dim::Unknown,
@@ -98,9 +104,15 @@ pub fn infer_node(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
             Ok(vec![fact(dtype_of(ins, 0), Some(o))])
         }
         Op::Gemm { trans_a, trans_b, .. } => {
-            let (Some(a), Some(b)) = (shape_of(ins, 0), shape_of(ins, 1)) else { return Ok(vec![fact(dtype_of(ins, 0), None)]) };
+            let (Some(a), Some(b)) = (shape_of(ins, 0), shape_of(ins, 1)) else {
+                return Ok(vec![fact(dtype_of(ins, 0), None)]);
+            };
             if a.len() != 2 || b.len() != 2 {
-                return Err(format!("Gemm needs rank-2 inputs, got ranks {} and {}", a.len(), b.len()));
+                return Err(format!(
+                    "Gemm needs rank-2 inputs, got ranks {} and {}",
+                    a.len(),
+                    b.len()
+                ));
             }
             let m = if trans_a.unwrap_or(0) != 0 { a[1].clone() } else { a[0].clone() };
             let nn = if trans_b.unwrap_or(0) != 0 { b[0].clone() } else { b[1].clone() };
@@ -121,17 +133,26 @@ pub fn infer_node(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
                 return Err(format!("axis {} out of range for rank {r}", axis.unwrap_or(1)));
             }
             let a = ax as usize;
-            let prod = |d: &[Dim]| d.iter().try_fold(1i64, |acc, x| x.known().and_then(|k| acc.checked_mul(k))).map(Dim::Known).unwrap_or(Dim::Unknown);
+            let prod = |d: &[Dim]| {
+                d.iter()
+                    .try_fold(1i64, |acc, x| x.known().and_then(|k| acc.checked_mul(k)))
+                    .map(Dim::Known)
+                    .unwrap_or(Dim::Unknown)
+            };
             Ok(vec![fact(dtype_of(ins, 0), Some(vec![prod(&s[..a]), prod(&s[a..])]))])
         }
         Op::Reshape { allowzero } => reshape(ins, allowzero.unwrap_or(0) != 0),
         Op::Transpose { perm } => {
             let Some(s) = shape_of(ins, 0) else { return Ok(vec![fact(dtype_of(ins, 0), None)]) };
-            let perm: Vec<i64> = perm.clone().unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+            let perm: Vec<i64> =
+                perm.clone().unwrap_or_else(|| (0..s.len() as i64).rev().collect());
             if perm.len() != s.len() {
                 return Err(format!("perm {perm:?} does not match rank {}", s.len()));
             }
-            let o = perm.iter().map(|p| norm_axis(*p, s.len()).map(|p| s[p].clone())).collect::<Result<Vec<_>, _>>()?;
+            let o = perm
+                .iter()
+                .map(|p| norm_axis(*p, s.len()).map(|p| s[p].clone()))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(vec![fact(dtype_of(ins, 0), Some(o))])
         }
         Op::Concat { axis } => concat(*axis, ins),
@@ -140,22 +161,36 @@ pub fn infer_node(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
             Ok(vec![fact(dt, shape_of(ins, 0).cloned())])
         }
         Op::DequantizeLinear { .. } => {
-            let dt = in_fact(ins, 1).map(|f| f.dtype).filter(|d| *d != DType::Undefined).unwrap_or(DType::F32);
+            let dt = in_fact(ins, 1)
+                .map(|f| f.dtype)
+                .filter(|d| *d != DType::Undefined)
+                .unwrap_or(DType::F32);
             Ok(vec![fact(dt, shape_of(ins, 0).cloned())])
         }
-        Op::Generic { op_type, .. } if n.domain.is_empty() || n.domain == "ai.onnx" => generic(n, op_type, ins, opset),
+        Op::Generic { op_type, .. } if n.domain.is_empty() || n.domain == "ai.onnx" => {
+            generic(n, op_type, ins, opset)
+        }
         Op::Generic { .. } => Ok(vec![]),
     }
 }
 
 fn binary(b: BinOp, ins: &[Option<Fact>]) -> R {
     let dt = dtype_of(ins, 0);
-    let (Some(a), Some(c)) = (shape_of(ins, 0), shape_of(ins, 1)) else { return Ok(vec![fact(dt, None)]) };
+    let (Some(a), Some(c)) = (shape_of(ins, 0), shape_of(ins, 1)) else {
+        return Ok(vec![fact(dt, None)]);
+    };
     let shape = broadcast(&[a, c])?;
     let mut f = fact(dt, Some(shape.clone()));
     // Integer arithmetic on small constants (shape computations).
-    if let (Some(x), Some(y), Some(dims)) = (ints_of(inp(ins, 0)), ints_of(inp(ins, 1)), static_of(&shape)) {
-        if matches!(dt, DType::I64 | DType::I32) && dims.len() <= 1 && !x.is_empty() && !y.is_empty() && (x.len() == 1 || y.len() == 1 || x.len() == y.len()) {
+    if let (Some(x), Some(y), Some(dims)) =
+        (ints_of(inp(ins, 0)), ints_of(inp(ins, 1)), static_of(&shape))
+    {
+        if matches!(dt, DType::I64 | DType::I32)
+            && dims.len() <= 1
+            && !x.is_empty()
+            && !y.is_empty()
+            && (x.len() == 1 || y.len() == 1 || x.len() == y.len())
+        {
             let len = x.len().max(y.len());
             let get = |v: &Vec<i64>, i: usize| if v.len() == 1 { v[0] } else { v[i] };
             let vals: Option<Vec<i64>> = (0..len)
@@ -165,7 +200,13 @@ fn binary(b: BinOp, ins: &[Option<Fact>]) -> R {
                         BinOp::Add => p.checked_add(q),
                         BinOp::Sub => p.checked_sub(q),
                         BinOp::Mul => p.checked_mul(q),
-                        BinOp::Div => if q == 0 { None } else { Some(p.div_euclid(q)) },
+                        BinOp::Div => {
+                            if q == 0 {
+                                None
+                            } else {
+                                Some(p.div_euclid(q))
+                            }
+                        }
                         BinOp::Pow => None,
                     }
                 })
@@ -182,7 +223,15 @@ fn binary(b: BinOp, ins: &[Option<Fact>]) -> R {
     Ok(vec![f])
 }
 
-fn conv_out(input: &Dim, k: i64, stride: i64, dil: i64, (pad_begin, pad): (i64, i64), auto: &str, ceil: bool) -> Dim {
+fn conv_out(
+    input: &Dim,
+    k: i64,
+    stride: i64,
+    dil: i64,
+    (pad_begin, pad): (i64, i64),
+    auto: &str,
+    ceil: bool,
+) -> Dim {
     let Some(i) = input.known() else { return Dim::Unknown };
     let ek = k.saturating_sub(1).saturating_mul(dil).saturating_add(1);
     match auto {
@@ -193,7 +242,8 @@ fn conv_out(input: &Dim, k: i64, stride: i64, dil: i64, (pad_begin, pad): (i64, 
             if num < 0 {
                 return Dim::Known(0);
             }
-            let mut o = if ceil { num.saturating_add(stride - 1) / stride + 1 } else { num / stride + 1 };
+            let mut o =
+                if ceil { num.saturating_add(stride - 1) / stride + 1 } else { num / stride + 1 };
             // ONNX: the last window must start inside the (left-)padded input.
             if ceil && (o - 1).saturating_mul(stride) >= i.saturating_add(pad_begin) {
                 o -= 1;
@@ -228,7 +278,9 @@ fn spatial(window: &crate::ir::Window, x: &[Dim], kernel: &[i64], ceil: bool) ->
 
 fn conv(window: &crate::ir::Window, ins: &[Option<Fact>]) -> R {
     let dt = dtype_of(ins, 0);
-    let (Some(x), Some(w)) = (shape_of(ins, 0), shape_of(ins, 1)) else { return Ok(vec![fact(dt, None)]) };
+    let (Some(x), Some(w)) = (shape_of(ins, 0), shape_of(ins, 1)) else {
+        return Ok(vec![fact(dt, None)]);
+    };
     if x.len() != w.len() || x.len() < 3 {
         return Err(format!("input rank {} and weight rank {} do not match", x.len(), w.len()));
     }
@@ -247,7 +299,9 @@ fn conv(window: &crate::ir::Window, ins: &[Option<Fact>]) -> R {
 fn pool(window: &crate::ir::Window, ceil: bool, ins: &[Option<Fact>]) -> R {
     let dt = dtype_of(ins, 0);
     let Some(x) = shape_of(ins, 0) else { return Ok(vec![fact(dt, None)]) };
-    let Some(kernel) = window.kernel_shape.clone() else { return Err("missing kernel_shape".into()) };
+    let Some(kernel) = window.kernel_shape.clone() else {
+        return Err("missing kernel_shape".into());
+    };
     if x.len() != kernel.len() + 2 {
         return Err(format!("kernel_shape {kernel:?} does not match input rank {}", x.len()));
     }
@@ -258,7 +312,9 @@ fn pool(window: &crate::ir::Window, ceil: bool, ins: &[Option<Fact>]) -> R {
 
 fn matmul(ins: &[Option<Fact>]) -> R {
     let dt = dtype_of(ins, 0);
-    let (Some(a), Some(b)) = (shape_of(ins, 0), shape_of(ins, 1)) else { return Ok(vec![fact(dt, None)]) };
+    let (Some(a), Some(b)) = (shape_of(ins, 0), shape_of(ins, 1)) else {
+        return Ok(vec![fact(dt, None)]);
+    };
     if a.is_empty() || b.is_empty() {
         return Err("MatMul of a scalar".into());
     }
@@ -301,7 +357,11 @@ fn reshape(ins: &[Option<Fact>], allowzero: bool) -> R {
         });
     }
     if let (Some(at), Some(total)) = (infer_at, total) {
-        let rest: Option<i64> = out.iter().enumerate().filter(|(i, _)| *i != at).try_fold(1i64, |acc, (_, d)| d.known().and_then(|k| acc.checked_mul(k)));
+        let rest: Option<i64> = out
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .try_fold(1i64, |acc, (_, d)| d.known().and_then(|k| acc.checked_mul(k)));
         if let Some(rest) = rest {
             if rest > 0 && (total as i64) >= 0 {
                 out[at] = Dim::Known(total as i64 / rest);
@@ -309,7 +369,8 @@ fn reshape(ins: &[Option<Fact>], allowzero: bool) -> R {
         }
     }
     let mut f = fact(dt, Some(out.clone()));
-    if let (Some(k), Some(dims)) = (in_fact(ins, 0).and_then(|f| f.konst.clone()), static_of(&out)) {
+    if let (Some(k), Some(dims)) = (in_fact(ins, 0).and_then(|f| f.konst.clone()), static_of(&out))
+    {
         if k.len() <= MAX_SIDE_CONST {
             f.konst = Some(TensorData { dims, ..k });
         }
@@ -318,8 +379,14 @@ fn reshape(ins: &[Option<Fact>], allowzero: bool) -> R {
 }
 
 fn concat(axis: i64, ins: &[Option<Fact>]) -> R {
-    let dt = ins.iter().flatten().map(|f| f.dtype).find(|d| *d != DType::Undefined).unwrap_or(DType::Undefined);
-    let shapes: Option<Vec<&Vec<Dim>>> = ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
+    let dt = ins
+        .iter()
+        .flatten()
+        .map(|f| f.dtype)
+        .find(|d| *d != DType::Undefined)
+        .unwrap_or(DType::Undefined);
+    let shapes: Option<Vec<&Vec<Dim>>> =
+        ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
     let Some(shapes) = shapes else { return Ok(vec![fact(dt, None)]) };
     let Some(first) = shapes.first() else { return Err("no inputs".into()) };
     let a = norm_axis(axis, first.len())?;
@@ -334,7 +401,8 @@ fn concat(axis: i64, ins: &[Option<Fact>]) -> R {
     out[a] = sum.map(Dim::Known).unwrap_or(Dim::Unknown);
     let mut f = fact(dt, Some(out.clone()));
     if dt == DType::I64 && out.len() == 1 {
-        let vals: Option<Vec<i64>> = ins.iter().map(ints_of).collect::<Option<Vec<_>>>().map(|v| v.concat());
+        let vals: Option<Vec<i64>> =
+            ins.iter().map(ints_of).collect::<Option<Vec<_>>>().map(|v| v.concat());
         if let Some(vals) = vals {
             f = int_const(vec![vals.len() as i64], &vals);
         }
@@ -349,28 +417,75 @@ fn axes_arg(n: &Node, ins: &[Option<Fact>], input: usize) -> Option<Vec<i64>> {
 fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
     let dt0 = dtype_of(ins, 0);
     match op {
-        "Abs" | "Neg" | "Exp" | "Log" | "Sqrt" | "Erf" | "Reciprocal" | "Floor" | "Ceil" | "Round" | "Sin" | "Cos"
-        | "Elu" | "Selu" | "Softplus" | "Softsign" | "Gelu" | "Mish" | "PRelu" | "ThresholdedRelu" | "Celu"
-        | "LogSoftmax" | "Hardmax" | "LRN" | "InstanceNormalization" | "MeanVarianceNormalization" | "Not" => same_as_input(ins),
-        "Dropout" => Ok(vec![fact(dt0, shape_of(ins, 0).cloned()), fact(DType::Bool, shape_of(ins, 0).cloned())]),
+        "Abs"
+        | "Neg"
+        | "Exp"
+        | "Log"
+        | "Sqrt"
+        | "Erf"
+        | "Reciprocal"
+        | "Floor"
+        | "Ceil"
+        | "Round"
+        | "Sin"
+        | "Cos"
+        | "Elu"
+        | "Selu"
+        | "Softplus"
+        | "Softsign"
+        | "Gelu"
+        | "Mish"
+        | "PRelu"
+        | "ThresholdedRelu"
+        | "Celu"
+        | "LogSoftmax"
+        | "Hardmax"
+        | "LRN"
+        | "InstanceNormalization"
+        | "MeanVarianceNormalization"
+        | "Not" => same_as_input(ins),
+        "Dropout" => Ok(vec![
+            fact(dt0, shape_of(ins, 0).cloned()),
+            fact(DType::Bool, shape_of(ins, 0).cloned()),
+        ]),
         "LayerNormalization" => {
             let s = shape_of(ins, 0).cloned();
             Ok(vec![fact(dt0, s), fact(DType::F32, None), fact(DType::F32, None)])
         }
-        "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" => {
-            let shapes: Option<Vec<&Vec<Dim>>> = ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
-            let dt = if matches!(op, "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor") { DType::Bool } else { dt0 };
+        "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less" | "Greater" | "LessOrEqual"
+        | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" => {
+            let shapes: Option<Vec<&Vec<Dim>>> =
+                ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
+            let dt = if matches!(
+                op,
+                "Equal"
+                    | "Less"
+                    | "Greater"
+                    | "LessOrEqual"
+                    | "GreaterOrEqual"
+                    | "And"
+                    | "Or"
+                    | "Xor"
+            ) {
+                DType::Bool
+            } else {
+                dt0
+            };
             Ok(vec![fact(dt, shapes.map(|s| broadcast(&s)).transpose()?)])
         }
         "Where" => {
-            let shapes: Option<Vec<&Vec<Dim>>> = ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
+            let shapes: Option<Vec<&Vec<Dim>>> =
+                ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
             Ok(vec![fact(dtype_of(ins, 1), shapes.map(|s| broadcast(&s)).transpose()?)])
         }
         "Cast" => {
-            let to = n.op.attr_int("to").map(|t| DType::from_onnx(t as i32)).unwrap_or(DType::Undefined);
+            let to =
+                n.op.attr_int("to").map(|t| DType::from_onnx(t as i32)).unwrap_or(DType::Undefined);
             let mut f = fact(to, shape_of(ins, 0).cloned());
             if matches!(to, DType::I64) {
-                if let (Some(v), Some(s)) = (ints_of(inp(ins, 0)), shape_of(ins, 0).and_then(|s| static_of(s))) {
+                if let (Some(v), Some(s)) =
+                    (ints_of(inp(ins, 0)), shape_of(ins, 0).and_then(|s| static_of(s)))
+                {
                     f = int_const(s, &v);
                 }
             }
@@ -392,17 +507,24 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
                 return Ok(vec![int_const(vec![v.len() as i64], &v)]);
             }
             if let Some(v) = n.op.attr_float("value_float") {
-                return Ok(vec![Fact { dtype: DType::F32, shape: Some(vec![]), konst: Some(TensorData::from_f32(vec![], &[v])) }]);
+                return Ok(vec![Fact {
+                    dtype: DType::F32,
+                    shape: Some(vec![]),
+                    konst: Some(TensorData::from_f32(vec![], &[v])),
+                }]);
             }
             Ok(vec![])
         }
         "Shape" => {
-            let Some(s) = shape_of(ins, 0) else { return Ok(vec![fact(DType::I64, Some(vec![Dim::Unknown]))]) };
+            let Some(s) = shape_of(ins, 0) else {
+                return Ok(vec![fact(DType::I64, Some(vec![Dim::Unknown]))]);
+            };
             let r = s.len() as i64;
             let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r);
             let start = clamp(n.op.attr_int("start").unwrap_or(0));
             let end = clamp(n.op.attr_int("end").unwrap_or(r));
-            let sel: Vec<Dim> = if start < end { s[start as usize..end as usize].to_vec() } else { vec![] };
+            let sel: Vec<Dim> =
+                if start < end { s[start as usize..end as usize].to_vec() } else { vec![] };
             match static_of(&sel) {
                 Some(v) => Ok(vec![int_const(vec![v.len() as i64], &v)]),
                 None => Ok(vec![fact(DType::I64, Some(vec![Dim::Known(sel.len() as i64)]))]),
@@ -410,16 +532,26 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
         }
         "Size" => Ok(vec![fact(DType::I64, Some(vec![]))]),
         "Gather" => {
-            let (Some(x), Some(idx)) = (shape_of(ins, 0), shape_of(ins, 1)) else { return Ok(vec![fact(dt0, None)]) };
+            let (Some(x), Some(idx)) = (shape_of(ins, 0), shape_of(ins, 1)) else {
+                return Ok(vec![fact(dt0, None)]);
+            };
             let a = norm_axis(n.op.attr_int("axis").unwrap_or(0), x.len())?;
             let mut out: Vec<Dim> = x[..a].to_vec();
             out.extend(idx.iter().cloned());
             out.extend(x[a + 1..].iter().cloned());
             let mut f = fact(dt0, Some(out.clone()));
-            if let (Some(data), Some(ix), Some(dims)) = (ints_of(inp(ins, 0)), ints_of(inp(ins, 1)), static_of(&out)) {
+            if let (Some(data), Some(ix), Some(dims)) =
+                (ints_of(inp(ins, 0)), ints_of(inp(ins, 1)), static_of(&out))
+            {
                 if x.len() == 1 {
                     let len = data.len() as i64;
-                    let vals: Option<Vec<i64>> = ix.iter().map(|&i| { let i = if i < 0 { i + len } else { i }; data.get(i as usize).copied() }).collect();
+                    let vals: Option<Vec<i64>> = ix
+                        .iter()
+                        .map(|&i| {
+                            let i = if i < 0 { i + len } else { i };
+                            data.get(i as usize).copied()
+                        })
+                        .collect();
                     if let Some(vals) = vals {
                         f = int_const(dims, &vals);
                         f.dtype = dt0;
@@ -432,7 +564,8 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             let Some(x) = shape_of(ins, 0) else { return Ok(vec![fact(dt0, None)]) };
             let Some(axes) = axes_arg(n, ins, 1) else { return Ok(vec![fact(dt0, None)]) };
             let r = x.len() + axes.len();
-            let mut axes: Vec<usize> = axes.iter().map(|a| norm_axis(*a, r)).collect::<Result<_, _>>()?;
+            let mut axes: Vec<usize> =
+                axes.iter().map(|a| norm_axis(*a, r)).collect::<Result<_, _>>()?;
             axes.sort();
             let mut out = x.clone();
             for a in axes {
@@ -453,11 +586,20 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             let axes = axes_arg(n, ins, 1);
             let out: Vec<Dim> = match axes {
                 Some(axes) => {
-                    let axes: Vec<usize> = axes.iter().map(|a| norm_axis(*a, x.len())).collect::<Result<_, _>>()?;
-                    x.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()
+                    let axes: Vec<usize> =
+                        axes.iter().map(|a| norm_axis(*a, x.len())).collect::<Result<_, _>>()?;
+                    x.iter()
+                        .enumerate()
+                        .filter(|(i, _)| !axes.contains(i))
+                        .map(|(_, d)| d.clone())
+                        .collect()
                 }
-                None if ins.get(1).map(|f| f.is_some()).unwrap_or(false) => return Ok(vec![fact(dt0, None)]),
-                None if x.iter().all(|d| d.known().is_some()) => x.iter().filter(|d| d.known() != Some(1)).cloned().collect(),
+                None if ins.get(1).map(|f| f.is_some()).unwrap_or(false) => {
+                    return Ok(vec![fact(dt0, None)])
+                }
+                None if x.iter().all(|d| d.known().is_some()) => {
+                    x.iter().filter(|d| d.known() != Some(1)).cloned().collect()
+                }
                 None => return Ok(vec![fact(dt0, None)]),
             };
             let mut f = fact(dt0, Some(out.clone()));
@@ -468,7 +610,8 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             Ok(vec![f])
         }
         "Expand" => {
-            let (Some(x), Some(t)) = (shape_of(ins, 0), ints_of(&ins.get(1).cloned().flatten())) else {
+            let (Some(x), Some(t)) = (shape_of(ins, 0), ints_of(&ins.get(1).cloned().flatten()))
+            else {
                 return Ok(vec![fact(dt0, None)]);
             };
             Ok(vec![fact(dt0, Some(broadcast(&[x, &known(&t)])?))])
@@ -481,7 +624,9 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             match ints_of(&ins.first().cloned().flatten()) {
                 Some(dims) => {
                     let mut f = fact(dt, Some(known(&dims)));
-                    if let (Some(AttrValue::Tensor(t)), Some(cnt)) = (n.op.attr("value"), element_count(&dims)) {
+                    if let (Some(AttrValue::Tensor(t)), Some(cnt)) =
+                        (n.op.attr("value"), element_count(&dims))
+                    {
                         if dt == DType::I64 && cnt <= MAX_SIDE_CONST {
                             if let Some(v) = t.to_i64_vec().and_then(|v| v.first().copied()) {
                                 f = int_const(dims.clone(), &vec![v; cnt as usize]);
@@ -502,14 +647,26 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
                 (Some(s), _) => s.into_iter().map(Dim::Known).collect(),
                 (None, Some(len)) if nout > 0 => {
                     let chunk = len.saturating_add(nout - 1) / nout;
-                    (0..nout).map(|i| Dim::Known(len.saturating_sub(i.saturating_mul(chunk)).clamp(0, chunk))).collect()
+                    (0..nout)
+                        .map(|i| {
+                            Dim::Known(len.saturating_sub(i.saturating_mul(chunk)).clamp(0, chunk))
+                        })
+                        .collect()
                 }
                 _ => vec![Dim::Unknown; nout as usize],
             };
-            Ok(sizes.into_iter().map(|d| { let mut s = x.clone(); s[a] = d; fact(dt0, Some(s)) }).collect())
+            Ok(sizes
+                .into_iter()
+                .map(|d| {
+                    let mut s = x.clone();
+                    s[a] = d;
+                    fact(dt0, Some(s))
+                })
+                .collect())
         }
         "Slice" => slice(n, ins, opset),
-        "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceSum" | "ReduceProd" | "ReduceL2" | "ReduceL1" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
+        "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceSum" | "ReduceProd" | "ReduceL2"
+        | "ReduceL1" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
             let Some(x) = shape_of(ins, 0) else { return Ok(vec![fact(dt0, None)]) };
             let keep = n.op.attr_int("keepdims").unwrap_or(1) != 0;
             let arg = op.starts_with("Arg");
@@ -522,24 +679,50 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             };
             let has_axes_input = ins.get(1).map(|f| f.is_some()).unwrap_or(false);
             let axes: Vec<usize> = match axes {
-                Some(a) if !a.is_empty() => a.iter().map(|a| norm_axis(*a, x.len())).collect::<Result<_, _>>()?,
-                Some(_) | None if has_axes_input && axes_arg(n, ins, 1).is_none() => return Ok(vec![fact(dt0, None)]),
-                _ if n.op.attr_int("noop_with_empty_axes").unwrap_or(0) != 0 => return same_as_input(ins),
+                Some(a) if !a.is_empty() => {
+                    a.iter().map(|a| norm_axis(*a, x.len())).collect::<Result<_, _>>()?
+                }
+                Some(_) | None if has_axes_input && axes_arg(n, ins, 1).is_none() => {
+                    return Ok(vec![fact(dt0, None)])
+                }
+                _ if n.op.attr_int("noop_with_empty_axes").unwrap_or(0) != 0 => {
+                    return same_as_input(ins)
+                }
                 _ => (0..x.len()).collect(),
             };
-            let out: Vec<Dim> = x.iter().enumerate().filter_map(|(i, d)| if axes.contains(&i) { keep.then_some(Dim::Known(1)) } else { Some(d.clone()) }).collect();
+            let out: Vec<Dim> = x
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| {
+                    if axes.contains(&i) {
+                        keep.then_some(Dim::Known(1))
+                    } else {
+                        Some(d.clone())
+                    }
+                })
+                .collect();
             Ok(vec![fact(if arg { DType::I64 } else { dt0 }, Some(out))])
         }
         "LSTM" | "GRU" | "RNN" => {
-            let (Some(x), Some(w)) = (shape_of(ins, 0), shape_of(ins, 1)) else { return Ok(vec![]) };
+            let (Some(x), Some(w)) = (shape_of(ins, 0), shape_of(ins, 1)) else {
+                return Ok(vec![]);
+            };
             if x.len() != 3 {
                 return Err(format!("input of rank {} (expected 3)", x.len()));
             }
             let hidden = n.op.attr_int("hidden_size").map(Dim::Known).unwrap_or(Dim::Unknown);
             let dirs = w.first().cloned().unwrap_or(Dim::Unknown);
             let batch_first = n.op.attr_int("layout").unwrap_or(0) == 1;
-            let (seq, batch) = if batch_first { (x[1].clone(), x[0].clone()) } else { (x[0].clone(), x[1].clone()) };
-            let y = if batch_first { vec![batch.clone(), seq, dirs.clone(), hidden.clone()] } else { vec![seq, dirs.clone(), batch.clone(), hidden.clone()] };
+            let (seq, batch) = if batch_first {
+                (x[1].clone(), x[0].clone())
+            } else {
+                (x[0].clone(), x[1].clone())
+            };
+            let y = if batch_first {
+                vec![batch.clone(), seq, dirs.clone(), hidden.clone()]
+            } else {
+                vec![seq, dirs.clone(), batch.clone(), hidden.clone()]
+            };
             let h = if batch_first { vec![batch, dirs, hidden] } else { vec![dirs, batch, hidden] };
             Ok(vec![fact(dt0, Some(y)), fact(dt0, Some(h.clone())), fact(dt0, Some(h))])
         }
@@ -551,10 +734,19 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
 fn slice(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
     let dt = dtype_of(ins, 0);
     let Some(x) = shape_of(ins, 0) else { return Ok(vec![fact(dt, None)]) };
-    let get = |i: usize, attr: &str| if opset >= 10 { ints_of(&ins.get(i).cloned().flatten()) } else { n.op.attr_ints(attr) };
-    let (Some(starts), Some(ends)) = (get(1, "starts"), get(2, "ends")) else { return Ok(vec![fact(dt, Some(vec![Dim::Unknown; x.len()]))]) };
+    let get = |i: usize, attr: &str| {
+        if opset >= 10 {
+            ints_of(&ins.get(i).cloned().flatten())
+        } else {
+            n.op.attr_ints(attr)
+        }
+    };
+    let (Some(starts), Some(ends)) = (get(1, "starts"), get(2, "ends")) else {
+        return Ok(vec![fact(dt, Some(vec![Dim::Unknown; x.len()]))]);
+    };
     let axes = get(3, "axes").unwrap_or_else(|| (0..starts.len() as i64).collect());
-    let steps = if opset >= 10 { ints_of(&ins.get(4).cloned().flatten()) } else { None }.unwrap_or_else(|| vec![1; starts.len()]);
+    let steps = if opset >= 10 { ints_of(&ins.get(4).cloned().flatten()) } else { None }
+        .unwrap_or_else(|| vec![1; starts.len()]);
     if starts.len() != ends.len() || axes.len() != starts.len() || steps.len() != starts.len() {
         return Err("starts/ends/axes/steps lengths differ".into());
     }
@@ -566,14 +758,28 @@ fn slice(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
         if step == 0 {
             return Err("step 0".into());
         }
-        let Some(len) = x[a].known().filter(|l| *l >= 0) else { out[a] = Dim::Unknown; continue };
+        let Some(len) = x[a].known().filter(|l| *l >= 0) else {
+            out[a] = Dim::Unknown;
+            continue;
+        };
         if len == 0 {
             out[a] = Dim::Known(0);
             continue;
         }
-        let clampi = |v: i64, lo: i64, hi: i64| { let v = if v < 0 { v + len } else { v }; v.clamp(lo, hi) };
-        let (s, e) = if step > 0 { (clampi(starts[i], 0, len), clampi(ends[i], 0, len)) } else { (clampi(starts[i], 0, len - 1), clampi(ends[i], -1, len - 1)) };
-        let cnt = if step > 0 { ((e - s).max(0) + step - 1) / step } else { ((s - e).max(0) + (-step) - 1) / (-step) };
+        let clampi = |v: i64, lo: i64, hi: i64| {
+            let v = if v < 0 { v + len } else { v };
+            v.clamp(lo, hi)
+        };
+        let (s, e) = if step > 0 {
+            (clampi(starts[i], 0, len), clampi(ends[i], 0, len))
+        } else {
+            (clampi(starts[i], 0, len - 1), clampi(ends[i], -1, len - 1))
+        };
+        let cnt = if step > 0 {
+            ((e - s).max(0) + step - 1) / step
+        } else {
+            ((s - e).max(0) + (-step) - 1) / (-step)
+        };
         out[a] = Dim::Known(cnt);
         if a == 0 {
             ranges.push((s, step, cnt));
@@ -583,7 +789,8 @@ fn slice(n: &Node, ins: &[Option<Fact>], opset: i64) -> R {
     if x.len() == 1 && ranges.len() == 1 {
         if let Some(v) = ints_of(inp(ins, 0)) {
             let (s, step, cnt) = ranges[0];
-            let vals: Vec<i64> = (0..cnt).filter_map(|k| v.get((s + k * step) as usize).copied()).collect();
+            let vals: Vec<i64> =
+                (0..cnt).filter_map(|k| v.get((s + k * step) as usize).copied()).collect();
             if vals.len() as i64 == cnt {
                 f = int_const(vec![cnt], &vals);
                 f.dtype = dt;

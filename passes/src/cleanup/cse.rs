@@ -27,7 +27,9 @@ fn tensor_key(t: &kiln_compiler::ir::TensorData) -> Option<(i32, Vec<i64>, u64, 
 fn attr_key(v: &AttrValue) -> Option<String> {
     Some(match v {
         AttrValue::Tensor(t) => format!("{:?}", tensor_key(t)?),
-        AttrValue::Tensors(ts) => ts.iter().map(tensor_key).collect::<Option<Vec<_>>>().map(|k| format!("{k:?}"))?,
+        AttrValue::Tensors(ts) => {
+            ts.iter().map(tensor_key).collect::<Option<Vec<_>>>().map(|k| format!("{k:?}"))?
+        }
         AttrValue::Graph(_) | AttrValue::Graphs(_) | AttrValue::Opaque(_) => return None,
         other => format!("{other:?}"),
     })
@@ -46,7 +48,13 @@ fn dedupe_constants(g: &mut Graph) -> bool {
         let Some(d) = g.value(v).data.as_ref() else { continue };
         let Some(k) = tensor_key(d) else { continue };
         match seen.get(&k) {
-            Some(&first) if g.value(first).data.as_ref().map(|f| f.bytes() == d.bytes()).unwrap_or(false) => {
+            Some(&first)
+                if g.value(first)
+                    .data
+                    .as_ref()
+                    .map(|f| f.bytes() == d.bytes())
+                    .unwrap_or(false) =>
+            {
                 g.replace_uses(v, first);
                 changed = true;
             }
@@ -59,7 +67,14 @@ fn dedupe_constants(g: &mut Graph) -> bool {
     changed
 }
 
-const NEVER: &[&str] = &["RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"];
+const NEVER: &[&str] = &[
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+];
 
 impl Pass for Cse {
     fn name(&self) -> &'static str {
@@ -72,17 +87,34 @@ impl Pass for Cse {
         let mut seen: HashMap<String, NodeId> = HashMap::new();
         for id in g.topo_order()? {
             let n = &g.nodes[id];
-            if !is_onnx_domain(&n.domain) || NEVER.contains(&n.op.op_type()) || !n.op.subgraphs().is_empty() || !n.captures.is_empty() {
+            if !is_onnx_domain(&n.domain)
+                || NEVER.contains(&n.op.op_type())
+                || !n.op.subgraphs().is_empty()
+                || !n.captures.is_empty()
+            {
                 continue;
             }
-            let attrs: Option<Vec<String>> = n.op.attributes().iter().map(|a| attr_key(&a.value).map(|k| format!("{}={k}", a.name))).collect();
+            let attrs: Option<Vec<String>> =
+                n.op.attributes()
+                    .iter()
+                    .map(|a| attr_key(&a.value).map(|k| format!("{}={k}", a.name)))
+                    .collect();
             let Some(attrs) = attrs else { continue };
-            let key = format!("{}|{}|{:?}|{:?}|{}", n.op.op_type(), n.domain, attrs, n.inputs, n.outputs.len());
+            let key = format!(
+                "{}|{}|{:?}|{:?}|{}",
+                n.op.op_type(),
+                n.domain,
+                attrs,
+                n.inputs,
+                n.outputs.len()
+            );
             match seen.get(&key) {
                 Some(&first) => {
                     let outs = n.outputs.clone();
                     let firsts = g.nodes[first].outputs.clone();
-                    if outs.iter().flatten().any(|o| g.is_output(*o)) || outs.iter().zip(&firsts).any(|(a, b)| a.is_some() && b.is_none()) {
+                    if outs.iter().flatten().any(|o| g.is_output(*o))
+                        || outs.iter().zip(&firsts).any(|(a, b)| a.is_some() && b.is_none())
+                    {
                         continue;
                     }
                     g.remove_node(id);

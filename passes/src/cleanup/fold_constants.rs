@@ -21,8 +21,20 @@ use crate::util::is_onnx_domain;
 pub struct FoldConstants;
 
 const NEVER_FOLD: &[&str] = &[
-    "DequantizeLinear", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-    "Bernoulli", "If", "Loop", "Scan", "Constant", "SequenceConstruct", "SequenceEmpty", "Optional",
+    "DequantizeLinear",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "Constant",
+    "SequenceConstruct",
+    "SequenceEmpty",
+    "Optional",
 ];
 const GROW_LIMIT: usize = 1 << 20;
 
@@ -117,7 +129,11 @@ fn fold_shapes(g: &mut Graph) -> Result<bool> {
 
 fn foldable(g: &Graph, id: NodeId, constant: &HashSet<ValueId>) -> bool {
     let n = &g.nodes[id];
-    if !is_onnx_domain(&n.domain) || NEVER_FOLD.contains(&n.op.op_type()) || !n.captures.is_empty() || !n.op.subgraphs().is_empty() {
+    if !is_onnx_domain(&n.domain)
+        || NEVER_FOLD.contains(&n.op.op_type())
+        || !n.captures.is_empty()
+        || !n.op.subgraphs().is_empty()
+    {
         return false;
     }
     if n.inputs.iter().flatten().next().is_none() {
@@ -131,7 +147,8 @@ fn foldable(g: &Graph, id: NodeId, constant: &HashSet<ValueId>) -> bool {
 
 fn fold_evaluable(model: &mut Model) -> Result<bool> {
     let g = &model.graph;
-    let mut constant: HashSet<ValueId> = (0..g.values.len() as u32).map(ValueId).filter(|v| g.const_data(*v).is_some()).collect();
+    let mut constant: HashSet<ValueId> =
+        (0..g.values.len() as u32).map(ValueId).filter(|v| g.const_data(*v).is_some()).collect();
     let mut batch = Vec::new();
     for id in g.topo_order()? {
         if foldable(g, id, &constant) {
@@ -149,7 +166,11 @@ fn fold_evaluable(model: &mut Model) -> Result<bool> {
             // keep only folds whose inputs are still constant.
             let mut out = Vec::new();
             for id in &batch {
-                let ready = model.graph.nodes[*id].inputs.iter().flatten().all(|v| model.graph.const_data(*v).is_some());
+                let ready = model.graph.nodes[*id]
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .all(|v| model.graph.const_data(*v).is_some());
                 if !ready {
                     continue;
                 }
@@ -169,7 +190,13 @@ type Folded = Vec<(NodeId, Vec<(ValueId, TensorData)>)>;
 
 fn apply(g: &mut Graph, results: &Folded) {
     for (id, outs) in results {
-        let in_bytes: usize = g.nodes[*id].inputs.iter().flatten().filter_map(|v| g.const_data(*v)).map(|d| d.byte_len()).sum();
+        let in_bytes: usize = g.nodes[*id]
+            .inputs
+            .iter()
+            .flatten()
+            .filter_map(|v| g.const_data(*v))
+            .map(|d| d.byte_len())
+            .sum();
         let out_bytes: usize = outs.iter().map(|(_, d)| d.byte_len()).sum();
         if out_bytes > in_bytes + GROW_LIMIT {
             continue;
@@ -206,8 +233,16 @@ fn evaluate(model: &Model, nodes: &[NodeId]) -> Result<Folded> {
     for id in nodes {
         let n = &g.nodes[*id];
         let mut nn = n.clone();
-        nn.inputs = n.inputs.iter().map(|v| v.map(|v| get(&mut sub, v)).transpose()).collect::<Result<_>>()?;
-        nn.outputs = n.outputs.iter().map(|v| v.map(|v| get(&mut sub, v)).transpose()).collect::<Result<_>>()?;
+        nn.inputs = n
+            .inputs
+            .iter()
+            .map(|v| v.map(|v| get(&mut sub, v)).transpose())
+            .collect::<Result<_>>()?;
+        nn.outputs = n
+            .outputs
+            .iter()
+            .map(|v| v.map(|v| get(&mut sub, v)).transpose())
+            .collect::<Result<_>>()?;
         for (o, so) in n.outputs.iter().zip(&nn.outputs) {
             if let (Some(o), Some(so)) = (o, so) {
                 outputs.push((*id, *o, *so));
@@ -217,13 +252,26 @@ fn evaluate(model: &Model, nodes: &[NodeId]) -> Result<Folded> {
     }
     sub.rebuild_edges();
     sub.outputs = outputs.iter().map(|(_, _, so)| *so).collect();
-    let m = Model { ir_version: model.ir_version, opset_imports: model.opset_imports.clone(), graph: sub, ..Default::default() };
+    let m = Model {
+        ir_version: model.ir_version,
+        opset_imports: model.opset_imports.clone(),
+        graph: sub,
+        ..Default::default()
+    };
     let ev = Evaluator::new(&m, &[])?;
     let vals = ev.run(&[])?;
     let mut res: Folded = Vec::new();
     for ((id, o, _), (_, t)) in outputs.iter().zip(vals) {
         if g.value(*o).dtype != DType::Undefined && g.value(*o).dtype != t.dtype {
-            return Err(kiln_compiler::Error::Pass { pass: "fold_constants".into(), reason: format!("'{}' evaluated to {} but is declared {}", g.value(*o).name, t.dtype, g.value(*o).dtype) });
+            return Err(kiln_compiler::Error::Pass {
+                pass: "fold_constants".into(),
+                reason: format!(
+                    "'{}' evaluated to {} but is declared {}",
+                    g.value(*o).name,
+                    t.dtype,
+                    g.value(*o).dtype
+                ),
+            });
         }
         match res.last_mut() {
             Some((last, v)) if last == id => v.push((*o, t)),

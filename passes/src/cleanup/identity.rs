@@ -33,15 +33,25 @@ impl Pass for RemoveIdentity {
             let passthrough = match &n.op {
                 Op::Identity => true,
                 Op::Generic { op_type, .. } if op_type == "Dropout" => {
-                    let mask_unused = n.output(1).map(|m| g.consumers(m).is_empty() && !g.is_output(m)).unwrap_or(true);
-                    let training = n.input(2).and_then(|t| g.const_data(t)).and_then(|d| d.to_i64_vec()).map(|v| v.first() == Some(&1));
+                    let mask_unused = n
+                        .output(1)
+                        .map(|m| g.consumers(m).is_empty() && !g.is_output(m))
+                        .unwrap_or(true);
+                    let training = n
+                        .input(2)
+                        .and_then(|t| g.const_data(t))
+                        .and_then(|d| d.to_i64_vec())
+                        .map(|v| v.first() == Some(&1));
                     mask_unused && (n.inputs.len() <= 2 || training == Some(false))
                 }
                 Op::Generic { op_type, .. } if op_type == "Cast" => {
-                    n.op.attr_int("to").map(|t| t as i32) == Some(g.value(x).dtype.to_onnx()) && g.value(x).dtype == g.value(y).dtype
+                    n.op.attr_int("to").map(|t| t as i32) == Some(g.value(x).dtype.to_onnx())
+                        && g.value(x).dtype == g.value(y).dtype
                 }
                 Op::Reshape { .. } | Op::Flatten { .. } => same_shape(),
-                Op::Generic { op_type, .. } if op_type == "Squeeze" || op_type == "Unsqueeze" => same_shape(),
+                Op::Generic { op_type, .. } if op_type == "Squeeze" || op_type == "Unsqueeze" => {
+                    same_shape()
+                }
                 _ => false,
             };
             if passthrough && bypass(g, id, y, x)? {

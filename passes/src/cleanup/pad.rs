@@ -28,7 +28,11 @@ impl Pass for FoldPad {
                 Some(AttrValue::String(s)) => String::from_utf8_lossy(&s).into_owned(),
                 _ => "constant".into(),
             };
-            let pads = if opset >= 11 { n.input(1).and_then(|v| g.const_data(v)).and_then(|d| d.to_i64_vec()) } else { n.op.attr_ints("pads") };
+            let pads = if opset >= 11 {
+                n.input(1).and_then(|v| g.const_data(v)).and_then(|d| d.to_i64_vec())
+            } else {
+                n.op.attr_ints("pads")
+            };
             let fill_zero = match (opset >= 11, n.input(2)) {
                 (true, Some(v)) => scalar_const(g, Some(v)) == Some(0.0),
                 (true, None) => true,
@@ -40,7 +44,14 @@ impl Pass for FoldPad {
                 continue;
             }
             let rank = pads.len() / 2;
-            if rank < 3 || pads.len() != 2 * rank || pads[0] != 0 || pads[1] != 0 || pads[rank] != 0 || pads[rank + 1] != 0 || pads.iter().any(|p| *p < 0) {
+            if rank < 3
+                || pads.len() != 2 * rank
+                || pads[0] != 0
+                || pads[1] != 0
+                || pads[rank] != 0
+                || pads[rank + 1] != 0
+                || pads.iter().any(|p| *p < 0)
+            {
                 continue;
             }
             let Some((cid, 0)) = single_consumer(g, y) else { continue };

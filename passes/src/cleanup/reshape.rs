@@ -41,14 +41,21 @@ impl Pass for SimplifyReshape {
             let Some(y) = second.output(0) else { continue };
             let Some(shape) = g.value(y).static_shape() else { continue };
             let name = second.name.clone();
-            let target = g.add_const(&format!("{}_shape", g.value(y).name), TensorData::from_i64(vec![shape.len() as i64], &shape))?;
+            let target = g.add_const(
+                &format!("{}_shape", g.value(y).name),
+                TensorData::from_i64(vec![shape.len() as i64], &shape),
+            )?;
             let allowzero = shape.contains(&0).then_some(1);
             g.remove_node(next);
             g.remove_node(id);
-            g.add_node(Node::new(name, Op::Reshape { allowzero }, vec![Some(x), Some(target)], vec![Some(y)]))?;
+            g.add_node(Node::new(
+                name,
+                Op::Reshape { allowzero },
+                vec![Some(x), Some(target)],
+                vec![Some(y)],
+            ))?;
             changed = true;
         }
         Ok(changed)
     }
 }
-

@@ -14,7 +14,8 @@ fn perm_of(n: &Node, rank: usize) -> Option<Vec<usize>> {
     match &n.op {
         Op::Transpose { perm } if is_onnx_domain(&n.domain) => {
             let p: Vec<i64> = perm.clone().unwrap_or_else(|| (0..rank as i64).rev().collect());
-            let p: Option<Vec<usize>> = p.iter().map(|&x| usize::try_from(x).ok().filter(|x| *x < rank)).collect();
+            let p: Option<Vec<usize>> =
+                p.iter().map(|&x| usize::try_from(x).ok().filter(|x| *x < rank)).collect();
             p.filter(|p| p.len() == rank)
         }
         _ => None,
@@ -42,7 +43,10 @@ impl Pass for CancelTranspose {
             let composed: Vec<usize> = q.iter().map(|&i| p[i]).collect();
             let name = second.name.clone();
             if composed.iter().enumerate().all(|(i, &c)| i == c) {
-                let fixed = g.inputs.contains(&x) || g.initializers.contains(&x) || g.is_output(x) || g.value(x).outer;
+                let fixed = g.inputs.contains(&x)
+                    || g.initializers.contains(&x)
+                    || g.is_output(x)
+                    || g.value(x).outer;
                 if g.is_output(y) && fixed {
                     continue;
                 }

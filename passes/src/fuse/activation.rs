@@ -80,7 +80,10 @@ impl Pass for FuseActivation {
         let mut changed = recognize_silu(g)?;
         for id in g.topo_order()? {
             let Some(n) = g.node(id) else { continue };
-            if !matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }) || n.act.is_some() || !is_onnx_domain(&n.domain) {
+            if !matches!(n.op, Op::Conv { .. } | Op::Gemm { .. })
+                || n.act.is_some()
+                || !is_onnx_domain(&n.domain)
+            {
                 continue;
             }
             let Some(y) = n.output(0) else { continue };

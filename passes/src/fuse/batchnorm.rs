@@ -25,7 +25,12 @@ fn bn_params(g: &Graph, n: &Node) -> Option<Bn> {
     if training_mode.unwrap_or(0) != 0 || n.outputs.iter().skip(1).flatten().next().is_some() {
         return None;
     }
-    let get = |i: usize| n.input(i).and_then(|v| g.const_data(v)).filter(|d| d.dtype == DType::F32).and_then(|d| d.to_f64_vec());
+    let get = |i: usize| {
+        n.input(i)
+            .and_then(|v| g.const_data(v))
+            .filter(|d| d.dtype == DType::F32)
+            .and_then(|d| d.to_f64_vec())
+    };
     let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
     let c = gamma.len();
     if beta.len() != c || mean.len() != c || var.len() != c {
@@ -87,7 +92,11 @@ fn fold_into_producer(g: &mut Graph, bn_id: NodeId) -> Result<bool> {
                 return Ok(false);
             }
             let cols = bd[1] as usize;
-            let w2: Vec<f64> = bw.iter().enumerate().map(|(i, v)| v * p.scale[if tb { i / cols } else { i % cols }]).collect();
+            let w2: Vec<f64> = bw
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * p.scale[if tb { i / cols } else { i % cols }])
+                .collect();
             let gb = beta.unwrap_or(1.0) as f64;
             let cb = match pn.input(2) {
                 Some(b) => match f32s(g, Some(b)) {

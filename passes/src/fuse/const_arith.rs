@@ -48,7 +48,10 @@ fn fold_one(g: &mut Graph, id: NodeId) -> Result<bool> {
     let Some((c_id, slot)) = single_consumer(g, y) else { return Ok(false) };
     let cn = g.nodes[c_id].clone();
     let Op::Binary(op) = cn.op else { return Ok(false) };
-    if cn.act.is_some() || matches!(op, BinOp::Pow) || (slot != 0 && matches!(op, BinOp::Sub | BinOp::Div)) {
+    if cn.act.is_some()
+        || matches!(op, BinOp::Pow)
+        || (slot != 0 && matches!(op, BinOp::Sub | BinOp::Div))
+    {
         return Ok(false);
     }
     let Some(k) = cn.input(1 - slot) else { return Ok(false) };
@@ -92,7 +95,8 @@ fn fold_one(g: &mut Graph, id: NodeId) -> Result<bool> {
         BinOp::Add => (0..ch).for_each(|i| b[i] += cv[i]),
         BinOp::Sub => (0..ch).for_each(|i| b[i] -= cv[i]),
         BinOp::Mul | BinOp::Div => {
-            let f: Vec<f64> = cv.iter().map(|c| if op == BinOp::Mul { *c } else { 1.0 / c }).collect();
+            let f: Vec<f64> =
+                cv.iter().map(|c| if op == BinOp::Mul { *c } else { 1.0 / c }).collect();
             if f.iter().any(|x| !x.is_finite()) {
                 return Ok(false);
             }
@@ -103,7 +107,8 @@ fn fold_one(g: &mut Graph, id: NodeId) -> Result<bool> {
     }
     let to32 = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();
     let wv = g.add_const(&format!("{}_w", n.name), TensorData::from_f32(wd, &to32(&w2)))?;
-    let bv = g.add_const(&format!("{}_b", n.name), TensorData::from_f32(vec![ch as i64], &to32(&b)))?;
+    let bv =
+        g.add_const(&format!("{}_b", n.name), TensorData::from_f32(vec![ch as i64], &to32(&b)))?;
     let Some(out) = cn.output(0) else { return Ok(false) };
     if !bypass(g, c_id, out, y)? {
         return Ok(false);

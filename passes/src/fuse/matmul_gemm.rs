@@ -23,8 +23,16 @@ impl Pass for MatMulAddToGemm {
             if !matches!(n.op, Op::MatMul) || n.act.is_some() || !is_onnx_domain(&n.domain) {
                 continue;
             }
-            let (Some(a), Some(b), Some(y)) = (n.input(0), n.input(1), n.output(0)) else { continue };
-            let (Some(ash), Some(bsh), Some(ysh)) = (g.value(a).static_shape(), g.const_data(b).map(|d| d.dims.clone()), g.value(y).static_shape()) else { continue };
+            let (Some(a), Some(b), Some(y)) = (n.input(0), n.input(1), n.output(0)) else {
+                continue;
+            };
+            let (Some(ash), Some(bsh), Some(ysh)) = (
+                g.value(a).static_shape(),
+                g.const_data(b).map(|d| d.dims.clone()),
+                g.value(y).static_shape(),
+            ) else {
+                continue;
+            };
             if ash.len() != 2 || bsh.len() != 2 || !g.value(a).dtype.is_float() {
                 continue;
             }
@@ -43,7 +51,12 @@ impl Pass for MatMulAddToGemm {
             let name = an.name.clone();
             g.remove_node(add);
             g.remove_node(id);
-            g.add_node(Node::new(name, Op::Gemm { alpha: None, beta: None, trans_a: None, trans_b: None }, vec![Some(a), Some(b), Some(c)], vec![Some(out)]))?;
+            g.add_node(Node::new(
+                name,
+                Op::Gemm { alpha: None, beta: None, trans_a: None, trans_b: None },
+                vec![Some(a), Some(b), Some(c)],
+                vec![Some(out)],
+            ))?;
             changed = true;
         }
         Ok(changed)

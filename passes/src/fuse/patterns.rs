@@ -20,7 +20,8 @@ use crate::util::{close, other_input, scalar_const, single_consumer};
 pub struct RecognizePatterns;
 
 fn binop(g: &Graph, id: NodeId, op: BinOp) -> bool {
-    matches!(g.node(id).map(|n| &n.op), Some(Op::Binary(b)) if *b == op) && g.node(id).is_some_and(|n| n.act.is_none())
+    matches!(g.node(id).map(|n| &n.op), Some(Op::Binary(b)) if *b == op)
+        && g.node(id).is_some_and(|n| n.act.is_none())
 }
 
 /// Follow a chain of single-consumer Muls from `v`, collecting the other operands, until `x` and a 0.5
@@ -57,15 +58,22 @@ fn gelu_core(g: &Graph, t: NodeId) -> Option<(ValueId, Vec<NodeId>, Option<Strin
         Op::Generic { op_type, .. } if op_type == "Erf" => {
             let x = dn.input(0)?;
             let c = scalar_const(g, dn.input(1))?;
-            let ok = (binop(g, dp, BinOp::Div) && close(c, std::f32::consts::SQRT_2)) || (binop(g, dp, BinOp::Mul) && close(c, std::f32::consts::FRAC_1_SQRT_2));
+            let ok = (binop(g, dp, BinOp::Div) && close(c, std::f32::consts::SQRT_2))
+                || (binop(g, dp, BinOp::Mul) && close(c, std::f32::consts::FRAC_1_SQRT_2));
             ok.then(|| (x, vec![dp], None))
         }
         Op::Act(Act::Tanh) => {
             // k = (x + 0.044715·x³)·√(2/π)
-            if !binop(g, dp, BinOp::Mul) || !close(scalar_const(g, dn.input(1)).or_else(|| scalar_const(g, dn.input(0)))?, (2.0f32 / std::f32::consts::PI).sqrt()) {
+            if !binop(g, dp, BinOp::Mul)
+                || !close(
+                    scalar_const(g, dn.input(1)).or_else(|| scalar_const(g, dn.input(0)))?,
+                    (2.0f32 / std::f32::consts::PI).sqrt(),
+                )
+            {
                 return None;
             }
-            let sum = if scalar_const(g, dn.input(1)).is_some() { dn.input(0)? } else { dn.input(1)? };
+            let sum =
+                if scalar_const(g, dn.input(1)).is_some() { dn.input(0)? } else { dn.input(1)? };
             single_consumer(g, sum)?;
             let (sp, _) = g.value(sum).producer?;
             if !binop(g, sp, BinOp::Add) {
@@ -78,13 +86,20 @@ fn gelu_core(g: &Graph, t: NodeId) -> Option<(ValueId, Vec<NodeId>, Option<Strin
                     continue;
                 }
                 let mn = g.node(mp)?;
-                let (cube, c) = if scalar_const(g, mn.input(1)).is_some() { (mn.input(0)?, scalar_const(g, mn.input(1))?) } else { (mn.input(1)?, scalar_const(g, mn.input(0))?) };
+                let (cube, c) = if scalar_const(g, mn.input(1)).is_some() {
+                    (mn.input(0)?, scalar_const(g, mn.input(1))?)
+                } else {
+                    (mn.input(1)?, scalar_const(g, mn.input(0))?)
+                };
                 if !close(c, 0.044715) || single_consumer(g, cube).is_none() {
                     continue;
                 }
                 let (pp, _) = g.value(cube).producer?;
                 let pn = g.node(pp)?;
-                if binop(g, pp, BinOp::Pow) && pn.input(0) == Some(x) && scalar_const(g, pn.input(1)).is_some_and(|e| close(e, 3.0)) {
+                if binop(g, pp, BinOp::Pow)
+                    && pn.input(0) == Some(x)
+                    && scalar_const(g, pn.input(1)).is_some_and(|e| close(e, 3.0))
+                {
                     return Some((x, vec![dp, sp, mp, pp], Some("tanh".into())));
                 }
                 // x·(x·x), as PyTorch spells x³.
@@ -92,7 +107,11 @@ fn gelu_core(g: &Graph, t: NodeId) -> Option<(ValueId, Vec<NodeId>, Option<Strin
                     let sq = other_input(pn, x)?;
                     let (qp, _) = g.value(sq).producer?;
                     let qn = g.node(qp)?;
-                    if binop(g, qp, BinOp::Mul) && qn.input(0) == Some(x) && qn.input(1) == Some(x) && single_consumer(g, sq).is_some() {
+                    if binop(g, qp, BinOp::Mul)
+                        && qn.input(0) == Some(x)
+                        && qn.input(1) == Some(x)
+                        && single_consumer(g, sq).is_some()
+                    {
                         return Some((x, vec![dp, sp, mp, pp, qp], Some("tanh".into())));
                     }
                 }
@@ -109,7 +128,12 @@ fn recognize_gelu(g: &mut Graph) -> Result<bool> {
         let Some((x, mut nodes, approximate)) = gelu_core(g, t) else { continue };
         let Some(e) = g.node(t).and_then(|n| n.output(0)) else { continue };
         let Some((a, _)) = single_consumer(g, e) else { continue };
-        if !binop(g, a, BinOp::Add) || !g.node(a).and_then(|n| other_input(n, e)).is_some_and(|o| scalar_const(g, Some(o)).is_some_and(|c| close(c, 1.0))) {
+        if !binop(g, a, BinOp::Add)
+            || !g
+                .node(a)
+                .and_then(|n| other_input(n, e))
+                .is_some_and(|o| scalar_const(g, Some(o)).is_some_and(|c| close(c, 1.0)))
+        {
             continue;
         }
         let Some(ao) = g.node(a).and_then(|n| n.output(0)) else { continue };
@@ -120,7 +144,12 @@ fn recognize_gelu(g: &mut Graph) -> Result<bool> {
         for n in nodes {
             g.remove_node(n);
         }
-        g.add_node(Node::new(name, Op::Act(Act::Gelu { approximate }), vec![Some(x)], vec![Some(y)]))?;
+        g.add_node(Node::new(
+            name,
+            Op::Act(Act::Gelu { approximate }),
+            vec![Some(x)],
+            vec![Some(y)],
+        ))?;
         changed = true;
     }
     Ok(changed)
@@ -131,7 +160,10 @@ fn recognize_hardswish(g: &mut Graph) -> Result<bool> {
     for id in g.topo_order()? {
         let Some(n) = g.node(id) else { continue };
         let Op::Act(Act::HardSigmoid { alpha, beta }) = &n.op else { continue };
-        if !close(alpha.unwrap_or(0.2), 1.0 / 6.0) || !close(beta.unwrap_or(0.5), 0.5) || n.act.is_some() {
+        if !close(alpha.unwrap_or(0.2), 1.0 / 6.0)
+            || !close(beta.unwrap_or(0.5), 0.5)
+            || n.act.is_some()
+        {
             continue;
         }
         let (Some(x), Some(h)) = (n.input(0), n.output(0)) else { continue };
@@ -192,11 +224,15 @@ fn recognize_attention(g: &mut Graph, opset: i64) -> Result<bool> {
             remove.push(node);
         }
         let Some((mm1, _)) = g.value(scores).producer else { continue };
-        if !matches!(g.node(mm1).map(|n| &n.op), Some(Op::MatMul)) || single_consumer(g, scores).is_none() {
+        if !matches!(g.node(mm1).map(|n| &n.op), Some(Op::MatMul))
+            || single_consumer(g, scores).is_none()
+        {
             continue;
         }
         remove.push(mm1);
-        let (Some(mut q), Some(mut k)) = (g.nodes[mm1].input(0), g.nodes[mm1].input(1)) else { continue };
+        let (Some(mut q), Some(mut k)) = (g.nodes[mm1].input(0), g.nodes[mm1].input(1)) else {
+            continue;
+        };
         if let Some((inner, f, node)) = unscale(g, q) {
             q = inner;
             scale *= f;
@@ -217,7 +253,12 @@ fn recognize_attention(g: &mut Graph, opset: i64) -> Result<bool> {
         for r in remove {
             g.remove_node(r);
         }
-        g.add_node(Node::new(name, Op::Attention { scale }, vec![Some(q), Some(k), Some(v)], vec![Some(y)]))?;
+        g.add_node(Node::new(
+            name,
+            Op::Attention { scale },
+            vec![Some(q), Some(k), Some(v)],
+            vec![Some(y)],
+        ))?;
         changed = true;
     }
     Ok(changed)
@@ -225,14 +266,16 @@ fn recognize_attention(g: &mut Graph, opset: i64) -> Result<bool> {
 
 /// Axes of a Reduce* node (attribute, or constant input from opset 18).
 fn reduce_axes(g: &Graph, n: &Node) -> Option<Vec<i64>> {
-    n.op.attr_ints("axes").or_else(|| n.input(1).and_then(|v| g.const_data(v)).and_then(|d| d.to_i64_vec()))
+    n.op.attr_ints("axes")
+        .or_else(|| n.input(1).and_then(|v| g.const_data(v)).and_then(|d| d.to_i64_vec()))
 }
 
 fn is_last_axis_mean(g: &Graph, id: NodeId, rank: usize) -> bool {
     let Some(n) = g.node(id) else { return false };
     n.op.op_type() == "ReduceMean"
         && n.op.attr_int("keepdims").unwrap_or(1) == 1
-        && reduce_axes(g, n).is_some_and(|a| a.len() == 1 && (a[0] == -1 || a[0] == rank as i64 - 1))
+        && reduce_axes(g, n)
+            .is_some_and(|a| a.len() == 1 && (a[0] == -1 || a[0] == rank as i64 - 1))
 }
 
 fn recognize_layernorm(g: &mut Graph) -> Result<bool> {
@@ -252,10 +295,16 @@ fn recognize_layernorm(g: &mut Graph) -> Result<bool> {
         // d is read by the squaring (Pow(d, 2) or Mul(d, d)) and by the Div.
         let users = g.consumers(d);
         let sq = users.iter().map(|(u, _)| *u).find(|u| {
-            (binop(g, *u, BinOp::Pow) && scalar_const(g, g.nodes[*u].input(1)).is_some_and(|e| close(e, 2.0)))
-                || (binop(g, *u, BinOp::Mul) && g.nodes[*u].input(0) == Some(d) && g.nodes[*u].input(1) == Some(d))
+            (binop(g, *u, BinOp::Pow)
+                && scalar_const(g, g.nodes[*u].input(1)).is_some_and(|e| close(e, 2.0)))
+                || (binop(g, *u, BinOp::Mul)
+                    && g.nodes[*u].input(0) == Some(d)
+                    && g.nodes[*u].input(1) == Some(d))
         });
-        let div = users.iter().map(|(u, _)| *u).find(|u| binop(g, *u, BinOp::Div) && g.nodes[*u].input(0) == Some(d));
+        let div = users
+            .iter()
+            .map(|(u, _)| *u)
+            .find(|u| binop(g, *u, BinOp::Div) && g.nodes[*u].input(0) == Some(d));
         let (Some(sq), Some(div)) = (sq, div) else { continue };
         let distinct: std::collections::HashSet<NodeId> = users.iter().map(|(u, _)| *u).collect();
         if distinct.len() != 2 || g.is_output(d) {
@@ -268,7 +317,14 @@ fn recognize_layernorm(g: &mut Graph) -> Result<bool> {
         }
         let Some(vo) = g.nodes[var].output(0) else { continue };
         let Some((add_eps, _)) = single_consumer(g, vo) else { continue };
-        let Some(eps) = g.node(add_eps).filter(|_| binop(g, add_eps, BinOp::Add)).and_then(|a| other_input(a, vo)).and_then(|e| scalar_const(g, Some(e))) else { continue };
+        let Some(eps) = g
+            .node(add_eps)
+            .filter(|_| binop(g, add_eps, BinOp::Add))
+            .and_then(|a| other_input(a, vo))
+            .and_then(|e| scalar_const(g, Some(e)))
+        else {
+            continue;
+        };
         let Some(ao) = g.nodes[add_eps].output(0) else { continue };
         let Some((sqrt, 0)) = single_consumer(g, ao) else { continue };
         if g.nodes[sqrt].op.op_type() != "Sqrt" {
@@ -286,13 +342,21 @@ fn recognize_layernorm(g: &mut Graph) -> Result<bool> {
         let mut beta = None;
         if let Some((m, _)) = single_consumer(g, no) {
             if binop(g, m, BinOp::Mul) {
-                if let Some(gm) = g.node(m).and_then(|mn| other_input(mn, no)).filter(|v| g.const_data(*v).is_some()) {
+                if let Some(gm) = g
+                    .node(m)
+                    .and_then(|mn| other_input(mn, no))
+                    .filter(|v| g.const_data(*v).is_some())
+                {
                     gamma = Some(gm);
                     nodes.push(m);
                     y = g.nodes[m].output(0).unwrap_or(y);
                     if let Some((a, _)) = single_consumer(g, y) {
                         if binop(g, a, BinOp::Add) {
-                            if let Some(bt) = g.node(a).and_then(|an| other_input(an, y)).filter(|v| g.const_data(*v).is_some()) {
+                            if let Some(bt) = g
+                                .node(a)
+                                .and_then(|an| other_input(an, y))
+                                .filter(|v| g.const_data(*v).is_some())
+                            {
                                 beta = Some(bt);
                                 nodes.push(a);
                                 y = g.nodes[a].output(0).unwrap_or(y);
@@ -303,14 +367,20 @@ fn recognize_layernorm(g: &mut Graph) -> Result<bool> {
             }
         }
         let last = g.value(x).shape.as_ref().and_then(|s| s.last()).and_then(|d| d.known());
-        let fits = |v: Option<ValueId>| v.map(|v| g.const_data(v).is_some_and(|d| d.dims.len() == 1 && Some(d.dims[0]) == last)).unwrap_or(true);
+        let fits = |v: Option<ValueId>| {
+            v.map(|v| g.const_data(v).is_some_and(|d| d.dims.len() == 1 && Some(d.dims[0]) == last))
+                .unwrap_or(true)
+        };
         let Some(c) = last else { continue };
         if !fits(gamma) || !fits(beta) || !g.value(x).dtype.is_float() {
             continue;
         }
         let gamma = match gamma {
             Some(gm) => gm,
-            None => g.add_const("layernorm_gamma", kiln_compiler::ir::TensorData::from_f32(vec![c], &vec![1.0; c as usize]))?,
+            None => g.add_const(
+                "layernorm_gamma",
+                kiln_compiler::ir::TensorData::from_f32(vec![c], &vec![1.0; c as usize]),
+            )?,
         };
         let name = g.nodes[*nodes.last().unwrap_or(&id)].name.clone();
         for n in nodes {
@@ -324,7 +394,12 @@ fn recognize_layernorm(g: &mut Graph) -> Result<bool> {
         if beta.is_some() {
             inputs.push(beta);
         }
-        g.add_node(Node::new(name, Op::Generic { op_type: "LayerNormalization".into(), attrs }, inputs, vec![Some(y)]))?;
+        g.add_node(Node::new(
+            name,
+            Op::Generic { op_type: "LayerNormalization".into(), attrs },
+            inputs,
+            vec![Some(y)],
+        ))?;
         changed = true;
     }
     Ok(changed)

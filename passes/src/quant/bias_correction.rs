@@ -108,12 +108,25 @@ pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usiz
         let g = &q.graph;
         let n = &g.nodes[id];
         let Some(fnode) = f.graph.nodes.node_weights().find(|m| m.name == n.name) else { continue };
-        let Some(wf) = fnode.input(1).and_then(|w| f.graph.const_data(w)).and_then(|d| d.to_f64_vec().map(|v| (d.dims.clone(), v))) else { continue };
-        let (Some(wq), Some(bq)) = (n.input(1).and_then(|w| dq_parts(g, w)), n.input(2).and_then(|b| dq_parts(g, b))) else { continue };
+        let Some(wf) = fnode
+            .input(1)
+            .and_then(|w| f.graph.const_data(w))
+            .and_then(|d| d.to_f64_vec().map(|v| (d.dims.clone(), v)))
+        else {
+            continue;
+        };
+        let (Some(wq), Some(bq)) =
+            (n.input(1).and_then(|w| dq_parts(g, w)), n.input(2).and_then(|b| dq_parts(g, b)))
+        else {
+            continue;
+        };
         let (wdims, w) = wf;
         let (_, wqv, ws) = wq;
         let (bq_id, bvals, bs) = bq;
-        if wqv.len() != w.len() || wdims.len() < 2 || g.const_data(bq_id).map(|d| d.dtype) != Some(DType::I32) {
+        if wqv.len() != w.len()
+            || wdims.len() < 2
+            || g.const_data(bq_id).map(|d| d.dtype) != Some(DType::I32)
+        {
             continue;
         }
         // Output channel and input channel of every weight element.
@@ -123,11 +136,14 @@ pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usiz
                 let k: usize = wdims[2..].iter().product::<i64>() as usize;
                 let groups = group.unwrap_or(1).max(1) as usize;
                 let per_group_out = (co / groups).max(1);
-                (co, Box::new(move |i| {
-                    let o = i / (ci_g * k).max(1);
-                    let ii = (i / k.max(1)) % ci_g.max(1);
-                    (o, (o / per_group_out) * ci_g + ii)
-                }))
+                (
+                    co,
+                    Box::new(move |i| {
+                        let o = i / (ci_g * k).max(1);
+                        let ii = (i / k.max(1)) % ci_g.max(1);
+                        (o, (o / per_group_out) * ci_g + ii)
+                    }),
+                )
             }
             Op::Gemm { trans_b, .. } => {
                 let (r, c) = (wdims[0] as usize, wdims[1] as usize);
@@ -142,7 +158,8 @@ pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usiz
         if bvals.len() != cout {
             continue;
         }
-        let wscale = |o: usize| if ws.len() == 1 { ws[0] } else { ws.get(o).copied().unwrap_or(ws[0]) };
+        let wscale =
+            |o: usize| if ws.len() == 1 { ws[0] } else { ws.get(o).copied().unwrap_or(ws[0]) };
         let mut delta = vec![0.0f64; cout];
         for (i, (qv, fv)) in wqv.iter().zip(&w).enumerate() {
             let (o, ci) = chan(i);
@@ -152,10 +169,12 @@ pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usiz
         let new: Vec<u8> = (0..cout)
             .flat_map(|o| {
                 let s = if bs.len() == 1 { bs[0] } else { bs[o] };
-                ((bvals[o] - delta[o] / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).to_le_bytes()
+                ((bvals[o] - delta[o] / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+                    .to_le_bytes()
             })
             .collect();
-        q.graph.value_mut(bq_id).data = Some(TensorData::from_bytes(DType::I32, vec![cout as i64], new));
+        q.graph.value_mut(bq_id).data =
+            Some(TensorData::from_bytes(DType::I32, vec![cout as i64], new));
         corrected += 1;
     }
     Ok(corrected)

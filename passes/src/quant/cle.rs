@@ -20,13 +20,18 @@ fn pairs(g: &Graph) -> Result<Vec<(NodeId, NodeId)>> {
     let mut out = Vec::new();
     for id in g.topo_order()? {
         let n = &g.nodes[id];
-        let ok_act = matches!(n.act, None | Some(Act::Relu)) || matches!(n.act, Some(Act::Clip { min: Some(lo), .. }) if lo == 0.0);
+        let ok_act = matches!(n.act, None | Some(Act::Relu))
+            || matches!(n.act, Some(Act::Clip { min: Some(lo), .. }) if lo == 0.0);
         if !matches!(n.op, Op::Conv { .. }) || !ok_act {
             continue;
         }
         let Some(y) = n.output(0) else { continue };
         let c = g.consumers(y);
-        if g.is_output(y) || c.len() != 1 || c[0].1 != 0 || !matches!(g.nodes[c[0].0].op, Op::Conv { .. }) {
+        if g.is_output(y)
+            || c.len() != 1
+            || c[0].1 != 0
+            || !matches!(g.nodes[c[0].0].op, Op::Conv { .. })
+        {
             continue;
         }
         if conv_weights(g, id).is_some() && conv_weights(g, c[0].0).is_some() {
@@ -115,9 +120,13 @@ pub fn conv_weights(g: &Graph, id: NodeId) -> Option<ConvWeights> {
 /// Store rescaled weights (and bias) as new constants of Conv `id`.
 pub fn set_weights(g: &mut Graph, id: NodeId, cw: &ConvWeights, tag: &str) -> Result<()> {
     let name = g.nodes[id].name.clone();
-    let vw = g.add_const(&format!("{name}_{tag}_w"), TensorData::from_f32(cw.dims.clone(), &cw.w))?;
+    let vw =
+        g.add_const(&format!("{name}_{tag}_w"), TensorData::from_f32(cw.dims.clone(), &cw.w))?;
     let vb = match &cw.bias {
-        Some(b) => Some(g.add_const(&format!("{name}_{tag}_b"), TensorData::from_f32(vec![b.len() as i64], b))?),
+        Some(b) => Some(g.add_const(
+            &format!("{name}_{tag}_b"),
+            TensorData::from_f32(vec![b.len() as i64], b),
+        )?),
         None => None,
     };
     if let Some(n) = g.node_mut(id) {
@@ -137,7 +146,12 @@ pub struct ChannelStats {
 }
 
 /// Per-channel max and max |x| of each value, over samples (one tract pass, on up to two threads).
-pub fn channel_stats(m: &Model, values: &[ValueId], input: &str, samples: &[TensorData]) -> Result<HashMap<ValueId, ChannelStats>> {
+pub fn channel_stats(
+    m: &Model,
+    values: &[ValueId],
+    input: &str,
+    samples: &[TensorData],
+) -> Result<HashMap<ValueId, ChannelStats>> {
     let mut probe = m.clone();
     probe.graph.outputs = values.to_vec();
     let mut out: HashMap<ValueId, ChannelStats> = HashMap::new();
@@ -146,22 +160,26 @@ pub fn channel_stats(m: &Model, values: &[ValueId], input: &str, samples: &[Tens
         return Ok(out);
     }
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
-    let parts = ev.fold_samples(input, samples, HashMap::<ValueId, ChannelStats>::new, |acc, outs| {
-        for (v, (_, t)) in values.iter().zip(outs) {
-            let (Some(x), true) = (t.to_f32_vec(), t.dims.len() == 4) else { continue };
-            let (c, inner) = (t.dims[1] as usize, (t.dims[2] * t.dims[3]) as usize);
-            let e = acc.entry(*v).or_insert_with(|| ChannelStats { max: vec![f32::MIN; c], max_abs: vec![0.0; c] });
-            if e.max.len() != c {
-                continue;
+    let parts =
+        ev.fold_samples(input, samples, HashMap::<ValueId, ChannelStats>::new, |acc, outs| {
+            for (v, (_, t)) in values.iter().zip(outs) {
+                let (Some(x), true) = (t.to_f32_vec(), t.dims.len() == 4) else { continue };
+                let (c, inner) = (t.dims[1] as usize, (t.dims[2] * t.dims[3]) as usize);
+                let e = acc.entry(*v).or_insert_with(|| ChannelStats {
+                    max: vec![f32::MIN; c],
+                    max_abs: vec![0.0; c],
+                });
+                if e.max.len() != c {
+                    continue;
+                }
+                for (i, val) in x.iter().enumerate() {
+                    let ch = (i / inner.max(1)) % c.max(1);
+                    e.max[ch] = e.max[ch].max(*val);
+                    e.max_abs[ch] = e.max_abs[ch].max(val.abs());
+                }
             }
-            for (i, val) in x.iter().enumerate() {
-                let ch = (i / inner.max(1)) % c.max(1);
-                e.max[ch] = e.max[ch].max(*val);
-                e.max_abs[ch] = e.max_abs[ch].max(val.abs());
-            }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
     for part in parts {
         for (v, st) in part {
             match out.get_mut(&v) {
@@ -187,15 +205,24 @@ pub fn pair_outputs(g: &Graph) -> Result<Vec<ValueId>> {
 /// Equalize every pair; returns how many pairs changed. Sweeps stop early once no channel moves by more
 /// than 1 %.
 /// `stats` holds the per-channel maxima of [`pair_outputs`] (see [`channel_stats`]).
-pub fn equalize(m: &mut Model, stats: &HashMap<ValueId, ChannelStats>, sweeps: usize) -> Result<usize> {
+pub fn equalize(
+    m: &mut Model,
+    stats: &HashMap<ValueId, ChannelStats>,
+    sweeps: usize,
+) -> Result<usize> {
     let ps = pairs(&m.graph)?;
-    let mut maxes: HashMap<ValueId, Vec<f32>> = stats.iter().map(|(k, v)| (*k, v.max.clone())).collect();
+    let mut maxes: HashMap<ValueId, Vec<f32>> =
+        stats.iter().map(|(k, v)| (*k, v.max.clone())).collect();
     let mut changed = 0;
     for _ in 0..sweeps {
         let mut moved = false;
         for (a, b) in &ps {
             let g = &mut m.graph;
-            let (Some(mut w1), Some(mut w2), Some(y)) = (conv_weights(g, *a), conv_weights(g, *b), g.nodes[*a].output(0)) else { continue };
+            let (Some(mut w1), Some(mut w2), Some(y)) =
+                (conv_weights(g, *a), conv_weights(g, *b), g.nodes[*a].output(0))
+            else {
+                continue;
+            };
             let c1 = w1.out_channels();
             if w2.in_channels() != c1 {
                 continue;
@@ -243,7 +270,11 @@ pub fn equalize(m: &mut Model, stats: &HashMap<ValueId, ChannelStats>, sweeps: u
         }
     }
     m.graph.rebuild_edges();
-    kiln_compiler::pipeline::Pass::run(&crate::cleanup::dce::Dce, m, &mut kiln_compiler::pipeline::PassContext::default())?;
+    kiln_compiler::pipeline::Pass::run(
+        &crate::cleanup::dce::Dce,
+        m,
+        &mut kiln_compiler::pipeline::PassContext::default(),
+    )?;
     Ok(changed)
 }
 
@@ -258,7 +289,8 @@ pub fn max_rel_diff(a: &Model, b: &Model, input: &str, samples: &[TensorData]) -
         for ((_, x), (_, y)) in ea.run(&feed)?.iter().zip(eb.run(&feed)?.iter()) {
             let (x, y) = (x.to_f64_vec().unwrap_or_default(), y.to_f64_vec().unwrap_or_default());
             let scale = x.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-            worst = worst.max(x.iter().zip(&y).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale);
+            worst =
+                worst.max(x.iter().zip(&y).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale);
         }
     }
     Ok(worst)

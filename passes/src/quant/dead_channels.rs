@@ -32,7 +32,11 @@ fn inverse(a: &Option<Act>, t: f32) -> Option<f32> {
     let x = match a {
         None => t,
         Some(Act::Relu) if t > 0.0 => t,
-        Some(Act::Clip { min, max }) if t > min.unwrap_or(f32::MIN) && t < max.unwrap_or(f32::MAX) => t,
+        Some(Act::Clip { min, max })
+            if t > min.unwrap_or(f32::MIN) && t < max.unwrap_or(f32::MAX) =>
+        {
+            t
+        }
         // x(x+3)/6 = t on the increasing branch x ≥ −1.5 (t ≥ −0.375); identity from x = 3.
         Some(Act::HardSwish) if t >= 3.0 => t,
         Some(Act::HardSwish) if t > -0.375 => (-3.0 + (9.0 + 24.0 * t).sqrt()) / 2.0,
@@ -45,9 +49,14 @@ fn inverse(a: &Option<Act>, t: f32) -> Option<f32> {
 /// Does Conv `id` have an output channel whose weights are all zero?
 pub fn has_dead_channels(g: &Graph, id: NodeId) -> bool {
     let n = &g.nodes[id];
-    let Some((wd, w)) = f32_const(g, n.input(1)).filter(|_| matches!(n.op, Op::Conv { .. })) else { return false };
+    let Some((wd, w)) = f32_const(g, n.input(1)).filter(|_| matches!(n.op, Op::Conv { .. })) else {
+        return false;
+    };
     let cout = wd.first().copied().unwrap_or(0) as usize;
-    cout > 0 && w.len() >= cout && w.len() % cout == 0 && w.chunks(w.len() / cout).any(|c| c.iter().all(|x| *x == 0.0))
+    cout > 0
+        && w.len() >= cout
+        && w.len() % cout == 0
+        && w.chunks(w.len() / cout).any(|c| c.iter().all(|x| *x == 0.0))
 }
 
 fn f32_const(g: &Graph, v: Option<ValueId>) -> Option<(Vec<i64>, Vec<f32>)> {
@@ -58,7 +67,12 @@ fn f32_const(g: &Graph, v: Option<ValueId>) -> Option<(Vec<i64>, Vec<f32>)> {
 
 /// Snap dead channels of every eligible Conv onto the grid of `params` (scale, zero point by value),
 /// with quantized range [qmin, qmax]. Returns how many channels moved.
-pub fn snap(g: &mut Graph, params: &BTreeMap<ValueId, (f32, i64)>, qmin: i64, qmax: i64) -> Result<usize> {
+pub fn snap(
+    g: &mut Graph,
+    params: &BTreeMap<ValueId, (f32, i64)>,
+    qmin: i64,
+    qmax: i64,
+) -> Result<usize> {
     let mut moved = 0;
     for id in g.topo_order()? {
         let n = &g.nodes[id];
@@ -67,20 +81,27 @@ pub fn snap(g: &mut Graph, params: &BTreeMap<ValueId, (f32, i64)>, qmin: i64, qm
         }
         let Some(y) = n.output(0) else { continue };
         let Some(&(s, zp)) = params.get(&y) else { continue };
-        let (Some((wd, w)), Some((_, b))) = (f32_const(g, n.input(1)), f32_const(g, n.input(2))) else { continue };
+        let (Some((wd, w)), Some((_, b))) = (f32_const(g, n.input(1)), f32_const(g, n.input(2)))
+        else {
+            continue;
+        };
         let cout = wd.first().copied().unwrap_or(0) as usize;
         if cout == 0 || b.len() != cout || w.len() % cout != 0 {
             continue;
         }
         let per = w.len() / cout;
-        let dead: Vec<usize> = (0..cout).filter(|c| w[c * per..(c + 1) * per].iter().all(|x| *x == 0.0)).collect();
+        let dead: Vec<usize> =
+            (0..cout).filter(|c| w[c * per..(c + 1) * per].iter().all(|x| *x == 0.0)).collect();
         if dead.is_empty() || g.is_output(y) {
             continue;
         }
         // Every consumer: a Conv reading y at slot 0 with constant float weights.
         let consumers = g.consumers(y);
         let ok = consumers.iter().all(|(c, slot)| {
-            *slot == 0 && matches!(g.nodes[*c].op, Op::Conv { .. }) && g.nodes[*c].input(1) != Some(y) && f32_const(g, g.nodes[*c].input(1)).is_some()
+            *slot == 0
+                && matches!(g.nodes[*c].op, Op::Conv { .. })
+                && g.nodes[*c].input(1) != Some(y)
+                && f32_const(g, g.nodes[*c].input(1)).is_some()
         });
         if consumers.is_empty() || !ok {
             continue;
@@ -98,10 +119,11 @@ pub fn snap(g: &mut Graph, params: &BTreeMap<ValueId, (f32, i64)>, qmin: i64, qm
             // Grid points near k, nearest first, never 0; either sign (the consumer weight absorbs it).
             let q0 = ((k / s).round() as i64 + zp).clamp(qmin, qmax);
             let cands = [q0, q0 + 1, q0 - 1, zp + 1, zp - 1, qmax, qmin];
-            let pick = cands.iter().filter(|q| **q != zp && (qmin..=qmax).contains(*q)).find_map(|q| {
-                let t = (*q - zp) as f32 * s;
-                inverse(&a, t).map(|x| (t, x))
-            });
+            let pick =
+                cands.iter().filter(|q| **q != zp && (qmin..=qmax).contains(*q)).find_map(|q| {
+                    let t = (*q - zp) as f32 * s;
+                    inverse(&a, t).map(|x| (t, x))
+                });
             let Some((t, x)) = pick else { continue };
             bias[c] = x;
             factors.push((c, k / t));
@@ -153,7 +175,12 @@ mod tests {
 
     #[test]
     fn inverse_lands_on_target() {
-        for a in [None, Some(Act::Relu), Some(Act::Clip { min: Some(0.0), max: Some(6.0) }), Some(Act::HardSwish)] {
+        for a in [
+            None,
+            Some(Act::Relu),
+            Some(Act::Clip { min: Some(0.0), max: Some(6.0) }),
+            Some(Act::HardSwish),
+        ] {
             for t in [0.02f32, 0.3, 2.9, 4.0] {
                 let x = inverse(&a, t).expect("invertible");
                 assert!((act(&a, x).unwrap() - t).abs() < 1e-5, "{a:?} {t}");
@@ -161,6 +188,11 @@ mod tests {
         }
         assert!(inverse(&Some(Act::Relu), -0.1).is_none());
         assert!(inverse(&Some(Act::Clip { min: Some(0.0), max: Some(6.0) }), 6.5).is_none());
-        assert!((act(&Some(Act::HardSwish), inverse(&Some(Act::HardSwish), -0.2).unwrap()).unwrap() + 0.2).abs() < 1e-5);
+        assert!(
+            (act(&Some(Act::HardSwish), inverse(&Some(Act::HardSwish), -0.2).unwrap()).unwrap()
+                + 0.2)
+                .abs()
+                < 1e-5
+        );
     }
 }

@@ -15,12 +15,26 @@ use kiln_compiler::Result;
 use kiln_compiler::ir::meta;
 
 fn layers(m: &Model) -> Result<Vec<NodeId>> {
-    Ok(m.graph.topo_order()?.into_iter().filter(|id| matches!(m.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)).collect())
+    Ok(m.graph
+        .topo_order()?
+        .into_iter()
+        .filter(|id| {
+            matches!(m.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)
+        })
+        .collect())
 }
 
 /// Float constants of rank ≥ 2 read by node `id`.
 fn weights_of(m: &Model, id: NodeId) -> Vec<ValueId> {
-    m.graph.nodes[id].inputs.iter().flatten().copied().filter(|v| m.graph.const_data(*v).is_some_and(|d| d.dtype == DType::F32 && d.dims.len() >= 2)).collect()
+    m.graph.nodes[id]
+        .inputs
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| {
+            m.graph.const_data(*v).is_some_and(|d| d.dtype == DType::F32 && d.dims.len() >= 2)
+        })
+        .collect()
 }
 
 /// `m` with every rank ≥ 2 float constant rounded to float16, except those only read by `keep`.
@@ -32,7 +46,10 @@ fn rounded(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
         if kept.contains(&v) {
             continue;
         }
-        let Some(d) = m.graph.const_data(v).filter(|d| d.dtype == DType::F32 && d.dims.len() >= 2) else { continue };
+        let Some(d) = m.graph.const_data(v).filter(|d| d.dtype == DType::F32 && d.dims.len() >= 2)
+        else {
+            continue;
+        };
         let Some(vals) = d.to_f32_vec() else { continue };
         let r: Vec<f32> = vals.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect();
         out.graph.value_mut(v).data = Some(TensorData::from_f32(d.dims.clone(), &r));
@@ -48,10 +65,15 @@ fn half_activations(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
     use kiln_compiler::ir::Value;
     let mut out = m.clone();
     let g = &mut out.graph;
-    let data_inputs: HashSet<ValueId> = g.inputs.iter().copied().filter(|v| !g.initializers.contains(v)).collect();
+    let data_inputs: HashSet<ValueId> =
+        g.inputs.iter().copied().filter(|v| !g.initializers.contains(v)).collect();
     let values: Vec<ValueId> = (0..g.values.len())
         .map(|i| ValueId(i as u32))
-        .filter(|v| g.value(*v).dtype == DType::F32 && g.const_data(*v).is_none() && (g.value(*v).producer.is_some() || data_inputs.contains(v)))
+        .filter(|v| {
+            g.value(*v).dtype == DType::F32
+                && g.const_data(*v).is_none()
+                && (g.value(*v).producer.is_some() || data_inputs.contains(v))
+        })
         .collect();
     for v in values {
         if stays_fp32(g, v, keep) {
@@ -83,7 +105,12 @@ fn half_activations(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
 }
 
 /// max |y − ref| / max |ref| over samples and outputs.
-fn error(ev: &Evaluator, refs: &[Vec<Vec<f64>>], input: &str, samples: &[TensorData]) -> Result<f64> {
+fn error(
+    ev: &Evaluator,
+    refs: &[Vec<Vec<f64>>],
+    input: &str,
+    samples: &[TensorData],
+) -> Result<f64> {
     let mut worst = 0f64;
     for (s, r) in samples.iter().zip(refs) {
         for ((_, t), rv) in ev.run(&[(input.to_string(), s.clone())])?.iter().zip(r) {
@@ -102,17 +129,42 @@ const OVERFLOW: f32 = 32768.0;
 
 /// Nodes that read or write a value past [`OVERFLOW`] on `samples`, with that value's max |x|: they run in
 /// float32 (the values between two such nodes stay float32 in a float16 graph).
-fn overflow_nodes(model: &Model, input: &str, samples: &[TensorData]) -> Result<Vec<(NodeId, String, f32)>> {
+fn overflow_nodes(
+    model: &Model,
+    input: &str,
+    samples: &[TensorData],
+) -> Result<Vec<(NodeId, String, f32)>> {
     let stats = kiln_compiler::calib::collect_with(model, input, samples, false, &mut |_, _| {})?;
     let g = &model.graph;
     let mut out = Vec::new();
     for id in g.topo_order()? {
         let n = &g.nodes[id];
-        let big = n.inputs.iter().chain(n.outputs.iter()).flatten().filter(|v| g.const_data(**v).is_none()).filter_map(|v| {
-            let name = &g.value(*v).name;
-            stats.stats.get(name).map(|s| (name.clone(), s.absmax())).filter(|(_, a)| *a > OVERFLOW)
-        });
-        if let Some((name, a)) = big.fold(None, |m: Option<(String, f32)>, x| if m.as_ref().is_some_and(|m| m.1 >= x.1) { m } else { Some(x) }) {
+        let big = n
+            .inputs
+            .iter()
+            .chain(n.outputs.iter())
+            .flatten()
+            .filter(|v| g.const_data(**v).is_none())
+            .filter_map(|v| {
+                let name = &g.value(*v).name;
+                stats
+                    .stats
+                    .get(name)
+                    .map(|s| (name.clone(), s.absmax()))
+                    .filter(|(_, a)| *a > OVERFLOW)
+            });
+        if let Some((name, a)) =
+            big.fold(
+                None,
+                |m: Option<(String, f32)>, x| {
+                    if m.as_ref().is_some_and(|m| m.1 >= x.1) {
+                        m
+                    } else {
+                        Some(x)
+                    }
+                },
+            )
+        {
             out.push((id, name, a));
         }
     }
@@ -123,13 +175,25 @@ fn overflow_nodes(model: &Model, input: &str, samples: &[TensorData]) -> Result<
 /// a JSON summary (error before and after, each kept layer with the error it causes alone).
 /// With `half_acts`, activations are simulated in float16 too (the onnx backend's fp16 computes in it;
 /// TFLite's fp16 stores only weights in it).
-pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64, half_acts: bool) -> Result<(Model, serde_json::Value)> {
+pub fn islands(
+    model: &Model,
+    input: &str,
+    samples: &[TensorData],
+    bound: f64,
+    half_acts: bool,
+) -> Result<(Model, serde_json::Value)> {
     let Some(first) = samples.first() else { return Ok((model.clone(), serde_json::Value::Null)) };
     let fact = [(input.to_string(), first.dtype, first.dims.clone())];
     let reference = Evaluator::new(model, &fact)?;
     let mut refs = Vec::new();
     for s in samples {
-        refs.push(reference.run(&[(input.to_string(), s.clone())])?.into_iter().map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<_>>());
+        refs.push(
+            reference
+                .run(&[(input.to_string(), s.clone())])?
+                .into_iter()
+                .map(|(_, t)| t.to_f64_vec().unwrap_or_default())
+                .collect::<Vec<_>>(),
+        );
     }
     // Activations that would overflow float16 keep their nodes float32.
     let overflow = overflow_nodes(model, input, samples)?;
@@ -144,7 +208,12 @@ pub fn islands(model: &Model, input: &str, samples: &[TensorData], bound: f64, h
     let model = &model;
     let overflow_json: Vec<serde_json::Value> = overflow.iter().map(|(id, v, a)| serde_json::json!({ "node": model.graph.nodes[*id].name, "value": v, "max_abs": a, "why": "float16 overflows past 65504" })).collect();
     // Layers the config already keeps float32 (and the overflow nodes).
-    let fixed: HashSet<NodeId> = model.graph.nodes.node_indices().filter(|id| model.graph.nodes[*id].keeps_fp32_weights()).collect();
+    let fixed: HashSet<NodeId> = model
+        .graph
+        .nodes
+        .node_indices()
+        .filter(|id| model.graph.nodes[*id].keeps_fp32_weights())
+        .collect();
     let eval = |keep: &HashSet<NodeId>, n: usize| -> Result<f64> {
         let keep: HashSet<NodeId> = keep.union(&fixed).copied().collect();
         let r = rounded(model, &keep)?;

@@ -66,17 +66,13 @@ impl<'a> Reference<'a> {
     /// The float model's outputs on the probe samples (compute it while the quantized model is built).
     pub fn new(model: &Model, input: &'a str, samples: &[TensorData]) -> Result<Self> {
         let n = samples.len().min(PROBE_SAMPLES);
-        let probe: Vec<TensorData> = (0..n)
-            .filter_map(|i| samples.get(i * samples.len() / n.max(1)).cloned())
-            .collect();
+        let probe: Vec<TensorData> =
+            (0..n).filter_map(|i| samples.get(i * samples.len() / n.max(1)).cloned()).collect();
         let first = probe.first().ok_or_else(|| Error::Input {
             name: input.into(),
             reason: "no calibration samples".into(),
         })?;
-        let ev = Evaluator::new(
-            model,
-            &[(input.to_string(), first.dtype, first.dims.clone())],
-        )?;
+        let ev = Evaluator::new(model, &[(input.to_string(), first.dtype, first.dims.clone())])?;
         let classes = ev
             .run(&[(input.to_string(), first.clone())])?
             .first()
@@ -84,12 +80,7 @@ impl<'a> Reference<'a> {
             .unwrap_or(1)
             .max(1) as usize;
         let want = outputs(&ev, input, &probe)?;
-        Ok(Reference {
-            input,
-            probe,
-            want,
-            classes,
-        })
+        Ok(Reference { input, probe, want, classes })
     }
 
     /// (SQNR dB, top-1 agreement) of `cand`. The SQNR is the median over samples of each sample's output
@@ -114,11 +105,7 @@ impl<'a> Reference<'a> {
                 )));
             }
             let sig = w.iter().map(|v| v * v).sum::<f64>();
-            let noise = w
-                .iter()
-                .zip(got)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f64>();
+            let noise = w.iter().zip(got).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
             per.push(10.0 * (sig.max(1e-30) / noise.max(1e-30)).log10());
             // Top-1 per row of the first output (its leading `rows * classes` values).
             let c = self.classes;
@@ -131,14 +118,7 @@ impl<'a> Reference<'a> {
         }
         per.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         let sqnr = per.get(per.len() / 2).copied().unwrap_or(f64::INFINITY);
-        Ok((
-            sqnr,
-            if rows == 0 {
-                1.0
-            } else {
-                agree as f64 / rows as f64
-            },
-        ))
+        Ok((sqnr, if rows == 0 { 1.0 } else { agree as f64 / rows as f64 }))
     }
 }
 
@@ -186,10 +166,7 @@ fn weights_folded(m: &Model) -> Model {
         let (c, inner) = if sc.len() == 1 {
             (1usize, 1usize)
         } else if (0..rank).contains(&ax) && dims[ax as usize] as usize == sc.len() {
-            (
-                sc.len(),
-                dims[ax as usize + 1..].iter().product::<i64>().max(1) as usize,
-            )
+            (sc.len(), dims[ax as usize + 1..].iter().product::<i64>().max(1) as usize)
         } else {
             continue;
         };
@@ -221,11 +198,7 @@ fn weights_folded(m: &Model) -> Model {
 /// Every output of `ev` on each of `probe`, flattened per sample, in sample order (two threads).
 fn outputs(ev: &Evaluator, input: &str, probe: &[TensorData]) -> Result<Vec<Vec<f64>>> {
     let parts = ev.fold_samples(input, probe, Vec::new, |acc: &mut Vec<Vec<f64>>, outs| {
-        acc.push(
-            outs.iter()
-                .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
-                .collect(),
-        );
+        acc.push(outs.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect());
         Ok(())
     })?;
     Ok(parts.into_iter().flatten().collect())
@@ -240,22 +213,14 @@ pub fn histogram_error(s: &TensorStats, t: f32) -> f64 {
     }
     let w = (s.hist_max / BINS as f32) as f64;
     let t = t as f64 / w;
-    let step = if s.min >= 0.0 {
-        t / 255.0
-    } else {
-        2.0 * t / 255.0
-    };
+    let step = if s.min >= 0.0 { t / 255.0 } else { 2.0 * t / 255.0 };
     s.hist
         .iter()
         .enumerate()
         .filter(|(_, c)| **c > 0)
         .map(|(j, c)| {
             let x = j as f64 + 0.5;
-            let e2 = if x > t {
-                (x - t) * (x - t)
-            } else {
-                step * step / 12.0
-            };
+            let e2 = if x > t { (x - t) * (x - t) } else { step * step / 12.0 };
             *c as f64 * e2
         })
         .sum()
@@ -346,17 +311,13 @@ pub fn check(
     let mut best = (sqnr, top1, quantized, opts.clone());
     if !fix.is_empty() {
         let mut o = opts.clone();
-        o.method_override
-            .extend(fix.iter().map(|(k, v)| (k.clone(), *v)));
+        o.method_override.extend(fix.iter().map(|(k, v)| (k.clone(), *v)));
         let (m, _, _) = super::build(model, calib, &o, bc, input, samples)?;
         let (s, a) = scorer.score(&m)?;
         tried.push(format!("range fallback on {} tensors {s:.2} dB", fix.len()));
         if s > best.0 {
             best = (s, a, m, o);
-            report.range_fallbacks = fix
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect();
+            report.range_fallbacks = fix.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         }
         if s >= floor {
             report.repair = "range_fallback".into();
@@ -373,8 +334,7 @@ pub fn check(
     let mut k = 1;
     while k <= cap {
         let mut o = base.clone();
-        o.keep_float_values
-            .extend(sens[..k].iter().map(|p| p.1.clone()));
+        o.keep_float_values.extend(sens[..k].iter().map(|p| p.1.clone()));
         let (m, _, _) = super::build(model, calib, &o, bc, input, samples)?;
         let (s, a) = scorer.score(&m)?;
         tried.push(format!("{k} activations in float {s:.2} dB"));
@@ -386,11 +346,8 @@ pub fn check(
         }
         k = if k == cap { cap + 1 } else { (k * 2).min(cap) };
     }
-    let worst: Vec<String> = sens
-        .iter()
-        .take(5)
-        .map(|p| format!("{} ({:.1} dB)", p.1, p.2))
-        .collect();
+    let worst: Vec<String> =
+        sens.iter().take(5).map(|p| format!("{} ({:.1} dB)", p.1, p.2)).collect();
     Err(Error::Guard(format!(
         "int8 output SQNR (median of {} calibration samples) is {sqnr:.2} dB (top-1 agreement {top1:.2}), below the floor of {floor} dB \
          (min_calibration_sqnr_db). Worst tensors, each quantized alone: {}. Tried: {}. Keep layers in float with a \

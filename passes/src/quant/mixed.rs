@@ -17,7 +17,16 @@ use super::qdq::QdqOptions;
 
 /// Search for the smallest float set meeting the budget. Returns (model, report, layers bias-corrected).
 #[allow(clippy::too_many_arguments)]
-pub fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData], check: Budget, first: Metrics) -> Result<(Model, serde_json::Value, usize)> {
+pub fn search(
+    model: &Model,
+    calib: &Calibration,
+    opts: &QdqOptions,
+    bc: bool,
+    input: &str,
+    samples: &[TensorData],
+    check: Budget,
+    first: Metrics,
+) -> Result<(Model, serde_json::Value, usize)> {
     let probe: Vec<TensorData> = samples.iter().take(16).cloned().collect();
     let mut sens = sensitivity(model, calib, opts, input, &probe, true)?;
     sens.sort_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));
@@ -38,11 +47,21 @@ pub fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, i
         plans.push(p);
         k = if k == lays.len() { k + 1 } else { (k * 2).min(lays.len()) };
     }
-    let mut tried = vec![serde_json::json!({"kept_float": 0, "top1_agreement": first.top1_agreement, "mean_cosine": first.mean_cosine})];
+    let mut tried = vec![
+        serde_json::json!({"kept_float": 0, "top1_agreement": first.top1_agreement, "mean_cosine": first.mean_cosine}),
+    ];
     for plan in plans {
         let mut o = opts.clone();
-        o.keep_float = plan.iter().filter(|p| p.0 == "layer").map(|p| p.1.clone()).collect::<HashSet<String>>();
-        o.keep_float_values = plan.iter().filter(|p| p.0 == "activation").map(|p| p.1.clone()).collect::<HashSet<String>>();
+        o.keep_float = plan
+            .iter()
+            .filter(|p| p.0 == "layer")
+            .map(|p| p.1.clone())
+            .collect::<HashSet<String>>();
+        o.keep_float_values = plan
+            .iter()
+            .filter(|p| p.0 == "activation")
+            .map(|p| p.1.clone())
+            .collect::<HashSet<String>>();
         let (m, _, corrected) = super::build(model, calib, &o, bc, input, samples)?;
         let (ok, met) = check(&m)?;
         tried.push(serde_json::json!({"kept_float": plan.len(), "layers_kept": o.keep_float.len(), "top1_agreement": met.top1_agreement, "mean_cosine": met.mean_cosine}));
@@ -51,11 +70,18 @@ pub fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, i
                 .iter()
                 .map(|(kind, n, s)| serde_json::json!({"kind": kind, "name": n, "sqnr_db_when_quantized_alone": s, "why": "most sensitive first (activations before layers, which cost bytes), until the accuracy budget held"}))
                 .collect();
-            let report = serde_json::json!({"kept_float": kept, "search": tried, "points": sens.len()});
+            let report =
+                serde_json::json!({"kept_float": kept, "search": tried, "points": sens.len()});
             return Ok((m, report, corrected));
         }
     }
-    Err(Error::Pass { pass: "mixed_precision".into(), reason: format!("the accuracy budget is not met even with every layer in float (search: {})", serde_json::Value::Array(tried)) })
+    Err(Error::Pass {
+        pass: "mixed_precision".into(),
+        reason: format!(
+            "the accuracy budget is not met even with every layer in float (search: {})",
+            serde_json::Value::Array(tried)
+        ),
+    })
 }
 
 /// The model's quantization points: weighted layers (node names) and calibrated activation values that are
@@ -65,23 +91,44 @@ pub fn points(model: &Model, calib: &Calibration) -> Result<(Vec<String>, Vec<St
         .graph
         .topo_order()?
         .into_iter()
-        .filter(|id| matches!(model.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul))
+        .filter(|id| {
+            matches!(model.graph.nodes[*id].op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)
+        })
         .map(|id| model.graph.nodes[id].name.clone())
         .collect();
-    let values: Vec<String> = calib.stats.keys().filter(|v| model.graph.find(v).is_some_and(|id| !model.graph.is_output(id))).cloned().collect();
+    let values: Vec<String> = calib
+        .stats
+        .keys()
+        .filter(|v| model.graph.find(v).is_some_and(|id| !model.graph.is_output(id)))
+        .cloned()
+        .collect();
     Ok((layers, values))
 }
 
 /// Sensitivity of each quantization point measured alone: quantize only that point (a layer's weights and
 /// input, or one activation's Q/DQ), run `probe`, and take the SQNR of the output against `model`. Points
 /// with nothing to quantize are left out. Layers are measured only with `with_layers`. Unsorted.
-pub fn sensitivity(model: &Model, calib: &Calibration, opts: &QdqOptions, input: &str, probe: &[TensorData], with_layers: bool) -> Result<Vec<(&'static str, String, f64)>> {
+pub fn sensitivity(
+    model: &Model,
+    calib: &Calibration,
+    opts: &QdqOptions,
+    input: &str,
+    probe: &[TensorData],
+    with_layers: bool,
+) -> Result<Vec<(&'static str, String, f64)>> {
     let (layers, values) = points(model, calib)?;
-    let points: Vec<(&'static str, String)> = layers.iter().filter(|_| with_layers).map(|l| ("layer", l.clone())).chain(values.iter().map(|v| ("activation", v.clone()))).collect();
+    let points: Vec<(&'static str, String)> = layers
+        .iter()
+        .filter(|_| with_layers)
+        .map(|l| ("layer", l.clone()))
+        .chain(values.iter().map(|v| ("activation", v.clone())))
+        .collect();
     let only = |kind: &str, name: &str| -> QdqOptions {
         let mut o = opts.clone();
-        o.keep_float = layers.iter().filter(|l| !(kind == "layer" && *l == name)).cloned().collect();
-        o.keep_float_values = values.iter().filter(|v| !(kind == "activation" && *v == name)).cloned().collect();
+        o.keep_float =
+            layers.iter().filter(|l| !(kind == "layer" && *l == name)).cloned().collect();
+        o.keep_float_values =
+            values.iter().filter(|v| !(kind == "activation" && *v == name)).cloned().collect();
         o
     };
     let mut sens = Vec::new();

@@ -17,19 +17,39 @@ use kiln_compiler::pipeline::{Budget, Calibrate, Pass, PassContext, Quantizer};
 use kiln_compiler::{Error, Result};
 
 /// Quantize `model` with `opts`, bias-correct, drop the float weights left behind.
-pub fn build(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(Model, qdq::QdqSummary, usize)> {
+pub fn build(
+    model: &Model,
+    calib: &Calibration,
+    opts: &qdq::QdqOptions,
+    bc: bool,
+    input: &str,
+    samples: &[TensorData],
+) -> Result<(Model, qdq::QdqSummary, usize)> {
     build_impl(model, calib, opts, bc, &|q, f| bias_correction::correct(q, f, input, samples))
 }
 
 /// [`build`] with the bias-correction input means measured beforehand (see [`bias_correction::input_means`]).
-pub fn build_with_means(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, means: Option<&bias_correction::InputMeans>) -> Result<(Model, qdq::QdqSummary, usize)> {
+pub fn build_with_means(
+    model: &Model,
+    calib: &Calibration,
+    opts: &qdq::QdqOptions,
+    means: Option<&bias_correction::InputMeans>,
+) -> Result<(Model, qdq::QdqSummary, usize)> {
     match means {
-        Some(mu) => build_impl(model, calib, opts, true, &|q, f| bias_correction::correct_with(q, f, mu)),
+        Some(mu) => {
+            build_impl(model, calib, opts, true, &|q, f| bias_correction::correct_with(q, f, mu))
+        }
         None => build_impl(model, calib, opts, false, &|_, _| Ok(0)),
     }
 }
 
-fn build_impl(model: &Model, calib: &Calibration, opts: &qdq::QdqOptions, bc: bool, correct: &dyn Fn(&mut Model, &Model) -> Result<usize>) -> Result<(Model, qdq::QdqSummary, usize)> {
+fn build_impl(
+    model: &Model,
+    calib: &Calibration,
+    opts: &qdq::QdqOptions,
+    bc: bool,
+    correct: &dyn Fn(&mut Model, &Model) -> Result<usize>,
+) -> Result<(Model, qdq::QdqSummary, usize)> {
     let mut m = model.clone();
     let qat = m.graph.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. }));
     let mut snapped = 0;
@@ -65,7 +85,12 @@ pub struct Equalized {
 /// Equalization before quantization: residual streams, then conv pairs. Checks that the float model is
 /// unchanged on a few calibration samples. When it is not, `required` (the user asked for it) refuses,
 /// naming the drift; otherwise the original model is kept and `skipped` says why.
-pub fn equalize(model: &Model, input: &str, samples: &[TensorData], required: bool) -> Result<(Model, Equalized)> {
+pub fn equalize(
+    model: &Model,
+    input: &str,
+    samples: &[TensorData],
+    required: bool,
+) -> Result<(Model, Equalized)> {
     let mut m = model.clone();
     // One pass measures both: stream rescaling leaves the pairs' activations unchanged (a pair's first
     // conv never writes a stream, and stream consumers compensate exactly).
@@ -78,9 +103,15 @@ pub fn equalize(model: &Model, input: &str, samples: &[TensorData], required: bo
     if drift > 1e-3 {
         let reason = format!("equalized model differs from the original by {drift:.2e} (max rel)");
         if required {
-            return Err(Error::Pass { pass: "cle".into(), reason: format!("{reason}; set `cle: false`") });
+            return Err(Error::Pass {
+                pass: "cle".into(),
+                reason: format!("{reason}; set `cle: false`"),
+            });
         }
-        return Ok((model.clone(), Equalized { drift, skipped: Some(reason), ..Default::default() }));
+        return Ok((
+            model.clone(),
+            Equalized { drift, skipped: Some(reason), ..Default::default() },
+        ));
     }
     Ok((m, Equalized { streams, pairs, drift, skipped: None }))
 }
@@ -100,16 +131,40 @@ pub fn kernel_family(opts: &qdq::QdqOptions) -> &'static str {
 pub struct Ptq;
 
 impl Quantizer for Ptq {
-    fn fp16_islands(&self, model: &Model, input: &str, samples: &[TensorData], bound: f64, half_activations: bool) -> Result<(Model, serde_json::Value)> {
+    fn fp16_islands(
+        &self,
+        model: &Model,
+        input: &str,
+        samples: &[TensorData],
+        bound: f64,
+        half_activations: bool,
+    ) -> Result<(Model, serde_json::Value)> {
         fp16::islands(model, input, samples, bound, half_activations)
     }
 
-    fn quantize(&self, model: &Model, t: &Target, calibrate: &Calibrate, cfg: &CalibrationConfig, input: &str, samples: &[TensorData], budget: Option<Budget>) -> Result<(Model, serde_json::Value, Option<Model>)> {
-        let method = params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
-            .ok_or_else(|| Error::Pass { pass: "quantize".into(), reason: "unknown calibration method".into() })?;
+    fn quantize(
+        &self,
+        model: &Model,
+        t: &Target,
+        calibrate: &Calibrate,
+        cfg: &CalibrationConfig,
+        input: &str,
+        samples: &[TensorData],
+        budget: Option<Budget>,
+    ) -> Result<(Model, serde_json::Value, Option<Model>)> {
+        let method =
+            params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
+                .ok_or_else(|| Error::Pass {
+                    pass: "quantize".into(),
+                    reason: "unknown calibration method".into(),
+                })?;
         let opts = qdq::QdqOptions {
             per_channel: t.weights.as_deref() != Some("per_tensor"),
-            activations: if t.activations.as_deref() == Some("uint8") { DType::U8 } else { DType::I8 },
+            activations: if t.activations.as_deref() == Some("uint8") {
+                DType::U8
+            } else {
+                DType::I8
+            },
             method,
             // Full-integer backends need every tensor's scale, outputs included.
             quantize_outputs: matches!(t.backend.as_str(), "tflite" | "npu"),
@@ -151,20 +206,37 @@ impl Quantizer for Ptq {
         } else {
             model
         };
-        let (opts, refined) = if t.refine_ranges.unwrap_or(true) { ranges::refine(model, calib, &opts, bc, input, samples) } else { (opts, ranges::Refined::default()) };
-        let ((mut m, summary, mut corrected), probe) = guard::build_with_reference(model, calib, &opts, bc, input, samples)?;
+        let (opts, refined) = if t.refine_ranges.unwrap_or(true) {
+            ranges::refine(model, calib, &opts, bc, input, samples)
+        } else {
+            (opts, ranges::Refined::default())
+        };
+        let ((mut m, summary, mut corrected), probe) =
+            guard::build_with_reference(model, calib, &opts, bc, input, samples)?;
         let mut mixed = serde_json::Value::Null;
         if let Some(check) = budget {
             let (ok, metrics) = check(&m)?;
             if !ok && !summary.qat_kept {
-                let (mm, report, c) = mixed::search(model, calib, &opts, bc, input, samples, check, metrics)?;
+                let (mm, report, c) =
+                    mixed::search(model, calib, &opts, bc, input, samples, check, metrics)?;
                 m = mm;
                 mixed = report;
                 corrected = c;
             }
         }
         let floor = t.min_calibration_sqnr_db.unwrap_or(guard::DEFAULT_FLOOR_DB);
-        let (m, _, guarded) = guard::check(&probe, model, calib, &opts, bc, input, samples, m, floor, summary.qat_kept)?;
+        let (m, _, guarded) = guard::check(
+            &probe,
+            model,
+            calib,
+            &opts,
+            bc,
+            input,
+            samples,
+            m,
+            floor,
+            summary.qat_kept,
+        )?;
         let json = serde_json::json!({
             "method": format!("{method:?}"),
             "weights": if opts.per_channel { "per_channel" } else { "per_tensor" },

@@ -103,7 +103,12 @@ pub fn threshold(s: &TensorStats, m: Method) -> (f32, Option<Fallback>) {
     let w = s.hist_max / BINS as f32;
     let occupied = s.hist.iter().skip(1).filter(|c| **c > 0).count();
     let nonzero: u64 = s.hist.iter().skip(1).sum();
-    let minmax = |reason: String| (full, Some(Fallback { reason, searched: t, used: full, method: Method::MinMax.to_string() }));
+    let minmax = |reason: String| {
+        (
+            full,
+            Some(Fallback { reason, searched: t, used: full, method: Method::MinMax.to_string() }),
+        )
+    };
     if occupied < MIN_OCCUPIED_BINS {
         return minmax(format!("sparse histogram ({occupied} occupied bins)"));
     }
@@ -112,7 +117,10 @@ pub fn threshold(s: &TensorStats, m: Method) -> (f32, Option<Fallback>) {
     }
     let spike = s.hist.iter().skip(1).max().copied().unwrap_or(0);
     if spike as f64 > MAX_SPIKE * nonzero as f64 {
-        return minmax(format!("{:.0} % of non-zero values in one bin", 100.0 * spike as f64 / nonzero as f64));
+        return minmax(format!(
+            "{:.0} % of non-zero values in one bin",
+            100.0 * spike as f64 / nonzero as f64
+        ));
     }
     let edge = ((t / w).round() as usize).min(BINS);
     let clipped: u64 = s.hist[edge.max(1)..].iter().sum();
@@ -122,7 +130,8 @@ pub fn threshold(s: &TensorStats, m: Method) -> (f32, Option<Fallback>) {
     }
     let reason = format!("clipped {:.1} % of non-zero values", share * 100.0);
     let p = raw_amax(s, Method::Percentile(FALLBACK_PERCENTILE));
-    let (used, method) = if p > t { (p, Method::Percentile(FALLBACK_PERCENTILE)) } else { (full, Method::MinMax) };
+    let (used, method) =
+        if p > t { (p, Method::Percentile(FALLBACK_PERCENTILE)) } else { (full, Method::MinMax) };
     (used, Some(Fallback { reason, searched: t, used, method: method.to_string() }))
 }
 
@@ -328,7 +337,13 @@ mod tests {
                         0 => 1e5 * (-x * 12.0).exp(),
                         1 => 1e5 * (-(x * 6.0).powi(2)).exp(),
                         2 => 1e4 / (1.0 + 50.0 * x).powi(2),
-                        _ => if rnd() < 0.2 { 1e3 * rnd() } else { 0.0 },
+                        _ => {
+                            if rnd() < 0.2 {
+                                1e3 * rnd()
+                            } else {
+                                0.0
+                            }
+                        }
                     };
                     (base * (0.8 + 0.4 * rnd())) as u64 + u64::from(j == 0) * 50_000
                 })

@@ -41,7 +41,17 @@ pub struct QdqOptions {
 
 impl Default for QdqOptions {
     fn default() -> Self {
-        QdqOptions { per_channel: true, activations: DType::I8, method: Method::MinMax, keep_float: HashSet::new(), keep_float_values: HashSet::new(), quantize_outputs: false, range_scale: Default::default(), method_override: BTreeMap::new(), weight_qmax: 127 }
+        QdqOptions {
+            per_channel: true,
+            activations: DType::I8,
+            method: Method::MinMax,
+            keep_float: HashSet::new(),
+            keep_float_values: HashSet::new(),
+            quantize_outputs: false,
+            range_scale: Default::default(),
+            method_override: BTreeMap::new(),
+            weight_qmax: 127,
+        }
     }
 }
 
@@ -62,8 +72,28 @@ pub struct QdqSummary {
 }
 
 const FLOAT_ONLY: &[&str] = &[
-    "Shape", "Size", "LSTM", "GRU", "RNN", "LayerNormalization", "Softmax", "Erf", "Exp", "Log", "Pow", "Sqrt", "Div",
-    "Range", "Cast", "QuantizeLinear", "DequantizeLinear", "Gelu", "Tanh", "Reciprocal", "ReduceMax", "ReduceMin",
+    "Shape",
+    "Size",
+    "LSTM",
+    "GRU",
+    "RNN",
+    "LayerNormalization",
+    "Softmax",
+    "Erf",
+    "Exp",
+    "Log",
+    "Pow",
+    "Sqrt",
+    "Div",
+    "Range",
+    "Cast",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Gelu",
+    "Tanh",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMin",
 ];
 
 /// The range method for value `name`: its override, or the options' method.
@@ -72,13 +102,18 @@ pub fn method_for(opts: &QdqOptions, name: &str) -> Method {
 }
 
 /// Scale and zero point of value `name`, and the fallback its range method took (params.rs).
-fn act_params(c: &Calibration, name: &str, opts: &QdqOptions) -> Option<((f32, i64), Option<Fallback>)> {
+fn act_params(
+    c: &Calibration,
+    name: &str,
+    opts: &QdqOptions,
+) -> Option<((f32, i64), Option<Fallback>)> {
     let s = c.stats.get(name)?;
     let (t, fallback) = threshold(s, method_for(opts, name));
     let k = opts.range_scale.get(name).copied().unwrap_or(1.0);
     let lo = s.min.max(-t).min(0.0) * k;
     let hi = s.max.min(t).max(0.0) * k;
-    let (qmin, qmax) = if opts.activations == DType::U8 { (0.0f32, 255.0f32) } else { (-128.0, 127.0) };
+    let (qmin, qmax) =
+        if opts.activations == DType::U8 { (0.0f32, 255.0f32) } else { (-128.0, 127.0) };
     let scale = ((hi - lo) / (qmax - qmin)).max(1e-8);
     let zp = (qmin - lo / scale).round().clamp(qmin, qmax) as i64;
     Some(((scale, zp), fallback))
@@ -103,19 +138,45 @@ fn scale_tensor(s: &[f32], per_axis: bool) -> TensorData {
 }
 
 /// DequantizeLinear(q, scale, zp[, axis]) as a new node; returns the float output value.
-fn add_dq(g: &mut Graph, base: &str, q: ValueId, scale: TensorData, zp: TensorData, axis: Option<i64>, dims: Vec<i64>) -> Result<ValueId> {
+fn add_dq(
+    g: &mut Graph,
+    base: &str,
+    q: ValueId,
+    scale: TensorData,
+    zp: TensorData,
+    axis: Option<i64>,
+    dims: Vec<i64>,
+) -> Result<ValueId> {
     let s = g.add_const(&format!("{base}_scale"), scale)?;
     let z = g.add_const(&format!("{base}_zero_point"), zp)?;
-    let out = g.add_temp(&format!("{base}_dequantized"), DType::F32, Some(dims.iter().map(|d| kiln_compiler::ir::Dim::Known(*d)).collect()))?;
+    let out = g.add_temp(
+        &format!("{base}_dequantized"),
+        DType::F32,
+        Some(dims.iter().map(|d| kiln_compiler::ir::Dim::Known(*d)).collect()),
+    )?;
     let name = g.fresh_node_name(&format!("{base}_DequantizeLinear"));
-    g.add_node(Node::new(name, Op::DequantizeLinear { axis }, vec![Some(q), Some(s), Some(z)], vec![Some(out)]))?;
+    g.add_node(Node::new(
+        name,
+        Op::DequantizeLinear { axis },
+        vec![Some(q), Some(s), Some(z)],
+        vec![Some(out)],
+    ))?;
     Ok(out)
 }
 
 /// Quantize weight input `slot` of node `id` along `axis` (None: per tensor). Returns the weight scales.
-fn quantize_weight(g: &mut Graph, id: NodeId, slot: usize, axis: Option<usize>, qmax: i32, floor: &dyn Fn(usize) -> f32) -> Result<Option<Vec<f32>>> {
+fn quantize_weight(
+    g: &mut Graph,
+    id: NodeId,
+    slot: usize,
+    axis: Option<usize>,
+    qmax: i32,
+    floor: &dyn Fn(usize) -> f32,
+) -> Result<Option<Vec<f32>>> {
     let Some(w) = g.nodes[id].input(slot) else { return Ok(None) };
-    let Some(d) = g.const_data(w).filter(|d| d.dtype == DType::F32).cloned() else { return Ok(None) };
+    let Some(d) = g.const_data(w).filter(|d| d.dtype == DType::F32).cloned() else {
+        return Ok(None);
+    };
     let Some(vals) = d.to_f32_vec() else { return Ok(None) };
     let dims = d.dims.clone();
     let (channels, chan_of): (usize, Box<dyn Fn(usize) -> usize>) = match axis {
@@ -139,14 +200,35 @@ fn quantize_weight(g: &mut Graph, id: NodeId, slot: usize, axis: Option<usize>, 
         .map(|(c, a)| {
             let s = if *a > 1e-30 { a / qmax as f32 } else { 0.0 };
             let s = s.max(floor(c));
-            if s > 0.0 { s } else { 1.0 }
+            if s > 0.0 {
+                s
+            } else {
+                1.0
+            }
         })
         .collect();
-    let q: Vec<u8> = vals.iter().enumerate().map(|(i, v)| (v / scales[chan_of(i)]).round().clamp(-(qmax as f32), qmax as f32) as i8 as u8).collect();
+    let q: Vec<u8> = vals
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (v / scales[chan_of(i)]).round().clamp(-(qmax as f32), qmax as f32) as i8 as u8
+        })
+        .collect();
     let base = g.value(w).name.clone();
-    let qv = g.add_const(&format!("{base}_quantized"), TensorData::from_bytes(DType::I8, dims.clone(), q))?;
+    let qv = g.add_const(
+        &format!("{base}_quantized"),
+        TensorData::from_bytes(DType::I8, dims.clone(), q),
+    )?;
     let per_axis = axis.is_some();
-    let out = add_dq(g, &base, qv, scale_tensor(&scales, per_axis), zp_tensor(DType::I8, 0, per_axis.then_some(channels)), axis.map(|a| a as i64), dims)?;
+    let out = add_dq(
+        g,
+        &base,
+        qv,
+        scale_tensor(&scales, per_axis),
+        zp_tensor(DType::I8, 0, per_axis.then_some(channels)),
+        axis.map(|a| a as i64),
+        dims,
+    )?;
     if let Some(n) = g.node_mut(id) {
         n.inputs[slot] = Some(out);
     }
@@ -156,18 +238,40 @@ fn quantize_weight(g: &mut Graph, id: NodeId, slot: usize, axis: Option<usize>, 
 /// Bias as int32 with scale s_in·s_w[c].
 fn quantize_bias(g: &mut Graph, id: NodeId, s_in: f32, s_w: &[f32]) -> Result<bool> {
     let Some(b) = g.nodes[id].input(2) else { return Ok(false) };
-    let Some(d) = g.const_data(b).filter(|d| d.dtype == DType::F32 && d.dims.len() == 1).cloned() else { return Ok(false) };
+    let Some(d) = g.const_data(b).filter(|d| d.dtype == DType::F32 && d.dims.len() == 1).cloned()
+    else {
+        return Ok(false);
+    };
     let Some(vals) = d.to_f32_vec() else { return Ok(false) };
     let n = vals.len();
-    let scales: Vec<f32> = (0..n).map(|i| s_in * if s_w.len() == 1 { s_w[0] } else { s_w.get(i).copied().unwrap_or(s_w[0]) }).collect();
+    let scales: Vec<f32> = (0..n)
+        .map(|i| s_in * if s_w.len() == 1 { s_w[0] } else { s_w.get(i).copied().unwrap_or(s_w[0]) })
+        .collect();
     if scales.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
         return Ok(false);
     }
-    let q: Vec<u8> = vals.iter().zip(&scales).flat_map(|(v, s)| ((v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32).to_le_bytes()).collect();
+    let q: Vec<u8> = vals
+        .iter()
+        .zip(&scales)
+        .flat_map(|(v, s)| {
+            ((v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32).to_le_bytes()
+        })
+        .collect();
     let base = g.value(b).name.clone();
-    let qv = g.add_const(&format!("{base}_quantized"), TensorData::from_bytes(DType::I32, vec![n as i64], q))?;
+    let qv = g.add_const(
+        &format!("{base}_quantized"),
+        TensorData::from_bytes(DType::I32, vec![n as i64], q),
+    )?;
     let zp = TensorData::from_bytes(DType::I32, vec![n as i64], vec![0; 4 * n]);
-    let out = add_dq(g, &base, qv, TensorData::from_f32(vec![n as i64], &scales), zp, Some(0), vec![n as i64])?;
+    let out = add_dq(
+        g,
+        &base,
+        qv,
+        TensorData::from_f32(vec![n as i64], &scales),
+        zp,
+        Some(0),
+        vec![n as i64],
+    )?;
     if let Some(node) = g.node_mut(id) {
         node.inputs[2] = Some(out);
     }
@@ -188,9 +292,19 @@ fn output_qdq(g: &mut Graph, v: ValueId, scale: f32, zp: i64, dt: DType) -> Resu
     out.shape = shape;
     let dq = g.add_value(out)?;
     let qn = g.fresh_node_name(&format!("{name}_QuantizeLinear"));
-    g.add_node(Node::new(qn, Op::QuantizeLinear { axis: None, saturate: None }, vec![Some(v), Some(s), Some(z)], vec![Some(q)]))?;
+    g.add_node(Node::new(
+        qn,
+        Op::QuantizeLinear { axis: None, saturate: None },
+        vec![Some(v), Some(s), Some(z)],
+        vec![Some(q)],
+    ))?;
     let dn = g.fresh_node_name(&format!("{name}_DequantizeLinear"));
-    g.add_node(Node::new(dn, Op::DequantizeLinear { axis: None }, vec![Some(q), Some(s), Some(z)], vec![Some(dq)]))?;
+    g.add_node(Node::new(
+        dn,
+        Op::DequantizeLinear { axis: None },
+        vec![Some(q), Some(s), Some(z)],
+        vec![Some(dq)],
+    ))?;
     for o in g.outputs.iter_mut() {
         if *o == v {
             *o = dq;
@@ -209,8 +323,18 @@ pub fn full_range_values(g: &Graph) -> HashSet<ValueId> {
         let Some((p, _)) = g.value(v).producer else { continue };
         let Some(n) = g.node(p) else { continue };
         let passes = n.act.is_none()
-            && (matches!(n.op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity | Op::Pool { .. } | Op::GlobalAveragePool)
-                || matches!(n.op.op_type(), "Squeeze" | "Unsqueeze" | "ReduceMean" | "GlobalMaxPool"));
+            && (matches!(
+                n.op,
+                Op::Reshape { .. }
+                    | Op::Flatten { .. }
+                    | Op::Transpose { .. }
+                    | Op::Identity
+                    | Op::Pool { .. }
+                    | Op::GlobalAveragePool
+            ) || matches!(
+                n.op.op_type(),
+                "Squeeze" | "Unsqueeze" | "ReduceMean" | "GlobalMaxPool"
+            ));
         if let (true, Some(x)) = (passes, n.input(0)) {
             if g.const_data(x).is_none() && out.insert(x) {
                 stack.push(x);
@@ -221,28 +345,54 @@ pub fn full_range_values(g: &Graph) -> HashSet<ValueId> {
 }
 
 /// Activation (scale, zero point) for every value that will get Q/DQ.
-pub fn activation_params(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> BTreeMap<ValueId, (f32, i64)> {
+pub fn activation_params(
+    g: &Graph,
+    calib: &Calibration,
+    opts: &QdqOptions,
+) -> BTreeMap<ValueId, (f32, i64)> {
     params_and_fallbacks(g, calib, opts).0
 }
 
 /// [`activation_params`], and the range fallbacks behind the parameters used (by value name): a value
 /// whose parameters are fixed by the runtime or taken from its input has none.
-fn params_and_fallbacks(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> (BTreeMap<ValueId, (f32, i64)>, BTreeMap<String, Fallback>) {
+fn params_and_fallbacks(
+    g: &Graph,
+    calib: &Calibration,
+    opts: &QdqOptions,
+) -> (BTreeMap<ValueId, (f32, i64)>, BTreeMap<String, Fallback>) {
     let mut params = BTreeMap::new();
     let mut fallbacks = BTreeMap::new();
     let full = full_range_values(g);
     for (i, v) in g.values.iter().enumerate() {
         let id = ValueId(i as u32);
-        if v.dtype != DType::F32 || (g.is_output(id) && !opts.quantize_outputs) || g.const_data(id).is_some() {
+        if v.dtype != DType::F32
+            || (g.is_output(id) && !opts.quantize_outputs)
+            || g.const_data(id).is_some()
+        {
             continue;
         }
-        let from_dq = v.producer.map(|(p, _)| g.node(p).is_some_and(|n| matches!(n.op, Op::DequantizeLinear { .. }))).unwrap_or(false);
+        let from_dq = v
+            .producer
+            .map(|(p, _)| g.node(p).is_some_and(|n| matches!(n.op, Op::DequantizeLinear { .. })))
+            .unwrap_or(false);
         if from_dq || opts.keep_float_values.contains(&v.name) {
             continue;
         }
         // A graph output keeps its full calibrated range: clipping logits flattens exactly the largest
         // ones, which decide top-1.
-        let p = if full.contains(&id) { act_params(calib, &v.name, &QdqOptions { method: Method::MinMax, method_override: BTreeMap::new(), ..opts.clone() }) } else { act_params(calib, &v.name, opts) };
+        let p = if full.contains(&id) {
+            act_params(
+                calib,
+                &v.name,
+                &QdqOptions {
+                    method: Method::MinMax,
+                    method_override: BTreeMap::new(),
+                    ..opts.clone()
+                },
+            )
+        } else {
+            act_params(calib, &v.name, opts)
+        };
         if let Some((p, f)) = p {
             params.insert(id, p);
             if let Some(f) = f {
@@ -256,7 +406,9 @@ fn params_and_fallbacks(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> (B
         for id in g.nodes.node_indices() {
             let n = &g.nodes[id];
             let fixed = match (&n.op, &n.act) {
-                (Op::Softmax { .. }, None) | (Op::Act(kiln_compiler::ir::Act::Sigmoid), None) => Some((1.0 / 256.0, -128)),
+                (Op::Softmax { .. }, None) | (Op::Act(kiln_compiler::ir::Act::Sigmoid), None) => {
+                    Some((1.0 / 256.0, -128))
+                }
                 (Op::Act(kiln_compiler::ir::Act::Tanh), None) => Some((1.0 / 128.0, 0)),
                 _ => None,
             };
@@ -272,8 +424,10 @@ fn params_and_fallbacks(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> (B
     // input's parameters, as the TFLite int8 spec requires: requantizing there only adds rounding.
     for id in g.topo_order().unwrap_or_default() {
         let n = &g.nodes[id];
-        let moves = matches!(n.op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity)
-            || matches!(n.op, Op::Pool { kind: kiln_compiler::ir::PoolKind::Max, .. })
+        let moves = matches!(
+            n.op,
+            Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity
+        ) || matches!(n.op, Op::Pool { kind: kiln_compiler::ir::PoolKind::Max, .. })
             || matches!(n.op.op_type(), "Squeeze" | "Unsqueeze" | "Split" | "Slice" | "Gather");
         let Some(p) = n.input(0).and_then(|x| params.get(&x)).copied() else { continue };
         if !moves || n.act.is_some() {
@@ -291,7 +445,11 @@ fn params_and_fallbacks(g: &Graph, calib: &Calibration, opts: &QdqOptions) -> (B
 
 /// Quantized range of the activation type.
 pub fn act_range(opts: &QdqOptions) -> (i64, i64) {
-    if opts.activations == DType::U8 { (0, 255) } else { (-128, 127) }
+    if opts.activations == DType::U8 {
+        (0, 255)
+    } else {
+        (-128, 127)
+    }
 }
 
 /// Insert Q/DQ for the whole model.
@@ -303,8 +461,13 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
         sum.qat_kept = true;
         return Ok(sum);
     }
-    if model.opset_imports.iter().any(|(d, v)| (d.is_empty() || d == "ai.onnx") && *v < 13) && opts.per_channel {
-        return Err(Error::Pass { pass: "quantize".into(), reason: "per-channel quantization needs opset 13 or newer".into() });
+    if model.opset_imports.iter().any(|(d, v)| (d.is_empty() || d == "ai.onnx") && *v < 13)
+        && opts.per_channel
+    {
+        return Err(Error::Pass {
+            pass: "quantize".into(),
+            reason: "per-channel quantization needs opset 13 or newer".into(),
+        });
     }
     let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
     let (params, fallbacks) = params_and_fallbacks(g, calib, opts);
@@ -319,27 +482,41 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
         let axis = match &n.op {
             Op::Conv { .. } => Some(0),
             Op::Gemm { trans_b, .. } => Some(if trans_b.unwrap_or(0) != 0 { 0 } else { 1 }),
-            Op::MatMul => g.nodes[id].input(1).and_then(|w| g.const_data(w)).map(|d| d.dims.len().saturating_sub(1)),
+            Op::MatMul => g.nodes[id]
+                .input(1)
+                .and_then(|w| g.const_data(w))
+                .map(|d| d.dims.len().saturating_sub(1)),
             _ => continue,
         };
         let axis = if opts.per_channel { axis } else { None };
         let s_in = g.nodes[id].input(0).and_then(|x| params.get(&x)).map(|p| p.0);
         let bias: Vec<f32> = match (&g.nodes[id].op, g.nodes[id].input(2)) {
-            (Op::Conv { .. } | Op::Gemm { .. }, Some(b)) => g.const_data(b).and_then(|d| d.to_f32_vec()).unwrap_or_default(),
+            (Op::Conv { .. } | Op::Gemm { .. }, Some(b)) => {
+                g.const_data(b).and_then(|d| d.to_f32_vec()).unwrap_or_default()
+            }
             _ => Vec::new(),
         };
         let floor = |c: usize| -> f32 {
             match s_in {
                 Some(si) if si > 0.0 => {
-                    let b = if axis.is_some() { bias.get(c).copied().unwrap_or(0.0).abs() } else { bias.iter().fold(0f32, |m, v| m.max(v.abs())) };
+                    let b = if axis.is_some() {
+                        bias.get(c).copied().unwrap_or(0.0).abs()
+                    } else {
+                        bias.iter().fold(0f32, |m, v| m.max(v.abs()))
+                    };
                     b / (si * (1u64 << 30) as f32)
                 }
                 _ => 0.0,
             }
         };
-        let Some(s_w) = quantize_weight(g, id, 1, axis, opts.weight_qmax.clamp(1, 127), &floor)? else { continue };
+        let Some(s_w) = quantize_weight(g, id, 1, axis, opts.weight_qmax.clamp(1, 127), &floor)?
+        else {
+            continue;
+        };
         sum.weights += 1;
-        if let (Some(s_in), true) = (s_in, matches!(g.nodes[id].op, Op::Conv { .. } | Op::Gemm { .. })) {
+        if let (Some(s_in), true) =
+            (s_in, matches!(g.nodes[id].op, Op::Conv { .. } | Op::Gemm { .. }))
+        {
             if quantize_bias(g, id, s_in, &s_w)? {
                 sum.biases += 1;
             }
@@ -358,7 +535,9 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
             .into_iter()
             .filter(|(c, _)| {
                 let n = &g.nodes[*c];
-                !FLOAT_ONLY.contains(&n.op.op_type()) && n.op.subgraphs().is_empty() && (n.domain.is_empty() || n.domain == "ai.onnx")
+                !FLOAT_ONLY.contains(&n.op.op_type())
+                    && n.op.subgraphs().is_empty()
+                    && (n.domain.is_empty() || n.domain == "ai.onnx")
             })
             .collect();
         if consumers.is_empty() {
@@ -367,13 +546,24 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
         let base = g.value(v).name.clone();
         let shape = g.value(v).shape.clone();
         let s = g.add_const(&format!("{base}_scale"), TensorData::from_f32(vec![], &[scale]))?;
-        let z = g.add_const(&format!("{base}_zero_point"), zp_tensor(opts.activations, zp, None))?;
+        let z =
+            g.add_const(&format!("{base}_zero_point"), zp_tensor(opts.activations, zp, None))?;
         let q = g.add_temp(&format!("{base}_quantized"), opts.activations, shape.clone())?;
         let dq = g.add_temp(&format!("{base}_dequantized"), DType::F32, shape)?;
         let qn = g.fresh_node_name(&format!("{base}_QuantizeLinear"));
-        g.add_node(Node::new(qn, Op::QuantizeLinear { axis: None, saturate: None }, vec![Some(v), Some(s), Some(z)], vec![Some(q)]))?;
+        g.add_node(Node::new(
+            qn,
+            Op::QuantizeLinear { axis: None, saturate: None },
+            vec![Some(v), Some(s), Some(z)],
+            vec![Some(q)],
+        ))?;
         let dn = g.fresh_node_name(&format!("{base}_DequantizeLinear"));
-        g.add_node(Node::new(dn, Op::DequantizeLinear { axis: None }, vec![Some(q), Some(s), Some(z)], vec![Some(dq)]))?;
+        g.add_node(Node::new(
+            dn,
+            Op::DequantizeLinear { axis: None },
+            vec![Some(q), Some(s), Some(z)],
+            vec![Some(dq)],
+        ))?;
         for (c, slot) in consumers {
             if let Some(n) = g.node_mut(c) {
                 n.inputs[slot] = Some(dq);

@@ -67,7 +67,11 @@ fn sqnr(cand: &Model, input: &str, samples: &[TensorData], want: &[Vec<f64>]) ->
     let ev = Evaluator::new(cand, &[(input.to_string(), first.dtype, first.dims.clone())])?;
     let (mut sig, mut noise) = (0f64, 0f64);
     for (s, w) in samples.iter().zip(want) {
-        let got: Vec<f64> = ev.run(&[(input.to_string(), s.clone())])?.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect();
+        let got: Vec<f64> = ev
+            .run(&[(input.to_string(), s.clone())])?
+            .iter()
+            .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
+            .collect();
         if got.len() != w.len() {
             return Ok(f64::NEG_INFINITY);
         }
@@ -100,41 +104,69 @@ pub const MAX_SAMPLES: usize = 32;
 /// Choose a range factor per residual stream of `model` (float, equalized) and return `opts` with them in
 /// `range_scale`. With `bc`, candidates are bias-corrected like the final model (input means measured
 /// once), so the choice sees what ships.
-pub fn refine(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> (QdqOptions, Refined) {
+pub fn refine(
+    model: &Model,
+    calib: &Calibration,
+    opts: &QdqOptions,
+    bc: bool,
+    input: &str,
+    samples: &[TensorData],
+) -> (QdqOptions, Refined) {
     match search(model, calib, opts, bc, input, samples) {
         Ok(r) => r,
         Err(e) => (opts.clone(), Refined { skipped: Some(e.to_string()), ..Default::default() }),
     }
 }
 
-fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input: &str, samples: &[TensorData]) -> Result<(QdqOptions, Refined)> {
+fn search(
+    model: &Model,
+    calib: &Calibration,
+    opts: &QdqOptions,
+    bc: bool,
+    input: &str,
+    samples: &[TensorData],
+) -> Result<(QdqOptions, Refined)> {
     let mut out = opts.clone();
     let mut report = Refined::default();
     if model.graph.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. })) {
         return Ok((out, report)); // QAT scales are kept as trained
     }
-    let mut streams: Vec<Vec<ValueId>> = super::streams::streams(&model.graph)?.into_iter().map(|s| s.values).collect();
+    let mut streams: Vec<Vec<ValueId>> =
+        super::streams::streams(&model.graph)?.into_iter().map(|s| s.values).collect();
     streams.iter_mut().for_each(|v| v.sort());
     streams.sort();
     let streams: Vec<Vec<String>> = streams
         .into_iter()
-        .map(|s| s.iter().map(|v| model.graph.value(*v).name.clone()).filter(|n| calib.stats.contains_key(n) && !opts.keep_float_values.contains(n)).collect::<Vec<_>>())
+        .map(|s| {
+            s.iter()
+                .map(|v| model.graph.value(*v).name.clone())
+                .filter(|n| calib.stats.contains_key(n) && !opts.keep_float_values.contains(n))
+                .collect::<Vec<_>>()
+        })
         .filter(|v| !v.is_empty())
         .collect();
     if streams.is_empty() || samples.is_empty() {
         return Ok((out, report));
     }
     let n = samples.len().min(MAX_SAMPLES);
-    let probe: Vec<TensorData> = (0..n).filter_map(|i| samples.get(i * samples.len() / n).cloned()).collect();
+    let probe: Vec<TensorData> =
+        (0..n).filter_map(|i| samples.get(i * samples.len() / n).cloned()).collect();
     let ev = Evaluator::new(model, &[(input.to_string(), probe[0].dtype, probe[0].dims.clone())])?;
     let mut want = Vec::with_capacity(probe.len());
     for s in &probe {
-        want.push(ev.run(&[(input.to_string(), s.clone())])?.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect::<Vec<f64>>());
+        want.push(
+            ev.run(&[(input.to_string(), s.clone())])?
+                .iter()
+                .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
+                .collect::<Vec<f64>>(),
+        );
     }
-    let means = if bc { Some(super::bias_correction::input_means(model, input, &probe)?) } else { None };
+    let means =
+        if bc { Some(super::bias_correction::input_means(model, input, &probe)?) } else { None };
     let pinned = pin(model, calib, opts);
     let score = |o: &QdqOptions| -> Result<f64> {
-        let o = QdqOptions { method: Method::MinMax, method_override: Default::default(), ..o.clone() };
+        let o =
+            QdqOptions { method: Method::MinMax, method_override: Default::default(), ..o.clone() };
         let (m, _, _) = super::build_with_means(model, &pinned, &o, means.as_ref())?;
         sqnr(&m, input, &probe, &want)
     };
@@ -161,7 +193,10 @@ fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input
                 let a = score(&cands[0]);
                 (a, h.join())
             });
-            let b = b.map_err(|_| kiln_compiler::Error::Pass { pass: "quantize".into(), reason: "range refinement thread panicked".into() })?;
+            let b = b.map_err(|_| kiln_compiler::Error::Pass {
+                pass: "quantize".into(),
+                reason: "range refinement thread panicked".into(),
+            })?;
             report.evaluated += 2;
             for (f, s) in round.iter().zip([a?, b?]) {
                 if s > best + MIN_GAIN_DB {
@@ -178,7 +213,13 @@ fn search(model: &Model, calib: &Calibration, opts: &QdqOptions, bc: bool, input
                 out.range_scale.insert(v.clone(), keep);
             }
         }
-        report.streams.push(StreamChoice { first: values[0].clone(), tensors: values.len(), factor: keep, sqnr_db_before: before, sqnr_db_after: best });
+        report.streams.push(StreamChoice {
+            first: values[0].clone(),
+            tensors: values.len(),
+            factor: keep,
+            sqnr_db_before: before,
+            sqnr_db_after: best,
+        });
     }
     Ok((out, report))
 }

@@ -14,8 +14,8 @@
 //! an Add of the same stream or a Conv's data input, or when a producer is not an activation-free Conv.
 use std::collections::{BTreeMap, HashMap};
 
-use kiln_compiler::ir::{Graph, Model, NodeId, Op, ValueId};
 use kiln_compiler::ir::op::BinOp;
+use kiln_compiler::ir::{Graph, Model, NodeId, Op, ValueId};
 use kiln_compiler::Result;
 
 use super::cle::{conv_weights, set_weights, ChannelStats};
@@ -30,7 +30,10 @@ pub struct Stream {
 
 fn is_add(g: &Graph, id: NodeId) -> bool {
     let n = &g.nodes[id];
-    matches!(n.op, Op::Binary(BinOp::Add)) && n.act.is_none() && n.inputs.len() == 2 && n.inputs.iter().flatten().all(|v| g.const_data(*v).is_none())
+    matches!(n.op, Op::Binary(BinOp::Add))
+        && n.act.is_none()
+        && n.inputs.len() == 2
+        && n.inputs.iter().flatten().all(|v| g.const_data(*v).is_none())
 }
 
 fn find(parent: &mut BTreeMap<ValueId, ValueId>, v: ValueId) -> ValueId {
@@ -69,7 +72,10 @@ pub fn streams(g: &Graph) -> Result<Vec<Stream>> {
             let Some((p, _)) = g.value(*v).producer else { continue 'group };
             if !is_add(g, p) {
                 let pn = &g.nodes[p];
-                if !matches!(pn.op, Op::Conv { .. }) || pn.act.is_some() || conv_weights(g, p).is_none() {
+                if !matches!(pn.op, Op::Conv { .. })
+                    || pn.act.is_some()
+                    || conv_weights(g, p).is_none()
+                {
                     continue 'group;
                 }
                 producers.push(p);
@@ -78,7 +84,10 @@ pub fn streams(g: &Graph) -> Result<Vec<Stream>> {
                 if is_add(g, c) && g.nodes[c].output(0).is_some_and(|y| values.contains(&y)) {
                     continue;
                 }
-                if slot != 0 || !matches!(g.nodes[c].op, Op::Conv { .. }) || conv_weights(g, c).is_none() {
+                if slot != 0
+                    || !matches!(g.nodes[c].op, Op::Conv { .. })
+                    || conv_weights(g, c).is_none()
+                {
                     continue 'group;
                 }
                 consumers.push(c);
@@ -100,7 +109,11 @@ pub fn stream_values(g: &Graph) -> Result<Vec<ValueId>> {
 
 /// Equalize every stream of `m` (see the module doc) given the per-channel statistics of
 /// [`stream_values`]; returns how many were rescaled. Leaves the replaced weights for the caller's DCE.
-pub fn equalize(m: &mut Model, stats: &HashMap<ValueId, ChannelStats>, alpha: f32) -> Result<usize> {
+pub fn equalize(
+    m: &mut Model,
+    stats: &HashMap<ValueId, ChannelStats>,
+    alpha: f32,
+) -> Result<usize> {
     let ss = streams(&m.graph)?;
     let mut changed = 0;
     for s in &ss {
@@ -124,7 +137,9 @@ pub fn equalize(m: &mut Model, stats: &HashMap<ValueId, ChannelStats>, alpha: f3
         let mut ok = c > 0;
         for id in &s.consumers {
             match conv_weights(g, *id) {
-                Some(cw) if cw.in_channels() == c => (0..c).for_each(|ch| w[ch] = w[ch].max(cw.in_range(ch))),
+                Some(cw) if cw.in_channels() == c => {
+                    (0..c).for_each(|ch| w[ch] = w[ch].max(cw.in_range(ch)))
+                }
                 _ => ok = false,
             }
         }
@@ -134,11 +149,25 @@ pub fn equalize(m: &mut Model, stats: &HashMap<ValueId, ChannelStats>, alpha: f3
         if !ok {
             continue;
         }
-        let mut sc: Vec<f32> = a.iter().zip(&w).map(|(a, w)| if *a > 0.0 && *w > 0.0 { a.powf(alpha) / w.powf(1.0 - alpha) } else { 1.0 }).collect();
+        let mut sc: Vec<f32> = a
+            .iter()
+            .zip(&w)
+            .map(
+                |(a, w)| {
+                    if *a > 0.0 && *w > 0.0 {
+                        a.powf(alpha) / w.powf(1.0 - alpha)
+                    } else {
+                        1.0
+                    }
+                },
+            )
+            .collect();
         // Only relative scales matter to the quantizer; centre them on 1 to keep biases and weights in range.
         let centre = (sc.iter().map(|v| f64::from(v.ln())).sum::<f64>() / c as f64).exp() as f32;
         sc.iter_mut().for_each(|v| *v /= centre);
-        if sc.iter().any(|v| !v.is_finite() || *v <= 0.0) || sc.iter().all(|v| (v - 1.0).abs() < 1e-3) {
+        if sc.iter().any(|v| !v.is_finite() || *v <= 0.0)
+            || sc.iter().all(|v| (v - 1.0).abs() < 1e-3)
+        {
             continue;
         }
         for id in &s.producers {
