@@ -210,8 +210,8 @@ fn run(model: PathBuf, inputs: Vec<String>, output_dir: PathBuf) -> Result<()> {
 }
 
 fn build(config_path: PathBuf, force: bool) -> Result<()> {
-    let cfg = config::load(&config_path)?;
     let backends = kiln_backends::all();
+    let cfg = config::load(&config_path, &backends)?;
     let mut log = |s: &str| eprintln!("kiln: {s}");
     let quantizer = kiln_passes::quant::Ptq;
     let outcome =
@@ -290,14 +290,40 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         reduce_range,
         min_calibration_sqnr_db,
     } = args;
+    use kiln_passes::quant;
     if !min_calibration_sqnr_db.is_finite() {
         anyhow::bail!("--min-calibration-sqnr-db must be a number of dB");
     }
-    let (cle, required) = match cle.as_str() {
-        "on" => (true, true),
-        "off" => (false, false),
-        "auto" => (true, false),
+    let cle = match cle.as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        "auto" => None,
         other => anyhow::bail!("--cle '{other}': expected on, off or auto"),
+    };
+    let method = quant::params::Method::parse(&method, percentile).ok_or_else(|| {
+        anyhow!("--method '{method}': expected minmax, percentile, entropy or mse")
+    })?;
+    let activations = match activations.as_str() {
+        "int8" => ir::DType::I8,
+        "uint8" => ir::DType::U8,
+        other => anyhow::bail!("--activations '{other}': expected int8 or uint8"),
+    };
+    let refine_ranges = match refine_ranges.as_str() {
+        "on" => true,
+        "off" => false,
+        other => anyhow::bail!("--refine-ranges '{other}': expected on or off"),
+    };
+    // The settings `kiln build` would use for an `onnx` int8 target with these keys.
+    let settings = quant::Settings {
+        method,
+        per_channel: !per_tensor,
+        activations,
+        cle,
+        bias_correction: bias_correction > 0,
+        refine_ranges,
+        reduce_range,
+        floor_db: min_calibration_sqnr_db,
+        rules: kiln_backends::onnx::int8_rules(),
     };
     use kiln_compiler::calib;
     let mut m = onnx::load(&model)?;
@@ -331,117 +357,68 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         .collect::<kiln_compiler::Result<Vec<_>>>()?;
     let mut cx = kiln_compiler::pipeline::PassContext::default();
     driver::run_passes(&mut m, &passes, &mut cx)?;
-    if cle {
-        let (em, eq) = kiln_passes::quant::equalize(&m, &input, &data, required)?;
-        m = em;
-        match eq.skipped {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let calibrate = |m: &ir::Model| {
+        let t0 = std::time::Instant::now();
+        let stats = calib::collect_with(m, &input, &data, false, &mut |done, total| {
+            if tty {
+                eprint!("\rkiln: calibrating {done}/{total}")
+            }
+        })?;
+        eprintln!(
+            "{}kiln: calibrated on {} samples in {:.1} s",
+            if tty { "\n" } else { "" },
+            stats.samples,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(stats)
+    };
+    let t0 = std::time::Instant::now();
+    let (m, s, _) = quant::quantize(&m, &settings, &calibrate, &input, &data, None)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if settings.cle.unwrap_or(true) {
+        match &s.cle_skipped {
             Some(why) => eprintln!("kiln: equalization skipped: {why}"),
-            None => eprintln!("kiln: equalization: {} residual streams, {} conv pairs rescaled (float output moved {:.1e})", eq.streams, eq.pairs, eq.drift),
+            None => eprintln!("kiln: equalization: {} residual streams, {} conv pairs rescaled (float output moved {:.1e})", s.cle_streams_equalized, s.cle_pairs_equalized, s.cle_float_max_rel_diff),
         }
     }
-    let t0 = std::time::Instant::now();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stats = calib::collect_with(&m, &input, &data, false, &mut |done, total| {
-        if tty {
-            eprint!("\rkiln: calibrating {done}/{total}")
-        }
-    })?;
-    eprintln!(
-        "{}kiln: calibrated on {} samples in {:.1} s",
-        if tty { "\n" } else { "" },
-        stats.samples,
-        t0.elapsed().as_secs_f64()
-    );
-    let method =
-        kiln_passes::quant::params::Method::parse(&method, percentile).ok_or_else(|| {
-            anyhow!("--method '{method}': expected minmax, percentile, entropy or mse")
-        })?;
-    let act = match activations.as_str() {
-        "int8" => ir::DType::I8,
-        "uint8" => ir::DType::U8,
-        other => anyhow::bail!("--activations '{other}': expected int8 or uint8"),
-    };
-    let mut opts = kiln_passes::quant::qdq::QdqOptions {
-        per_channel: !per_tensor,
-        activations: act,
-        method,
-        weight_qmax: if reduce_range { 64 } else { 127 },
-        ..Default::default()
-    };
-    let t0 = std::time::Instant::now();
-    let refine = match refine_ranges.as_str() {
-        "on" => true,
-        "off" => false,
-        other => anyhow::bail!("--refine-ranges '{other}': expected on or off"),
-    };
-    if refine {
-        let (o, r) = kiln_passes::quant::ranges::refine(
-            &m,
-            &stats,
-            &opts,
-            bias_correction > 0,
-            &input,
-            &data,
-        );
-        if let Some(why) = &r.skipped {
-            eprintln!("kiln: range refinement skipped (calibrated ranges kept): {why}");
-        }
-        opts = o;
+    let r = &s.range_refinement;
+    if let Some(why) = &r.skipped {
+        eprintln!("kiln: range refinement skipped (calibrated ranges kept): {why}");
+    }
+    if !r.streams.is_empty() {
         let moved: Vec<String> = r
             .streams
             .iter()
             .filter(|s| s.factor != 1.0)
             .map(|s| format!("{} ×{}", s.first, s.factor))
             .collect();
-        if !r.streams.is_empty() {
-            let (a, b) = (
-                r.streams.first().map_or(0.0, |s| s.sqnr_db_before),
-                r.streams.last().map_or(0.0, |s| s.sqnr_db_after),
-            );
-            eprintln!("kiln: range refinement: {} residual streams, {} narrowed [{}]; output SQNR on calibration samples {a:.2} → {b:.2} dB ({:.1} s)", r.streams.len(), moved.len(), moved.join(", "), t0.elapsed().as_secs_f64());
-        }
+        let (a, b) = (
+            r.streams.first().map_or(0.0, |s| s.sqnr_db_before),
+            r.streams.last().map_or(0.0, |s| s.sqnr_db_after),
+        );
+        eprintln!("kiln: range refinement: {} residual streams, {} narrowed [{}]; output SQNR on calibration samples {a:.2} → {b:.2} dB", r.streams.len(), moved.len(), moved.join(", "));
     }
-    let t0 = std::time::Instant::now();
-    let float = m;
-    let ((m, summary, corrected), reference) = kiln_passes::quant::guard::build_with_reference(
-        &float,
-        &stats,
-        &opts,
-        bias_correction > 0,
-        &input,
-        &data,
-    )?;
-    if summary.qat_kept {
+    if s.qat_scales_kept {
         eprintln!(
             "kiln: the model carries Q/DQ from quantization-aware training: its scales are kept"
         );
     }
     eprintln!(
-        "kiln: quantized {} weights, {} biases, {} activations; bias-corrected {corrected} layers; {} dead channels snapped to the grid ({:.1} s)",
-        summary.weights,
-        summary.biases,
-        summary.activations,
-        summary.snapped_channels,
-        t0.elapsed().as_secs_f64()
+        "kiln: quantized {} weights, {} biases, {} activations; bias-corrected {} layers; {} dead channels snapped to the grid ({secs:.1} s in all)",
+        s.quantized_weights,
+        s.quantized_biases,
+        s.quantized_activations,
+        s.bias_corrected_layers,
+        s.dead_channels_snapped,
     );
-    for (name, f) in &summary.range_fallbacks {
+    for (name, f) in &s.range_fallbacks {
         eprintln!(
             "kiln: range of '{name}': {} → {} ({}; threshold {:.4} → {:.4})",
             method, f.method, f.reason, f.searched, f.used
         );
     }
-    let (m, _, g) = kiln_passes::quant::guard::check(
-        &reference,
-        &float,
-        &stats,
-        &opts,
-        bias_correction > 0,
-        &input,
-        &data,
-        m,
-        min_calibration_sqnr_db,
-        summary.qat_kept,
-    )?;
+    let g = &s.quality_guard;
     eprintln!("kiln: output SQNR (median of {} calibration samples) {:.2} dB, top-1 agreement {:.2} (floor {} dB)", g.samples, g.sqnr_db, g.top1_agreement, g.floor_db);
     match g.repair.as_str() {
         "range_fallback" => eprintln!("kiln: repaired by per-tensor range fallback on {} tensors: {:.2} dB, top-1 agreement {:.2}", g.range_fallbacks.len(), g.sqnr_db_after, g.top1_agreement_after),
@@ -454,7 +431,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         ),
         _ => {}
     }
-    eprintln!("kiln: kernels: {}", kiln_passes::quant::kernel_family(&opts));
+    eprintln!("kiln: kernels: {}", s.kernel_family);
     onnx::save(&m, &output, &onnx::ExportOptions::default())?;
     Ok(())
 }

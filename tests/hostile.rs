@@ -422,6 +422,81 @@ fn bad_yaml() {
     );
 }
 
+/// Every backend's options are checked when the config loads, before any work, at the line and column
+/// of the key or value at fault. The model named does not exist: each error must come before the import.
+#[test]
+fn bad_backend_options_fail_before_any_work_with_their_location() {
+    let case = |target: &str, needle: &[&str]| {
+        let yaml = format!(
+            "model: gone.onnx\ncalibration: {{ tensors: gone.npy }}\ntargets:\n  - {target}\noutput: out\n"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("kiln.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let t0 = std::time::Instant::now();
+        let err = fails(&["build", cfg.to_str().unwrap()]);
+        for n in needle {
+            assert!(err.contains(n), "expected '{n}' in: {err}");
+        }
+        assert!(
+            !err.contains("gone.onnx"),
+            "the model was read before the options were checked: {err}"
+        );
+        assert!(!d.path().join("out").exists(), "a failed build left output behind");
+        assert!(t0.elapsed().as_secs_f64() < 5.0, "took {:?}", t0.elapsed());
+    };
+    // onnx
+    case(
+        "{ name: a, backend: onnx, external_data: sometimes }",
+        &["kiln.yaml:4:50", "external_data", "sometimes", "auto"],
+    );
+    case(
+        "{ name: a, backend: onnx, io_layout: nchw }",
+        &["kiln.yaml:4:29", "unknown field `io_layout` for backend 'onnx'"],
+    );
+    case(
+        "{ name: a, backend: onnx, precision: int8, reduce_range: maybe }",
+        &["kiln.yaml:4", "reduce_range"],
+    );
+    // tflite
+    case(
+        "{ name: p, backend: tflite, precision: int8, io_layout: nhcw }",
+        &["kiln.yaml:4:59", "target 'p'", "nhcw", "nhwc", "nchw"],
+    );
+    case("{ name: p, backend: tflite, io_dtype: int16 }", &["kiln.yaml:4:41", "int16"]);
+    case(
+        "{ name: p, backend: tflite, precision: fp32, io_dtype: int8 }",
+        &["kiln.yaml:4:5", "target 'p'", "io_dtype 'int8'", "precision int8"],
+    );
+    case(
+        "{ name: p, backend: tflite, precision: int8, reduce_range: true }",
+        &["kiln.yaml:4:5", "reduce_range", "backend 'tflite'"],
+    );
+    case(
+        "{ name: p, backend: tflite, device: edgetpu }",
+        &["kiln.yaml:4:31", "unknown field `device`"],
+    );
+    // npu
+    case(
+        "{ name: n, backend: npu, precision: int8, device: tpu9000 }",
+        &["kiln.yaml:4:53", "tpu9000", "edgetpu"],
+    );
+    case("{ name: n, backend: npu, precision: int8 }", &["kiln.yaml:4:5", "`device:` is required"]);
+    case(
+        "{ name: n, backend: npu, precision: fp16, device: edgetpu }",
+        &["kiln.yaml:4:39", "does not support precision 'fp16'", "int8"],
+    );
+    case(
+        "{ name: n, backend: npu, precision: int8, device: edgetpu, io_layout: [1] }",
+        &["kiln.yaml:4:73", "io_layout"],
+    );
+    // unknown backend: at its value
+    case(
+        "{ name: w, backend: warp-drive }",
+        &["kiln.yaml:4:23", "unknown backend 'warp-drive'", "tflite"],
+    );
+}
+
 #[test]
 fn bad_run_inputs() {
     let d = tempfile::tempdir().unwrap();

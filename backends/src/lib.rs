@@ -1,10 +1,12 @@
 //! kiln-backends: one folder per backend, each with the same surface (a struct implementing
-//! `kiln_compiler::pipeline::Backend`). Backends only read the IR.
+//! `kiln_compiler::backend::Backend`, its typed options and its rules); what several share is in `common`.
+//! Backends only read the IR. Adding one: a folder, a line in [`all`], its docs.
+pub mod common;
 pub mod npu;
 pub mod onnx;
 pub mod tflite;
 
-use kiln_compiler::pipeline::Backend;
+use kiln_compiler::backend::Backend;
 
 /// Every backend this build of kiln has.
 pub fn all() -> Vec<Box<dyn Backend>> {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, Precision, TargetRules};
 use crate::error::{Error, Result};
 
 /// A pass in the `passes:` list: a name, or a one-key map of name to parameters.
@@ -30,28 +31,14 @@ impl PassSpec {
     }
 }
 
-/// Where an ONNX artifact's tensor data goes.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ExternalDataMode {
-    /// External only when the model passes protobuf's 2 GiB limit.
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
-
-/// One artifact to build.
+/// One artifact to build: the common settings, and the keys its backend reads (`options`, parsed and
+/// checked by the backend when the config loads; see [`crate::backend::Backend::check`]).
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Target {
     pub name: String,
     pub backend: String,
-    #[serde(default = "default_precision")]
-    pub precision: String,
-    /// ONNX-emitting backends: where tensor data goes.
     #[serde(default)]
-    pub external_data: ExternalDataMode,
+    pub precision: Precision,
     /// int8: `per_channel` (default) or `per_tensor` weight scales.
     #[serde(default)]
     pub weights: Option<String>,
@@ -82,17 +69,9 @@ pub struct Target {
     /// fp16: layers (node names) whose weights stay float32 regardless of the measured error.
     #[serde(default)]
     pub fp32_layers: Vec<String>,
-    /// tflite: layout of rank-4 inputs and outputs, `nhwc` (default) or `nchw`.
-    #[serde(default)]
-    pub io_layout: Option<String>,
-    /// tflite/npu int8: `float` inputs/outputs (QUANTIZE/DEQUANTIZE inside; tflite's default) or `int8`
-    /// (npu's default: the whole graph integer).
-    #[serde(default)]
-    pub io_dtype: Option<String>,
-    /// npu: device profile, a name under configs/devices (edgetpu, nnapi, qualcomm-htp, ethos-u55) or a
-    /// path to a profile YAML.
-    #[serde(default)]
-    pub device: Option<String>,
+    /// The backend's own keys (`io_layout`, `device`, `external_data`, ...), as written.
+    #[serde(flatten)]
+    pub options: serde_yaml::Mapping,
 }
 
 /// `calibration:` — data and method for post-training quantization.
@@ -115,10 +94,6 @@ pub struct CalibrationConfig {
     /// At most this many samples (default all).
     #[serde(default)]
     pub samples: Option<usize>,
-}
-
-fn default_precision() -> String {
-    "fp32".into()
 }
 
 /// `validation:` — data the artifacts are checked on, and the accuracy budget they must meet.
@@ -174,6 +149,8 @@ pub struct LoadedConfig {
     pub dir: PathBuf,
     pub bytes: Vec<u8>,
     pub config: Config,
+    /// Per target (in `config.targets` order), what its backend states about it.
+    pub rules: Vec<TargetRules>,
 }
 
 impl LoadedConfig {
@@ -187,13 +164,7 @@ impl LoadedConfig {
 
 /// Parse config text; `path` names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Config> {
-    let cfg: Config = serde_yaml::from_str(text).map_err(|e| {
-        let loc = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
-        Error::Config {
-            path: PathBuf::from(format!("{}{loc}", path.display())),
-            reason: e.to_string(),
-        }
-    })?;
+    let cfg: Config = serde_yaml::from_str(text).map_err(|e| located(e, path))?;
     validate(&cfg, path)?;
     Ok(cfg)
 }
@@ -248,7 +219,7 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
         }
     }
     for t in &cfg.targets {
-        if t.precision == "int8" && cfg.calibration.is_none() {
+        if t.precision == Precision::Int8 && cfg.calibration.is_none() {
             return Err(err(format!(
                 "target '{}': precision int8 needs a `calibration:` section",
                 t.name
@@ -262,11 +233,8 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
                 )));
             }
         }
-        if t.reduce_range.is_some() && (t.backend != "onnx" || t.precision != "int8") {
-            return Err(err(format!("target '{}': reduce_range applies to `backend: onnx, precision: int8` only (TFLite and NPU kernels use full 8-bit weights)", t.name)));
-        }
         if let Some(f) = t.min_calibration_sqnr_db {
-            if t.precision != "int8" || !f.is_finite() || !(-100.0..=100.0).contains(&f) {
+            if t.precision != Precision::Int8 || !f.is_finite() || !(-100.0..=100.0).contains(&f) {
                 return Err(err(format!("target '{}': min_calibration_sqnr_db must be a number of dB in [-100, 100] on an int8 target", t.name)));
             }
         }
@@ -287,13 +255,338 @@ fn validate(cfg: &Config, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Read and parse a config file.
-pub fn load(path: &Path) -> Result<LoadedConfig> {
+/// Read and parse a config file, and have each target's backend check it (see [`check_targets`]).
+pub fn load(path: &Path, backends: &[Box<dyn Backend>]) -> Result<LoadedConfig> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| Error::Config { path: path.into(), reason: "not UTF-8 text".into() })?;
     let config = parse(text, path)?;
+    let rules = check_targets(text, path, &config, backends)?;
     let dir =
         path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    Ok(LoadedConfig { path: path.into(), dir, bytes, config })
+    Ok(LoadedConfig { path: path.into(), dir, bytes, config, rules })
+}
+
+/// The config error for a YAML error, with file:line:col where serde_yaml knows it.
+fn located(e: serde_yaml::Error, path: &Path) -> Error {
+    let loc = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+    Error::Config { path: PathBuf::from(format!("{}{loc}", path.display())), reason: e.to_string() }
+}
+
+/// Every target's backend checks it, before any work: the backend exists, takes the precision, and
+/// accepts each of its keys (`io_layout: nhcw` fails here, at its line and column) and their
+/// combination. Walks the YAML a second time with the backends at hand, so each error carries the
+/// location of the key or value at fault. Returns each target's rules.
+pub fn check_targets(
+    text: &str,
+    path: &Path,
+    cfg: &Config,
+    backends: &[Box<dyn Backend>],
+) -> Result<Vec<TargetRules>> {
+    let rules = std::cell::RefCell::new(Vec::new());
+    let walk = targets::ConfigSeed { targets: &cfg.targets, backends, rules: &rules };
+    serde::de::DeserializeSeed::deserialize(walk, serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| located(e, path))?;
+    let rules = rules.into_inner();
+    if rules.len() != cfg.targets.len() {
+        return Err(Error::Config {
+            path: path.into(),
+            reason: "targets: not every target was checked".into(),
+        });
+    }
+    Ok(rules)
+}
+
+/// The second walk of the config (see [`check_targets`]).
+mod targets {
+    use std::cell::RefCell;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::Target;
+    use crate::backend::{Backend, Precision, TargetRules};
+
+    /// The keys every target has; the rest belong to its backend.
+    const COMMON: &[&str] = &[
+        "name",
+        "backend",
+        "precision",
+        "weights",
+        "activations",
+        "cle",
+        "bias_correction",
+        "refine_ranges",
+        "reduce_range",
+        "min_calibration_sqnr_db",
+        "fp16_max_error",
+        "fp32_layers",
+    ];
+
+    pub struct ConfigSeed<'a> {
+        pub targets: &'a [Target],
+        pub backends: &'a [Box<dyn Backend>],
+        pub rules: &'a RefCell<Vec<TargetRules>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ConfigSeed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a kiln config")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "targets" {
+                    map.next_value_seed(TargetsSeed { outer: &self })?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    struct TargetsSeed<'s, 'a> {
+        outer: &'s ConfigSeed<'a>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for TargetsSeed<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for TargetsSeed<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of targets")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let o = self.outer;
+            for target in o.targets {
+                let backend = o.backends.iter().find(|b| b.name() == target.backend);
+                let seed =
+                    TargetSeed { target, backend: backend.map(|b| b.as_ref()), all: o.backends };
+                let Some(rules) = seq.next_element_seed(seed)? else { break };
+                o.rules.borrow_mut().push(rules);
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+    }
+
+    struct TargetSeed<'a> {
+        target: &'a Target,
+        backend: Option<&'a dyn Backend>,
+        all: &'a [Box<dyn Backend>],
+    }
+
+    impl<'de> DeserializeSeed<'de> for TargetSeed<'_> {
+        type Value = TargetRules;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<TargetRules, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for TargetSeed<'_> {
+        type Value = TargetRules;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a target")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TargetRules, A::Error> {
+            let t = self.target;
+            let name = &t.name;
+            let Some(b) = self.backend else {
+                // Point at the `backend:` value.
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "backend" {
+                        let names: Vec<&str> = self.all.iter().map(|b| b.name()).collect();
+                        map.next_value_seed(Refuse(format!(
+                            "target '{name}': unknown backend '{}' (available: {})",
+                            t.backend,
+                            names.join(", ")
+                        )))?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                return Err(A::Error::custom(format!("target '{name}': no backend")));
+            };
+            while let Some(key) = map.next_key_seed(Key { backend: b, target: name })? {
+                if key == "precision" && !b.precisions().contains(&t.precision) {
+                    let ok: Vec<&str> = b.precisions().iter().map(|p| p.as_str()).collect();
+                    map.next_value_seed(Refuse(format!(
+                        "target '{name}': backend '{}' does not support precision '{}' (supported: {})",
+                        b.name(),
+                        t.precision,
+                        ok.join(", ")
+                    )))?;
+                } else if COMMON.contains(&key.as_str()) {
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    // One backend key alone, typed by the backend (an unknown `io_layout` value fails
+                    // here, at the value).
+                    map.next_value_seed(OptionValue { backend: b, key: &key, target: name })?;
+                }
+            }
+            if !b.precisions().contains(&t.precision) {
+                return Err(A::Error::custom(format!(
+                    "target '{name}': backend '{}' does not support precision '{}'",
+                    b.name(),
+                    t.precision
+                )));
+            }
+            // The whole target: key combinations, and the common settings against the rules.
+            let rules =
+                b.check(t).map_err(|why| A::Error::custom(format!("target '{name}': {why}")))?;
+            if t.reduce_range.is_some()
+                && !(rules.quant.reduce_range && t.precision == Precision::Int8)
+            {
+                return Err(A::Error::custom(format!(
+                    "target '{name}': reduce_range applies to int8 targets whose kernels take 7-bit weights (`backend: onnx, precision: int8`); backend '{}' at precision {} uses full 8-bit weights",
+                    b.name(),
+                    t.precision
+                )));
+            }
+            Ok(rules)
+        }
+    }
+
+    /// A target key: common, or one of its backend's.
+    struct Key<'a> {
+        backend: &'a dyn Backend,
+        target: &'a str,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Key<'_> {
+        type Value = String;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a target key")
+        }
+        fn visit_str<E: de::Error>(self, k: &str) -> Result<String, E> {
+            let own = self.backend.option_keys();
+            if COMMON.contains(&k) || own.contains(&k) {
+                return Ok(k.into());
+            }
+            let mut expected: Vec<&str> = COMMON.iter().chain(own).copied().collect();
+            expected.sort_unstable();
+            Err(E::custom(format!(
+                "target '{}': unknown field `{k}` for backend '{}', expected one of {}",
+                self.target,
+                self.backend.name(),
+                expected.join(", ")
+            )))
+        }
+    }
+
+    /// A backend key's value, checked by the backend where it is read.
+    struct OptionValue<'a> {
+        backend: &'a dyn Backend,
+        key: &'a str,
+        target: &'a str,
+    }
+
+    impl OptionValue<'_> {
+        fn check<E: de::Error>(&self, v: serde_yaml::Value) -> Result<(), E> {
+            self.backend
+                .check_option(self.key, v)
+                .map_err(|why| E::custom(format!("target '{}': {why}", self.target)))
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for OptionValue<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for OptionValue<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a value for `{}`", self.key)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+            self.check(v.into())
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+            self.check(v.into())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+            self.check(v.into())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+            self.check(v.into())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+            self.check(v.into())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            self.check(serde_yaml::Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+            let v = serde::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+            self.check(v)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+            let v = serde::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            self.check(v)
+        }
+    }
+
+    /// Fails at the value it is asked to read, with its message.
+    struct Refuse(String);
+
+    impl<'de> DeserializeSeed<'de> for Refuse {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Refuse {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a value")
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            Err(A::Error::custom(self.0))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            Err(A::Error::custom(self.0))
+        }
+    }
 }

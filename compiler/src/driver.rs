@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::accuracy::Metrics;
 use crate::artifact::write_atomic;
-use crate::config::{LoadedConfig, PassSpec};
+use crate::backend::{Backend, Fp16, Precision, TargetRules};
+use crate::config::{LoadedConfig, PassSpec, Target};
 use crate::error::{Error, Result};
 use crate::ir::Model;
-use crate::pipeline::{Backend, Pass, PassContext, PassRecord, Quantizer};
+use crate::pipeline::{Pass, PassContext, PassRecord, QuantizeJob, Quantized, Quantizer};
 use crate::stats::{model_stats, ModelStats};
 
 pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -55,7 +57,7 @@ pub struct Report {
     /// Per quantized target: what the quantizer did.
     pub quantization: BTreeMap<String, serde_json::Value>,
     /// Calibration: samples used, seconds, and whether statistics came from the cache.
-    pub calibration: Option<serde_json::Value>,
+    pub calibration: Option<CalibrationReport>,
     /// Per non-fp32 target: accuracy against the fp32 original on the validation data.
     pub accuracy: BTreeMap<String, crate::accuracy::Metrics>,
     /// Per target, what its backend reports (the NPU partition summary: ops and MACs on the NPU, ...).
@@ -67,6 +69,17 @@ pub struct Report {
     /// Per quantized target: SQNR (dB) of every Conv/Gemm/MatMul output against the optimized fp32 model,
     /// on up to 16 calibration samples, in graph order.
     pub layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
+}
+
+/// The report's `calibration` entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationReport {
+    pub samples: usize,
+    /// Every lookup came from `OUTPUT/.kiln-cache`.
+    pub cached: bool,
+    /// Statistics computed or looked up (one per distinct model quantized).
+    pub lookups: usize,
+    pub seconds: f64,
 }
 
 /// One row of the per-layer SQNR table.
@@ -317,6 +330,7 @@ impl<'a> Calibrator<'a> {
         model: &Model,
         out: &Path,
         inputs: &[InputRecord],
+        preact: bool,
     ) -> Result<Self> {
         let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config {
             path: cfg.path.clone(),
@@ -328,11 +342,6 @@ impl<'a> Calibrator<'a> {
             .graph
             .data_input_name()
             .ok_or_else(|| Error::invalid("the model has no input"))?;
-        let preact = cfg
-            .config
-            .targets
-            .iter()
-            .any(|t| t.precision == "int8" && matches!(t.backend.as_str(), "tflite" | "npu"));
         let data_hashes =
             inputs.iter().filter(|i| i.role == "calibration").map(|i| i.sha256.clone()).collect();
         Ok(Calibrator {
@@ -384,63 +393,58 @@ impl<'a> Calibrator<'a> {
         Ok(stats)
     }
 
-    /// Log what happened since the last call; the report entry covers every calibration of the build.
-    fn flush(&self, log: &mut dyn FnMut(&str)) -> Option<serde_json::Value> {
+    /// Log what happened since the last call.
+    fn flush(&self, log: &mut dyn FnMut(&str)) {
         self.pending.borrow_mut().drain(..).for_each(|line| log(&line));
+    }
+
+    /// The report entry: every calibration of the build.
+    fn report(&self) -> Option<CalibrationReport> {
         let lookups = self.lookups.borrow();
-        let secs: f64 = lookups.iter().map(|l| l.1).sum();
-        (!lookups.is_empty()).then(|| serde_json::json!({"samples": self.samples.len(), "cached": lookups.iter().all(|l| l.0), "lookups": lookups.len(), "seconds": secs}))
+        (!lookups.is_empty()).then(|| CalibrationReport {
+            samples: self.samples.len(),
+            cached: lookups.iter().all(|l| l.0),
+            lookups: lookups.len(),
+            seconds: lookups.iter().map(|l| l.1).sum(),
+        })
     }
 }
 
-/// A quantizer's result: the model, its report summary, and the float model it quantized when different.
-type Quantized = (Model, serde_json::Value, Option<Model>);
-
-/// Build every target of `cfg`.
-#[allow(clippy::too_many_arguments)]
-pub fn build(
-    cfg: &LoadedConfig,
-    force: bool,
-    make_pass: PassFactory,
-    backends: &[Box<dyn Backend>],
-    quantizer: Option<&dyn Quantizer>,
-    log: &mut dyn FnMut(&str),
-) -> Result<Outcome> {
-    let out = cfg.output_dir();
-    // Check every target names a known backend and precision before any work.
-    for t in &cfg.config.targets {
-        let b = backends.iter().find(|b| b.name() == t.backend).ok_or_else(|| Error::Config {
+/// Every target with its backend and rules, in config order (checked when the config loaded).
+fn plan<'a>(
+    cfg: &'a LoadedConfig,
+    backends: &'a [Box<dyn Backend>],
+) -> Result<Vec<(&'a Target, &'a dyn Backend, TargetRules)>> {
+    let targets = &cfg.config.targets;
+    if cfg.rules.len() != targets.len() {
+        return Err(Error::Config {
             path: cfg.path.clone(),
-            reason: format!(
-                "target '{}': unknown backend '{}' (available: {})",
-                t.name,
-                t.backend,
-                backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
-            ),
-        })?;
-        if !b.precisions().contains(&t.precision.as_str()) {
-            return Err(Error::Config {
-                path: cfg.path.clone(),
-                reason: format!(
-                    "target '{}': backend '{}' does not support precision '{}' (supported: {})",
-                    t.name,
-                    t.backend,
-                    t.precision,
-                    b.precisions().join(", ")
-                ),
-            });
-        }
+            reason: "targets were not checked by their backends".into(),
+        });
     }
-    let passes: Vec<Box<dyn Pass>> =
-        cfg.config.passes.iter().map(make_pass).collect::<Result<_>>()?;
-    if !force {
-        if let Some(manifest) = up_to_date(cfg, &out) {
-            return Ok(Outcome { up_to_date: true, manifest, output_dir: out });
-        }
-    }
+    targets
+        .iter()
+        .zip(&cfg.rules)
+        .map(|(t, r)| {
+            let b =
+                backends.iter().find(|b| b.name() == t.backend).ok_or_else(|| Error::Config {
+                    path: cfg.path.clone(),
+                    reason: format!("target '{}': unknown backend '{}'", t.name, t.backend),
+                })?;
+            Ok((t, b.as_ref(), *r))
+        })
+        .collect()
+}
+
+/// Import the model and record every input file the build depends on (config, model, external data,
+/// validation and calibration data).
+fn load_inputs(
+    cfg: &LoadedConfig,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Model, Vec<InputRecord>, Option<Validation>)> {
     let model_path = cfg.model_path();
     log(&format!("importing {}", model_path.display()));
-    let mut model = crate::onnx::load(&model_path)?;
+    let model = crate::onnx::load(&model_path)?;
     let mut inputs = vec![InputRecord {
         role: "config".into(),
         path: rel(&cfg.path, &cfg.dir),
@@ -451,8 +455,8 @@ pub fn build(
     for f in &model.external_files {
         inputs.push(input_record("external_data", f, &cfg.dir)?);
     }
-    let needs_calibration = cfg.config.targets.iter().any(|t| t.precision == "int8");
-    let validation = if cfg.config.targets.iter().any(|t| t.precision != "fp32") {
+    let targets = &cfg.config.targets;
+    let validation = if targets.iter().any(|t| t.precision != Precision::Fp32) {
         validation_data(cfg)?
     } else {
         None
@@ -462,11 +466,243 @@ pub fn build(
             inputs.push(input_record("validation", f, &cfg.dir)?);
         }
     }
-    if needs_calibration {
+    if targets.iter().any(|t| t.precision == Precision::Int8) {
         for f in calibration_files(cfg)?.1 {
             inputs.push(input_record("calibration", &f, &cfg.dir)?);
         }
     }
+    Ok((model, inputs, validation))
+}
+
+/// What a build shares between its targets.
+struct Stages<'a> {
+    cfg: &'a LoadedConfig,
+    /// The imported model (shapes pinned), what accuracy is measured against.
+    original: Model,
+    /// After the configured passes: what every target starts from.
+    model: Model,
+    validation: Option<Validation>,
+    calibrator: Option<Calibrator<'a>>,
+    quantizer: Option<&'a dyn Quantizer>,
+}
+
+/// A target's model, ready for its backend, and what preparing it reported.
+struct Prepared {
+    model: Option<Model>,
+    quantization: Option<serde_json::Value>,
+    layer_sqnr: Option<Vec<LayerSqnr>>,
+}
+
+/// Why a target produced no artifact: it alone fails (`Target`), or the whole build stops (`Build`).
+enum Failure {
+    Target(String),
+    Build(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Build(e)
+    }
+}
+
+impl Stages<'_> {
+    fn has_budget(&self) -> bool {
+        self.cfg.config.validation.as_ref().is_some_and(|v| {
+            v.min_top1_agreement.is_some()
+                || v.min_cosine.is_some()
+                || v.max_accuracy_drop.is_some()
+        })
+    }
+
+    /// int8: quantize by the target's rules (targets with the same settings share one quantized model,
+    /// and a quality-guard failure), then the per-layer SQNR table.
+    fn quantize(
+        &self,
+        t: &Target,
+        rules: &TargetRules,
+        shared: &mut BTreeMap<String, std::result::Result<Quantized, String>>,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<Prepared, Failure> {
+        let cal = self.calibrator.as_ref().ok_or_else(|| Error::invalid("no calibration"))?;
+        let (samples, input) = (&cal.samples, &cal.input);
+        let q = self.quantizer.ok_or_else(|| Error::Backend {
+            backend: t.backend.clone(),
+            target: t.name.clone(),
+            reason: "this build of kiln has no quantizer".into(),
+        })?;
+        let ccfg =
+            self.cfg.config.calibration.as_ref().ok_or_else(|| Error::invalid("no calibration"))?;
+        let check = |cand: &Model| -> Result<(bool, crate::accuracy::Metrics)> {
+            let Some((_, vs, labels)) = &self.validation else {
+                return Err(Error::invalid("no validation data"));
+            };
+            let vin = self.original.graph.data_input_name().unwrap_or_default();
+            let m = crate::accuracy::compare(&self.original, cand, &vin, vs, labels.as_deref())?;
+            // The search aims past the budget by a margin: kiln simulates Q/DQ in float, integer
+            // runtimes round differently, and a candidate exactly at the threshold can miss it there.
+            let margin =
+                self.cfg.config.validation.as_ref().and_then(|v| v.search_margin).unwrap_or(0.01);
+            Ok((check_budget_with(self.cfg, &t.name, &m, margin).is_ok(), m))
+        };
+        let budget: Option<crate::pipeline::Budget> =
+            if self.has_budget() && self.validation.is_some() { Some(&check) } else { None };
+        let r = rules.quant;
+        let key = serde_json::json!([
+            r.full_integer,
+            r.fused_activation as usize,
+            t.weights,
+            t.activations,
+            t.bias_correction,
+            t.cle,
+            t.refine_ranges,
+            t.reduce_range,
+            t.min_calibration_sqnr_db
+        ])
+        .to_string();
+        let quantized = match shared.get(&key) {
+            Some(done) => done.clone(),
+            None => {
+                let job = QuantizeJob {
+                    model: &self.model,
+                    target: t,
+                    rules: &r,
+                    calibrate: &|m: &Model| cal.stats(m),
+                    calibration: ccfg,
+                    input,
+                    samples,
+                    budget,
+                };
+                let done = q.quantize(&job);
+                cal.flush(log);
+                // A model the quality guard measured as broken fails its target alone (and every
+                // target sharing its settings); any other error stops the build.
+                let done = match done {
+                    Err(Error::Guard(why)) => Err(why),
+                    done => Ok(done?),
+                };
+                shared.insert(key, done.clone());
+                done
+            }
+        };
+        let Quantized { model, summary, reference } =
+            quantized.map_err(|why| Failure::Target(Error::Guard(why).to_string()))?;
+        let layer_outputs: Vec<String> = self
+            .model
+            .graph
+            .topo_order()?
+            .into_iter()
+            .filter(|id| {
+                matches!(
+                    self.model.graph.nodes[*id].op,
+                    crate::ir::Op::Conv { .. } | crate::ir::Op::Gemm { .. } | crate::ir::Op::MatMul
+                )
+            })
+            .filter_map(|id| {
+                self.model.graph.nodes[id].output(0).map(|v| self.model.graph.value(v).name.clone())
+            })
+            .collect();
+        let probe: Vec<crate::ir::TensorData> = samples.iter().take(16).cloned().collect();
+        let table = crate::accuracy::value_sqnr(
+            reference.as_ref().unwrap_or(&self.model),
+            &model,
+            input,
+            &probe,
+            &layer_outputs,
+        )?;
+        let table =
+            table.into_iter().map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db }).collect();
+        Ok(Prepared { model: Some(model), quantization: Some(summary), layer_sqnr: Some(table) })
+    }
+
+    /// fp16: layers named in `fp32_layers` kept float32, and with validation data, the layers whose
+    /// float16 error passes the bound (`fp16_max_error`) too.
+    fn fp16(&self, t: &Target, rules: &TargetRules, log: &mut dyn FnMut(&str)) -> Result<Prepared> {
+        if t.fp32_layers.is_empty() && self.validation.is_none() {
+            log(&format!("target {}: no validation data, so float16 error is not measured and every layer is float16", t.name));
+            return Ok(Prepared { model: None, quantization: None, layer_sqnr: None });
+        }
+        let mut m = self.model.clone();
+        for name in &t.fp32_layers {
+            let id = m.graph.nodes.node_indices().find(|id| &m.graph.nodes[*id].name == name).ok_or_else(|| Error::Config {
+                path: self.cfg.path.clone(),
+                reason: format!("target '{}': fp32_layers names '{name}', which is not a node of the optimized model (see `kiln dump`)", t.name),
+            })?;
+            if let Some(n) = m.graph.node_mut(id) {
+                n.metadata.push((crate::ir::meta::WEIGHTS.into(), crate::ir::meta::FP32.into()));
+            }
+        }
+        let mut summary = serde_json::json!({ "fp32_layers_configured": t.fp32_layers });
+        if let (Some((_, vs, _)), Some(q)) = (&self.validation, self.quantizer) {
+            let vin = self.model.graph.data_input_name().unwrap_or_default();
+            let bound = t.fp16_max_error.unwrap_or(0.01);
+            let (mm, s) = q.fp16_islands(&m, &vin, vs, bound, rules.fp16 == Fp16::Compute)?;
+            let kept = s["fp32_layers"].as_array().map(|a| a.len()).unwrap_or(0);
+            log(&format!(
+                "target {}: float16 error {:.2e} with {kept} layer(s) kept float32 (bound {bound})",
+                t.name,
+                s["max_rel_error"].as_f64().unwrap_or(0.0)
+            ));
+            summary = s;
+            summary["fp32_layers_configured"] = serde_json::json!(t.fp32_layers);
+            m = mm;
+        }
+        Ok(Prepared { model: Some(m), quantization: Some(summary), layer_sqnr: None })
+    }
+
+    /// int8 targets: accuracy against the fp32 original on the validation data, held to the budget.
+    fn validate(
+        &self,
+        t: &Target,
+        m: &Model,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Option<Metrics>> {
+        let (Some((_, samples, labels)), Precision::Int8) = (&self.validation, t.precision) else {
+            return Ok(None);
+        };
+        let input = self.original.graph.data_input_name().unwrap_or_default();
+        let metrics =
+            crate::accuracy::compare(&self.original, m, &input, samples, labels.as_deref())?;
+        log(&format!(
+            "target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples",
+            t.name, metrics.top1_agreement, metrics.mean_cosine, metrics.sqnr_db, metrics.samples
+        ));
+        check_budget(self.cfg, &t.name, &metrics)?;
+        Ok(Some(metrics))
+    }
+}
+
+/// What the build wrote and measured, gathered target by target.
+#[derive(Default)]
+struct Record {
+    artifacts: Vec<ArtifactRecord>,
+    by_target: BTreeMap<String, Vec<ArtifactRecord>>,
+    quantization: BTreeMap<String, serde_json::Value>,
+    accuracy: BTreeMap<String, Metrics>,
+    layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
+    backend: BTreeMap<String, serde_json::Value>,
+    failed: BTreeMap<String, String>,
+}
+
+/// Build every target of `cfg`: load → passes → calibrate (once, cached) → per target: quantize or
+/// float16 by its rules → validate → emit → record; then the report and, last, the manifest.
+pub fn build(
+    cfg: &LoadedConfig,
+    force: bool,
+    make_pass: PassFactory,
+    backends: &[Box<dyn Backend>],
+    quantizer: Option<&dyn Quantizer>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
+    let out = cfg.output_dir();
+    let plan = plan(cfg, backends)?;
+    let passes: Vec<Box<dyn Pass>> =
+        cfg.config.passes.iter().map(make_pass).collect::<Result<_>>()?;
+    if !force {
+        if let Some(manifest) = up_to_date(cfg, &out) {
+            return Ok(Outcome { up_to_date: true, manifest, output_dir: out });
+        }
+    }
+    let (mut model, inputs, validation) = load_inputs(cfg, log)?;
     let pins: crate::shape::Pins =
         cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     crate::shape::infer(&mut model, &pins)?;
@@ -474,236 +710,99 @@ pub fn build(
     let before = model_stats(&model);
     let mut cx = PassContext::default();
     run_passes(&mut model, &passes, &mut cx)?;
-    let mut artifacts = Vec::new();
-    let mut by_target: BTreeMap<String, Vec<ArtifactRecord>> = BTreeMap::new();
-    let mut quantization = BTreeMap::new();
-    let mut calibration_report = None;
-    let mut accuracy = BTreeMap::new();
-    let mut layer_sqnr = BTreeMap::new();
-    let mut failed: BTreeMap<String, String> = BTreeMap::new();
-    let mut backend_reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    // Shared quantized models by settings; a quality-guard failure is shared too (its message).
-    let mut quantized_by_settings: BTreeMap<String, std::result::Result<Quantized, String>> =
-        BTreeMap::new();
-    let calibrator =
-        if needs_calibration { Some(Calibrator::new(cfg, &model, &out, &inputs)?) } else { None };
-    for t in &cfg.config.targets {
-        let Some(b) = backends.iter().find(|b| b.name() == t.backend) else { continue };
+    let calibrator = if plan.iter().any(|(t, _, _)| t.precision == Precision::Int8) {
+        // Full-integer targets also need the values before the activations they split off.
+        let preact =
+            plan.iter().any(|(t, _, r)| t.precision == Precision::Int8 && r.quant.full_integer);
+        Some(Calibrator::new(cfg, &model, &out, &inputs, preact)?)
+    } else {
+        None
+    };
+    let stages = Stages { cfg, original, model, validation, calibrator, quantizer };
+    let mut rec = Record::default();
+    let mut shared = BTreeMap::new();
+    for (t, backend, rules) in &plan {
         log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
-        let quantized;
-        let target_model = match (&calibrator, t.precision.as_str()) {
-            (Some(cal), "int8") => {
-                let (samples, input) = (&cal.samples, &cal.input);
-                let q = quantizer.ok_or_else(|| Error::Backend {
-                    backend: t.backend.clone(),
-                    target: t.name.clone(),
-                    reason: "this build of kiln has no quantizer".into(),
-                })?;
-                let ccfg = cfg
-                    .config
-                    .calibration
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid("no calibration"))?;
-                let has_budget = cfg.config.validation.as_ref().is_some_and(|v| {
-                    v.min_top1_agreement.is_some()
-                        || v.min_cosine.is_some()
-                        || v.max_accuracy_drop.is_some()
-                });
-                let check = |cand: &Model| -> Result<(bool, crate::accuracy::Metrics)> {
-                    let Some((_, vs, labels)) = &validation else {
-                        return Err(Error::invalid("no validation data"));
-                    };
-                    let vin = original.graph.data_input_name().unwrap_or_default();
-                    let m = crate::accuracy::compare(&original, cand, &vin, vs, labels.as_deref())?;
-                    // The search aims past the budget by a margin: kiln simulates Q/DQ in float, integer
-                    // runtimes round differently, and a candidate exactly at the threshold can miss it there.
-                    let margin = cfg
-                        .config
-                        .validation
-                        .as_ref()
-                        .and_then(|v| v.search_margin)
-                        .unwrap_or(0.01);
-                    Ok((check_budget_with(cfg, &t.name, &m, margin).is_ok(), m))
-                };
-                let budget: Option<crate::pipeline::Budget> =
-                    if has_budget && validation.is_some() { Some(&check) } else { None };
-                // Targets with the same quantization settings share one quantized model (four NPU targets
-                // quantize once).
-                let key = serde_json::json!([
-                    matches!(t.backend.as_str(), "tflite" | "npu"),
-                    t.weights,
-                    t.activations,
-                    t.bias_correction,
-                    t.cle,
-                    t.refine_ranges,
-                    t.reduce_range,
-                    t.min_calibration_sqnr_db
-                ])
-                .to_string();
-                let r = match quantized_by_settings.get(&key) {
-                    Some(done) => done.clone(),
-                    None => {
-                        let r = q.quantize(
-                            &model,
-                            t,
-                            &|m: &Model| cal.stats(m),
-                            ccfg,
-                            input,
-                            samples,
-                            budget,
-                        );
-                        if let Some(rep) = cal.flush(log) {
-                            calibration_report = Some(rep);
-                        }
-                        // A model the quality guard measured as broken fails its target alone (and every
-                        // target sharing its settings); any other error stops the build.
-                        let r = match r {
-                            Err(Error::Guard(why)) => Err(why),
-                            r => Ok(r?),
-                        };
-                        quantized_by_settings.insert(key, r.clone());
-                        r
-                    }
-                };
-                let (m, summary, reference) = match r {
-                    Ok(r) => r,
-                    Err(why) => {
-                        let e = Error::Guard(why);
-                        log(&format!("target {}: FAILED: {e}", t.name));
-                        failed.insert(t.name.clone(), e.to_string());
-                        continue;
-                    }
-                };
-                quantization.insert(t.name.clone(), summary);
-                let layer_outputs: Vec<String> = model
-                    .graph
-                    .topo_order()?
-                    .into_iter()
-                    .filter(|id| {
-                        matches!(
-                            model.graph.nodes[*id].op,
-                            crate::ir::Op::Conv { .. }
-                                | crate::ir::Op::Gemm { .. }
-                                | crate::ir::Op::MatMul
-                        )
-                    })
-                    .filter_map(|id| {
-                        model.graph.nodes[id].output(0).map(|v| model.graph.value(v).name.clone())
-                    })
-                    .collect();
-                let probe: Vec<crate::ir::TensorData> = samples.iter().take(16).cloned().collect();
-                let table = crate::accuracy::value_sqnr(
-                    reference.as_ref().unwrap_or(&model),
-                    &m,
-                    input,
-                    &probe,
-                    &layer_outputs,
-                )?;
-                layer_sqnr.insert(
-                    t.name.clone(),
-                    table
-                        .into_iter()
-                        .map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db })
-                        .collect(),
-                );
-                quantized = m;
-                &quantized
-            }
-            (_, "fp16") if !t.fp32_layers.is_empty() || validation.is_some() => {
-                let mut m = model.clone();
-                for name in &t.fp32_layers {
-                    let id = m.graph.nodes.node_indices().find(|id| &m.graph.nodes[*id].name == name).ok_or_else(|| Error::Config {
-                        path: cfg.path.clone(),
-                        reason: format!("target '{}': fp32_layers names '{name}', which is not a node of the optimized model (see `kiln dump`)", t.name),
-                    })?;
-                    if let Some(n) = m.graph.node_mut(id) {
-                        n.metadata
-                            .push((crate::ir::meta::WEIGHTS.into(), crate::ir::meta::FP32.into()));
-                    }
-                }
-                let mut summary = serde_json::json!({ "fp32_layers_configured": t.fp32_layers });
-                if let (Some((_, vs, _)), Some(q)) = (&validation, quantizer) {
-                    let vin = model.graph.data_input_name().unwrap_or_default();
-                    let bound = t.fp16_max_error.unwrap_or(0.01);
-                    let (mm, s) = q.fp16_islands(&m, &vin, vs, bound, t.backend == "onnx")?;
-                    let kept = s["fp32_layers"].as_array().map(|a| a.len()).unwrap_or(0);
-                    log(&format!("target {}: float16 error {:.2e} with {kept} layer(s) kept float32 (bound {bound})", t.name, s["max_rel_error"].as_f64().unwrap_or(0.0)));
-                    summary = s;
-                    summary["fp32_layers_configured"] = serde_json::json!(t.fp32_layers);
-                    m = mm;
-                }
-                quantization.insert(t.name.clone(), summary);
-                quantized = m;
-                &quantized
-            }
-            (_, "fp16") => {
-                log(&format!("target {}: no validation data, so float16 error is not measured and every layer is float16", t.name));
-                &model
-            }
-            _ => &model,
+        let prepared = match t.precision {
+            Precision::Int8 => stages.quantize(t, rules, &mut shared, log),
+            Precision::Fp16 => stages.fp16(t, rules, log).map_err(Failure::Build),
+            _ => Ok(Prepared { model: None, quantization: None, layer_sqnr: None }),
         };
-        if let (Some((_, samples, labels)), true) = (&validation, t.precision == "int8") {
-            let input = original.graph.data_input_name().unwrap_or_default();
-            let m = crate::accuracy::compare(
-                &original,
-                target_model,
-                &input,
-                samples,
-                labels.as_deref(),
-            )?;
-            log(&format!(
-                "target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples",
-                t.name, m.top1_agreement, m.mean_cosine, m.sqnr_db, m.samples
-            ));
-            check_budget(cfg, &t.name, &m)?;
-            accuracy.insert(t.name.clone(), m);
-        }
-        // A target whose backend cannot express the model fails alone: the others still build.
-        let files = match b.emit_with_report(target_model, t) {
-            Ok((f, summary)) => {
-                if let Some(s) = summary {
-                    backend_reports.insert(t.name.clone(), s);
-                }
-                f
-            }
-            Err(e) => {
-                log(&format!("target {}: FAILED: {e}", t.name));
-                failed.insert(t.name.clone(), e.to_string());
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(Failure::Build(e)) => return Err(e),
+            Err(Failure::Target(why)) => {
+                log(&format!("target {}: FAILED: {why}", t.name));
+                rec.failed.insert(t.name.clone(), why);
                 continue;
             }
         };
-        for f in files {
+        if let Some(q) = prepared.quantization {
+            rec.quantization.insert(t.name.clone(), q);
+        }
+        if let Some(table) = prepared.layer_sqnr {
+            rec.layer_sqnr.insert(t.name.clone(), table);
+        }
+        let target_model = prepared.model.as_ref().unwrap_or(&stages.model);
+        if let Some(m) = stages.validate(t, target_model, log)? {
+            rec.accuracy.insert(t.name.clone(), m);
+        }
+        // A target whose backend cannot express the model fails alone: the others still build.
+        let emitted = match backend.emit(target_model, t) {
+            Ok(e) => e,
+            Err(e) => {
+                log(&format!("target {}: FAILED: {e}", t.name));
+                rec.failed.insert(t.name.clone(), e.to_string());
+                continue;
+            }
+        };
+        if let Some(s) = emitted.summary {
+            rec.backend.insert(t.name.clone(), s);
+        }
+        for f in emitted.files {
             let rel_path = format!("{}/{}", t.name, f.rel_path);
             write_atomic(&out.join(&rel_path), &f.bytes)?;
-            let rec = ArtifactRecord {
+            let a = ArtifactRecord {
                 target: t.name.clone(),
                 backend: t.backend.clone(),
-                precision: t.precision.clone(),
+                precision: t.precision.to_string(),
                 path: rel_path,
                 bytes: f.bytes.len() as u64,
                 sha256: hex(&Sha256::digest(&f.bytes)),
             };
-            by_target.entry(t.name.clone()).or_default().push(rec.clone());
-            artifacts.push(rec);
+            rec.by_target.entry(t.name.clone()).or_default().push(a.clone());
+            rec.artifacts.push(a);
         }
     }
-    let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts };
+    let calibration = stages.calibrator.as_ref().and_then(|c| c.report());
+    let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts: rec.artifacts };
     let report = Report {
         model: before,
-        optimized: model_stats(&model),
+        optimized: model_stats(&stages.model),
         passes: cx.records,
-        targets: by_target,
-        quantization,
-        calibration: calibration_report,
-        accuracy,
-        layer_sqnr,
-        failed: failed.clone(),
-        backend: backend_reports,
+        targets: rec.by_target,
+        quantization: rec.quantization,
+        calibration,
+        accuracy: rec.accuracy,
+        layer_sqnr: rec.layer_sqnr,
+        failed: rec.failed.clone(),
+        backend: rec.backend,
     };
+    finish(&out, &report, &manifest, &rec.failed)?;
+    Ok(Outcome { up_to_date: false, manifest, output_dir: out })
+}
+
+/// Write the report, then the manifest (what marks the build complete), then the stamp, unless a target
+/// failed: then the error lists them (the others were written).
+fn finish(
+    out: &Path,
+    report: &Report,
+    manifest: &Manifest,
+    failed: &BTreeMap<String, String>,
+) -> Result<()> {
     let json = |v: &dyn erased::Ser| v.to_json();
-    write_atomic(&out.join("report.json"), &json(&report))?;
-    // The manifest goes last: it is what marks the build complete.
-    write_atomic(&out.join("manifest.json"), &json(&manifest))?;
+    write_atomic(&out.join("report.json"), &json(report))?;
+    write_atomic(&out.join("manifest.json"), &json(manifest))?;
     if !failed.is_empty() {
         // No stamp: the next run rebuilds instead of calling a partial build up to date.
         let _ = std::fs::remove_file(out.join(STAMP));
@@ -718,8 +817,7 @@ pub fn build(
             ),
         });
     }
-    write_atomic(&out.join(STAMP), build_stamp().as_bytes())?;
-    Ok(Outcome { up_to_date: false, manifest, output_dir: out })
+    write_atomic(&out.join(STAMP), build_stamp().as_bytes())
 }
 
 mod erased {

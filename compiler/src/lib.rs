@@ -1,6 +1,7 @@
 //! kiln-compiler: the IR (petgraph), ONNX import/export, shape inference, statistics, evaluation with
 //! tract-onnx, the YAML config schema, the `Pass` and `Backend` traits and the build driver.
 pub mod artifact;
+pub mod backend;
 pub mod error;
 pub mod ir;
 pub mod onnx;

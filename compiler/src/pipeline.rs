@@ -1,4 +1,5 @@
-//! The `Pass` and `Backend` traits and the records the pass manager and backends produce.
+//! The `Pass` and `Quantizer` traits and the records the pass manager produces (the backend surface is
+//! in `backend.rs`).
 use serde::Serialize;
 
 use crate::config::Target;
@@ -77,28 +78,6 @@ pub fn run_pass(
     Ok(changed)
 }
 
-/// One file of an artifact, relative to the target's output folder.
-pub struct ArtifactFile {
-    pub rel_path: String,
-    pub bytes: Vec<u8>,
-}
-
-/// Emits the artifact for one target.
-pub trait Backend {
-    fn name(&self) -> &'static str;
-    /// Precisions this backend accepts in `precision:`.
-    fn precisions(&self) -> &'static [&'static str];
-    fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>>;
-    /// The files, and a summary for the build report (an NPU partition summary, ...).
-    fn emit_with_report(
-        &self,
-        model: &Model,
-        target: &Target,
-    ) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
-        Ok((self.emit(model, target)?, None))
-    }
-}
-
 /// Checks a candidate model against the accuracy budget: (meets it, measured metrics).
 pub type Budget<'a> = &'a dyn Fn(&Model) -> Result<(bool, crate::accuracy::Metrics)>;
 
@@ -120,19 +99,30 @@ pub trait Quantizer {
     ) -> Result<(Model, serde_json::Value)> {
         Ok((model.clone(), serde_json::Value::Null))
     }
-    /// Returns the quantized model, a JSON summary for the report, and the float model it quantized when
-    /// that differs from `model` (equalization rescales channels: per-layer comparisons need that one).
-    /// `calibrate` gives the statistics of whichever model the quantizer ends up quantizing (the driver
+    /// Returns the quantized model, a summary for the report, and the float model it quantized when that
+    /// differs from `job.model` (equalization rescales channels: per-layer comparisons need that one).
+    /// `job.calibrate` gives the statistics of whichever model the quantizer ends up quantizing (the driver
     /// caches them). With a budget, layers may be kept in float (mixed precision) until the candidate meets it.
-    #[allow(clippy::too_many_arguments)]
-    fn quantize(
-        &self,
-        model: &Model,
-        target: &Target,
-        calibrate: &Calibrate,
-        cfg: &crate::config::CalibrationConfig,
-        input: &str,
-        samples: &[crate::ir::TensorData],
-        budget: Option<Budget>,
-    ) -> Result<(Model, serde_json::Value, Option<Model>)>;
+    fn quantize(&self, job: &QuantizeJob) -> Result<Quantized>;
+}
+
+/// One quantization: the optimized float model, the target's settings and rules, the calibration data.
+pub struct QuantizeJob<'a> {
+    pub model: &'a Model,
+    pub target: &'a Target,
+    pub rules: &'a crate::backend::QuantRules,
+    pub calibrate: &'a Calibrate<'a>,
+    pub calibration: &'a crate::config::CalibrationConfig,
+    pub input: &'a str,
+    pub samples: &'a [crate::ir::TensorData],
+    pub budget: Option<Budget<'a>>,
+}
+
+/// A quantizer's result: the model, its summary for the report (serialized from the quantizer's typed
+/// summary), and the float model it quantized when different.
+#[derive(Clone)]
+pub struct Quantized {
+    pub model: Model,
+    pub summary: serde_json::Value,
+    pub reference: Option<Model>,
 }

@@ -10,25 +10,19 @@ import json
 import sys
 
 import numpy as np
-import onnxruntime as ort
 
-
-def _session(path, exact):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    if exact:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+from accuracy import sqnr_db, top1_agreement
+from kiln_oracle import session
 
 
 def measure(samples, path):
-    a, b = _session(path, True), _session(path, False)
+    # The same model in two onnxruntime sessions: exact (its Q/DQ as written) and the default one, whose fused
+    # int8 kernels are what is measured here.
+    a, b = session(path, exact=True), session(path, exact=False)
     name = a.get_inputs()[0].name
-    e = np.concatenate([a.run(None, {name: samples[i : i + 1]})[0] for i in range(len(samples))]).astype(np.float64)
-    d = np.concatenate([b.run(None, {name: samples[i : i + 1]})[0] for i in range(len(samples))]).astype(np.float64)
-    noise = float(((e - d) ** 2).sum())
-    return {"model": str(path), "sqnr_db": 10 * np.log10(float((e * e).sum()) / max(noise, 1e-30)), "top1_agreement": float((e.argmax(-1) == d.argmax(-1)).mean())}
+    e = [a.run(None, {name: samples[i : i + 1]})[0] for i in range(len(samples))]
+    d = [b.run(None, {name: samples[i : i + 1]})[0] for i in range(len(samples))]
+    return {"model": str(path), "sqnr_db": sqnr_db(e, d), "top1_agreement": top1_agreement(e, d)}
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""Shared helpers for the oracle tests: where things are, how to feed each model, how to run
-onnxruntime (the independent oracle) and the kiln binary."""
+"""Shared helpers for the oracle tests: where things are, how to feed each model, how to run an artifact
+(run_artifact: onnxruntime, the independent oracle, or the LiteRT interpreter) and the kiln binary, and how
+to write a build project (Project: configs written with yaml.safe_dump).
+
+The metrics (relative difference, top-1 agreement, cosine, SQNR) live in accuracy.py; conftest.py holds the
+`corpus` marker and the `project` fixture."""
 import functools
 import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 
 import numpy as np
@@ -18,8 +23,13 @@ DATA = SHARED / "data"
 LOCAL_MODELS = ROOT / "tests" / "models"
 
 IMAGE_MODELS = {"mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_1"}
+# The Q/DQ (quantization-aware) test models: compared by top-1 and a bound in quantization steps (qdq_tolerance).
+QDQ_MODELS = {"tiny_qat", "digits_mobilenet_qat"}
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
+# The same preprocessing as a config's `preprocess:` (what preprocess() does in Python).
+IMAGENET_PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+SEQUENCE_DATA = {"tiny_encoder": "tokens_calib.npy", "kws_lstm": "kws_calib.npy"}
 
 
 def kiln(*args, check=True, cwd=None):
@@ -32,6 +42,83 @@ def kiln(*args, check=True, cwd=None):
 
 def inspect_json(model, *extra):
     return json.loads(kiln("inspect", model, "--json", *extra).stdout)
+
+
+def _yaml_value(v, root):
+    """A config value as plain YAML data (new dicts and lists, so no YAML aliases): paths inside `root`
+    relative to it, other paths as given (absolute, or already relative to root)."""
+    if isinstance(v, pathlib.PurePath):
+        for base in (root, root.resolve()):
+            if v.is_absolute() and v.is_relative_to(base):
+                return str(v.relative_to(base))
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _yaml_value(x, root) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_yaml_value(x, root) for x in v]
+    return v
+
+
+class Project:
+    """A work folder for `kiln build`. Paths in a config are relative to the config file's folder, which is
+    `root`: copy what a config names by its bare name into root (copy_model, copy), and name anything else by
+    an absolute path. Configs are dicts written with yaml.safe_dump (key order kept); pathlib paths in them are
+    written relative to root when inside it, absolute otherwise."""
+
+    def __init__(self, root):
+        self.root = pathlib.Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def copy_model(self, model, link=False):
+        """Copy `model` and its sidecars (external data: files named `<model name>*`) into root; with link,
+        the .onnx files are symlinked instead. Returns the model's path in root."""
+        model = pathlib.Path(model)
+        for f in model.parent.glob(model.name + "*"):
+            if link and f.suffix == ".onnx":
+                (self.root / f.name).symlink_to(f)
+            else:
+                shutil.copy(f, self.root / f.name)
+        return self.root / model.name
+
+    def copy(self, *files):
+        """Copy each file into root (same name)."""
+        for f in files:
+            shutil.copy(f, self.root / pathlib.Path(f).name)
+
+    def write(self, config, name="k.yaml"):
+        """Write `config` (a dict) as root/name with yaml.safe_dump; returns the file's path."""
+        import yaml
+
+        path = self.root / name
+        path.write_text(yaml.safe_dump(_yaml_value(config, self.root), sort_keys=False))
+        return path
+
+    def build(self, config, *args, name="k.yaml", check=True):
+        """Write `config` as root/name and run `kiln build` on it (extra CLI args after); returns kiln()'s result."""
+        return kiln("build", self.write(config, name), *args, check=check)
+
+    def build_model(self, model, config):
+        """Copy `model` (and its external data) into root, write `model: <name>` + `config` + `output: out` as
+        k.yaml, run kiln build; returns the output folder."""
+        self.copy_model(model)
+        self.build({"model": pathlib.Path(model).name, **config, "output": "out"})
+        return self.root / "out"
+
+
+def data_source(model, role):
+    """The config data source (a dict) for a model: `role` is "val" or "calib"."""
+    stem = model.stem.replace("_dynamo", "")
+    if model.parent == LOCAL_MODELS:
+        return {"tensors": LOCAL_MODELS / (stem + "_inputs.npy")}
+    if stem in IMAGE_MODELS:
+        return {"images": DATA / ("images_" + role), "preprocess": IMAGENET_PREPROCESS}
+    return {"tensors": DATA / SEQUENCE_DATA.get(stem, f"digits_{role}.npy")}
+
+
+def validation_config(model):
+    """The `validation:` section kiln measures float16 error on (it keeps sensitive layers float32)."""
+    samples = 16 if model.stem in IMAGE_MODELS else 64
+    return {**data_source(model, "val"), "samples": samples}
 
 
 def preprocess(path):
@@ -83,6 +170,37 @@ def session(path, exact=False):
 def exact_session(path):
     """session(path, exact=True): Q/DQ executed as written; the oracle for quantized artifacts."""
     return session(path, exact=True)
+
+
+def run_artifact(path, feeds, exact=True, layout="nhwc"):
+    """Run an artifact on each feed ({input name: array in ONNX layout}); returns, per feed, the list of its
+    outputs (ONNX layout, the model's output order). The runtime is picked by the artifact's kind:
+
+    .onnx: onnxruntime on the CPU (session): exact=True (the default) with graph optimizations off, Q/DQ
+        executed as written; exact=False the default session (the host's fused kernels; for float models
+        only float fusions differ); exact=None exact when the model holds Q/DQ nodes (oracle_session).
+    .tflite: the ai-edge-litert interpreter (tflite_oracle.tflite_run): inputs transposed to `layout`
+        ("nhwc", or "nchw" for `io_layout: nchw`) and quantized for integer I/O, outputs back to ONNX layout
+        and dequantized; `exact` does not apply.
+
+    Another runtime (a Vulkan one, say) plugs in here under its artifacts' suffix."""
+    path = pathlib.Path(path)
+    if path.suffix == ".onnx":
+        sess = oracle_session(path) if exact is None else session(path, exact=exact)
+        return [sess.run(None, f) for f in feeds]
+    if path.suffix == ".tflite":
+        from tflite_oracle import interpreter, tflite_run
+
+        it = interpreter(path)
+        return [tflite_run(it, f, layout) for f in feeds]
+    raise ValueError(f"{path}: no runtime for {path.suffix!r} artifacts")
+
+
+def output_names(path):
+    """The model's output names, in order (what onnxruntime's get_outputs() lists)."""
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 @functools.lru_cache(maxsize=None)
@@ -228,10 +346,6 @@ def host_int8_kernel():
     if "avx2" in flags:
         return "avx2"
     return "other"
-
-
-def ort_run(sess, feed):
-    return sess.run(None, feed)
 
 
 def corpus_models():

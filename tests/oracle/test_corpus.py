@@ -3,16 +3,14 @@ graph optimizations off for the Q/DQ model, digits_mobilenet_qat, so that it exe
 kiln_oracle.session(exact=True)).
 
 Skipped as a whole, with a message saying so, when ../shared/models is absent."""
-import pathlib
-import shutil
-
 import numpy as np
 import onnx
 import pytest
 
-from kiln_oracle import CORPUS, IMAGE_MODELS, assert_same_top1, corpus_models, exact_session, inspect_json, kiln, oracle_session, ort_run, qdq_tolerance, session, validation_inputs
+from accuracy import max_abs_diff, rel_diff
+from kiln_oracle import CORPUS, Project, assert_same_top1, corpus_models, inspect_json, kiln, output_names, qdq_tolerance, run_artifact, validation_inputs
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus tier: {CORPUS} is absent")
+pytestmark = pytest.mark.corpus
 
 MODELS = [p.stem for p in corpus_models()] or ["<absent>"]
 
@@ -39,28 +37,23 @@ def test_inspect_every_model(stem):
         assert d["external_data"], "external data files not reported"
 
 
-def build_onnx(tmp_path, model_path, passes="[]", extra=""):
-    work = tmp_path / "w"
-    work.mkdir()
-    for f in model_path.parent.glob(model_path.name + "*"):
-        (work / f.name).symlink_to(f) if f.suffix == ".onnx" else shutil.copy(f, work / f.name)
-    cfg = work / "kiln.yaml"
-    cfg.write_text(
-        f"model: {model_path.name}\npasses: {passes}\ntargets:\n  - {{ name: ref, backend: onnx, precision: fp32{extra} }}\noutput: out/\n"
-    )
+def build_onnx(tmp_path, model_path, target_opts=None):
+    """The model (symlinked, its external data copied) built to one fp32 ONNX target with no passes."""
+    work = Project(tmp_path / "w")
+    work.copy_model(model_path, link=True)
+    target = {"name": "ref", "backend": "onnx", "precision": "fp32", **(target_opts or {})}
+    cfg = work.write({"model": model_path.name, "passes": [], "targets": [target], "output": "out/"}, name="kiln.yaml")
     kiln("build", cfg)
-    return work / "out" / "ref" / "model.onnx", cfg
+    return work.root / "out" / "ref" / "model.onnx", cfg
 
 
 @pytest.mark.parametrize("stem", MODELS)
 def test_build_passes_empty_is_bit_identical(tmp_path, stem):
     src = CORPUS / f"{stem}.onnx"
     out, _ = build_onnx(tmp_path, src)
-    a, b = oracle_session(src), oracle_session(out)
     feeds = validation_inputs(stem)
     assert len(feeds) >= 32
-    for feed in feeds:
-        ra, rb = ort_run(a, feed), ort_run(b, feed)
+    for ra, rb in zip(run_artifact(src, feeds, exact=None), run_artifact(out, feeds, exact=None)):
         for x, y in zip(ra, rb):
             assert x.dtype == y.dtype and x.shape == y.shape
             assert np.array_equal(x, y), f"{stem}: max diff {np.abs(x - y).max()}"
@@ -69,28 +62,25 @@ def test_build_passes_empty_is_bit_identical(tmp_path, stem):
 @pytest.mark.parametrize("stem", MODELS)
 def test_kiln_run_matches_onnxruntime(tmp_path, stem):
     src = CORPUS / f"{stem}.onnx"
-    sess = oracle_session(src)
     feeds = validation_inputs(stem, limit=3)
-    for i, feed in enumerate(feeds):
+    names = output_names(src)
+    for i, (feed, refs) in enumerate(zip(feeds, run_artifact(src, feeds, exact=None))):
         args = []
         for name, arr in feed.items():
             np.save(tmp_path / f"{name}_{i}.npy", arr)
             args += ["--input", f"{name}={tmp_path / f'{name}_{i}.npy'}"]
         outdir = tmp_path / f"out{i}"
         kiln("run", src, *args, "--output-dir", outdir)
-        refs = ort_run(sess, feed)
-        names = [o.name for o in sess.get_outputs()]
         for name, ref in zip(names, refs):
             got = np.load(outdir / f"{name}.npy")
             assert got.shape == ref.shape
-            err = np.abs(got.astype(np.float64) - ref).max()
-            scale = np.abs(ref).max()
             if stem.endswith("_qat"):
                 # Tie flips, counted in quantization steps (kiln_oracle.QDQ_FLIP_ELEMENTS).
-                assert err <= qdq_tolerance(src, scale), (stem, err, qdq_tolerance(src, scale))
-                assert_same_top1(got, ref, qdq_tolerance(src, scale))
+                err, tol = max_abs_diff(ref, got), qdq_tolerance(src, np.abs(ref).max())
+                assert err <= tol, (stem, err, tol)
+                assert_same_top1(got, ref, tol)
             else:
-                assert err <= 1e-4 * scale, (stem, err, scale)
+                assert rel_diff(ref, got) <= 1e-4, (stem, rel_diff(ref, got))
 
 
 def test_kiln_run_qat_top1_on_many_inputs(tmp_path):
@@ -101,10 +91,10 @@ def test_kiln_run_qat_top1_on_many_inputs(tmp_path):
     np.save(tmp_path / "x.npy", x)
     kiln("run", src, "--input", f"input={tmp_path / 'x.npy'}", "--output-dir", tmp_path / "o")
     got = np.load(tmp_path / "o" / "logits.npy")
-    ref = exact_session(src).run(None, {"input": x})[0]
+    ref = run_artifact(src, [{"input": x}])[0][0]  # exact: Q/DQ as written
     tol = qdq_tolerance(src, np.abs(ref).max())
     assert_same_top1(got, ref, tol)
-    assert np.abs(got - ref).max() <= tol, (np.abs(got - ref).max(), tol)
+    assert max_abs_diff(ref, got) <= tol, (max_abs_diff(ref, got), tol)
 
 
 def test_symbolic_dim_expressions_in_value_info(tmp_path):
@@ -123,8 +113,8 @@ def test_symbolic_dim_expressions_in_value_info(tmp_path):
     np.save(tmp_path / "x.npy", feed["input"])
     kiln("run", path, "--input", f"input={tmp_path / 'x.npy'}", "--output-dir", tmp_path / "o")
     got = np.load(tmp_path / "o" / "logits.npy")
-    ref = session(path).run(None, feed)[0]
-    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    ref = run_artifact(path, [feed], exact=False)[0][0]
+    assert rel_diff(ref, got) <= 1e-4
     d = inspect_json(path, "--input", "input=1,3,224,224")
     assert abs(d["macs"] - 300.8e6) <= 0.02 * 300.8e6
 
@@ -154,9 +144,8 @@ def test_build_is_incremental_and_deterministic(tmp_path):
 
 def test_external_data_export_runs(tmp_path):
     src = CORPUS / "shufflenet_v2_x1_0.onnx"
-    out, _ = build_onnx(tmp_path, src, extra=", external_data: always")
+    out, _ = build_onnx(tmp_path, src, target_opts={"external_data": "always"})
     assert (out.parent / "model.onnx.data").exists()
     feed = validation_inputs("shufflenet_v2_x1_0", limit=2)
-    a, b = session(src), session(out)
-    for f in feed:
-        assert np.array_equal(a.run(None, f)[0], b.run(None, f)[0])
+    for ra, rb in zip(run_artifact(src, feed, exact=False), run_artifact(out, feed, exact=False)):
+        assert np.array_equal(ra[0], rb[0])

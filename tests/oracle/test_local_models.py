@@ -1,12 +1,11 @@
 """Local tier: the small PyTorch-exported models shipped in tests/models (no ../shared needed), checked
 against onnxruntime (graph optimizations off for the Q/DQ model tiny_qat, so that it executes as written)
 and onnx's own shape inference."""
-import shutil
-
 import numpy as np
 import pytest
 
-from kiln_oracle import assert_same_top1, independent_macs, inspect_json, kiln, local_inputs, local_models, oracle_session, qdq_tolerance, session
+from accuracy import max_abs_diff
+from kiln_oracle import Project, assert_same_top1, independent_macs, inspect_json, kiln, local_inputs, local_models, output_names, qdq_tolerance, run_artifact, session
 
 MODELS = local_models()
 IDS = [p.stem for p in MODELS]
@@ -30,29 +29,27 @@ def test_inspect_matches_onnx_shape_inference(path):
 
 @pytest.mark.parametrize("path", MODELS, ids=IDS)
 def test_build_passes_empty_is_bit_identical(tmp_path, path):
-    work = tmp_path / "w"
-    work.mkdir()
-    for f in path.parent.glob(path.name + "*"):
-        shutil.copy(f, work / f.name)
-    (work / "k.yaml").write_text(f"model: {path.name}\npasses: []\ntargets:\n  - {{ name: t, backend: onnx, precision: fp32 }}\noutput: out\n")
-    kiln("build", work / "k.yaml")
-    a, b = oracle_session(path), oracle_session(work / "out" / "t" / "model.onnx")
-    for feed in local_inputs(path):
-        for x, y in zip(a.run(None, feed), b.run(None, feed)):
+    work = Project(tmp_path / "w")
+    work.copy_model(path)
+    work.build({"model": path.name, "passes": [], "targets": [{"name": "t", "backend": "onnx", "precision": "fp32"}], "output": "out"})
+    feeds = local_inputs(path)
+    for ra, rb in zip(run_artifact(path, feeds, exact=None), run_artifact(work.root / "out" / "t" / "model.onnx", feeds, exact=None)):
+        for x, y in zip(ra, rb):
             assert x.dtype == y.dtype and np.array_equal(x, y)
 
 
 @pytest.mark.parametrize("path", MODELS, ids=IDS)
 def test_kiln_run_matches_onnxruntime(tmp_path, path):
-    sess = oracle_session(path)
-    for i, feed in enumerate(local_inputs(path, limit=3)):
+    feeds = local_inputs(path, limit=3)
+    output = output_names(path)[0]
+    for i, (feed, refs) in enumerate(zip(feeds, run_artifact(path, feeds, exact=None))):
         (name, arr), = feed.items()
         np.save(tmp_path / f"x{i}.npy", arr)
         kiln("run", path, "--input", f"{name}={tmp_path / f'x{i}.npy'}", "--output-dir", tmp_path / f"o{i}")
-        ref = sess.run(None, feed)[0]
-        got = np.load(tmp_path / f"o{i}" / f"{sess.get_outputs()[0].name}.npy")
+        ref = refs[0]
+        got = np.load(tmp_path / f"o{i}" / f"{output}.npy")
         # Q/DQ: tie flips, counted in quantization steps (kiln_oracle.QDQ_FLIP_ELEMENTS).
         tol = qdq_tolerance(path, np.abs(ref).max()) if "qat" in path.stem else 1e-4 * np.abs(ref).max()
         assert got.shape == ref.shape
-        assert np.abs(got - ref).max() <= tol, (path.stem, np.abs(got - ref).max(), tol)
+        assert max_abs_diff(ref, got) <= tol, (path.stem, max_abs_diff(ref, got), tol)
         assert_same_top1(got, ref, tol)

@@ -3,7 +3,6 @@
 Two suites: the cases that ship inside the pinned `onnx` package (always present in the test venv) and
 Debian's libonnx-testdata (when installed). At least 99% must round-trip; every other case must be listed,
 with its reason, in tests/onnx_node_expectations.txt."""
-import os
 import pathlib
 import tempfile
 

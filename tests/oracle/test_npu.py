@@ -9,11 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from kiln_oracle import CORPUS, DATA, exact_session, kiln, session, validation_inputs
-from tflite_oracle import interpreter, mean_cosine, op_names, tflite_run
-
-corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus tier: {CORPUS} is absent")
-IMAGENET = "preprocess: { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }"
+from accuracy import compare, first, label_accuracy, top1_agreement
+from kiln_oracle import CORPUS, DATA, IMAGENET_PREPROCESS, run_artifact, validation_inputs
+from tflite_oracle import interpreter, op_names
 
 
 def leaky_cnn(path):
@@ -37,16 +35,24 @@ def leaky_cnn(path):
     np.save(path.with_suffix(".npy"), rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
 
 
-def build(tmp_path, model, calib, targets):
-    lines = "".join(f"  - {{ name: {n}, backend: npu, precision: int8, device: {d} }}\n" for n, d in targets)
-    (tmp_path / "k.yaml").write_text(f"model: {model}\npasses: [cleanup, fuse]\ncalibration: {{ {calib}, method: percentile }}\ntargets:\n{lines}output: out\n")
-    kiln("build", tmp_path / "k.yaml")
-    return tmp_path / "out"
+def build(project, model, calib, targets):
+    """Build `model` (a name in the project folder or an absolute path) to npu targets ((name, device) pairs),
+    calibrating on `calib` (a data source) with percentile ranges; returns the output folder."""
+    project.build(
+        {
+            "model": model,
+            "passes": ["cleanup", "fuse"],
+            "calibration": {**calib, "method": "percentile"},
+            "targets": [{"name": n, "backend": "npu", "precision": "int8", "device": d} for n, d in targets],
+            "output": "out",
+        }
+    )
+    return project.root / "out"
 
 
-def test_edgetpu_names_the_op_it_lacks_and_the_fallback_point(tmp_path):
+def test_edgetpu_names_the_op_it_lacks_and_the_fallback_point(tmp_path, project):
     leaky_cnn(tmp_path / "leaky.onnx")
-    out = build(tmp_path, "leaky.onnx", "tensors: leaky.npy", [("coral", "edgetpu"), ("android", "nnapi")])
+    out = build(project, "leaky.onnx", {"tensors": "leaky.npy"}, [("coral", "edgetpu"), ("android", "nnapi")])
     r = json.loads((out / "coral" / "partition.json").read_text())
     assert r["fallback_point"]["op"] == "LEAKY_RELU" and r["fallback_point"]["node"] == "the_leaky_relu", r["fallback_point"]
     assert "not supported by edgetpu" in r["fallback_point"]["reason"]
@@ -66,47 +72,48 @@ def test_edgetpu_names_the_op_it_lacks_and_the_fallback_point(tmp_path):
     it = interpreter(out / "coral" / "model.tflite")
     assert it.get_input_details()[0]["dtype"] == np.int8
     x = np.load(tmp_path / "leaky.npy")
-    cos = mean_cosine(tmp_path / "leaky.onnx", it, [{"x": x[i : i + 1]} for i in range(8)])
+    cos = compare(tmp_path / "leaky.onnx", out / "coral" / "model.tflite", [{"x": x[i : i + 1]} for i in range(8)], exact=None)["mean_cosine"]
     assert cos > 0.98, cos
 
 
-def test_unknown_device_is_a_clear_error(tmp_path):
+def test_unknown_device_is_a_clear_error(tmp_path, project):
     leaky_cnn(tmp_path / "leaky.onnx")
-    (tmp_path / "k.yaml").write_text("model: leaky.onnx\ncalibration: { tensors: leaky.npy }\ntargets:\n  - { name: n, backend: npu, precision: int8, device: tpu9000 }\noutput: out\n")
-    p = kiln("build", tmp_path / "k.yaml", check=False)
+    config = {
+        "model": "leaky.onnx",
+        "calibration": {"tensors": "leaky.npy"},
+        "targets": [{"name": "n", "backend": "npu", "precision": "int8", "device": "tpu9000"}],
+        "output": "out",
+    }
+    p = project.build(config, check=False)
     assert p.returncode == 1 and "tpu9000" in p.stderr and "edgetpu" in p.stderr and "panicked" not in p.stderr
 
 
-@corpus
-def test_mobilenet_v2_edgetpu_one_partition_and_htp_qdq_runs(tmp_path):
-    out = build(tmp_path, CORPUS / "mobilenet_v2.onnx", f"images: {DATA / 'images_calib'}, {IMAGENET}", [("coral", "edgetpu"), ("htp", "qualcomm-htp")])
+@pytest.mark.corpus
+def test_mobilenet_v2_edgetpu_one_partition_and_htp_qdq_runs(project):
+    calib = {"images": DATA / "images_calib", "preprocess": IMAGENET_PREPROCESS}
+    out = build(project, CORPUS / "mobilenet_v2.onnx", calib, [("coral", "edgetpu"), ("htp", "qualcomm-htp")])
     r = json.loads((out / "coral" / "partition.json").read_text())
     assert r["ops_on_npu"] == r["ops_total"] and len(r["partitions"]) == 1 and r["fallback_point"] is None
     assert r["macs_total"] == 300774272 and r["npu_mac_share"] == 1.0
     assert "QUANTIZE" not in op_names(out / "coral" / "model.tflite")
     feeds = validation_inputs("mobilenet_v2")
-    ref = session(CORPUS / "mobilenet_v2.onnx")
-    r0 = [ref.run(None, f)[0].argmax() for f in feeds]
-    it = interpreter(out / "coral" / "model.tflite")
-    a_tpu = np.mean([tflite_run(it, f)[0].argmax() == x for f, x in zip(feeds, r0)])
+    ref = first(run_artifact(CORPUS / "mobilenet_v2.onnx", feeds, exact=False))
+    a_tpu = top1_agreement(ref, first(run_artifact(out / "coral" / "model.tflite", feeds)))
     # qualcomm-htp: the QDQ ONNX for onnxruntime's QNN provider, uint8 activations, static shapes.
     m = onnx.load(out / "htp" / "model.qdq.onnx")
     assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
     zps = [t for t in m.graph.initializer if t.data_type == TensorProto.UINT8]
     assert len(zps) > 50
-    q = exact_session(out / "htp" / "model.qdq.onnx")
-    a_htp = np.mean([q.run(None, f)[0].argmax() == x for f, x in zip(feeds, r0)])
+    a_htp = top1_agreement(ref, first(run_artifact(out / "htp" / "model.qdq.onnx", feeds)))  # exact: Q/DQ as written
     assert a_htp >= 0.80 and a_tpu >= 0.80 and abs(a_htp - a_tpu) <= 0.05, (a_htp, a_tpu)
 
 
-@corpus
-def test_digits_htp_qdq_within_one_point(tmp_path):
-    out = build(tmp_path, CORPUS / "digits_mobilenet.onnx", f"tensors: {DATA / 'digits_calib.npy'}", [("htp", "qualcomm-htp")])
+@pytest.mark.corpus
+def test_digits_htp_qdq_within_one_point(project):
+    out = build(project, CORPUS / "digits_mobilenet.onnx", {"tensors": DATA / "digits_calib.npy"}, [("htp", "qualcomm-htp")])
     labels = np.load(DATA / "digits_val_labels.npy")
     feeds = validation_inputs("digits_mobilenet")
-    ref, q = session(CORPUS / "digits_mobilenet.onnx"), exact_session(out / "htp" / "model.qdq.onnx")
-    fp32 = np.mean([ref.run(None, f)[0].argmax() == labels[i] for i, f in enumerate(feeds)])
-    acc = np.mean([q.run(None, f)[0].argmax() == labels[i] for i, f in enumerate(feeds)])
-    it = interpreter(out / "htp" / "model.tflite")
-    acc_tfl = np.mean([tflite_run(it, f)[0].argmax() == labels[i] for i, f in enumerate(feeds)])
+    fp32 = label_accuracy(first(run_artifact(CORPUS / "digits_mobilenet.onnx", feeds, exact=False)), labels)
+    acc = label_accuracy(first(run_artifact(out / "htp" / "model.qdq.onnx", feeds)), labels)  # exact: Q/DQ as written
+    acc_tfl = label_accuracy(first(run_artifact(out / "htp" / "model.tflite", feeds)), labels)
     assert acc >= fp32 - 0.01 and acc_tfl >= fp32 - 0.01, (acc, acc_tfl, fp32)

@@ -5,30 +5,25 @@ import onnx
 import onnx.numpy_helper
 import pytest
 
-from kiln_oracle import CORPUS, LOCAL_MODELS, kiln, local_inputs, session, validation_inputs
-from test_tflite import QDQ, build_config, corpus, validation_yaml
+from accuracy import compare
+from kiln_oracle import CORPUS, LOCAL_MODELS, QDQ_MODELS, Project, local_inputs, session, validation_config, validation_inputs
 
 # Float16 activations carry 11 bits: expect ~1e-3 relative per op, more through deep or BN-folded nets.
 BOUND = 2e-2
 
 
-def build_fp16(tmp_path, model, pins="", extra=""):
-    return build_config(
-        tmp_path,
-        model,
-        f"{pins}passes: [cleanup, fuse]\n{validation_yaml(model)}"
-        f"targets:\n  - {{ name: f32, backend: onnx, precision: fp32 }}\n  - {{ name: f16, backend: onnx, precision: fp16{extra} }}\n",
-    )
+def build_fp16(tmp_path, model, pins=None, extra=None):
+    """`model` built (in tmp_path/w) to an fp32 and an fp16 ONNX target (`extra`: more fp16 target options),
+    measured on its validation data; `pins`: the `inputs:` section. Returns the output folder."""
+    targets = [{"name": "f32", "backend": "onnx", "precision": "fp32"}, {"name": "f16", "backend": "onnx", "precision": "fp16", **(extra or {})}]
+    config = {**({"inputs": pins} if pins else {}), "passes": ["cleanup", "fuse"], "validation": validation_config(model), "targets": targets}
+    return Project(tmp_path / "w").build_model(model, config)
 
 
 def rel_diff_and_agreement(model, cand, feeds):
-    a, b = session(model), session(cand)
-    worst, agree = 0.0, 0
-    for f in feeds:
-        x, y = a.run(None, f)[0].astype(np.float64), b.run(None, f)[0].astype(np.float64)
-        worst = max(worst, float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-30)))
-        agree += int(x.ravel().argmax() == y.ravel().argmax())
-    return worst, agree / len(feeds)
+    """Worst relative difference and top-1 agreement of the first output, both in onnxruntime's default session."""
+    r = compare(model, cand, feeds, exact=False)
+    return r["max_rel_diff"], r["top1_agreement"]
 
 
 def check(model, out, feeds):
@@ -57,26 +52,26 @@ def test_local_model_fp16_onnx_matches_onnxruntime(tmp_path, path):
     sess = session(path)
     inp = sess.get_inputs()[0]
     dims = [d if isinstance(d, int) else 1 for d in inp.shape]
-    out = build_fp16(tmp_path, path, pins=f"inputs: {{ {inp.name}: {dims} }}\n")
+    out = build_fp16(tmp_path, path, pins={inp.name: dims})
     worst, _ = check(path, out, local_inputs(path))
     assert worst <= BOUND, worst
 
 
-CORPUS_MODELS = [p for p in sorted(CORPUS.glob("*.onnx")) if p.stem not in QDQ] if CORPUS.is_dir() else []
+CORPUS_MODELS = [p for p in sorted(CORPUS.glob("*.onnx")) if p.stem not in QDQ_MODELS] if CORPUS.is_dir() else []
 
 
-@corpus
+@pytest.mark.corpus
 @pytest.mark.parametrize("path", CORPUS_MODELS, ids=[p.stem for p in CORPUS_MODELS])
 def test_corpus_model_fp16_onnx_matches_onnxruntime(tmp_path, path):
     # The search bound sits below the checked one: it sees 16-64 validation samples, the check all of them.
-    out = build_fp16(tmp_path, path, extra=", fp16_max_error: 0.005")
+    out = build_fp16(tmp_path, path, extra={"fp16_max_error": 0.005})
     limit = 20 if path.stem in {"efficientnet_b0", "shufflenet_v2_x1_0"} else None
     worst, agree = check(path, out, validation_inputs(path.stem, limit=limit))
     print(path.stem, worst, agree)
     assert worst <= BOUND and agree >= 0.95, (worst, agree)
 
 
-def test_activation_past_float16_range_stays_float32(tmp_path):
+def test_activation_past_float16_range_stays_float32(tmp_path, project):
     """A conv whose output reaches ~1e5 (float16 tops out at 65504) feeding one that scales it back: kiln
     sees the range on the validation data, keeps both convs float32 and the value between them float32."""
     import json
@@ -93,11 +88,15 @@ def test_activation_past_float16_range_stays_float32(tmp_path):
     onnx.save(m, str(tmp_path / "big.onnx"))
     x = rng.normal(size=(16, 4, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    (tmp_path / "k.yaml").write_text(
-        "model: big.onnx\npasses: [cleanup, fuse]\nvalidation: { tensors: x.npy }\n"
-        "targets:\n  - { name: f16, backend: onnx, precision: fp16 }\noutput: out\n"
+    project.build(
+        {
+            "model": "big.onnx",
+            "passes": ["cleanup", "fuse"],
+            "validation": {"tensors": "x.npy"},
+            "targets": [{"name": "f16", "backend": "onnx", "precision": "fp16"}],
+            "output": "out",
+        }
     )
-    kiln("build", tmp_path / "k.yaml")
     rep = json.loads((tmp_path / "out" / "report.json").read_text())["quantization"]["f16"]
     assert {o["node"] for o in rep["overflow_fp32"]} >= {"blow_up"} and all(o["max_abs"] > 65504 for o in rep["overflow_fp32"]), rep
     art = tmp_path / "out" / "f16" / "model.onnx"

@@ -2,17 +2,16 @@
 validation inputs (Q/DQ models with graph optimizations off on both sides, so that they execute as written);
 node counts after `cleanup` are no worse than onnxslim 0.1.98's (measured with the same
 pinned shapes, numbers from the issue)."""
-import numpy as np
 import onnx
 import pytest
 
-from kiln_oracle import CORPUS, corpus_models, kiln, local_inputs, local_models, oracle_session, validation_inputs
+from accuracy import rel_diff
+from kiln_oracle import CORPUS, corpus_models, kiln, local_inputs, local_models, run_artifact, validation_inputs
 
 ONNXSLIM_NODES = {
     "mobilenet_v2": 100, "mobilenet_v3_small": 122, "squeezenet1_1": 65, "shufflenet_v2_x1_0": 173,
     "efficientnet_b0": 239, "tiny_encoder": 89, "kws_lstm": 6, "digits_mobilenet_qat": 140,
 }
-corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus tier: {CORPUS} is absent")
 MODELS = [p.stem for p in corpus_models()] or ["<absent>"]
 
 
@@ -36,14 +35,13 @@ def optimize(src, dst, passes):
 def check_equivalent(src, dst, feeds):
     # Q/DQ models too are held to 1e-4: kiln's rewrites keep their float ops, so both sides round at the
     # same ties (digits_mobilenet_qat and tiny_qat: identical outputs, weight scales folded or not).
-    a, b = oracle_session(src), oracle_session(dst)
-    for feed in feeds:
-        for x, y in zip(a.run(None, feed), b.run(None, feed)):
+    for ra, rb in zip(run_artifact(src, feeds, exact=None), run_artifact(dst, feeds, exact=None)):
+        for x, y in zip(ra, rb):
             assert x.shape == y.shape
-            assert np.abs(x - y).max() <= 1e-4 * np.abs(x).max(), np.abs(x - y).max()
+            assert rel_diff(x, y) <= 1e-4, rel_diff(x, y)
 
 
-@corpus
+@pytest.mark.corpus
 @pytest.mark.parametrize("stem", MODELS)
 @pytest.mark.parametrize("passes", ["cleanup", "cleanup,fuse"])
 def test_optimized_corpus_matches_onnxruntime(tmp_path, stem, passes):
@@ -54,7 +52,7 @@ def test_optimized_corpus_matches_onnxruntime(tmp_path, stem, passes):
         assert len(m.graph.node) <= ONNXSLIM_NODES[stem], (stem, len(m.graph.node))
 
 
-@corpus
+@pytest.mark.corpus
 def test_qat_weight_scales_fold(tmp_path):
     m = optimize(CORPUS / "digits_mobilenet_qat.onnx", tmp_path / "q.onnx", "cleanup")
     ops = {n.op_type for n in m.graph.node}
@@ -70,7 +68,7 @@ def test_optimized_local_models_match(tmp_path, path, passes):
     assert "Constant" not in {n.op_type for n in m.graph.node}
 
 
-@corpus
+@pytest.mark.corpus
 def test_fuse_removes_every_batchnorm_of_mobilenet_v3(tmp_path):
     m = optimize(CORPUS / "mobilenet_v3_small.onnx", tmp_path / "m.onnx", "fuse")
     assert "BatchNormalization" not in {n.op_type for n in m.graph.node}
@@ -81,7 +79,7 @@ def dump_after_fuse(src, tmp_path):
     return kiln("optimize", src, "-o", tmp_path / "d.onnx", "--passes", "cleanup,fuse", "--dump-ir", "fuse", *pins(src)).stdout
 
 
-@corpus
+@pytest.mark.corpus
 def test_mobilenet_v2_ir_carries_clip_on_every_conv(tmp_path):
     text = dump_after_fuse(CORPUS / "mobilenet_v2.onnx", tmp_path)
     convs = [l for l in text.splitlines() if "= Conv[" in l]
@@ -90,7 +88,7 @@ def test_mobilenet_v2_ir_carries_clip_on_every_conv(tmp_path):
     assert not [l for l in text.splitlines() if "= Clip" in l], "standalone Clip left"
 
 
-@corpus
+@pytest.mark.corpus
 def test_tiny_encoder_patterns_recognized(tmp_path):
     text = dump_after_fuse(CORPUS / "tiny_encoder.onnx", tmp_path)
     lines = text.splitlines()

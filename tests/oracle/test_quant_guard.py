@@ -99,7 +99,7 @@ def test_guard_repairs_a_model_whose_activations_defeat_calibration(tmp_path):
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] in ("g", "h") for n in q.graph.node)
 
 
-def test_guard_fails_the_target_alone_and_a_budget_repairs_it(tmp_path):
+def test_guard_fails_the_target_alone_and_a_budget_repairs_it(tmp_path, project):
     src = tmp_path / "cancel.onnx"
     cancelling_weights_model(src)
     # `kiln quantize`: a clear error, non-zero exit, nothing written.
@@ -108,13 +108,16 @@ def test_guard_fails_the_target_alone_and_a_budget_repairs_it(tmp_path):
     assert p.returncode == 1 and "quality guard" in p.stderr and "min_calibration_sqnr_db" in p.stderr, p.stderr
     assert "Worst tensors" in p.stderr and not out.exists(), p.stderr
     # `kiln build`: the int8 target fails alone, named; the fp32 ONNX and TFLite targets are written.
-    base = (
-        "model: cancel.onnx\ncalibration: { tensors: cancel.npy }\n"
-        "targets:\n  - { name: q, backend: onnx, precision: int8 }\n  - { name: f, backend: onnx, precision: fp32 }\n"
-        "  - { name: t, backend: tflite, precision: fp32 }\n"
-    )
-    (tmp_path / "k.yaml").write_text(base + "output: out\n")
-    p = kiln("build", tmp_path / "k.yaml", check=False)
+    base = {
+        "model": "cancel.onnx",
+        "calibration": {"tensors": "cancel.npy"},
+        "targets": [
+            {"name": "q", "backend": "onnx", "precision": "int8"},
+            {"name": "f", "backend": "onnx", "precision": "fp32"},
+            {"name": "t", "backend": "tflite", "precision": "fp32"},
+        ],
+    }
+    p = project.build({**base, "output": "out"}, check=False)
     assert p.returncode == 1 and "target 'q'" in p.stderr and "quality guard" in p.stderr, p.stderr
     assert (tmp_path / "out" / "f" / "model.onnx").exists() and (tmp_path / "out" / "t" / "model.tflite").exists()
     assert not (tmp_path / "out" / "q").exists()
@@ -123,8 +126,7 @@ def test_guard_fails_the_target_alone_and_a_budget_repairs_it(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert {a["target"] for a in manifest["artifacts"]} == {"f", "t"}
     # With a validation budget, mixed precision keeps the layers in float and the target builds.
-    (tmp_path / "b.yaml").write_text(base + "validation: { tensors: cancel.npy, min_cosine: 0.99 }\noutput: out_b\n")
-    kiln("build", tmp_path / "b.yaml")
+    project.build({**base, "validation": {"tensors": "cancel.npy", "min_cosine": 0.99}, "output": "out_b"}, name="b.yaml")
     rep = json.loads((tmp_path / "out_b" / "report.json").read_text())["quantization"]["q"]
     assert {k["kind"] for k in rep["mixed_precision"]["kept_float"]} >= {"layer"}, rep["mixed_precision"]
     assert rep["quality_guard"]["sqnr_db_after"] >= rep["quality_guard"]["floor_db"], rep["quality_guard"]
@@ -132,48 +134,51 @@ def test_guard_fails_the_target_alone_and_a_budget_repairs_it(tmp_path):
     assert r["mean_cosine"] >= 0.99, r
 
 
-def test_guard_floor_is_configurable_and_checked(tmp_path):
+def test_guard_floor_is_configurable_and_checked(tmp_path, project):
     src = tmp_path / "offset.onnx"
     offset_model(src)
-    (tmp_path / "k.yaml").write_text(
-        "model: offset.onnx\ncalibration: { tensors: offset.npy, method: minmax }\n"
-        "targets: [{ name: q, backend: onnx, precision: int8, min_calibration_sqnr_db: -50 }]\noutput: out\n"
+    project.build(
+        {
+            "model": "offset.onnx",
+            "calibration": {"tensors": "offset.npy", "method": "minmax"},
+            "targets": [{"name": "q", "backend": "onnx", "precision": "int8", "min_calibration_sqnr_db": -50}],
+            "output": "out",
+        }
     )
-    kiln("build", tmp_path / "k.yaml")
     g = json.loads((tmp_path / "out" / "report.json").read_text())["quantization"]["q"]["quality_guard"]
     assert g["floor_db"] == -50 and g["repair"] == "none" and g["sqnr_db"] < 4.0, g  # the user's choice, reported
-    (tmp_path / "bad.yaml").write_text(
-        "model: offset.onnx\ncalibration: { tensors: offset.npy }\n"
-        "targets: [{ name: q, backend: onnx, precision: fp32, min_calibration_sqnr_db: 10 }]\noutput: out2\n"
-    )
-    p = kiln("build", tmp_path / "bad.yaml", check=False)
+    bad = {
+        "model": "offset.onnx",
+        "calibration": {"tensors": "offset.npy"},
+        "targets": [{"name": "q", "backend": "onnx", "precision": "fp32", "min_calibration_sqnr_db": 10}],
+        "output": "out2",
+    }
+    p = project.build(bad, name="bad.yaml", check=False)
     assert p.returncode == 1 and "min_calibration_sqnr_db" in p.stderr, p.stderr
 
 
-def _build_digits_se(tmp_path, calibration, targets):
-    """`kiln build` of digits_se (copied into tmp_path) for `targets` (YAML flow maps) into tmp_path/out;
+def _build_digits_se(project, calibration, targets):
+    """`kiln build` of digits_se (copied into the project folder) for `targets` (dicts) into out/;
     returns report.json's `quantization` section."""
-    for f in ("digits_se.onnx", "digits_se_inputs.npy"):
-        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
-    items = "".join(f"  - {t}\n" for t in targets)
-    (tmp_path / "k.yaml").write_text(f"model: digits_se.onnx\ncalibration: {calibration}\ntargets:\n{items}output: out\n")
-    kiln("build", tmp_path / "k.yaml")
-    return json.loads((tmp_path / "out" / "report.json").read_text())["quantization"]
+    project.copy(LOCAL_MODELS / "digits_se.onnx", LOCAL_MODELS / "digits_se_inputs.npy")
+    project.build({"model": "digits_se.onnx", "calibration": calibration, "targets": targets, "output": "out"})
+    return json.loads((project.root / "out" / "report.json").read_text())["quantization"]
 
 
-def test_entropy_fallbacks_are_reported(tmp_path):
+def test_entropy_fallbacks_are_reported(project):
     # digits_se's squeeze-excite gates: too few values for a KL search; report.json names each tensor.
-    q = _build_digits_se(tmp_path, "{ tensors: digits_se_inputs.npy, method: entropy }", ["{ name: q, backend: onnx, precision: int8 }"])["q"]
+    calibration = {"tensors": "digits_se_inputs.npy", "method": "entropy"}
+    q = _build_digits_se(project, calibration, [{"name": "q", "backend": "onnx", "precision": "int8"}])["q"]
     fb = q["range_fallbacks"]
     assert fb and all({"reason", "searched", "used", "method"} <= set(v) for v in fb.values()), fb
     assert all(v["used"] >= v["searched"] for v in fb.values()), fb
     assert q["quality_guard"]["repair"] == "none" and q["quality_guard"]["sqnr_db"] > 20, q["quality_guard"]
 
 
-def test_reduce_range_writes_seven_bit_weights_and_names_its_kernels(tmp_path):
+def test_reduce_range_writes_seven_bit_weights_and_names_its_kernels(tmp_path, project):
     src = LOCAL_MODELS / "digits_se.onnx"
-    targets = ["{ name: r, backend: onnx, precision: int8, reduce_range: true }", "{ name: f, backend: onnx, precision: int8 }"]
-    rep = _build_digits_se(tmp_path, "{ tensors: digits_se_inputs.npy }", targets)
+    targets = [{"name": "r", "backend": "onnx", "precision": "int8", "reduce_range": True}, {"name": "f", "backend": "onnx", "precision": "int8"}]
+    rep = _build_digits_se(project, {"tensors": "digits_se_inputs.npy"}, targets)
     assert rep["r"]["weight_bits"] == 7 and "x86 without VNNI" in rep["r"]["kernel_family"], rep["r"]
     assert rep["f"]["weight_bits"] == 8 and "use reduce_range" in rep["f"]["kernel_family"], rep["f"]
 
@@ -188,11 +193,13 @@ def test_reduce_range_writes_seven_bit_weights_and_names_its_kernels(tmp_path):
     acc = compare(src, tmp_path / "out" / "r" / "model.onnx", feeds, labels)
     assert acc["accuracy"] >= acc["accuracy_fp32"] - 0.01, acc
     # Not for the TFLite/NPU backends, whose kernels take 8-bit weights: a config error before any work.
-    (tmp_path / "bad.yaml").write_text(
-        "model: digits_se.onnx\ncalibration: { tensors: digits_se_inputs.npy }\n"
-        "targets: [{ name: t, backend: tflite, precision: int8, reduce_range: true }]\noutput: out2\n"
-    )
-    p = kiln("build", tmp_path / "bad.yaml", check=False)
+    bad = {
+        "model": "digits_se.onnx",
+        "calibration": {"tensors": "digits_se_inputs.npy"},
+        "targets": [{"name": "t", "backend": "tflite", "precision": "int8", "reduce_range": True}],
+        "output": "out2",
+    }
+    p = project.build(bad, name="bad.yaml", check=False)
     assert p.returncode == 1 and "reduce_range" in p.stderr and not (tmp_path / "out2").exists(), p.stderr
 
 

@@ -6,10 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from accuracy import compare, feeds_and_labels
-from kiln_oracle import CORPUS, DATA, LOCAL_MODELS, kiln, local_inputs
-
-corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus tier: {CORPUS} is absent")
+from accuracy import compare, feeds_and_labels, sqnr_db
+from kiln_oracle import CORPUS, DATA, IMAGENET_PREPROCESS, LOCAL_MODELS, kiln, local_inputs, run_artifact
 
 
 def quantize(src, out, calib, *extra):
@@ -45,7 +43,7 @@ def test_qat_model_keeps_its_scales(tmp_path):
     assert r["top1_agreement"] == 1.0 and r["mean_cosine"] > 0.9999, r
 
 
-@corpus
+@pytest.mark.corpus
 def test_digits_int8_accuracy_within_half_a_point(tmp_path):
     src = CORPUS / "digits_mobilenet.onnx"
     quantize(src, tmp_path / "q.onnx", DATA / "digits_calib.npy", "--method", "percentile")
@@ -54,7 +52,7 @@ def test_digits_int8_accuracy_within_half_a_point(tmp_path):
     assert r["accuracy"] >= r["accuracy_fp32"] - 0.005, r
 
 
-@corpus
+@pytest.mark.corpus
 def test_digits_pruned_int8_within_one_point(tmp_path):
     # Pruned channels are constants; kiln moves them onto the activation grid (quant/dead_channels.rs).
     # Without that, BN-folded depthwise weights (L1 ~600) amplify their rounding: accuracy 0.32.
@@ -66,7 +64,7 @@ def test_digits_pruned_int8_within_one_point(tmp_path):
     assert r["accuracy"] >= r["accuracy_fp32"] - 0.01, r
 
 
-@corpus
+@pytest.mark.corpus
 def test_digits_qat_accuracy(tmp_path):
     src = CORPUS / "digits_mobilenet_qat.onnx"
     quantize(src, tmp_path / "q.onnx", DATA / "digits_calib.npy")
@@ -75,7 +73,7 @@ def test_digits_qat_accuracy(tmp_path):
     assert r["accuracy"] >= 0.984, r
 
 
-@corpus
+@pytest.mark.corpus
 def test_mobilenet_v2_per_channel(tmp_path):
     # Issue 4 line 1: >= 0.90 agreement and >= 0.985 cosine with per-channel weights. Measured 0.93 / 0.9955 /
     # 20.7 dB in onnxruntime: equalization (residual streams + conv pairs) and range refinement (the stage-6
@@ -90,7 +88,7 @@ def test_mobilenet_v2_per_channel(tmp_path):
     assert r["mean_cosine"] >= 0.985 and r["top1_agreement"] >= 0.90 and r["sqnr_db"] >= 20.0, r
 
 
-@corpus
+@pytest.mark.corpus
 def test_mobilenet_v2_x86_option_holds_under_default_kernels(tmp_path):
     # Issue 11 line 5, second half: `--reduce-range` (7-bit weights) is the artifact for x86 servers without
     # VNNI. It must meet 0.90 / 0.985 both with its Q/DQ as written and under onnxruntime's default session on
@@ -112,26 +110,22 @@ def test_mobilenet_v2_x86_option_holds_under_default_kernels(tmp_path):
     assert abs(default["sqnr_db"] - exact["sqnr_db"]) < 0.5, (exact, default)
 
 
-def tiny_cnn_project(tmp_path, targets):
-    """tiny_cnn and its samples copied into tmp_path, and a config calibrating on them for `targets` (YAML
-    list items, one per line); returns the config's path."""
-    import shutil
+TINY_CNN_CALIBRATION = {"tensors": "tiny_cnn_inputs.npy", "method": "percentile"}
 
-    for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
-        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
-    cfg = tmp_path / "k.yaml"
-    cfg.write_text(
-        "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
-        "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
-        "targets:\n" + "".join(f"  - {t}\n" for t in targets) + "output: out\n"
+
+def tiny_cnn_project(project, targets):
+    """tiny_cnn and its samples copied into the project folder, and a config calibrating on them for `targets`
+    (dicts); returns the config's path."""
+    project.copy(LOCAL_MODELS / "tiny_cnn.onnx", LOCAL_MODELS / "tiny_cnn_inputs.npy")
+    return project.write(
+        {"model": "tiny_cnn.onnx", "passes": ["cleanup", "fuse"], "calibration": TINY_CNN_CALIBRATION, "targets": targets, "output": "out"}
     )
-    return cfg
 
 
-def test_build_int8_target_from_yaml(tmp_path):
+def test_build_int8_target_from_yaml(tmp_path, project):
     import json
 
-    cfg = tiny_cnn_project(tmp_path, ["{ name: q, backend: onnx, precision: int8 }", "{ name: f, backend: onnx, precision: fp32 }"])
+    cfg = tiny_cnn_project(project, [{"name": "q", "backend": "onnx", "precision": "int8"}, {"name": "f", "backend": "onnx", "precision": "fp32"}])
     kiln("build", cfg)
     art = tmp_path / "out" / "q" / "model.onnx"
     first = art.read_bytes()
@@ -147,50 +141,41 @@ def test_build_int8_target_from_yaml(tmp_path):
     assert report["quantization"]["q"]["quantized_weights"] >= 15
     table = report["layer_sqnr"]["q"]
     assert len(table) >= 15 and all(row["sqnr_db"] > 10 for row in table), table
-    # The first row, recomputed independently with onnxruntime on the same samples.
-    import numpy as np
-    import onnxruntime as ort
-
+    # The first row, recomputed independently with onnxruntime (Q/DQ as written) on the same samples.
     name = table[0]["layer"]
 
-    def expose(path):
+    def expose(path, to):
+        """The model with the layer's output added as its last graph output."""
         m = onnx.load(str(path))
         m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # Q/DQ as written
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        onnx.save(m, str(to))
+        return to
 
-    fp, q = expose(tmp_path / "out" / "f" / "model.onnx"), expose(art)
-    sig = noise = 0.0
-    for feed in local_inputs(LOCAL_MODELS / "tiny_cnn.onnx")[:16]:
-        a = fp.run([name], feed)[0].astype(np.float64)
-        b = q.run([name], feed)[0].astype(np.float64)
-        sig += float((a * a).sum())
-        noise += float(((a - b) ** 2).sum())
-    assert abs(10 * np.log10(sig / noise) - table[0]["sqnr_db"]) < 3.0, (10 * np.log10(sig / noise), table[0])
+    feeds = local_inputs(LOCAL_MODELS / "tiny_cnn.onnx")[:16]
+    fp = [outs[-1] for outs in run_artifact(expose(tmp_path / "out" / "f" / "model.onnx", tmp_path / "f_exposed.onnx"), feeds)]
+    q = [outs[-1] for outs in run_artifact(expose(art, tmp_path / "q_exposed.onnx"), feeds)]
+    sqnr = sqnr_db(fp, q)
+    assert abs(sqnr - table[0]["sqnr_db"]) < 3.0, (sqnr, table[0])
 
 
-def test_int8_without_calibration_is_a_config_error(tmp_path):
+def test_int8_without_calibration_is_a_config_error(project):
     import shutil
 
-    shutil.copy(LOCAL_MODELS / "tiny_cnn.onnx", tmp_path / "m.onnx")
-    (tmp_path / "k.yaml").write_text("model: m.onnx\ntargets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n")
-    p = kiln("build", tmp_path / "k.yaml", check=False)
+    shutil.copy(LOCAL_MODELS / "tiny_cnn.onnx", project.root / "m.onnx")
+    p = project.build({"model": "m.onnx", "targets": [{"name": "q", "backend": "onnx", "precision": "int8"}], "output": "out"}, check=False)
     assert p.returncode == 1 and "needs a `calibration:` section" in p.stderr
 
 
-def test_accuracy_budget_is_enforced(tmp_path):
-    import shutil
-
-    for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
-        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
-    base = (
-        "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
-        "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
-        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
-    )
-    (tmp_path / "ok.yaml").write_text(base + "validation: { tensors: tiny_cnn_inputs.npy, min_cosine: 0.99 }\n")
-    kiln("build", tmp_path / "ok.yaml")
+def test_accuracy_budget_is_enforced(tmp_path, project):
+    project.copy(LOCAL_MODELS / "tiny_cnn.onnx", LOCAL_MODELS / "tiny_cnn_inputs.npy")
+    base = {
+        "model": "tiny_cnn.onnx",
+        "passes": ["cleanup", "fuse"],
+        "calibration": TINY_CNN_CALIBRATION,
+        "targets": [{"name": "q", "backend": "onnx", "precision": "int8"}],
+        "output": "out",
+    }
+    project.build({**base, "validation": {"tensors": "tiny_cnn_inputs.npy", "min_cosine": 0.99}}, name="ok.yaml")
     import json
 
     acc = json.loads((tmp_path / "out" / "report.json").read_text())["accuracy"]["q"]
@@ -198,43 +183,46 @@ def test_accuracy_budget_is_enforced(tmp_path):
     # kiln's own measurement (tract) agrees with onnxruntime's.
     assert abs(acc["mean_cosine"] - r["mean_cosine"]) < 0.01, (acc, r)
     # A budget nothing can meet (cosine ≤ 1): mixed precision exhausts its search and the build fails.
-    (tmp_path / "strict.yaml").write_text(base.replace("output: out", "output: out2") + "validation: { tensors: tiny_cnn_inputs.npy, min_cosine: 1.01 }\n")
-    p = kiln("build", tmp_path / "strict.yaml", check=False)
+    strict = {**base, "output": "out2", "validation": {"tensors": "tiny_cnn_inputs.npy", "min_cosine": 1.01}}
+    p = project.build(strict, name="strict.yaml", check=False)
     assert p.returncode == 1 and "accuracy budget is not met even with every layer in float" in p.stderr, p.stderr
     assert not (tmp_path / "out2" / "manifest.json").exists()
 
 
-@corpus
-def test_digits_budget_with_labels(tmp_path):
-    cfg = tmp_path / "k.yaml"
-    cfg.write_text(
-        f"model: {CORPUS / 'digits_mobilenet.onnx'}\npasses: [cleanup, fuse]\n"
-        f"calibration: {{ tensors: {DATA / 'digits_calib.npy'}, method: percentile }}\n"
-        f"validation: {{ tensors: {DATA / 'digits_val.npy'}, labels: {DATA / 'digits_val_labels.npy'}, max_accuracy_drop: 0.005 }}\n"
-        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
+@pytest.mark.corpus
+def test_digits_budget_with_labels(tmp_path, project):
+    project.build(
+        {
+            "model": CORPUS / "digits_mobilenet.onnx",
+            "passes": ["cleanup", "fuse"],
+            "calibration": {"tensors": DATA / "digits_calib.npy", "method": "percentile"},
+            "validation": {"tensors": DATA / "digits_val.npy", "labels": DATA / "digits_val_labels.npy", "max_accuracy_drop": 0.005},
+            "targets": [{"name": "q", "backend": "onnx", "precision": "int8"}],
+            "output": "out",
+        }
     )
-    kiln("build", cfg)
     import json
 
     acc = json.loads((tmp_path / "out" / "report.json").read_text())["accuracy"]["q"]
     assert acc["accuracy"] >= acc["accuracy_reference"] - 0.005, acc
 
 
-def test_mixed_precision_meets_a_tight_budget(tmp_path):
+def test_mixed_precision_meets_a_tight_budget(tmp_path, project):
     """Full int8 of tiny_cnn reaches cosine ~0.99996; a 0.99999 budget forces layers/activations to stay
     float, and the report names them with their measured sensitivity."""
     import json
-    import shutil
 
-    for f in ("tiny_cnn.onnx", "tiny_cnn_inputs.npy"):
-        shutil.copy(LOCAL_MODELS / f, tmp_path / f)
-    (tmp_path / "k.yaml").write_text(
-        "model: tiny_cnn.onnx\npasses: [cleanup, fuse]\n"
-        "calibration: { tensors: tiny_cnn_inputs.npy, method: percentile }\n"
-        "validation: { tensors: tiny_cnn_inputs.npy, min_cosine: 0.99999 }\n"
-        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
+    project.copy(LOCAL_MODELS / "tiny_cnn.onnx", LOCAL_MODELS / "tiny_cnn_inputs.npy")
+    project.build(
+        {
+            "model": "tiny_cnn.onnx",
+            "passes": ["cleanup", "fuse"],
+            "calibration": TINY_CNN_CALIBRATION,
+            "validation": {"tensors": "tiny_cnn_inputs.npy", "min_cosine": 0.99999},
+            "targets": [{"name": "q", "backend": "onnx", "precision": "int8"}],
+            "output": "out",
+        }
     )
-    kiln("build", tmp_path / "k.yaml")
     r = json.loads((tmp_path / "out" / "report.json").read_text())
     kept = r["quantization"]["q"]["mixed_precision"]["kept_float"]
     assert 1 <= len(kept) and sum(k["kind"] == "layer" for k in kept) <= 2, kept
@@ -244,21 +232,25 @@ def test_mixed_precision_meets_a_tight_budget(tmp_path):
     assert ort["mean_cosine"] >= 0.9999, ort
 
 
-@corpus
-def test_mobilenet_v3_meets_budget_through_mixed_precision(tmp_path):
+@pytest.mark.corpus
+def test_mobilenet_v3_meets_budget_through_mixed_precision(tmp_path, project):
     """Done-when 3 (MobileNetV3-small half): top-1 agreement ≥ 0.95 with the artifact ≤ 50 % of fp32 bytes,
     checked in onnxruntime; the report names what stayed float."""
     import json
 
-    pre = "{ resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }"
+    pre = IMAGENET_PREPROCESS
     src = CORPUS / "mobilenet_v3_small.onnx"
-    (tmp_path / "k.yaml").write_text(
-        f"model: {src}\ninputs: {{ input: [1, 3, 224, 224] }}\npasses: [cleanup, fuse]\n"
-        f"calibration: {{ images: {DATA / 'images_calib'}, preprocess: {pre}, method: percentile }}\n"
-        f"validation: {{ images: {DATA / 'images_val'}, preprocess: {pre}, min_top1_agreement: 0.95 }}\n"
-        "targets: [{ name: q, backend: onnx, precision: int8 }]\noutput: out\n"
+    project.build(
+        {
+            "model": src,
+            "inputs": {"input": [1, 3, 224, 224]},
+            "passes": ["cleanup", "fuse"],
+            "calibration": {"images": DATA / "images_calib", "preprocess": pre, "method": "percentile"},
+            "validation": {"images": DATA / "images_val", "preprocess": pre, "min_top1_agreement": 0.95},
+            "targets": [{"name": "q", "backend": "onnx", "precision": "int8"}],
+            "output": "out",
+        }
     )
-    kiln("build", tmp_path / "k.yaml")
     art = tmp_path / "out" / "q" / "model.onnx"
     assert art.stat().st_size <= 0.5 * src.stat().st_size
     feeds, _ = feeds_and_labels("mobilenet_v3_small")
@@ -268,8 +260,8 @@ def test_mobilenet_v3_meets_budget_through_mixed_precision(tmp_path):
     assert rep["kept_float"] and all("why" in k for k in rep["kept_float"])
 
 
-@corpus
-def test_cle_lifts_per_tensor_mobilenet_v2(tmp_path):
+@pytest.mark.corpus
+def test_cle_lifts_per_tensor_mobilenet_v2(tmp_path, project):
     # Equalization (residual streams + conv pairs, on by default) with per-tensor weights on MobileNetV2.
     # Issue 4 line 1 asks >= 0.85 agreement and >= 0.97 cosine; measured without 0.77 / 0.976 / 13.4 dB,
     # with 0.88 / 0.988 / 17.0 dB (range refinement on, as by default).
@@ -277,12 +269,15 @@ def test_cle_lifts_per_tensor_mobilenet_v2(tmp_path):
 
     res = {}
     for cle in ("false", "true"):
-        (tmp_path / f"{cle}.yaml").write_text(
-            f"model: {CORPUS / 'mobilenet_v2.onnx'}\ninputs: {{ input: [1, 3, 224, 224] }}\npasses: [cleanup, fuse]\n"
-            f"calibration: {{ images: {DATA / 'images_calib'}, preprocess: {{ resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }}, method: percentile }}\n"
-            f"targets:\n  - {{ name: pt, backend: onnx, precision: int8, weights: per_tensor, cle: {cle} }}\noutput: out_{cle}\n"
-        )
-        kiln("build", tmp_path / f"{cle}.yaml")
+        config = {
+            "model": CORPUS / "mobilenet_v2.onnx",
+            "inputs": {"input": [1, 3, 224, 224]},
+            "passes": ["cleanup", "fuse"],
+            "calibration": {"images": DATA / "images_calib", "preprocess": IMAGENET_PREPROCESS, "method": "percentile"},
+            "targets": [{"name": "pt", "backend": "onnx", "precision": "int8", "weights": "per_tensor", "cle": cle == "true"}],
+            "output": f"out_{cle}",
+        }
+        project.build(config, name=f"{cle}.yaml")
         q = json.loads((tmp_path / f"out_{cle}" / "report.json").read_text())["quantization"]["pt"]
         feeds, _ = feeds_and_labels("mobilenet_v2")
         res[cle] = (q, compare(CORPUS / "mobilenet_v2.onnx", tmp_path / f"out_{cle}" / "pt" / "model.onnx", feeds))
@@ -384,14 +379,18 @@ def test_range_refinement_narrows_a_heavy_tailed_stream(tmp_path):
     assert on["sqnr_db"] > off["sqnr_db"], (off, on)
 
 
-def test_calibration_is_done_once_per_model_quantized_and_cached(tmp_path):
+def test_calibration_is_done_once_per_model_quantized_and_cached(tmp_path, project):
     # An equalized target calibrates the equalized model (through the cache); a `cle: false` target the
     # optimized one; a tflite target with the same equalization reuses the first. A rebuild reads all three.
     import json
 
     cfg = tiny_cnn_project(
-        tmp_path,
-        ["{ name: a, backend: onnx, precision: int8 }", "{ name: b, backend: onnx, precision: int8, cle: false }", "{ name: c, backend: tflite, precision: int8 }"],
+        project,
+        [
+            {"name": "a", "backend": "onnx", "precision": "int8"},
+            {"name": "b", "backend": "onnx", "precision": "int8", "cle": False},
+            {"name": "c", "backend": "tflite", "precision": "int8"},
+        ],
     )
     first = kiln("build", cfg).stderr
     assert first.count("calibrated on") == 2 and first.count("statistics: cached") == 1, first
@@ -458,7 +457,7 @@ SWEEP_MODELS = ["digits_mobilenet", "digits_mobilenet_pruned", "digits_mobilenet
 NEAR_TIED_LOGITS = {"mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0"}
 
 
-@corpus
+@pytest.mark.corpus
 @pytest.mark.parametrize("stem", SWEEP_MODELS)
 def test_every_calibration_method_is_within_two_points_of_minmax(tmp_path, stem):
     res = method_sweep(stem, tmp_path)

@@ -1,9 +1,11 @@
-"""Run kiln's TFLite artifacts in the ai-edge-litert interpreter (the independent oracle) and compare them
-with onnxruntime on the original ONNX model (kiln_oracle.oracle_session: Q/DQ models with graph
-optimizations off, executed as written)."""
+"""Run kiln's TFLite artifacts in the ai-edge-litert interpreter (the independent oracle; kiln_oracle.run_artifact
+runs .tflite files through tflite_run) and compare them with onnxruntime on the original ONNX model
+(kiln_oracle.oracle_session: Q/DQ models with graph optimizations off, executed as written). The metrics are
+accuracy.py's."""
 import numpy as np
 
-from kiln_oracle import oracle_session
+from accuracy import max_rel_diff as _max_rel_diff
+from kiln_oracle import run_artifact
 
 
 def interpreter(path, threads=1):
@@ -45,35 +47,18 @@ def tflite_run(it, feed, layout="nhwc"):
 
 
 def paired_outputs(onnx_path, tflite_path, feeds, layout="nhwc"):
-    """[(onnxruntime outputs, interpreter outputs)] for each feed."""
-    sess = oracle_session(onnx_path)
-    it = interpreter(tflite_path)
-    pairs = []
-    for f in feeds:
-        refs, outs = sess.run(None, f), tflite_run(it, f, layout)
+    """[(onnxruntime outputs, interpreter outputs)] for each feed, every output of the same shape on both."""
+    pairs = list(zip(run_artifact(onnx_path, feeds, exact=None), run_artifact(tflite_path, feeds, layout=layout)))
+    for refs, outs in pairs:
         for r, o in zip(refs, outs):
             assert r.shape == o.shape, (r.shape, o.shape)
-        pairs.append((refs, outs))
     return pairs
 
 
 def max_rel_diff(onnx_path, tflite_path, feeds, layout="nhwc"):
-    """max |tflite − ort| / max |ort| over every feed and output."""
-    worst = 0.0
-    for refs, outs in paired_outputs(onnx_path, tflite_path, feeds, layout):
-        for r, o in zip(refs, outs):
-            worst = max(worst, float(np.abs(o.astype(np.float64) - r).max() / (np.abs(r).max() + 1e-30)))
-    return worst
-
-
-def mean_cosine(onnx_path, it, feeds, layout="nhwc"):
-    """Mean cosine between onnxruntime's first output and the interpreter's, over the feeds."""
-    sess = oracle_session(onnx_path)
-    cos = []
-    for f in feeds:
-        r, t = sess.run(None, f)[0].ravel().astype(np.float64), tflite_run(it, f, layout)[0].ravel().astype(np.float64)
-        cos.append(float(r @ t / (np.linalg.norm(r) * np.linalg.norm(t))))
-    return float(np.mean(cos))
+    """max |tflite − ort| / max |ort| (accuracy.rel_diff) over every feed and output."""
+    pairs = [(r, o) for refs, outs in paired_outputs(onnx_path, tflite_path, feeds, layout) for r, o in zip(refs, outs)]
+    return _max_rel_diff([r for r, _ in pairs], [o for _, o in pairs])
 
 
 def op_names(tflite_path):

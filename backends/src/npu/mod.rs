@@ -8,15 +8,36 @@
 pub mod partition;
 pub mod profile;
 
+use kiln_compiler::backend::{
+    parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16, Precision, QuantRules,
+    TargetRules,
+};
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::{DType, Dim, Model, Op, TensorData};
 use kiln_compiler::onnx::{to_files, ExportOptions, ExternalData};
-use kiln_compiler::pipeline::{ArtifactFile, Backend};
 use kiln_compiler::{Error, Result};
+use serde::Deserialize;
 
-use crate::tflite;
+use crate::common::tflite::{self as tfl, IoDtype, IoLayout};
 
 pub struct NpuBackend;
+
+/// The `npu` backend's keys: `device` (required: a profile name under configs/devices, or a path to a
+/// profile .yaml), and the TFLite I/O keys (`io_dtype` defaults to the profile's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NpuOptions {
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub io_layout: IoLayout,
+    #[serde(default)]
+    pub io_dtype: Option<IoDtype>,
+}
+
+fn target_err(t: &Target, reason: String) -> Error {
+    Error::Backend { backend: "npu".into(), target: t.name.clone(), reason }
+}
 
 /// The QDQ model with uint8 activations and every graph input pinned to static dims.
 pub fn qnn_qdq(model: &Model) -> Result<Model> {
@@ -72,20 +93,18 @@ pub fn qnn_qdq(model: &Model) -> Result<Model> {
 }
 
 impl NpuBackend {
-    fn profile(t: &Target) -> Result<profile::Profile> {
-        let d = t.device.as_deref().ok_or_else(|| Error::Backend {
-            backend: "npu".into(),
-            target: t.name.clone(),
-            reason: format!(
-                "`device:` is required (one of {})",
-                profile::builtin_names().join(", ")
-            ),
+    fn options(t: &Target) -> std::result::Result<(NpuOptions, profile::Profile), String> {
+        let o: NpuOptions = parse_options(t)?;
+        tfl::check_io_dtype(o.io_dtype, true)?;
+        let p = Self::profile(o.device.as_deref())?;
+        Ok((o, p))
+    }
+
+    fn profile(device: Option<&str>) -> std::result::Result<profile::Profile, String> {
+        let d = device.ok_or_else(|| {
+            format!("`device:` is required (one of {})", profile::builtin_names().join(", "))
         })?;
-        profile::load(d).map_err(|e| Error::Backend {
-            backend: "npu".into(),
-            target: t.name.clone(),
-            reason: e.to_string(),
-        })
+        profile::load(d).map_err(|e| e.to_string())
     }
 }
 
@@ -94,26 +113,40 @@ impl Backend for NpuBackend {
         "npu"
     }
 
-    fn precisions(&self) -> &'static [&'static str] {
-        &["int8"]
+    fn precisions(&self) -> &'static [Precision] {
+        &[Precision::Int8]
     }
 
-    fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
-        Ok(self.emit_with_report(model, target)?.0)
+    fn option_keys(&self) -> &'static [&'static str] {
+        &["device", "io_layout", "io_dtype"]
     }
 
-    fn emit_with_report(
-        &self,
-        model: &Model,
-        target: &Target,
-    ) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
-        let p = Self::profile(target)?;
-        let io_int8 = tflite::io_int8(target, p.io_dtype.as_deref() == Some("int8"))?;
-        let m = tflite::lower_model(model, tflite::io_layout(target)?, true, io_int8)?;
-        let bytes = tflite::ser::write(
-            &m,
-            &format!("kiln {} int8 for {}", env!("CARGO_PKG_VERSION"), p.name),
-        );
+    fn check_option(&self, key: &str, value: serde_yaml::Value) -> std::result::Result<(), String> {
+        let o = parse_option::<NpuOptions>(key, value)?;
+        match o.device {
+            Some(d) => Self::profile(Some(&d)).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn check(&self, target: &Target) -> std::result::Result<TargetRules, String> {
+        Self::options(target)?;
+        Ok(TargetRules {
+            quant: QuantRules {
+                full_integer: true,
+                fused_activation: tfl::fused_activation,
+                reduce_range: false,
+            },
+            fp16: Fp16::Storage,
+        })
+    }
+
+    fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {
+        let (o, p) = Self::options(target).map_err(|e| target_err(target, e))?;
+        let io_int8 = tfl::io_int8(o.io_dtype, true, p.io_dtype.as_deref() == Some("int8"));
+        let m = tfl::lower_model(model, o.io_layout, true, io_int8)?;
+        let bytes =
+            tfl::ser::write(&m, &format!("kiln {} int8 for {}", env!("CARGO_PKG_VERSION"), p.name));
         let report = partition::partition(&m, &p);
         let json = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
         let mut pretty =
@@ -146,6 +179,6 @@ impl Backend for NpuBackend {
             "macs_total": report.macs_total,
             "fallback_point": report.fallback_point.as_ref().map(|f| format!("op {} {} (node '{}'): {}", f.index, f.op, f.node, f.reason.clone().unwrap_or_default())),
         });
-        Ok((files, Some(summary)))
+        Ok(Emitted { files, summary: Some(summary) })
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::profile::{Partitioning, Profile};
-use crate::tflite::model::{Code, Fused, Options, TensorType, TfModel};
+use crate::common::tflite::model::{
+    elements, macs, Code, Fused, Operator, Options, TensorType, TfModel,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct OpPlacement {
@@ -56,36 +58,8 @@ fn dtype_name(t: TensorType) -> String {
     t.variant_name().unwrap_or("UNKNOWN").to_lowercase()
 }
 
-fn elements(shape: &[i32]) -> u64 {
-    shape.iter().map(|d| (*d).max(1) as u64).product()
-}
-
-/// Multiply-accumulates of one operator.
-pub fn macs(m: &TfModel, o: &crate::tflite::model::Operator) -> u64 {
-    let out = o.outputs.first().map(|t| elements(m.shape(*t))).unwrap_or(0);
-    let shape = |i: usize| {
-        o.inputs.get(i).filter(|t| **t >= 0).map(|t| m.shape(*t).to_vec()).unwrap_or_default()
-    };
-    match o.code {
-        Code::CONV_2D => {
-            let f = shape(1);
-            out * f.get(1..).map(elements).unwrap_or(0)
-        }
-        Code::DEPTHWISE_CONV_2D => {
-            let f = shape(1);
-            out * f.get(1..3).map(elements).unwrap_or(0)
-        }
-        Code::FULLY_CONNECTED => out * shape(1).get(1).copied().unwrap_or(0).max(0) as u64,
-        Code::BATCH_MATMUL => {
-            let a = shape(0);
-            out * a.last().copied().unwrap_or(0).max(0) as u64
-        }
-        _ => 0,
-    }
-}
-
 /// Why `o` cannot run on the device, if it cannot.
-fn unsupported(m: &TfModel, o: &crate::tflite::model::Operator, p: &Profile) -> Option<String> {
+fn unsupported(m: &TfModel, o: &Operator, p: &Profile) -> Option<String> {
     let op = name(o.code);
     let Some(rule) = p.ops.get(&op) else {
         return Some(format!("{op} is not supported by {}", p.name));
@@ -349,7 +323,7 @@ pub fn text(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tflite::model::TfModel;
+    use crate::common::tflite::model::TfModel;
 
     fn chain(codes: &[Code]) -> TfModel {
         let mut m = TfModel::default();

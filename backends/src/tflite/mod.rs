@@ -6,29 +6,42 @@
 //! `int8` also writes `model.qdq.onnx`, the QDQ twin: the quantizer's decisions as a QDQ ONNX model that
 //! onnxruntime runs, which is what the build report's accuracy for the target measures.
 //!
-//! Image tensors are channel-last (`io_layout: nhwc`, the default, what camera pipelines deliver) or
-//! kept channel-first (`io_layout: nchw`). Inside, layout propagation keeps CNNs channel-last with no
-//! transposes (see `lower`).
-pub mod int8;
-pub mod lower;
-pub mod model;
-pub mod ops;
-pub mod seq;
-pub mod ser;
-
+//! Keys: `io_layout` (`nhwc`, the default, or `nchw`) and `io_dtype` (`float`, the default, or `int8`
+//! with precision int8). The lowering itself lives in `common::tflite`, shared with the `npu` backend.
+use kiln_compiler::backend::{
+    parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16, Precision, QuantRules,
+    TargetRules,
+};
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::{Model, TensorData};
-use kiln_compiler::pipeline::{ArtifactFile, Backend};
 use kiln_compiler::{Error, Result};
+use serde::Deserialize;
 
-use lower::{IoLayout, Lowering};
-use model::{Code, Options, TensorType, TfModel};
+use crate::common::tflite::model::{self, Code, Options as TfOptions, TensorType, TfModel};
+use crate::common::tflite::{self as tfl, IoDtype, IoLayout};
 
 pub struct TfliteBackend;
 
-/// Lower `model` to a TFLite model (fp32).
-pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
-    Lowering::new(&model.graph).run(io, int8, io_int8)
+/// The `tflite` backend's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TfliteOptions {
+    #[serde(default)]
+    pub io_layout: IoLayout,
+    #[serde(default)]
+    pub io_dtype: Option<IoDtype>,
+}
+
+const KEYS: &[&str] = &["io_layout", "io_dtype"];
+
+fn options(t: &Target) -> std::result::Result<TfliteOptions, String> {
+    let o: TfliteOptions = parse_options(t)?;
+    tfl::check_io_dtype(o.io_dtype, t.precision == Precision::Int8)?;
+    Ok(o)
+}
+
+fn target_err(t: &Target, reason: String) -> Error {
+    Error::Backend { backend: "tflite".into(), target: t.name.clone(), reason }
 }
 
 /// Store every float constant as float16 behind a DEQUANTIZE (run first, folded by the runtime at load).
@@ -52,7 +65,7 @@ pub fn to_fp16(m: &mut TfModel) {
             code: Code::DEQUANTIZE,
             inputs: vec![half],
             outputs: vec![t as i32],
-            options: Options::None,
+            options: TfOptions::None,
             origin: "fp16 weights".into(),
         });
     }
@@ -101,66 +114,52 @@ pub fn to_dynamic(m: &mut TfModel) {
     }
 }
 
-pub fn io_layout(t: &Target) -> Result<IoLayout> {
-    match t.io_layout.as_deref() {
-        None | Some("nhwc") => Ok(IoLayout::Nhwc),
-        Some("nchw") => Ok(IoLayout::Nchw),
-        Some(other) => Err(Error::Backend {
-            backend: "tflite".into(),
-            target: t.name.clone(),
-            reason: format!("io_layout '{other}': expected nhwc or nchw"),
-        }),
-    }
-}
-
-/// `io_dtype: int8 | float` (int8 models only; `default` when absent).
-pub fn io_int8(t: &Target, default: bool) -> Result<bool> {
-    match t.io_dtype.as_deref() {
-        None => Ok(default && t.precision == "int8"),
-        Some("int8") if t.precision == "int8" => Ok(true),
-        Some("float") => Ok(false),
-        Some(other) => Err(Error::Backend {
-            backend: t.backend.clone(),
-            target: t.name.clone(),
-            reason: format!("io_dtype '{other}': expected float, or int8 with precision int8"),
-        }),
-    }
-}
-
 impl Backend for TfliteBackend {
     fn name(&self) -> &'static str {
         "tflite"
     }
 
-    fn precisions(&self) -> &'static [&'static str] {
-        &["fp32", "fp16", "int8", "dynamic"]
+    fn precisions(&self) -> &'static [Precision] {
+        &[Precision::Fp32, Precision::Fp16, Precision::Int8, Precision::Dynamic]
     }
 
-    fn emit(&self, model: &Model, target: &Target) -> Result<Vec<ArtifactFile>> {
-        Ok(self.emit_with_report(model, target)?.0)
+    fn option_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
-    fn emit_with_report(
-        &self,
-        model: &Model,
-        target: &Target,
-    ) -> Result<(Vec<ArtifactFile>, Option<serde_json::Value>)> {
-        let mut m = lower_model(
-            model,
-            io_layout(target)?,
-            target.precision == "int8",
-            io_int8(target, false)?,
-        )?;
-        if target.precision == "fp16" {
+    fn check_option(&self, key: &str, value: serde_yaml::Value) -> std::result::Result<(), String> {
+        parse_option::<TfliteOptions>(key, value).map(|_| ())
+    }
+
+    fn check(&self, target: &Target) -> std::result::Result<TargetRules, String> {
+        options(target)?;
+        Ok(TargetRules {
+            quant: QuantRules {
+                full_integer: true,
+                fused_activation: tfl::fused_activation,
+                reduce_range: false,
+            },
+            fp16: Fp16::Storage,
+        })
+    }
+
+    fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {
+        let o = options(target).map_err(|e| target_err(target, e))?;
+        let int8 = target.precision == Precision::Int8;
+        let mut m =
+            tfl::lower_model(model, o.io_layout, int8, tfl::io_int8(o.io_dtype, int8, false))?;
+        if target.precision == Precision::Fp16 {
             to_fp16(&mut m);
         }
-        if target.precision == "dynamic" {
+        if target.precision == Precision::Dynamic {
             to_dynamic(&mut m);
         }
-        let bytes =
-            ser::write(&m, &format!("kiln {} {}", env!("CARGO_PKG_VERSION"), target.precision));
+        let bytes = tfl::ser::write(
+            &m,
+            &format!("kiln {} {}", env!("CARGO_PKG_VERSION"), target.precision),
+        );
         let mut files = vec![ArtifactFile { rel_path: "model.tflite".into(), bytes }];
-        if target.precision == "int8" {
+        if int8 {
             // The QDQ twin: the same quantization decisions as ONNX, for checking the artifact in any runtime.
             let opts = kiln_compiler::onnx::ExportOptions {
                 external: kiln_compiler::onnx::ExternalData::Inline,
@@ -176,9 +175,9 @@ impl Backend for TfliteBackend {
         for o in &m.operators {
             *ops.entry(o.code.variant_name().unwrap_or("UNKNOWN").to_string()).or_default() += 1;
         }
-        let macs: u64 = m.operators.iter().map(|o| crate::npu::partition::macs(&m, o)).sum();
+        let macs: u64 = m.operators.iter().map(|o| model::macs(&m, o)).sum();
         let summary =
             serde_json::json!({ "operators": m.operators.len(), "macs": macs, "ops": ops });
-        Ok((files, Some(summary)))
+        Ok(Emitted { files, summary: Some(summary) })
     }
 }

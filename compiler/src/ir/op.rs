@@ -62,22 +62,6 @@ pub enum Act {
     Silu,
 }
 
-impl Act {
-    /// Can an integer runtime run this fused into the op before it (TFLite's RELU, RELU6, RELU_N1_TO_1,
-    /// TANH)? The int8 quantizer splits off the others and quantizes the tensor in between; the TFLite
-    /// backend's `ops::fusable` maps exactly these (a test there holds the two together).
-    pub fn int8_fusable(&self) -> bool {
-        match self {
-            Act::Relu | Act::Tanh => true,
-            Act::Clip { min: Some(lo), max: Some(hi) } => {
-                (*lo == 0.0 && *hi == 6.0) || (*lo == -1.0 && *hi == 1.0)
-            }
-            Act::Clip { min: Some(lo), max: None } => *lo == 0.0,
-            _ => false,
-        }
-    }
-}
-
 /// Element-wise binary ops with numpy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinOp {

@@ -277,19 +277,15 @@ pub fn build_with_reference<'a>(
 /// model's outputs, [`Reference::new`]) and repair it when it falls below.
 /// Returns the model to ship, the options it was built with, and the report; an error when no repair
 /// reaches the floor. `qat`: the model's scales come from training and are not kiln's to repair.
-#[allow(clippy::too_many_arguments)]
 pub fn check(
     scorer: &Reference,
-    model: &Model,
-    calib: &Calibration,
+    inputs: &super::Inputs,
     opts: &QdqOptions,
-    bc: bool,
-    input: &str,
-    samples: &[TensorData],
     quantized: Model,
     floor: f64,
     qat: bool,
 ) -> Result<(Model, QdqOptions, Guarded)> {
+    let super::Inputs { model, calib, bc, input, samples } = *inputs;
     let (sqnr, top1) = scorer.score(&quantized)?;
     let mut report = Guarded {
         floor_db: floor,

@@ -16,17 +16,13 @@ use kiln_compiler::{Error, Result};
 use super::qdq::QdqOptions;
 
 /// Search for the smallest float set meeting the budget. Returns (model, report, layers bias-corrected).
-#[allow(clippy::too_many_arguments)]
 pub fn search(
-    model: &Model,
-    calib: &Calibration,
+    inputs: &super::Inputs,
     opts: &QdqOptions,
-    bc: bool,
-    input: &str,
-    samples: &[TensorData],
     check: Budget,
     first: Metrics,
 ) -> Result<(Model, serde_json::Value, usize)> {
+    let super::Inputs { model, calib, bc, input, samples } = *inputs;
     let probe: Vec<TensorData> = samples.iter().take(16).cloned().collect();
     let mut sens = sensitivity(model, calib, opts, input, &probe, true)?;
     sens.sort_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));

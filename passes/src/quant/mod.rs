@@ -10,10 +10,13 @@ pub mod qdq;
 pub mod ranges;
 pub mod streams;
 
+use kiln_compiler::backend::QuantRules;
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::config::{CalibrationConfig, Target};
-use kiln_compiler::ir::{Act, DType, Model, Op, TensorData};
-use kiln_compiler::pipeline::{Budget, Calibrate, Pass, PassContext, Quantizer};
+use kiln_compiler::ir::{DType, Model, Op, TensorData};
+use kiln_compiler::pipeline::{
+    Budget, Calibrate, Pass, PassContext, QuantizeJob, Quantized, Quantizer,
+};
 use kiln_compiler::{Error, Result};
 
 /// Quantize `model` with `opts`, bias-correct, drop the float weights left behind.
@@ -127,6 +130,190 @@ pub fn kernel_family(opts: &qdq::QdqOptions) -> &'static str {
     }
 }
 
+/// What one quantization works from: the float model, its calibration statistics, whether biases are
+/// corrected, and the calibration samples fed to `input`.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub model: &'a Model,
+    pub calib: &'a Calibration,
+    pub bc: bool,
+    pub input: &'a str,
+    pub samples: &'a [TensorData],
+}
+
+/// How to quantize: what `kiln build` reads from a target (and its backend's rules) and `kiln quantize`
+/// from its flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub method: params::Method,
+    pub per_channel: bool,
+    pub activations: DType,
+    /// Cross-layer equalization: `None` on unless it moves the float model, `Some(true)` required.
+    pub cle: Option<bool>,
+    pub bias_correction: bool,
+    pub refine_ranges: bool,
+    pub reduce_range: bool,
+    /// The quality guard's floor (dB).
+    pub floor_db: f64,
+    pub rules: QuantRules,
+}
+
+impl Settings {
+    /// A `kiln build` target's settings.
+    pub fn from_target(t: &Target, rules: &QuantRules, cfg: &CalibrationConfig) -> Result<Self> {
+        let method =
+            params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
+                .ok_or_else(|| Error::Pass {
+                    pass: "quantize".into(),
+                    reason: "unknown calibration method".into(),
+                })?;
+        Ok(Settings {
+            method,
+            per_channel: t.weights.as_deref() != Some("per_tensor"),
+            activations: if t.activations.as_deref() == Some("uint8") {
+                DType::U8
+            } else {
+                DType::I8
+            },
+            cle: t.cle,
+            bias_correction: t.bias_correction.unwrap_or(true),
+            refine_ranges: t.refine_ranges.unwrap_or(true),
+            reduce_range: t.reduce_range == Some(true),
+            floor_db: t.min_calibration_sqnr_db.unwrap_or(guard::DEFAULT_FLOOR_DB),
+            rules: *rules,
+        })
+    }
+
+    fn qdq_options(&self) -> qdq::QdqOptions {
+        qdq::QdqOptions {
+            per_channel: self.per_channel,
+            activations: self.activations,
+            method: self.method,
+            // Full-integer backends need every tensor's scale, outputs included.
+            quantize_outputs: self.rules.full_integer,
+            weight_qmax: if self.reduce_range { 64 } else { 127 },
+            ..Default::default()
+        }
+    }
+}
+
+/// What [`quantize`] did: the build report's `quantization` entry for a target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub method: String,
+    pub weights: &'static str,
+    pub qat_scales_kept: bool,
+    pub quantized_weights: usize,
+    pub quantized_biases: usize,
+    pub quantized_activations: usize,
+    pub bias_corrected_layers: usize,
+    pub cle_pairs_equalized: usize,
+    pub cle_streams_equalized: usize,
+    pub cle_float_max_rel_diff: f64,
+    pub cle_skipped: Option<String>,
+    pub dead_channels_snapped: usize,
+    pub range_refinement: ranges::Refined,
+    pub kept_float: Vec<String>,
+    pub mixed_precision: serde_json::Value,
+    pub range_fallbacks: std::collections::BTreeMap<String, params::Fallback>,
+    pub quality_guard: guard::Guarded,
+    pub weight_bits: u8,
+    pub kernel_family: &'static str,
+}
+
+/// Post-training quantization, the stages `kiln build` and `kiln quantize` share: equalization, the
+/// statistics of the model actually quantized (`calibrate`), activations split off where the target's
+/// integer kernels cannot fuse them, range refinement, Q/DQ with bias correction, mixed precision under
+/// a budget, and the quality guard. Returns the model, the summary, and the float model quantized when
+/// equalization changed it.
+pub fn quantize(
+    model: &Model,
+    s: &Settings,
+    calibrate: &Calibrate,
+    input: &str,
+    samples: &[TensorData],
+    budget: Option<Budget>,
+) -> Result<(Model, Summary, Option<Model>)> {
+    let opts = s.qdq_options();
+    let bc = s.bias_correction;
+    // Equalization (on by default), then the statistics of the model actually quantized.
+    let (equalized, calibration);
+    let mut reference = None;
+    let (model, calib, eq) = if s.cle.unwrap_or(true) {
+        let (m, eq) = equalize(model, input, samples, s.cle == Some(true))?;
+        if eq.skipped.is_none() {
+            reference = Some(m.clone());
+        }
+        calibration = calibrate(&m)?;
+        equalized = m;
+        (&equalized, &calibration, eq)
+    } else {
+        calibration = calibrate(model)?;
+        (model, &calibration, Equalized::default())
+    };
+    // Full-integer targets quantize what their runtime cannot fuse: the tensor before such an
+    // activation becomes a quantization point (calibration measured it as `<output>__preact`).
+    let unfused;
+    let model = if s.rules.full_integer {
+        let mut m = model.clone();
+        // A conv with dead (pruned) channels keeps its activation: its constant channels are snapped onto
+        // the output grid (dead_channels.rs), which needs act(b) computed exactly, i.e. in float.
+        let fused = s.rules.fused_activation;
+        let keep = |g: &kiln_compiler::ir::Graph, id: kiln_compiler::ir::NodeId| {
+            let fusable = g.nodes[id].act.as_ref().is_some_and(fused);
+            fusable || dead_channels::has_dead_channels(g, id)
+        };
+        kiln_compiler::calib::stats::unfuse_activations(&mut m, &keep)?;
+        let opset = m.opset();
+        kiln_compiler::shape::infer_graph(&mut m.graph, opset)?;
+        unfused = m;
+        &unfused
+    } else {
+        model
+    };
+    let (opts, refined) = if s.refine_ranges {
+        ranges::refine(model, calib, &opts, bc, input, samples)
+    } else {
+        (opts, ranges::Refined::default())
+    };
+    let ((mut m, summary, mut corrected), probe) =
+        guard::build_with_reference(model, calib, &opts, bc, input, samples)?;
+    let inputs = Inputs { model, calib, bc, input, samples };
+    let mut mixed = serde_json::Value::Null;
+    if let Some(check) = budget {
+        let (ok, metrics) = check(&m)?;
+        if !ok && !summary.qat_kept {
+            let (mm, report, c) = mixed::search(&inputs, &opts, check, metrics)?;
+            m = mm;
+            mixed = report;
+            corrected = c;
+        }
+    }
+    let (m, _, guarded) = guard::check(&probe, &inputs, &opts, m, s.floor_db, summary.qat_kept)?;
+    let summary = Summary {
+        method: format!("{:?}", s.method),
+        weights: if opts.per_channel { "per_channel" } else { "per_tensor" },
+        qat_scales_kept: summary.qat_kept,
+        quantized_weights: summary.weights,
+        quantized_biases: summary.biases,
+        quantized_activations: summary.activations,
+        bias_corrected_layers: corrected,
+        cle_pairs_equalized: eq.pairs,
+        cle_streams_equalized: eq.streams,
+        cle_float_max_rel_diff: eq.drift,
+        cle_skipped: eq.skipped,
+        dead_channels_snapped: summary.snapped_channels,
+        range_refinement: refined,
+        kept_float: summary.kept_float,
+        mixed_precision: mixed,
+        range_fallbacks: summary.range_fallbacks,
+        quality_guard: guarded,
+        weight_bits: if opts.weight_qmax <= 64 { 7 } else { 8 },
+        kernel_family: kernel_family(&opts),
+    };
+    Ok((m, summary, reference))
+}
+
 /// Post-training quantization for `kiln build` targets with `precision: int8`.
 pub struct Ptq;
 
@@ -142,122 +329,11 @@ impl Quantizer for Ptq {
         fp16::islands(model, input, samples, bound, half_activations)
     }
 
-    fn quantize(
-        &self,
-        model: &Model,
-        t: &Target,
-        calibrate: &Calibrate,
-        cfg: &CalibrationConfig,
-        input: &str,
-        samples: &[TensorData],
-        budget: Option<Budget>,
-    ) -> Result<(Model, serde_json::Value, Option<Model>)> {
-        let method =
-            params::Method::parse(cfg.method.as_deref().unwrap_or("entropy"), cfg.percentile)
-                .ok_or_else(|| Error::Pass {
-                    pass: "quantize".into(),
-                    reason: "unknown calibration method".into(),
-                })?;
-        let opts = qdq::QdqOptions {
-            per_channel: t.weights.as_deref() != Some("per_tensor"),
-            activations: if t.activations.as_deref() == Some("uint8") {
-                DType::U8
-            } else {
-                DType::I8
-            },
-            method,
-            // Full-integer backends need every tensor's scale, outputs included.
-            quantize_outputs: matches!(t.backend.as_str(), "tflite" | "npu"),
-            weight_qmax: if t.reduce_range == Some(true) { 64 } else { 127 },
-            ..Default::default()
-        };
-        let bc = t.bias_correction.unwrap_or(true);
-        // Equalization (on by default), then the statistics of the model actually quantized.
-        let (equalized, calibration);
-        let mut reference = None;
-        let (model, calib, eq) = if t.cle.unwrap_or(true) {
-            let (m, eq) = equalize(model, input, samples, t.cle == Some(true))?;
-            if eq.skipped.is_none() {
-                reference = Some(m.clone());
-            }
-            calibration = calibrate(&m)?;
-            equalized = m;
-            (&equalized, &calibration, eq)
-        } else {
-            calibration = calibrate(model)?;
-            (model, &calibration, Equalized::default())
-        };
-        // Full-integer targets quantize what their runtime cannot fuse: the tensor before such an
-        // activation becomes a quantization point (calibration measured it as `<output>__preact`).
-        let unfused;
-        let model = if opts.quantize_outputs {
-            let mut m = model.clone();
-            // A conv with dead (pruned) channels keeps its activation: its constant channels are snapped onto
-            // the output grid (dead_channels.rs), which needs act(b) computed exactly, i.e. in float.
-            let keep = |g: &kiln_compiler::ir::Graph, id: kiln_compiler::ir::NodeId| {
-                let fusable = g.nodes[id].act.as_ref().is_some_and(Act::int8_fusable);
-                fusable || dead_channels::has_dead_channels(g, id)
-            };
-            kiln_compiler::calib::stats::unfuse_activations(&mut m, &keep)?;
-            let opset = m.opset();
-            kiln_compiler::shape::infer_graph(&mut m.graph, opset)?;
-            unfused = m;
-            &unfused
-        } else {
-            model
-        };
-        let (opts, refined) = if t.refine_ranges.unwrap_or(true) {
-            ranges::refine(model, calib, &opts, bc, input, samples)
-        } else {
-            (opts, ranges::Refined::default())
-        };
-        let ((mut m, summary, mut corrected), probe) =
-            guard::build_with_reference(model, calib, &opts, bc, input, samples)?;
-        let mut mixed = serde_json::Value::Null;
-        if let Some(check) = budget {
-            let (ok, metrics) = check(&m)?;
-            if !ok && !summary.qat_kept {
-                let (mm, report, c) =
-                    mixed::search(model, calib, &opts, bc, input, samples, check, metrics)?;
-                m = mm;
-                mixed = report;
-                corrected = c;
-            }
-        }
-        let floor = t.min_calibration_sqnr_db.unwrap_or(guard::DEFAULT_FLOOR_DB);
-        let (m, _, guarded) = guard::check(
-            &probe,
-            model,
-            calib,
-            &opts,
-            bc,
-            input,
-            samples,
-            m,
-            floor,
-            summary.qat_kept,
-        )?;
-        let json = serde_json::json!({
-            "method": format!("{method:?}"),
-            "weights": if opts.per_channel { "per_channel" } else { "per_tensor" },
-            "qat_scales_kept": summary.qat_kept,
-            "quantized_weights": summary.weights,
-            "quantized_biases": summary.biases,
-            "quantized_activations": summary.activations,
-            "bias_corrected_layers": corrected,
-            "cle_pairs_equalized": eq.pairs,
-            "cle_streams_equalized": eq.streams,
-            "cle_float_max_rel_diff": eq.drift,
-            "cle_skipped": eq.skipped,
-            "dead_channels_snapped": summary.snapped_channels,
-            "range_refinement": refined,
-            "kept_float": summary.kept_float,
-            "mixed_precision": mixed,
-            "range_fallbacks": summary.range_fallbacks,
-            "quality_guard": guarded,
-            "weight_bits": if opts.weight_qmax <= 64 { 7 } else { 8 },
-            "kernel_family": kernel_family(&opts),
-        });
-        Ok((m, json, reference))
+    fn quantize(&self, job: &QuantizeJob) -> Result<Quantized> {
+        let s = Settings::from_target(job.target, job.rules, job.calibration)?;
+        let (model, summary, reference) =
+            quantize(job.model, &s, job.calibrate, job.input, job.samples, job.budget)?;
+        let summary = serde_json::to_value(&summary).map_err(|e| Error::invalid(e.to_string()))?;
+        Ok(Quantized { model, summary, reference })
     }
 }

@@ -978,33 +978,3 @@ mod tests {
         assert_eq!(fusable(&Some(Act::Clip { min: Some(0.0), max: Some(4.0) })), None);
     }
 }
-
-#[cfg(test)]
-mod fusable_tests {
-    use super::*;
-
-    /// The quantizer decides what to split off with `Act::int8_fusable`; this backend fuses what `fusable`
-    /// maps. They must agree, or a tensor gets quantized that TFLite never materializes (or the reverse).
-    #[test]
-    fn fusable_agrees_with_the_quantizer() {
-        let acts = [
-            Act::Relu,
-            Act::Tanh,
-            Act::Sigmoid,
-            Act::HardSwish,
-            Act::Silu,
-            Act::LeakyRelu { alpha: Some(0.1) },
-            Act::HardSigmoid { alpha: None, beta: None },
-            Act::Gelu { approximate: None },
-            Act::Clip { min: Some(0.0), max: Some(6.0) },
-            Act::Clip { min: Some(-1.0), max: Some(1.0) },
-            Act::Clip { min: Some(0.0), max: None },
-            Act::Clip { min: Some(0.0), max: Some(4.0) },
-            Act::Clip { min: None, max: Some(6.0) },
-            Act::Clip { min: None, max: None },
-        ];
-        for a in acts {
-            assert_eq!(fusable(&Some(a.clone())).is_some(), a.int8_fusable(), "{a:?}");
-        }
-    }
-}

@@ -20,9 +20,11 @@ use super::model::{Code, Options, TensorType, TfModel};
 pub const TO_NHWC: [usize; 4] = [0, 2, 3, 1];
 pub const TO_NCHW: [usize; 4] = [0, 3, 1, 2];
 
-/// How graph image inputs and outputs are laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How graph image inputs and outputs are laid out (`io_layout:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IoLayout {
+    #[default]
     Nhwc,
     Nchw,
 }

@@ -209,3 +209,31 @@ impl TfModel {
         )
     }
 }
+
+pub fn elements(shape: &[i32]) -> u64 {
+    shape.iter().map(|d| (*d).max(1) as u64).product()
+}
+
+/// Multiply-accumulates of one operator.
+pub fn macs(m: &TfModel, o: &Operator) -> u64 {
+    let out = o.outputs.first().map(|t| elements(m.shape(*t))).unwrap_or(0);
+    let shape = |i: usize| {
+        o.inputs.get(i).filter(|t| **t >= 0).map(|t| m.shape(*t).to_vec()).unwrap_or_default()
+    };
+    match o.code {
+        Code::CONV_2D => {
+            let f = shape(1);
+            out * f.get(1..).map(elements).unwrap_or(0)
+        }
+        Code::DEPTHWISE_CONV_2D => {
+            let f = shape(1);
+            out * f.get(1..3).map(elements).unwrap_or(0)
+        }
+        Code::FULLY_CONNECTED => out * shape(1).get(1).copied().unwrap_or(0).max(0) as u64,
+        Code::BATCH_MATMUL => {
+            let a = shape(0);
+            out * a.last().copied().unwrap_or(0).max(0) as u64
+        }
+        _ => 0,
+    }
+}

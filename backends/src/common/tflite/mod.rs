@@ -1,0 +1,55 @@
+//! The IR lowered to a TFLite flatbuffer (`TfModel`, then bytes): the shared core of the `tflite` and
+//! `npu` backends, and the keys both read (`io_layout`, `io_dtype`).
+//!
+//! Image tensors are channel-last (`io_layout: nhwc`, the default, what camera pipelines deliver) or
+//! kept channel-first (`io_layout: nchw`). Inside, layout propagation keeps CNNs channel-last with no
+//! transposes (see `lower`).
+pub mod int8;
+pub mod lower;
+pub mod model;
+pub mod ops;
+pub mod seq;
+pub mod ser;
+
+use kiln_compiler::ir::{Act, Model};
+use kiln_compiler::Result;
+
+pub use lower::IoLayout;
+use lower::Lowering;
+use model::TfModel;
+
+/// `io_dtype:` of full-integer models: `float` inputs/outputs (QUANTIZE/DEQUANTIZE inside) or `int8`
+/// (the whole graph integer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoDtype {
+    Float,
+    Int8,
+}
+
+/// Whether a model's I/O is integer: `io_dtype` as given, else `default` (int8 models only).
+pub fn io_int8(io_dtype: Option<IoDtype>, int8: bool, default: bool) -> bool {
+    match io_dtype {
+        Some(d) => d == IoDtype::Int8,
+        None => default && int8,
+    }
+}
+
+/// `io_dtype: int8` needs a full-integer model.
+pub fn check_io_dtype(io_dtype: Option<IoDtype>, int8: bool) -> std::result::Result<(), String> {
+    if io_dtype == Some(IoDtype::Int8) && !int8 {
+        return Err("io_dtype 'int8': expected float, or int8 with precision int8".into());
+    }
+    Ok(())
+}
+
+/// Lower `model` to a TFLite model (`int8`: full integer; `io_int8`: integer inputs and outputs).
+pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
+    Lowering::new(&model.graph).run(io, int8, io_int8)
+}
+
+/// Activations TFLite's kernels apply fused into the op before them (RELU, RELU6, RELU_N1_TO_1, TANH):
+/// the quantization rule of full-integer TFLite targets. The lowering fuses exactly these (`ops::fusable`).
+pub fn fused_activation(a: &Act) -> bool {
+    ops::fusable(&Some(a.clone())).is_some()
+}
