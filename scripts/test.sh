@@ -4,7 +4,8 @@
 #     without VNNI for the int8-kernel tests), via apt-get as root;
 #   - a Python venv (.venv) with the pinned oracles from tests/requirements.txt (onnxruntime, onnx, numpy, ...);
 #   - a release build of kiln (cached in target/ between runs);
-# then runs the Rust tests (unit + hostile input) and the oracle tests (pytest, against onnxruntime).
+# then checks formatting and lints (cargo fmt --check, cargo clippy -D warnings), runs the Rust tests
+# (unit, golden, backend snapshots, hostile input) and the oracle tests (pytest, against onnxruntime).
 # The corpus tier (../shared/models) reports itself skipped when the corpus is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,18 @@ fi
 log "cargo build --release"
 cargo build --release --locked 2>&1 | tail -n 3
 
-# 4. Rust tests: unit, pass and golden tests of every crate, and the hostile-input suite.
+# 4. One formatting and lint standard: rustfmt (rustfmt.toml) and clippy with warnings as errors.
+log "cargo fmt --check; cargo clippy -D warnings"
+cargo fmt --all --check
+lint_log=$(mktemp)
+if ! cargo clippy --release --locked --workspace --all-targets -- -D warnings >"$lint_log" 2>&1; then
+  tail -n 80 "$lint_log"
+  echo "clippy found warnings"
+  exit 1
+fi
+rm -f "$lint_log"
+
+# 5. Rust tests: unit, pass and golden tests of every crate, and the hostile-input suite.
 log "cargo test --release"
 rust_log=$(mktemp)
 if ! cargo test --release --locked --workspace >"$rust_log" 2>&1; then
@@ -54,7 +66,7 @@ fi
 grep -E "^test result" "$rust_log" | grep -v " 0 passed" || true
 rm -f "$rust_log"
 
-# 5. Oracle tests (onnxruntime on the original models).
+# 6. Oracle tests (onnxruntime on the original models).
 log "pytest tests/oracle"
 export KILN_BIN="$ROOT/target/release/kiln"
 cd tests/oracle

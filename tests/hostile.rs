@@ -448,22 +448,22 @@ fn bad_backend_options_fail_before_any_work_with_their_location() {
     // onnx
     case(
         "{ name: a, backend: onnx, external_data: sometimes }",
-        &["kiln.yaml:4:50", "external_data", "sometimes", "auto"],
+        &["kiln.yaml:4:46", "external_data", "sometimes", "auto"],
     );
     case(
         "{ name: a, backend: onnx, io_layout: nchw }",
-        &["kiln.yaml:4:29", "unknown field `io_layout` for backend 'onnx'"],
+        &["kiln.yaml:4:31", "unknown field `io_layout` for backend 'onnx'"],
     );
     case(
         "{ name: a, backend: onnx, precision: int8, reduce_range: maybe }",
-        &["kiln.yaml:4", "reduce_range"],
+        &["kiln.yaml:4:62", "reduce_range"],
     );
     // tflite
     case(
         "{ name: p, backend: tflite, precision: int8, io_layout: nhcw }",
-        &["kiln.yaml:4:59", "target 'p'", "nhcw", "nhwc", "nchw"],
+        &["kiln.yaml:4:61", "target 'p'", "nhcw", "nhwc", "nchw"],
     );
-    case("{ name: p, backend: tflite, io_dtype: int16 }", &["kiln.yaml:4:41", "int16"]);
+    case("{ name: p, backend: tflite, io_dtype: int16 }", &["kiln.yaml:4:43", "int16"]);
     case(
         "{ name: p, backend: tflite, precision: fp32, io_dtype: int8 }",
         &["kiln.yaml:4:5", "target 'p'", "io_dtype 'int8'", "precision int8"],
@@ -474,26 +474,26 @@ fn bad_backend_options_fail_before_any_work_with_their_location() {
     );
     case(
         "{ name: p, backend: tflite, device: edgetpu }",
-        &["kiln.yaml:4:31", "unknown field `device`"],
+        &["kiln.yaml:4:33", "unknown field `device`"],
     );
     // npu
     case(
         "{ name: n, backend: npu, precision: int8, device: tpu9000 }",
-        &["kiln.yaml:4:53", "tpu9000", "edgetpu"],
+        &["kiln.yaml:4:55", "tpu9000", "edgetpu"],
     );
     case("{ name: n, backend: npu, precision: int8 }", &["kiln.yaml:4:5", "`device:` is required"]);
     case(
         "{ name: n, backend: npu, precision: fp16, device: edgetpu }",
-        &["kiln.yaml:4:39", "does not support precision 'fp16'", "int8"],
+        &["kiln.yaml:4:41", "does not support precision 'fp16'", "int8"],
     );
     case(
         "{ name: n, backend: npu, precision: int8, device: edgetpu, io_layout: [1] }",
-        &["kiln.yaml:4:73", "io_layout"],
+        &["kiln.yaml:4:75", "io_layout"],
     );
     // unknown backend: at its value
     case(
         "{ name: w, backend: warp-drive }",
-        &["kiln.yaml:4:23", "unknown backend 'warp-drive'", "tflite"],
+        &["kiln.yaml:4:25", "unknown backend 'warp-drive'", "tflite"],
     );
 }
 

@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=CORPUS_ABSENT)
     for item in items:
         if item.get_closest_marker("corpus"):
-            item.add_marker(skip)
+            item.add_marker(skip, append=False)  # first, so its reason is the one reported
 
 
 @pytest.fixture

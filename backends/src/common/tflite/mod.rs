@@ -10,6 +10,7 @@ pub mod model;
 pub mod ops;
 pub mod seq;
 pub mod ser;
+pub mod text;
 
 use kiln_compiler::ir::{Act, Model};
 use kiln_compiler::Result;
