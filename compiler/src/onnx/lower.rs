@@ -421,12 +421,10 @@ impl<'g> Lowering<'g> {
             op => {
                 let mut attribute = Vec::new();
                 for a in op.attributes() {
-                    attribute.push(super::export::export_attr(
-                        &a,
-                        &Default::default(),
-                        &mut TensorSink::Inline,
-                        self.opset,
-                    )?);
+                    // Typed ops carry no subgraphs (`Op::Generic` keeps those, and is not expanded here).
+                    attribute.push(super::attr::to_proto(&a, &mut |_| {
+                        Err(crate::Error::invalid(format!("{}: a subgraph on a typed op", n.name)))
+                    })?);
                 }
                 let mut outputs: Vec<String> = n.outputs.iter().map(|v| name(*v)).collect();
                 if let Some(o) = outputs.first_mut() {

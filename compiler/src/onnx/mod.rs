@@ -1,4 +1,5 @@
 //! ONNX import and export: the only module that sees prost types.
+mod attr;
 pub mod export;
 pub mod import;
 pub mod lower;

@@ -15,8 +15,7 @@ use kiln_compiler::Result;
 use super::lower::Lowering;
 use super::model::{Quant, TensorType};
 
-/// Scale/zero point, and the integer type, of a quantized activation.
-pub type QParams = (Quant, TensorType);
+pub use super::model::QParams;
 
 fn quant(scale: f32, zp: i64) -> Quant {
     Quant { scale: vec![scale], zero_point: vec![zp], axis: 0 }
@@ -103,7 +102,7 @@ pub fn bias(l: &Lowering, b: ValueId) -> Option<(Vec<i32>, Vec<f32>)> {
 
 /// TFLite can fuse this activation into the op (RELU, RELU6, RELU_N1_TO_1, TANH).
 fn fusable(a: &Option<Act>) -> bool {
-    super::ops::fusable(a).is_some()
+    super::act::fusable(a).is_some()
 }
 
 /// Activations with an int8 kernel as a standalone op.
@@ -187,17 +186,4 @@ pub fn decide(l: &mut Lowering, id: NodeId) -> bool {
         return false;
     }
     true
-}
-
-/// Per-tensor asymmetric int8 for a float constant used by an integer op.
-pub fn quantize_const(vals: &[f32]) -> (Vec<u8>, Quant) {
-    let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
-    let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
-    let scale = ((hi - lo) / 255.0).max(1e-12);
-    let zp = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i64;
-    let q = vals
-        .iter()
-        .map(|v| ((v / scale).round() + zp as f32).clamp(-128.0, 127.0) as i8 as u8)
-        .collect();
-    (q, quant(scale, zp))
 }

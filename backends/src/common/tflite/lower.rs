@@ -38,7 +38,7 @@ pub struct Lowering<'a> {
     alt: HashMap<(ValueId, bool, bool), i32>,
     /// Full-integer lowering (`int8`): quantized activations by value, DQ outputs aliased to their value.
     pub int8: bool,
-    pub qp: HashMap<ValueId, super::int8::QParams>,
+    pub qp: HashMap<ValueId, super::model::QParams>,
     pub aliases: HashMap<ValueId, ValueId>,
     /// The node being lowered computes in float (its int8 inputs are dequantized on the way in).
     pub float_mode: bool,
@@ -314,7 +314,7 @@ impl<'a> Lowering<'a> {
             return Ok(self.m.const_f32(&name, shape, &data));
         }
         // An integer op reads its constant operand as int8.
-        let (q, quant) = super::int8::quantize_const(&data);
+        let (q, quant) = super::model::quantize_const(&data);
         let t = self.m.constant(&name, shape, TensorType::INT8, q);
         self.m.tensors[t as usize].quant = Some(quant);
         Ok(t)
@@ -330,52 +330,6 @@ impl<'a> Lowering<'a> {
         let t = &self.m.tensors[like as usize];
         let (shape, dtype, name) = (t.shape.clone(), t.dtype, format!("{}_{suffix}", t.name));
         self.m.tensor(&name, shape, dtype)
-    }
-
-    /// Lower the whole graph.
-    /// Lower the graph. `int8`: full-integer ops from the QDQ model; `io_int8`: quantized inputs and
-    /// outputs take int8 tensors directly (what NPU delegates want) instead of float plus
-    /// QUANTIZE/DEQUANTIZE.
-    pub fn run(mut self, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
-        let g = self.g;
-        self.int8 = int8;
-        if int8 {
-            super::int8::prepass(&mut self)?;
-        }
-        self.float_mode = !(int8 && io_int8);
-        for &v in &g.inputs {
-            if g.initializers.contains(&v) {
-                continue;
-            }
-            let nhwc = io == IoLayout::Nhwc && self.rank(v) == 4;
-            let t = self.define(v, nhwc)?;
-            self.m.inputs.push(t);
-        }
-        self.float_mode = true;
-        for id in g.topo_order()? {
-            if self.skip.contains(&id) {
-                continue;
-            }
-            self.lower_node(id)?;
-        }
-        self.float_mode = !(int8 && io_int8);
-        for &v in &g.outputs {
-            let nhwc = io == IoLayout::Nhwc;
-            let t = self.get(v, nhwc)?;
-            self.m.outputs.push(t);
-        }
-        Ok(self.m)
-    }
-
-    fn lower_node(&mut self, id: NodeId) -> Result<()> {
-        let n = &self.g.nodes[id];
-        self.node = n.name.clone();
-        self.op = n.op.op_type().to_string();
-        self.float_mode = !(self.int8 && super::int8::decide(self, id));
-        super::ops::lower(self, id)?;
-        let deferred = std::mem::take(&mut self.deferred);
-        self.m.operators.extend(deferred);
-        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 //! Image tensors are channel-last (`io_layout: nhwc`, the default, what camera pipelines deliver) or
 //! kept channel-first (`io_layout: nchw`). Inside, layout propagation keeps CNNs channel-last with no
 //! transposes (see `lower`).
+pub mod act;
 pub mod int8;
 pub mod lower;
 pub mod model;
@@ -44,13 +45,50 @@ pub fn check_io_dtype(io_dtype: Option<IoDtype>, int8: bool) -> std::result::Res
     Ok(())
 }
 
-/// Lower `model` to a TFLite model (`int8`: full integer; `io_int8`: integer inputs and outputs).
+/// Lower `model` to a TFLite model. `int8`: full-integer ops from the QDQ model; `io_int8`: quantized
+/// inputs and outputs take int8 tensors directly (what NPU delegates want) instead of float plus
+/// QUANTIZE/DEQUANTIZE. The one place that drives the lowering: `lower` holds its state, `int8` decides
+/// integer ops, `ops` and `seq` emit them, `act` the activations.
 pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
-    Lowering::new(&model.graph).run(io, int8, io_int8)
+    let mut l = Lowering::new(&model.graph);
+    let g = l.g;
+    l.int8 = int8;
+    if int8 {
+        int8::prepass(&mut l)?;
+    }
+    l.float_mode = !(int8 && io_int8);
+    for &v in &g.inputs {
+        if g.initializers.contains(&v) {
+            continue;
+        }
+        let nhwc = io == IoLayout::Nhwc && l.rank(v) == 4;
+        let t = l.define(v, nhwc)?;
+        l.m.inputs.push(t);
+    }
+    l.float_mode = true;
+    for id in g.topo_order()? {
+        if l.skip.contains(&id) {
+            continue;
+        }
+        let n = &g.nodes[id];
+        l.node = n.name.clone();
+        l.op = n.op.op_type().to_string();
+        l.float_mode = !(l.int8 && int8::decide(&mut l, id));
+        ops::lower(&mut l, id)?;
+        let deferred = std::mem::take(&mut l.deferred);
+        l.m.operators.extend(deferred);
+    }
+    l.float_mode = !(int8 && io_int8);
+    for &v in &g.outputs {
+        let nhwc = io == IoLayout::Nhwc;
+        let t = l.get(v, nhwc)?;
+        l.m.outputs.push(t);
+    }
+    Ok(l.m)
 }
 
 /// Activations TFLite's kernels apply fused into the op before them (RELU, RELU6, RELU_N1_TO_1, TANH):
-/// the quantization rule of full-integer TFLite targets. The lowering fuses exactly these (`ops::fusable`).
+/// the quantization rule of full-integer TFLite targets. The lowering fuses exactly these (`act::fusable`).
 pub fn fused_activation(a: &Act) -> bool {
-    ops::fusable(&Some(a.clone())).is_some()
+    act::fusable(&Some(a.clone())).is_some()
 }

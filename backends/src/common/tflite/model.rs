@@ -237,3 +237,19 @@ pub fn macs(m: &TfModel, o: &Operator) -> u64 {
         _ => 0,
     }
 }
+
+/// Scale/zero point, and the integer type, of a quantized activation.
+pub type QParams = (Quant, TensorType);
+
+/// Per-tensor asymmetric int8 for a float constant used by an integer op.
+pub fn quantize_const(vals: &[f32]) -> (Vec<u8>, Quant) {
+    let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
+    let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
+    let scale = ((hi - lo) / 255.0).max(1e-12);
+    let zp = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i64;
+    let q = vals
+        .iter()
+        .map(|v| ((v / scale).round() + zp as f32).clamp(-128.0, 127.0) as i8 as u8)
+        .collect();
+    (q, Quant { scale: vec![scale], zero_point: vec![zp], axis: 0 })
+}

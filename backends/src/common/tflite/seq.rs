@@ -6,9 +6,9 @@
 use kiln_compiler::ir::{NodeId, ValueId};
 use kiln_compiler::Result;
 
+use super::act::output_with_act;
 use super::lower::Lowering;
 use super::model::{Code, Fused, Options, Quant, TensorType};
-use super::ops::output_with_act;
 
 fn input(l: &Lowering, id: NodeId, i: usize) -> Result<ValueId> {
     l.g.nodes[id].input(i).ok_or_else(|| l.err(format!("missing input {i}")))
