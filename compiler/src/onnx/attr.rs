@@ -72,7 +72,7 @@ pub(crate) fn to_proto(
             T::Graph
         }
         AttrValue::Graphs(gs) => {
-            p.graphs = gs.iter().map(|g| graph(g)).collect::<Result<_>>()?;
+            p.graphs = gs.iter().map(&mut *graph).collect::<Result<_>>()?;
             T::Graphs
         }
         AttrValue::Opaque(b) => {
