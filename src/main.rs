@@ -188,13 +188,28 @@ fn inspect(model: PathBuf, inputs: Vec<String>, json: bool) -> Result<()> {
 }
 
 fn run(model: PathBuf, inputs: Vec<String>, output_dir: PathBuf) -> Result<()> {
-    let m = onnx::load(&model)?;
+    let mut m = onnx::load(&model)?;
     let mut tensors: Vec<(String, TensorData)> = Vec::new();
     for s in &inputs {
         let (k, v) = split_kv(s)?;
         tensors.push((k.to_string(), npy::read(&PathBuf::from(v))?));
     }
-    let outs = eval::run(&m, &tensors)?;
+    // The data must fit the declared dims; inference with the given dims pinned also checks every op's
+    // attributes against the spec before the evaluator sees them.
+    for (name, t) in &tensors {
+        kiln_compiler::eval::check_input(&m, name, &t.dims)?;
+    }
+    let pins: shape::Pins = tensors
+        .iter()
+        .filter(|(n, _)| m.graph.inputs.iter().any(|v| &m.graph.value(*v).name == n))
+        .map(|(n, t)| (n.clone(), t.dims.clone()))
+        .collect();
+    shape::infer(&mut m, &pins)?;
+    let budget = std::env::var("KILN_EVAL_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(600);
+    let outs = eval::run_within(&m, &tensors, std::time::Duration::from_secs(budget))?;
     std::fs::create_dir_all(&output_dir)
         .with_context(|| format!("creating {}", output_dir.display()))?;
     for (name, t) in outs {
@@ -250,6 +265,9 @@ fn optimize(
     let mut cx =
         kiln_compiler::pipeline::PassContext { dump_after: dump_ir.clone(), ..Default::default() };
     driver::run_passes(&mut m, &passes, &mut cx)?;
+    for w in &cx.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
     if let Some(d) = &dump_ir {
         if cx.dumps.is_empty() {
             let known: Vec<&str> = cx.records.iter().map(|r| r.pass.as_str()).collect();
@@ -345,6 +363,16 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     };
     let data = calib::data::load(&source, samples)?;
     let input = m.graph.data_input_name().ok_or_else(|| anyhow!("the model has no input"))?;
+    for d in &data {
+        kiln_compiler::eval::check_input(&m, &input, &d.dims).map_err(|e| {
+            let hint = if calib.is_dir() {
+                " (images: --imagenet resizes to 256 and crops 224)"
+            } else {
+                ""
+            };
+            anyhow!("--calib {}: {e}{hint}", calib.display())
+        })?;
+    }
     let mut pins = parse_pins(&inputs)?;
     if let Some(first) = data.first() {
         pins.entry(input.clone()).or_insert_with(|| first.dims.clone());
@@ -357,6 +385,9 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         .collect::<kiln_compiler::Result<Vec<_>>>()?;
     let mut cx = kiln_compiler::pipeline::PassContext::default();
     driver::run_passes(&mut m, &passes, &mut cx)?;
+    for w in &cx.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let calibrate = |m: &ir::Model| {
         let t0 = std::time::Instant::now();

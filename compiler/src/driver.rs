@@ -92,6 +92,21 @@ pub struct LayerSqnr {
 /// A `validation:` section's files, its loaded samples and labels.
 type Validation = (Vec<PathBuf>, Vec<crate::ir::TensorData>, Option<Vec<i64>>);
 
+/// The validation samples must fit the model (the imported one, inputs pinned).
+fn check_validation(cfg: &LoadedConfig, model: &Model, v: &Option<Validation>) -> Result<()> {
+    let (Some((_, samples, _)), Some(section)) = (v, &cfg.config.validation) else { return Ok(()) };
+    let input = model.graph.data_input_name().unwrap_or_default();
+    let source = match (&section.images, &section.tensors) {
+        (Some(dir), _) => crate::calib::Source::Images {
+            dir: cfg.dir.join(dir),
+            preprocess: section.preprocess.clone().unwrap_or_default(),
+        },
+        (None, Some(t)) => crate::calib::Source::Tensors(cfg.dir.join(t)),
+        _ => return Ok(()),
+    };
+    check_samples(model, &input, samples, &source, "validation")
+}
+
 /// Files of a `validation:` section, its loaded samples and labels.
 fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
     let Some(v) = &cfg.config.validation else { return Ok(None) };
@@ -125,6 +140,30 @@ fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
         None => None,
     };
     Ok(Some((files, samples, labels)))
+}
+
+/// Every sample must fit the model's declared input dims; for image folders the error says which
+/// `preprocess:` keys make them fit.
+fn check_samples(
+    model: &Model,
+    input: &str,
+    samples: &[crate::ir::TensorData],
+    source: &crate::calib::Source,
+    section: &str,
+) -> Result<()> {
+    for s in samples {
+        if let Err(Error::Input { name, reason }) = crate::eval::check_input(model, input, &s.dims)
+        {
+            let hint = match source {
+                crate::calib::Source::Images { .. } => format!(
+                    "; the images of `{section}:` are resized and cropped by its `preprocess:` (resize: N, crop: M) to fit"
+                ),
+                crate::calib::Source::Tensors(p) => format!(" (`{section}:` tensors {})", p.display()),
+            };
+            return Err(Error::Input { name, reason: format!("{reason}{hint}") });
+        }
+    }
+    Ok(())
 }
 
 /// Fail when metrics miss the budget.
@@ -342,6 +381,7 @@ impl<'a> Calibrator<'a> {
             .graph
             .data_input_name()
             .ok_or_else(|| Error::invalid("the model has no input"))?;
+        check_samples(model, &input, &samples, &source, "calibration")?;
         let data_hashes =
             inputs.iter().filter(|i| i.role == "calibration").map(|i| i.sha256.clone()).collect();
         Ok(Calibrator {
@@ -706,10 +746,14 @@ pub fn build(
     let pins: crate::shape::Pins =
         cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     crate::shape::infer(&mut model, &pins)?;
+    check_validation(cfg, &model, &validation)?;
     let original = model.clone();
     let before = model_stats(&model);
     let mut cx = PassContext::default();
     run_passes(&mut model, &passes, &mut cx)?;
+    for w in &cx.warnings {
+        log(&format!("warning: {w}"));
+    }
     let calibrator = if plan.iter().any(|(t, _, _)| t.precision == Precision::Int8) {
         // Full-integer targets also need the values before the activations they split off.
         let preact =

@@ -2,11 +2,68 @@
 //! accuracy checks. The IR is exported to ONNX in memory (all data inline, `value_info` left out so
 //! exporter-written symbolic dim expressions cannot confuse tract) and run with input facts pinned from
 //! the actual input tensors.
+//!
+//! Every call into tract goes through [`guarded`]: a panic inside the evaluator becomes kiln's typed error
+//! (its message not printed as a crash), and inputs are checked against the model's declared static dims
+//! before anything runs. `kiln run` also bounds one evaluation's time (`KILN_EVAL_TIMEOUT_S`, default
+//! 600 s).
+use std::cell::Cell;
+
 use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::ir::{DType, Model, TensorData};
 use crate::onnx::{ExportOptions, ExternalData};
+
+thread_local! {
+    /// Set while this thread is inside [`guarded`]: its panics are reported as errors, not printed.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f`, a call into the evaluator, turning a panic into [`Error::Eval`] (`what` says what was being
+/// evaluated). The process's panic hook stays silent for panics caught here, and prints the rest as before.
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let was = GUARDED.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    r.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::Eval(format!("the evaluator failed {what}: {msg}")))
+    })
+}
+
+/// Check a tensor fed to input `name` against the model's declared dims: same rank, and every static dim
+/// equal (symbolic dims take any size).
+pub fn check_input(model: &Model, name: &str, dims: &[i64]) -> Result<()> {
+    let g = &model.graph;
+    let Some(v) = g.inputs.iter().find(|v| g.value(**v).name == name) else { return Ok(()) };
+    let Some(shape) = &g.value(*v).shape else { return Ok(()) };
+    let fits = shape.len() == dims.len()
+        && shape.iter().zip(dims).all(|(d, x)| d.known().is_none_or(|k| k == *x));
+    if fits {
+        return Ok(());
+    }
+    Err(Error::Input {
+        name: name.into(),
+        reason: format!(
+            "the model declares {}, the data given is {dims:?}",
+            crate::shape::fmt_shape(shape)
+        ),
+    })
+}
 
 fn datum(d: DType) -> Option<DatumType> {
     Some(match d {
@@ -72,6 +129,13 @@ pub struct Evaluator {
 impl Evaluator {
     /// Prepare `model` for inputs of the given dtypes and shapes (by input name).
     pub fn new(model: &Model, input_facts: &[(String, DType, Vec<i64>)]) -> Result<Self> {
+        for (name, _, dims) in input_facts {
+            check_input(model, name, dims)?;
+        }
+        guarded("preparing the model", || Self::prepare(model, input_facts))
+    }
+
+    fn prepare(model: &Model, input_facts: &[(String, DType, Vec<i64>)]) -> Result<Self> {
         let bytes = crate::onnx::to_bytes(
             model,
             &ExportOptions { external: ExternalData::Inline, strip_value_info: true },
@@ -135,7 +199,9 @@ impl Evaluator {
             })?;
             tv.push(to_tract(t, name)?.into());
         }
-        let outs = self.plan.run(tv).map_err(|e| Error::Eval(format!("{e:#}")))?;
+        let outs = guarded("running the model", || {
+            self.plan.run(tv).map_err(|e| Error::Eval(format!("{e:#}")))
+        })?;
         outs.iter().zip(&self.output_names).map(|(t, n)| Ok((n.clone(), from_tract(t)?))).collect()
     }
 }
@@ -184,4 +250,48 @@ impl Evaluator {
 /// Run `model` once on `inputs`.
 pub fn run(model: &Model, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
     Evaluator::for_inputs(model, inputs)?.run(inputs)
+}
+
+/// [`run`] within a time budget: an evaluation still running after `budget` is abandoned (its thread is
+/// left to the process's exit) and reported as an error.
+pub fn run_within(
+    model: &Model,
+    inputs: &[(String, TensorData)],
+    budget: std::time::Duration,
+) -> Result<Vec<(String, TensorData)>> {
+    let ev = Evaluator::for_inputs(model, inputs)?;
+    let owned = inputs.to_vec();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ev.run(&owned));
+    });
+    rx.recv_timeout(budget).unwrap_or_else(|_| {
+        Err(Error::Eval(format!(
+            "the evaluation did not finish within {} s (KILN_EVAL_TIMEOUT_S)",
+            budget.as_secs()
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_guarded_is_an_error_and_the_guard_ends_with_it() {
+        let e = guarded("on purpose", || -> Result<()> { panic!("injected {}", 42) }).unwrap_err();
+        assert!(
+            matches!(&e, Error::Eval(m) if m.contains("on purpose") && m.contains("injected 42")),
+            "{e}"
+        );
+        assert!(!GUARDED.with(Cell::get));
+        assert_eq!(guarded("fine", || Ok(7)).ok(), Some(7));
+        // Nested guards restore the outer state.
+        let r = guarded("outer", || {
+            let inner = guarded("inner", || -> Result<()> { panic!("inner") });
+            assert!(GUARDED.with(Cell::get) && inner.is_err());
+            Ok(1)
+        });
+        assert_eq!(r.ok(), Some(1));
+    }
 }

@@ -23,6 +23,8 @@ pub struct PassContext {
     pub dump_after: Option<String>,
     /// IR dumps taken, as (pass, text).
     pub dumps: Vec<(String, String)>,
+    /// What passes noticed and left alone (a constant the evaluator could not fold, ...), for the log.
+    pub warnings: Vec<String>,
 }
 
 /// Before/after statistics of one pass run.

@@ -4,6 +4,7 @@
 //! Shape→Gather→Unsqueeze→Concat→Reshape chains) are evaluated on the side so reshapes get static
 //! shapes; nothing in the graph is rewritten (folding is the cleanup pass's job). Ops kiln does not
 //! know keep whatever type the model declared for their outputs.
+mod check;
 mod ops;
 
 use std::collections::HashMap;
@@ -92,7 +93,9 @@ pub fn infer_graph(g: &mut Graph, opset: i64) -> Result<()> {
         let n = &g.nodes[id];
         let ins: Vec<Option<Fact>> =
             n.inputs.iter().map(|v| v.map(|v| fact_of(g, &facts, v))).collect();
+        check::node(n, &ins).map_err(|reason| shape_err(g, id, reason))?;
         let outs = ops::infer_node(n, &ins, opset).map_err(|reason| shape_err(g, id, reason))?;
+        check::outputs(&outs).map_err(|reason| shape_err(g, id, reason))?;
         let outputs = n.outputs.clone();
         for (slot, o) in outputs.iter().enumerate() {
             let (Some(o), Some(f)) = (o, outs.get(slot)) else { continue };

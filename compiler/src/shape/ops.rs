@@ -84,7 +84,7 @@ fn same_as_input(ins: &[Option<Fact>]) -> R {
     Ok(vec![fact(dtype_of(ins, 0), shape_of(ins, 0).cloned())])
 }
 
-fn static_of(s: &[Dim]) -> Option<Vec<i64>> {
+pub(super) fn static_of(s: &[Dim]) -> Option<Vec<i64>> {
     s.iter().map(|d| d.known()).collect()
 }
 

@@ -38,15 +38,29 @@ const NEVER_FOLD: &[&str] = &[
 ];
 const GROW_LIMIT: usize = 1 << 20;
 
+/// No node whose outputs (by their inferred shapes) pass this many bytes is evaluated for folding, so a
+/// model asking for an enormous constant costs nothing (`KILN_FOLD_LIMIT_MB`, default 64).
+fn fold_limit_bytes() -> u64 {
+    std::env::var("KILN_FOLD_LIMIT_MB").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(64) << 20
+}
+
+/// Bytes of `v` by its inferred shape, when static.
+fn static_bytes(g: &Graph, v: ValueId) -> Option<u64> {
+    let val = g.value(v);
+    let dims: Option<Vec<i64>> = val.shape.as_ref()?.iter().map(|d| d.known()).collect();
+    let n = dims?.iter().try_fold(1u64, |acc, d| acc.checked_mul(u64::try_from(*d).ok()?))?;
+    n.checked_mul(val.dtype.size().unwrap_or(1) as u64)
+}
+
 impl Pass for FoldConstants {
     fn name(&self) -> &'static str {
         "fold_constants"
     }
 
-    fn run(&self, model: &mut Model, _cx: &mut PassContext) -> Result<bool> {
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool> {
         let mut changed = constants_to_initializers(&mut model.graph)?;
         changed |= fold_shapes(&mut model.graph)?;
-        changed |= fold_evaluable(model)?;
+        changed |= fold_evaluable(model, cx)?;
         Ok(changed)
     }
 }
@@ -142,10 +156,14 @@ fn foldable(g: &Graph, id: NodeId, constant: &HashSet<ValueId>) -> bool {
     if n.outputs.iter().flatten().any(|o| g.is_output(*o)) {
         return false;
     }
+    let limit = fold_limit_bytes();
+    if n.outputs.iter().flatten().any(|o| static_bytes(g, *o).is_some_and(|b| b > limit)) {
+        return false;
+    }
     n.inputs.iter().flatten().all(|v| constant.contains(v))
 }
 
-fn fold_evaluable(model: &mut Model) -> Result<bool> {
+fn fold_evaluable(model: &mut Model, cx: &mut PassContext) -> Result<bool> {
     let g = &model.graph;
     let mut constant: HashSet<ValueId> =
         (0..g.values.len() as u32).map(ValueId).filter(|v| g.const_data(*v).is_some()).collect();
@@ -174,9 +192,19 @@ fn fold_evaluable(model: &mut Model) -> Result<bool> {
                 if !ready {
                     continue;
                 }
-                if let Ok(r) = evaluate(model, &[*id]) {
-                    apply(&mut model.graph, &r);
-                    out.extend(r);
+                match evaluate(model, &[*id]) {
+                    Ok(r) => {
+                        apply(&mut model.graph, &r);
+                        out.extend(r);
+                    }
+                    Err(e) => {
+                        let n = &model.graph.nodes[*id];
+                        cx.warnings.push(format!(
+                            "fold_constants: node '{}' ({}) left unfolded: {e}",
+                            n.name,
+                            n.op.op_type()
+                        ));
+                    }
                 }
             }
             return Ok(!out.is_empty());

@@ -1,0 +1,378 @@
+//! Spec checks run before a node's shape rule: attribute and constant-input values that the ONNX spec
+//! forbids and that would crash or explode an evaluator downstream (tract panics on a zero Slice step, a
+//! zero stride, an out-of-range Gather index; loops forever on a repeated Transpose axis; allocates without
+//! bound for a huge ConstantOfShape or Tile). Each error names the attribute (or input) and its value; the
+//! caller adds the node. Values inference cannot see (computed at run time) are not checked here.
+use super::Fact;
+use crate::ir::{Dim, Node, Op, Window};
+
+/// The most elements any single tensor may have: the bound the importer applies to declared dims.
+pub const MAX_ELEMENTS: u64 = crate::ir::tensor::MAX_FOLD_ELEMENTS;
+
+type R = Result<(), String>;
+
+fn ints_of(f: Option<&Fact>) -> Option<Vec<i64>> {
+    f?.konst.as_ref()?.to_i64_vec()
+}
+
+fn rank_of(f: Option<&Fact>) -> Option<usize> {
+    f?.shape.as_ref().map(|s| s.len())
+}
+
+fn dims_of(f: Option<&Fact>) -> Option<&Vec<Dim>> {
+    f?.shape.as_ref()
+}
+
+fn positive(name: &str, v: &Option<Vec<i64>>) -> R {
+    if let Some(v) = v {
+        if v.iter().any(|x| *x <= 0) {
+            return Err(format!("attribute '{name}' = {v:?}: every value must be positive"));
+        }
+    }
+    Ok(())
+}
+
+fn window(w: &Window, spatial: Option<usize>) -> R {
+    positive("strides", &w.strides)?;
+    positive("dilations", &w.dilations)?;
+    positive("kernel_shape", &w.kernel_shape)?;
+    if let Some(p) = &w.pads {
+        if p.iter().any(|x| *x < 0 || *x as u64 > MAX_ELEMENTS) {
+            return Err(format!("attribute 'pads' = {p:?}: pads must be non-negative and bounded"));
+        }
+    }
+    if let Some(n) = spatial {
+        for (name, v, len) in [
+            ("strides", &w.strides, n),
+            ("dilations", &w.dilations, n),
+            ("kernel_shape", &w.kernel_shape, n),
+            ("pads", &w.pads, 2 * n),
+        ] {
+            if let Some(v) = v {
+                if v.len() != len {
+                    return Err(format!(
+                        "attribute '{name}' = {v:?}: {len} values expected for {n} spatial dims"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `axis` within [-rank, rank).
+fn axis_in(name: &str, axis: i64, rank: usize) -> R {
+    let r = rank as i64;
+    if axis < -r || axis >= r {
+        return Err(format!("attribute '{name}' = {axis} is out of range for rank {rank}"));
+    }
+    Ok(())
+}
+
+/// A list of axes, each in range (for `rank`), none repeated.
+fn axes_in(name: &str, axes: &[i64], rank: usize) -> R {
+    let mut seen = vec![false; rank];
+    for a in axes {
+        axis_in(name, *a, rank)
+            .map_err(|_| format!("{name} = {axes:?}: axis {a} is out of range for rank {rank}"))?;
+        let i = if *a < 0 { a + rank as i64 } else { *a } as usize;
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!("{name} = {axes:?}: axis {a} is repeated"));
+        }
+    }
+    Ok(())
+}
+
+/// Elements of a known shape, saturating.
+fn elements(dims: &[i64]) -> u64 {
+    dims.iter().fold(1u64, |acc, d| acc.saturating_mul((*d).max(0) as u64))
+}
+
+fn bounded(what: &str, dims: &[i64]) -> R {
+    let n = elements(dims);
+    if n > MAX_ELEMENTS {
+        let n = if n == u64::MAX { "more than 2^64".to_string() } else { n.to_string() };
+        return Err(format!(
+            "{what}: output shape {dims:?} has {n} elements, past kiln's bound of {MAX_ELEMENTS}"
+        ));
+    }
+    Ok(())
+}
+
+/// Check `n` against the spec, given what inference knows of its inputs.
+pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
+    let input = |i: usize| ins.get(i).and_then(|f| f.as_ref());
+    match &n.op {
+        Op::Conv { window: w, group } => {
+            let spatial = rank_of(input(1)).map(|r| r.saturating_sub(2));
+            window(w, spatial)?;
+            if let Some(g) = group {
+                if *g <= 0 {
+                    return Err(format!("attribute 'group' = {g}: must be positive"));
+                }
+                let c = dims_of(input(0)).and_then(|s| s.get(1)).and_then(Dim::known);
+                let m = dims_of(input(1)).and_then(|s| s.first()).and_then(Dim::known);
+                if let Some(c) = c.filter(|c| c % g != 0) {
+                    return Err(format!(
+                        "attribute 'group' = {g} does not divide the {c} input channels"
+                    ));
+                }
+                if let Some(m) = m.filter(|m| m % g != 0) {
+                    return Err(format!(
+                        "attribute 'group' = {g} does not divide the {m} output channels"
+                    ));
+                }
+            }
+        }
+        Op::Pool { window: w, .. } => {
+            let spatial = rank_of(input(0)).map(|r| r.saturating_sub(2));
+            window(w, spatial)?;
+            if w.kernel_shape.is_none() {
+                return Err("attribute 'kernel_shape' is required".into());
+            }
+        }
+        Op::Transpose { perm: Some(p) } => {
+            let rank = rank_of(input(0)).unwrap_or(p.len());
+            if p.len() != rank {
+                return Err(format!("attribute 'perm' = {p:?}: {rank} axes expected"));
+            }
+            axes_in("attribute 'perm'", p, rank)?;
+            if p.iter().any(|a| *a < 0) {
+                return Err(format!("attribute 'perm' = {p:?}: axes must be non-negative"));
+            }
+        }
+        Op::Reshape { allowzero } => {
+            let (Some(x), Some(shape)) =
+                (dims_of(input(0)).and_then(|s| super::ops::static_of(s)), ints_of(input(1)))
+            else {
+                return Ok(());
+            };
+            let keep_zero = allowzero.unwrap_or(0) != 0;
+            let dims: Vec<i64> = shape
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, d)| {
+                        if *d == 0 && !keep_zero {
+                            x.get(i).copied().unwrap_or(0)
+                        } else {
+                            *d
+                        }
+                    },
+                )
+                .collect();
+            let unknown = dims.iter().filter(|d| **d == -1).count();
+            if unknown > 1 || dims.iter().any(|d| *d < -1) {
+                return Err(format!(
+                    "input 'shape' = {shape:?}: at most one -1 and no other negative dims"
+                ));
+            }
+            let (have, known) = (
+                elements(&x),
+                elements(&dims.iter().map(|d| if *d == -1 { 1 } else { *d }).collect::<Vec<_>>()),
+            );
+            let fits = if unknown == 1 {
+                known > 0 && have % known == 0 || have == 0
+            } else {
+                known == have
+            };
+            if !fits {
+                return Err(format!(
+                    "input 'shape' = {shape:?} cannot hold the {have} elements of {x:?}"
+                ));
+            }
+        }
+        Op::Concat { axis } => {
+            if let Some(r) = rank_of(input(0)) {
+                axis_in("axis", *axis, r)?;
+            }
+        }
+        Op::Softmax { axis: Some(a) } | Op::Flatten { axis: Some(a) } => {
+            if let Some(r) = rank_of(input(0)) {
+                let r = if matches!(n.op, Op::Flatten { .. }) { r + 1 } else { r };
+                axis_in("axis", *a, r)?;
+            }
+        }
+        Op::Generic { op_type, .. } if n.domain.is_empty() || n.domain == "ai.onnx" => {
+            generic(n, op_type, ins)?
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
+    let input = |i: usize| ins.get(i).and_then(|f| f.as_ref());
+    let rank0 = rank_of(input(0));
+    match op {
+        "Slice" => {
+            if let Some(steps) = ints_of(input(4)) {
+                if steps.contains(&0) {
+                    return Err(format!("input 'steps' = {steps:?}: a step of 0 is not allowed"));
+                }
+            }
+            if let (Some(axes), Some(r)) = (ints_of(input(3)), rank0) {
+                axes_in("input 'axes'", &axes, r)?;
+            }
+        }
+        "Gather" | "GatherElements" => {
+            let axis = n.op.attr_int("axis").unwrap_or(0);
+            if let Some(r) = rank0 {
+                axis_in("axis", axis, r)?;
+                let a = if axis < 0 { axis + r as i64 } else { axis } as usize;
+                let dim = dims_of(input(0)).and_then(|s| s.get(a)).and_then(Dim::known);
+                if let (Some(dim), Some(idx)) = (dim, ints_of(input(1))) {
+                    if let Some(bad) = idx.iter().find(|i| **i < -dim || **i >= dim) {
+                        return Err(format!(
+                            "input 'indices': index {bad} is out of range for axis {axis} of size {dim}"
+                        ));
+                    }
+                }
+            }
+        }
+        "ConstantOfShape" => {
+            if let Some(shape) = ints_of(input(0)) {
+                if shape.iter().any(|d| *d < 0) {
+                    return Err(format!(
+                        "input 'input' (the shape) = {shape:?}: dims must be non-negative"
+                    ));
+                }
+                bounded("input 'input' (the shape)", &shape)?;
+            }
+        }
+        "Tile" => {
+            if let Some(reps) = ints_of(input(1)) {
+                if reps.iter().any(|r| *r < 0) {
+                    return Err(format!("input 'repeats' = {reps:?}: must be non-negative"));
+                }
+                if let Some(r) = rank0.filter(|r| *r != reps.len()) {
+                    return Err(format!("input 'repeats' = {reps:?}: {r} values expected"));
+                }
+                if let Some(x) = dims_of(input(0)).and_then(|s| super::ops::static_of(s)) {
+                    let out: Vec<i64> =
+                        x.iter().zip(&reps).map(|(a, b)| a.saturating_mul(*b)).collect();
+                    bounded(&format!("input 'repeats' = {reps:?}"), &out)?;
+                }
+            }
+        }
+        "Expand" => {
+            if let Some(shape) = ints_of(input(1)) {
+                if shape.iter().any(|d| *d < 0) {
+                    return Err(format!("input 'shape' = {shape:?}: dims must be non-negative"));
+                }
+                bounded("input 'shape'", &shape)?;
+            }
+        }
+        "Range" => {
+            let scalar = |i: usize| {
+                input(i)?
+                    .konst
+                    .as_ref()
+                    .and_then(|t| t.to_f64_vec())
+                    .and_then(|v| v.first().copied())
+            };
+            if let (Some(start), Some(limit), Some(delta)) = (scalar(0), scalar(1), scalar(2)) {
+                if delta == 0.0 {
+                    return Err("input 'delta' = 0: the range never ends".into());
+                }
+                let count = ((limit - start) / delta).ceil().max(0.0);
+                if !count.is_finite() || count > MAX_ELEMENTS as f64 {
+                    return Err(format!(
+                        "Range({start}, {limit}, {delta}) has {count} elements, past kiln's bound of {MAX_ELEMENTS}"
+                    ));
+                }
+            }
+        }
+        "Split" => {
+            let axis = n.op.attr_int("axis").unwrap_or(0);
+            if let Some(r) = rank0 {
+                axis_in("axis", axis, r)?;
+                let a = if axis < 0 { axis + r as i64 } else { axis } as usize;
+                let dim = dims_of(input(0)).and_then(|s| s.get(a)).and_then(Dim::known);
+                let split = ints_of(input(1)).or_else(|| n.op.attr_ints("split"));
+                if let (Some(dim), Some(split)) = (dim, split) {
+                    if split.iter().any(|s| *s < 0) || split.iter().sum::<i64>() != dim {
+                        return Err(format!(
+                            "split sizes {split:?} do not sum to the axis size {dim}"
+                        ));
+                    }
+                }
+            }
+            if let Some(k) = n.op.attr_int("num_outputs") {
+                if k <= 0 {
+                    return Err(format!("attribute 'num_outputs' = {k}: must be positive"));
+                }
+            }
+        }
+        "Squeeze" | "Unsqueeze" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin"
+        | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSumExp" | "ReduceSumSquare" => {
+            let axes = ints_of(input(1)).or_else(|| n.op.attr_ints("axes"));
+            if let (Some(axes), Some(r)) = (axes, rank0) {
+                let r = if op == "Unsqueeze" { r + axes.len() } else { r };
+                axes_in("axes", &axes, r)?;
+            }
+        }
+        "ArgMax" | "ArgMin" | "LogSoftmax" | "Hardmax" | "CumSum" | "Compress" => {
+            if let (Some(a), Some(r)) = (n.op.attr_int("axis"), rank0) {
+                axis_in("axis", a, r)?;
+            }
+        }
+        "DepthToSpace" | "SpaceToDepth" => {
+            let b = n.op.attr_int("blocksize").unwrap_or(0);
+            if b <= 0 {
+                return Err(format!("attribute 'blocksize' = {b}: must be positive"));
+            }
+        }
+        "MaxPool" | "AveragePool" | "LpPool" | "ConvTranspose" | "MaxUnpool" => {
+            for name in ["strides", "dilations", "kernel_shape"] {
+                positive(name, &n.op.attr_ints(name))?;
+            }
+            if let Some(g) = n.op.attr_int("group").filter(|g| *g <= 0) {
+                return Err(format!("attribute 'group' = {g}: must be positive"));
+            }
+        }
+        "Resize" | "Upsample" => {
+            let scales = input(2).or(if op == "Upsample" { input(1) } else { None });
+            if let Some(s) = scales.and_then(|f| f.konst.as_ref()).and_then(|t| t.to_f64_vec()) {
+                if s.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+                    return Err(format!("input 'scales' = {s:?}: scales must be positive"));
+                }
+                if let Some(x) = dims_of(input(0)).and_then(|s| super::ops::static_of(s)) {
+                    if x.len() == s.len() {
+                        let out: Vec<i64> = x
+                            .iter()
+                            .zip(&s)
+                            .map(|(d, k)| (*d as f64 * k).floor().min(i64::MAX as f64) as i64)
+                            .collect();
+                        bounded(&format!("input 'scales' = {s:?}"), &out)?;
+                    }
+                }
+            }
+            if let Some(sizes) = ints_of(input(3)) {
+                if sizes.iter().any(|d| *d < 0) {
+                    return Err(format!("input 'sizes' = {sizes:?}: dims must be non-negative"));
+                }
+                bounded("input 'sizes'", &sizes)?;
+            }
+        }
+        "Pad" => {
+            if let Some(p) = ints_of(input(1)).or_else(|| n.op.attr_ints("pads")) {
+                if p.iter().any(|x| x.unsigned_abs() > MAX_ELEMENTS) {
+                    return Err(format!("pads {p:?} are past kiln's bound of {MAX_ELEMENTS}"));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Every output of known shape within the element bound.
+pub fn outputs(outs: &[Fact]) -> R {
+    for f in outs {
+        if let Some(dims) = f.shape.as_deref().and_then(super::ops::static_of) {
+            bounded("the op", &dims)?;
+        }
+    }
+    Ok(())
+}
