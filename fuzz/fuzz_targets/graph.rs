@@ -150,8 +150,8 @@ fn model(u: &mut Unstructured) -> arbitrary::Result<(pb::ModelProto, Vec<i64>)> 
         ..Default::default()
     };
     let m = pb::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(u.int_in_range(11i64..=20)?) }],
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: u.int_in_range(11i64..=20)? }],
         graph: Some(graph),
         ..Default::default()
     };
@@ -162,6 +162,11 @@ fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let Ok((proto, x)) = model(&mut u) else { return };
     let bytes = proto.encode_to_vec();
+    if let Some(path) = std::env::var_os("KILN_FUZZ_DUMP") {
+        // Reproducing a finding: keep the model (and the input's dims) to run through `kiln`.
+        let _ = std::fs::write(&path, &bytes);
+        let _ = std::fs::write(std::path::Path::new(&path).with_extension("dims"), format!("{x:?}"));
+    }
     let Ok(mut m) = kiln_compiler::onnx::load_bytes(&bytes, None, std::path::Path::new("fuzz.onnx")) else {
         return;
     };

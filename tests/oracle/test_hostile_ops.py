@@ -162,3 +162,12 @@ def test_a_panic_inside_the_evaluator_is_an_error(tmp_path):
     kiln("run", tmp_path / "g.onnx", "--input", f"x={tmp_path / 'x.npy'}", "--input", f"idx={tmp_path / 'idx.npy'}",
          "--output-dir", tmp_path / "o")
     assert np.load(tmp_path / "o" / "y.npy").shape == (2, 3)
+
+
+def test_pow_on_an_empty_tensor_is_refused_not_a_segfault(tmp_path):
+    """tract segfaults computing Pow on an empty tensor (found by fuzz/fuzz_targets/graph.rs; the model it
+    generated is tests/fuzz_regressions/graph-pow-empty.onnx): kiln must refuse it before tract sees it."""
+    model = LOCAL_MODELS.parent / "fuzz_regressions" / "graph-pow-empty.onnx"
+    np.save(tmp_path / "x.npy", np.full([1], 0.5, np.float32))
+    p = kiln("run", model, "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", tmp_path / "o", check=False)
+    assert p.returncode == 1 and "Pow" in p.stderr and "empty" in p.stderr, (p.returncode, p.stderr)
