@@ -60,6 +60,9 @@ def cases():
         ("maxpool_no_kernel", _model("MaxPool", {"strides": [1, 1]}), "kernel_shape"),
         ("maxpool_dilation_negative", _model("MaxPool", {"kernel_shape": [2, 2], "dilations": [-1, 1]}), "dilations"),
         ("avgpool_stride_zero", _model("AveragePool", {"kernel_shape": [2, 2], "strides": [1, 0]}), "strides"),
+        ("avgpool_rank2_input", _model("AveragePool", {"kernel_shape": [2]}, x_shape=[4, 4]), "rank"),
+        ("avgpool_kernel_empty", _empty_kernel(), "kernel_shape"),
+        ("global_pool_rank2_input", _model("GlobalMaxPool", x_shape=[4, 4]), "rank"),
         ("avgpool_pads_negative", _model("AveragePool", {"kernel_shape": [2, 2], "pads": [0, -2, 0, 0]}), "pads"),
         # Slice.
         ("slice_step_zero", _model("Slice", consts=[("starts", _i64([0])), ("ends", _i64([4])), ("axes", _i64([1])), ("steps", _i64([0]))]), "steps"),
@@ -117,6 +120,14 @@ def cases():
         ("depth_to_space_blocksize_zero", _model("DepthToSpace", {"blocksize": 0}), "blocksize"),
     ]
     return c
+
+
+def _empty_kernel():
+    """AveragePool with `kernel_shape = []` (onnx.helper cannot infer an empty list's type)."""
+    m = _model("AveragePool", {"kernel_shape": [2, 2]})
+    a = m.graph.node[0].attribute[0]
+    del a.ints[:]
+    return m
 
 
 def _cos(shape):

@@ -32,7 +32,20 @@ fn positive(name: &str, v: &Option<Vec<i64>>) -> R {
     Ok(())
 }
 
+/// Convolutions and pools read N, C and at least one spatial dim.
+fn spatial_input(f: Option<&Fact>) -> R {
+    match rank_of(f) {
+        Some(r) if r < 3 => {
+            Err(format!("input 'X' has rank {r}: N, C and at least one spatial dim are needed"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn window(w: &Window, spatial: Option<usize>) -> R {
+    if w.kernel_shape.as_ref().is_some_and(|k| k.is_empty()) {
+        return Err("attribute 'kernel_shape' = []: one value per spatial dim is needed".into());
+    }
     positive("strides", &w.strides)?;
     positive("dilations", &w.dilations)?;
     positive("kernel_shape", &w.kernel_shape)?;
@@ -104,6 +117,7 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
     let input = |i: usize| ins.get(i).and_then(|f| f.as_ref());
     match &n.op {
         Op::Conv { window: w, group } => {
+            spatial_input(input(0))?;
             let spatial = rank_of(input(1)).map(|r| r.saturating_sub(2));
             window(w, spatial)?;
             if let Some(g) = group {
@@ -125,12 +139,14 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
             }
         }
         Op::Pool { window: w, .. } => {
+            spatial_input(input(0))?;
             let spatial = rank_of(input(0)).map(|r| r.saturating_sub(2));
             window(w, spatial)?;
             if w.kernel_shape.is_none() {
                 return Err("attribute 'kernel_shape' is required".into());
             }
         }
+        Op::GlobalAveragePool => spatial_input(input(0))?,
         Op::Transpose { perm: Some(p) } => {
             let rank = rank_of(input(0)).unwrap_or(p.len());
             if p.len() != rank {
@@ -317,13 +333,23 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
                 axis_in("axis", a, r)?;
             }
         }
+        "GlobalMaxPool" | "GlobalLpPool" | "GlobalAveragePool" => spatial_input(input(0))?,
         "DepthToSpace" | "SpaceToDepth" => {
             let b = n.op.attr_int("blocksize").unwrap_or(0);
             if b <= 0 {
                 return Err(format!("attribute 'blocksize' = {b}: must be positive"));
             }
         }
-        "MaxPool" | "AveragePool" | "LpPool" | "ConvTranspose" | "MaxUnpool" => {
+        "MaxPool" | "AveragePool" | "LpPool" | "ConvTranspose" | "MaxUnpool" | "Conv" => {
+            spatial_input(input(0))?;
+            let kernel = n.op.attr_ints("kernel_shape");
+            if kernel.as_ref().is_some_and(|k| k.is_empty())
+                || kernel.is_none() && op.ends_with("Pool")
+            {
+                return Err(format!(
+                    "attribute 'kernel_shape' = {kernel:?}: one value per spatial dim is needed"
+                ));
+            }
             for name in ["strides", "dilations", "kernel_shape"] {
                 positive(name, &n.op.attr_ints(name))?;
             }
