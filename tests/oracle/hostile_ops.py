@@ -110,6 +110,9 @@ def cases():
         # Range.
         ("range_delta_zero", _range(0.0, 10.0, 0.0), "delta"),
         ("range_huge", _range(0.0, 1e15, 1.0), "Range"),
+        # Inputs the spec defines as one value.
+        ("onehot_depth_empty", _model("OneHot", consts=[("depth", np.zeros([0], np.float32)), ("values", np.array([0, 1], np.float32))], x_shape=[5, 5, 3]), "depth"),
+        ("topk_k_past_the_axis", _model("TopK", consts=[("K", _i64([9]))]), "K"),
         # Axes elsewhere.
         ("softmax_axis_out_of_range", _model("Softmax", {"axis": 4}), "axis"),
         ("flatten_axis_out_of_range", _model("Flatten", {"axis": 9}), "axis"),

@@ -217,10 +217,59 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
     Ok(())
 }
 
+/// Inputs the spec defines as one value (a scalar or a 1-element tensor): (op, input index, name).
+const SCALAR_INPUTS: &[(&str, usize, &str)] = &[
+    ("OneHot", 1, "depth"),
+    ("TopK", 1, "K"),
+    ("Range", 0, "start"),
+    ("Range", 1, "limit"),
+    ("Range", 2, "delta"),
+    ("Clip", 1, "min"),
+    ("Clip", 2, "max"),
+    ("CumSum", 1, "axis"),
+    ("Trilu", 1, "k"),
+    ("Pad", 2, "constant_value"),
+];
+
 fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
     let input = |i: usize| ins.get(i).and_then(|f| f.as_ref());
     let rank0 = rank_of(input(0));
+    for (_, i, name) in SCALAR_INPUTS.iter().filter(|(o, _, _)| *o == op) {
+        let dims = dims_of(input(*i)).and_then(|s| super::ops::static_of(s));
+        if let Some(d) = dims.filter(|d| elements(d) != 1 || d.len() > 1) {
+            return Err(format!("input '{name}' has shape {d:?}: one value is expected"));
+        }
+    }
     match op {
+        "OneHot" => {
+            if let Some(v) = dims_of(input(2)).and_then(|s| super::ops::static_of(s)) {
+                if v.len() != 1 || v[0] != 2 {
+                    return Err(format!("input 'values' has shape {v:?}: [off, on] is expected"));
+                }
+            }
+            let depth = input(1).and_then(|f| f.konst.as_ref()).and_then(|t| t.to_f64_vec());
+            if let Some(d) = depth.and_then(|d| d.first().copied()) {
+                if !(d >= 1.0 && d <= MAX_ELEMENTS as f64) {
+                    return Err(format!("input 'depth' = {d}: must be positive and bounded"));
+                }
+            }
+            if let (Some(a), Some(r)) = (n.op.attr_int("axis"), rank0) {
+                axis_in("axis", a, r + 1)?;
+            }
+        }
+        "TopK" => {
+            if let (Some(k), Some(r)) = (ints_of(input(1)), rank0) {
+                let axis = n.op.attr_int("axis").unwrap_or(-1);
+                axis_in("axis", axis, r)?;
+                let a = if axis < 0 { axis + r as i64 } else { axis } as usize;
+                let dim = dims_of(input(0)).and_then(|s| s.get(a)).and_then(Dim::known);
+                if let (Some(k), Some(dim)) = (k.first(), dim) {
+                    if *k < 0 || *k > dim {
+                        return Err(format!("input 'K' = {k}: must be within 0..={dim}"));
+                    }
+                }
+            }
+        }
         "Slice" => {
             if let Some(steps) = ints_of(input(4)) {
                 if steps.contains(&0) {
