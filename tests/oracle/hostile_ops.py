@@ -119,6 +119,7 @@ def cases():
         ("squeeze_axis_out_of_range", _model("Squeeze", consts=[("axes", _i64([5]))]), "axes"),
         ("unsqueeze_axis_repeated", _model("Unsqueeze", consts=[("axes", _i64([0, 0]))]), "axes"),
         ("reducemean_axis_out_of_range", _model("ReduceMean", {"axes": [8]}, opset=13), "axes"),
+        ("layernorm_axis_huge", _model("LayerNormalization", {"axis": -(1 << 63)}, [("scale", np.ones([8], np.float32))]), "axis"),
         ("argmax_axis_out_of_range", _model("ArgMax", {"axis": 4}), "axis"),
         ("depth_to_space_blocksize_zero", _model("DepthToSpace", {"blocksize": 0}), "blocksize"),
     ]

@@ -439,6 +439,13 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
         }
         _ => {}
     }
+    // Any other `axis` names an axis of the first input (or one past it, for ops that insert one):
+    // far outside that is never valid (tract loops on LayerNormalization's axis = i64::MIN).
+    if let (Some(a), Some(r)) = (n.op.attr_int("axis"), rank0) {
+        if axis_in("axis", a, r + 1).is_err() {
+            return Err(format!("attribute 'axis' = {a} is out of range for an input of rank {r}"));
+        }
+    }
     Ok(())
 }
 
