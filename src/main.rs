@@ -241,6 +241,19 @@ fn build(config_path: PathBuf, force: bool) -> Result<()> {
         for a in &outcome.manifest.artifacts {
             println!("{:<40} {:>12} bytes  {}", a.path, a.bytes, &a.sha256[..16]);
         }
+        if let Some(t) = &outcome.timings {
+            println!(
+                "time: import {:.1} s, passes {:.1} s, calibration {:.1} s",
+                t.import, t.passes, t.calibration
+            );
+            for (name, s) in &t.targets {
+                println!(
+                    "  {name:<30} prepare {:>6.1} s  validate {:>6.1} s  emit {:>5.1} s",
+                    s.prepare, s.validate, s.emit
+                );
+            }
+            println!("  total {:.1} s", t.total);
+        }
         println!("wrote {}", outcome.output_dir.join("manifest.json").display());
     }
     Ok(())

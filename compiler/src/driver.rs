@@ -66,6 +66,8 @@ pub struct Report {
     /// Targets whose backend failed, with the reason (an op it cannot lower, named with its node).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub failed: BTreeMap<String, String>,
+    /// Where the build's time went, per stage and per target (seconds).
+    pub timings: Timings,
     /// Per quantized target: SQNR (dB) of every Conv/Gemm/MatMul output against the optimized fp32 model,
     /// on up to 16 calibration samples, in graph order.
     pub layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
@@ -216,6 +218,32 @@ pub struct Outcome {
     pub up_to_date: bool,
     pub manifest: Manifest,
     pub output_dir: PathBuf,
+    /// Where the time went (absent when the build was up to date).
+    pub timings: Option<Timings>,
+}
+
+/// The report's `timings`: where a build's wall time went, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    /// Import, hashing the inputs, loading validation data.
+    pub import: f64,
+    pub passes: f64,
+    /// Loading the calibration data and computing (or reading cached) statistics, for every target.
+    pub calibration: f64,
+    /// Per target, by name.
+    pub targets: BTreeMap<String, TargetTimings>,
+    pub total: f64,
+}
+
+/// One target's stages, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TargetTimings {
+    /// Quantization (calibration excluded) or the float16 island search; 0 for float targets.
+    pub prepare: f64,
+    /// Accuracy against the fp32 original on the validation data.
+    pub validate: f64,
+    /// The backend: lowering, serializing, writing the files.
+    pub emit: f64,
 }
 
 /// Resolves pass specs to passes (the binary wires in kiln-passes).
@@ -739,9 +767,12 @@ pub fn build(
         cfg.config.passes.iter().map(make_pass).collect::<Result<_>>()?;
     if !force {
         if let Some(manifest) = up_to_date(cfg, &out) {
-            return Ok(Outcome { up_to_date: true, manifest, output_dir: out });
+            return Ok(Outcome { up_to_date: true, manifest, output_dir: out, timings: None });
         }
     }
+    let started = std::time::Instant::now();
+    let secs = |t: std::time::Instant| t.elapsed().as_secs_f64();
+    let mut timings = Timings::default();
     let (mut model, inputs, validation) = load_inputs(cfg, log)?;
     let pins: crate::shape::Pins =
         cfg.config.inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -749,8 +780,11 @@ pub fn build(
     check_validation(cfg, &model, &validation)?;
     let original = model.clone();
     let before = model_stats(&model);
+    timings.import = secs(started);
+    let t0 = std::time::Instant::now();
     let mut cx = PassContext::default();
     run_passes(&mut model, &passes, &mut cx)?;
+    timings.passes = secs(t0);
     for w in &cx.warnings {
         log(&format!("warning: {w}"));
     }
@@ -758,15 +792,22 @@ pub fn build(
         // Full-integer targets also need the values before the activations they split off.
         let preact =
             plan.iter().any(|(t, _, r)| t.precision == Precision::Int8 && r.quant.full_integer);
-        Some(Calibrator::new(cfg, &model, &out, &inputs, preact)?)
+        let t0 = std::time::Instant::now();
+        let c = Calibrator::new(cfg, &model, &out, &inputs, preact)?;
+        timings.calibration = secs(t0);
+        Some(c)
     } else {
         None
+    };
+    let calibrated = |stages: &Stages| {
+        stages.calibrator.as_ref().and_then(|c| c.report()).map_or(0.0, |r| r.seconds)
     };
     let stages = Stages { cfg, original, model, validation, calibrator, quantizer };
     let mut rec = Record::default();
     let mut shared = BTreeMap::new();
     for (t, backend, rules) in &plan {
         log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
+        let (t0, cal0) = (std::time::Instant::now(), calibrated(&stages));
         let prepared = match t.precision {
             Precision::Int8 => stages.quantize(t, rules, &mut shared, log),
             Precision::Fp16 => stages.fp16(t, rules, log).map_err(Failure::Build),
@@ -787,10 +828,17 @@ pub fn build(
         if let Some(table) = prepared.layer_sqnr {
             rec.layer_sqnr.insert(t.name.clone(), table);
         }
+        let mut tt = TargetTimings {
+            prepare: (secs(t0) - (calibrated(&stages) - cal0)).max(0.0),
+            ..Default::default()
+        };
         let target_model = prepared.model.as_ref().unwrap_or(&stages.model);
+        let t0 = std::time::Instant::now();
         if let Some(m) = stages.validate(t, target_model, log)? {
             rec.accuracy.insert(t.name.clone(), m);
         }
+        tt.validate = secs(t0);
+        let t0 = std::time::Instant::now();
         // A target whose backend cannot express the model fails alone: the others still build.
         let emitted = match backend.emit(target_model, t) {
             Ok(e) => e,
@@ -817,8 +865,12 @@ pub fn build(
             rec.by_target.entry(t.name.clone()).or_default().push(a.clone());
             rec.artifacts.push(a);
         }
+        tt.emit = secs(t0);
+        timings.targets.insert(t.name.clone(), tt);
     }
     let calibration = stages.calibrator.as_ref().and_then(|c| c.report());
+    timings.calibration += calibration.as_ref().map_or(0.0, |c| c.seconds);
+    timings.total = secs(started);
     let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts: rec.artifacts };
     let report = Report {
         model: before,
@@ -831,9 +883,10 @@ pub fn build(
         layer_sqnr: rec.layer_sqnr,
         failed: rec.failed.clone(),
         backend: rec.backend,
+        timings: timings.clone(),
     };
     finish(&out, &report, &manifest, &rec.failed)?;
-    Ok(Outcome { up_to_date: false, manifest, output_dir: out })
+    Ok(Outcome { up_to_date: false, manifest, output_dir: out, timings: Some(timings) })
 }
 
 /// Write the report, then the manifest (what marks the build complete), then the stamp, unless a target

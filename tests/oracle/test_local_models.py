@@ -1,11 +1,13 @@
 """Local tier: the small PyTorch-exported models shipped in tests/models (no ../shared needed), checked
 against onnxruntime (graph optimizations off for the Q/DQ model tiny_qat, so that it executes as written)
 and onnx's own shape inference."""
+import json
+
 import numpy as np
 import pytest
 
 from accuracy import max_abs_diff
-from kiln_oracle import Project, assert_same_top1, independent_macs, inspect_json, kiln, local_inputs, local_models, output_names, qdq_tolerance, run_artifact, session
+from kiln_oracle import ROOT, Project, assert_same_top1, independent_macs, inspect_json, kiln, local_inputs, local_models, output_names, qdq_tolerance, run_artifact, session
 
 MODELS = local_models()
 IDS = [p.stem for p in MODELS]
@@ -53,3 +55,28 @@ def test_kiln_run_matches_onnxruntime(tmp_path, path):
         assert got.shape == ref.shape
         assert max_abs_diff(ref, got) <= tol, (path.stem, max_abs_diff(ref, got), tol)
         assert_same_top1(got, ref, tol)
+
+
+def test_example_build_reports_where_the_time_goes(tmp_path):
+    """configs/examples/tiny_cnn.yaml (the README's first command): report.json has each stage's time, per
+    target, and the build prints the same summary."""
+    import shutil
+
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "examples" / "tiny_cnn.yaml").read_text())
+    cfg["model"] = str(ROOT / "tests" / "models" / "tiny_cnn.onnx")
+    cfg["calibration"]["tensors"] = str(ROOT / "tests" / "models" / "tiny_cnn_inputs.npy")
+    cfg["output"] = str(tmp_path / "out")
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    p = kiln("build", tmp_path / "k.yaml")
+    t = json.loads((tmp_path / "out" / "report.json").read_text())["timings"]
+    names = [x["name"] for x in cfg["targets"]]
+    assert sorted(t["targets"]) == sorted(names), t
+    assert all(t[k] >= 0 for k in ["import", "passes", "calibration"]) and t["calibration"] > 0, t
+    stages = t["import"] + t["passes"] + t["calibration"] + sum(sum(v.values()) for v in t["targets"].values())
+    assert 0 < stages <= t["total"] * 1.01 + 1e-3, (stages, t)
+    # int8 targets spend their time quantizing; float targets do not prepare anything.
+    assert t["targets"]["int8-qdq"]["prepare"] > t["targets"]["reference"]["prepare"], t
+    assert "time: import" in p.stdout and "total" in p.stdout and all(n in p.stdout for n in names), p.stdout
+    shutil.rmtree(tmp_path / "out")

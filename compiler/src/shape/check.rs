@@ -147,6 +147,19 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
             }
         }
         Op::GlobalAveragePool => spatial_input(input(0))?,
+        Op::BatchNorm { .. } => {
+            let c = dims_of(input(0)).and_then(|s| s.get(1)).and_then(Dim::known);
+            for (i, name) in [(1, "scale"), (2, "B"), (3, "input_mean"), (4, "input_var")] {
+                let p = dims_of(input(i)).and_then(|s| super::ops::static_of(s));
+                if let (Some(p), Some(c)) = (p, c) {
+                    if p != [c] {
+                        return Err(format!(
+                            "input '{name}' has shape {p:?}: [C] = [{c}] expected"
+                        ));
+                    }
+                }
+            }
+        }
         Op::Transpose { perm: Some(p) } => {
             let rank = rank_of(input(0)).unwrap_or(p.len());
             if p.len() != rank {
@@ -241,6 +254,42 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
         }
     }
     match op {
+        "LayerNormalization" => {
+            // scale and bias broadcast to the normalized shape X.shape[axis..].
+            let x = dims_of(input(0)).and_then(|s| super::ops::static_of(s));
+            if let (Some(x), Some(r)) = (x, rank0) {
+                let axis = n.op.attr_int("axis").unwrap_or(-1);
+                axis_in("axis", axis, r)?;
+                let a = if axis < 0 { axis + r as i64 } else { axis } as usize;
+                let norm = &x[a..];
+                for (i, name) in [(1, "Scale"), (2, "B")] {
+                    let Some(p) = dims_of(input(i)).and_then(|s| super::ops::static_of(s)) else {
+                        continue;
+                    };
+                    let fits = p.len() <= norm.len()
+                        && p.iter().rev().zip(norm.iter().rev()).all(|(a, b)| a == b || *a == 1);
+                    if !fits || elements(&p) == 0 && elements(norm) != 0 {
+                        return Err(format!(
+                            "input '{name}' has shape {p:?}, which does not broadcast to the normalized shape {norm:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        "InstanceNormalization" | "GroupNormalization" => {
+            let c = dims_of(input(0)).and_then(|s| s.get(1)).and_then(Dim::known);
+            for (i, name) in [(1, "scale"), (2, "B")] {
+                let Some(p) = dims_of(input(i)).and_then(|s| super::ops::static_of(s)) else {
+                    continue;
+                };
+                if op == "InstanceNormalization" && c.is_some_and(|c| p != [c]) {
+                    return Err(format!(
+                        "input '{name}' has shape {p:?}: [C] = [{}] expected",
+                        c.unwrap_or(0)
+                    ));
+                }
+            }
+        }
         "OneHot" => {
             if let Some(v) = dims_of(input(2)).and_then(|s| super::ops::static_of(s)) {
                 if v.len() != 1 || v[0] != 2 {
