@@ -103,6 +103,7 @@ def cases():
         # Tile.
         ("tile_huge", _model("Tile", consts=[("repeats", _i64([1 << 15, 1 << 15, 1 << 15, 1 << 15]))]), "repeats"),
         ("tile_negative", _model("Tile", consts=[("repeats", _i64([1, -1, 1, 1]))]), "repeats"),
+        ("tile_float_repeats", _model("Tile", consts=[("repeats", np.array([1, 2, 1, 1], np.float32))]), "repeats"),
         ("tile_wrong_length", _model("Tile", consts=[("repeats", _i64([2, 2]))]), "repeats"),
         # ConstantOfShape (reads its shape from x: an int64 input here, made a constant).
         ("constant_of_shape_huge", _cos([big, big]), "shape"),

@@ -4,7 +4,7 @@
 //! bound for a huge ConstantOfShape or Tile). Each error names the attribute (or input) and its value; the
 //! caller adds the node. Values inference cannot see (computed at run time) are not checked here.
 use super::Fact;
-use crate::ir::{Dim, Node, Op, Window};
+use crate::ir::{DType, Dim, Node, Op, Window};
 
 /// The most elements any single tensor may have: the bound the importer applies to declared dims.
 pub const MAX_ELEMENTS: u64 = crate::ir::tensor::MAX_FOLD_ELEMENTS;
@@ -244,9 +244,46 @@ const SCALAR_INPUTS: &[(&str, usize, &str)] = &[
     ("Pad", 2, "constant_value"),
 ];
 
+/// Inputs the spec types as integers (shapes, counts, indices): (op, input index, name). Any other type is
+/// refused (tract hangs on a float Tile `repeats`).
+const INT_INPUTS: &[(&str, usize, &str)] = &[
+    ("Tile", 1, "repeats"),
+    ("Reshape", 1, "shape"),
+    ("Expand", 1, "shape"),
+    ("ConstantOfShape", 0, "input"),
+    ("Slice", 1, "starts"),
+    ("Slice", 2, "ends"),
+    ("Slice", 3, "axes"),
+    ("Slice", 4, "steps"),
+    ("Pad", 1, "pads"),
+    ("Squeeze", 1, "axes"),
+    ("Unsqueeze", 1, "axes"),
+    ("Split", 1, "split"),
+    ("TopK", 1, "K"),
+    ("Resize", 3, "sizes"),
+    ("Gather", 1, "indices"),
+    ("GatherElements", 1, "indices"),
+    ("GatherND", 1, "indices"),
+    ("ScatterND", 1, "indices"),
+    ("ScatterElements", 1, "indices"),
+    ("ReduceMean", 1, "axes"),
+    ("ReduceSum", 1, "axes"),
+    ("ReduceMax", 1, "axes"),
+    ("ReduceMin", 1, "axes"),
+    ("ReduceProd", 1, "axes"),
+    ("CumSum", 1, "axis"),
+    ("Trilu", 1, "k"),
+];
+
 fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
     let input = |i: usize| ins.get(i).and_then(|f| f.as_ref());
     let rank0 = rank_of(input(0));
+    for (_, i, name) in INT_INPUTS.iter().filter(|(o, _, _)| *o == op) {
+        let dt = input(*i).map(|f| f.dtype).unwrap_or(DType::Undefined);
+        if !matches!(dt, DType::Undefined | DType::I64 | DType::I32) {
+            return Err(format!("input '{name}' has element type {dt}: int64 expected"));
+        }
+    }
     for (_, i, name) in SCALAR_INPUTS.iter().filter(|(o, _, _)| *o == op) {
         let dims = dims_of(input(*i)).and_then(|s| super::ops::static_of(s));
         if let Some(d) = dims.filter(|d| elements(d) != 1 || d.len() > 1) {
