@@ -87,6 +87,7 @@ def cases():
         ("concat_axis_negative_out_of_range", _model("Concat", {"axis": -9}), "axis"),
         # Reshape.
         ("reshape_two_unknown_dims", _model("Reshape", consts=[("shape", _i64([-1, -1]))]), "shape"),
+        ("reshape_shape_missing", _model("Reshape", consts=[("shape", None), ("extra", _i64([4, 16]))]), "at most 2"),
         ("reshape_wrong_element_count", _model("Reshape", consts=[("shape", _i64([3, 7]))]), "shape"),
         ("reshape_negative_dim", _model("Reshape", consts=[("shape", _i64([-4, 64]))]), "shape"),
         # Resize.

@@ -112,8 +112,71 @@ fn bounded(what: &str, dims: &[i64]) -> R {
     Ok(())
 }
 
+/// How many inputs common ops take: (op, required, most). Required inputs must be present (not empty
+/// names); more than `most` is refused (tract hangs on a Reshape given a third input and no shape).
+const ARITY: &[(&str, usize, usize)] = &[
+    ("Reshape", 2, 2),
+    ("Tile", 2, 2),
+    ("Expand", 2, 2),
+    ("Gather", 2, 2),
+    ("GatherElements", 2, 2),
+    ("Slice", 3, 5),
+    ("Resize", 1, 4),
+    ("Split", 1, 2),
+    ("Squeeze", 1, 2),
+    ("Unsqueeze", 1, 2),
+    ("Conv", 2, 3),
+    ("ConvTranspose", 2, 3),
+    ("MatMul", 2, 2),
+    ("Gemm", 2, 3),
+    ("LayerNormalization", 2, 3),
+    ("InstanceNormalization", 3, 3),
+    ("BatchNormalization", 5, 5),
+    ("TopK", 2, 2),
+    ("OneHot", 3, 3),
+    ("Range", 3, 3),
+    ("ConstantOfShape", 1, 1),
+    ("Where", 3, 3),
+    ("Add", 2, 2),
+    ("Sub", 2, 2),
+    ("Mul", 2, 2),
+    ("Div", 2, 2),
+    ("Pow", 2, 2),
+    ("Transpose", 1, 1),
+    ("Flatten", 1, 1),
+    ("Softmax", 1, 1),
+    ("MaxPool", 1, 1),
+    ("AveragePool", 1, 1),
+    ("GlobalAveragePool", 1, 1),
+    ("Relu", 1, 1),
+    ("Sigmoid", 1, 1),
+    ("Tanh", 1, 1),
+    ("Erf", 1, 1),
+    ("Sqrt", 1, 1),
+    ("Exp", 1, 1),
+    ("Shape", 1, 1),
+    ("Cast", 1, 1),
+    ("Identity", 1, 1),
+];
+
+fn arity(n: &Node) -> R {
+    if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+        return Ok(());
+    }
+    let op = n.op.op_type();
+    let Some((_, required, most)) = ARITY.iter().find(|(o, _, _)| *o == op) else { return Ok(()) };
+    if n.inputs.len() > *most {
+        return Err(format!("{} inputs given, {op} takes at most {most}", n.inputs.len()));
+    }
+    if let Some(i) = (0..*required).find(|i| n.inputs.get(*i).is_none_or(|v| v.is_none())) {
+        return Err(format!("input {i} is missing: {op} needs {required}"));
+    }
+    Ok(())
+}
+
 /// Check `n` against the spec, given what inference knows of its inputs.
 pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
+    arity(n)?;
     let input = |i: usize| ins.get(i).and_then(|f| f.as_ref());
     match &n.op {
         Op::Conv { window: w, group } => {
