@@ -57,6 +57,8 @@ def cases():
         # Pools.
         ("maxpool_stride_zero", _model("MaxPool", {"kernel_shape": [2, 2], "strides": [0, 0]}), "strides"),
         ("maxpool_kernel_zero", _model("MaxPool", {"kernel_shape": [0, 2]}), "kernel_shape"),
+        ("maxpool_kernel_huge", _model("MaxPool", {"kernel_shape": [(1 << 63) - 1, 2]}), "kernel_shape"),
+        ("conv_kernel_past_the_input", _model("Conv", {}, [("w", np.ones([4, 4, 9, 9], np.float32))]), "kernel_shape"),
         ("maxpool_no_kernel", _model("MaxPool", {"strides": [1, 1]}), "kernel_shape"),
         ("maxpool_dilation_negative", _model("MaxPool", {"kernel_shape": [2, 2], "dilations": [-1, 1]}), "dilations"),
         ("avgpool_stride_zero", _model("AveragePool", {"kernel_shape": [2, 2], "strides": [1, 0]}), "strides"),
@@ -124,6 +126,7 @@ def cases():
         ("layernorm_axis_huge", _model("LayerNormalization", {"axis": -(1 << 63)}, [("scale", np.ones([8], np.float32))]), "axis"),
         ("layernorm_scale_empty", _model("LayerNormalization", consts=[("scale", np.zeros([0, 0], np.float32))], x_shape=[3]), "Scale"),
         ("batchnorm_params_wrong_size", _model("BatchNormalization", consts=[(n, np.ones([3], np.float32)) for n in ["s", "b", "m", "v"]]), "scale"),
+        ("axis_huge_after_nonzero", _nonzero_then("LayerNormalization", {"axis": (1 << 63) - 1}), "axis"),
         ("argmax_axis_out_of_range", _model("ArgMax", {"axis": 4}), "axis"),
         ("depth_to_space_blocksize_zero", _model("DepthToSpace", {"blocksize": 0}), "blocksize"),
     ]
@@ -136,6 +139,17 @@ def _empty_kernel():
     a = m.graph.node[0].attribute[0]
     del a.ints[:]
     return m
+
+
+def _nonzero_then(op, attrs):
+    """NonZero (a data-dependent output) feeding `op` (named `bad`): the rank is known, the dims are not."""
+    nz = helper.make_node("NonZero", ["x"], ["nz"], name="nz")
+    cast = helper.make_node("Cast", ["nz"], ["nzf"], name="cast", to=TensorProto.FLOAT)
+    bad = helper.make_node(op, ["nzf", "scale"], ["y"], name="bad", **attrs)
+    g = helper.make_graph([nz, cast, bad], f"hostile_{op}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          initializer=[numpy_helper.from_array(np.ones([1], np.float32), "scale")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def _cos(shape):

@@ -11,6 +11,9 @@ pub const MAX_ELEMENTS: u64 = crate::ir::tensor::MAX_FOLD_ELEMENTS;
 
 type R = Result<(), String>;
 
+/// More dims than any real tensor has: an axis past it is an error even where the rank is unknown.
+pub const MAX_RANK: usize = 64;
+
 fn ints_of(f: Option<&Fact>) -> Option<Vec<i64>> {
     f?.konst.as_ref()?.to_i64_vec()
 }
@@ -27,6 +30,38 @@ fn positive(name: &str, v: &Option<Vec<i64>>) -> R {
     if let Some(v) = v {
         if v.iter().any(|x| *x <= 0) {
             return Err(format!("attribute '{name}' = {v:?}: every value must be positive"));
+        }
+    }
+    Ok(())
+}
+
+/// A window's (dilated) kernel fits its padded input: with explicit or no padding, a larger one has no valid
+/// output, and no kernel may pass 2^20 whatever the padding (tract iterates it: a kernel of i64::MAX
+/// hangs it).
+fn kernel_fits(w: &Window, x: Option<&Fact>, kernel: Option<Vec<i64>>) -> R {
+    let Some(k) = kernel else { return Ok(()) };
+    let dil = w.dilations.clone().unwrap_or_else(|| vec![1; k.len()]);
+    let ext: Vec<i64> = k
+        .iter()
+        .zip(dil.iter().chain(std::iter::repeat(&1)))
+        .map(|(k, d)| (k - 1).saturating_mul(*d).saturating_add(1))
+        .collect();
+    if let Some(e) = ext.iter().find(|e| **e > 1 << 20) {
+        return Err(format!("attribute 'kernel_shape' = {k:?}: a window of {e} elements per dim is past kiln's bound"));
+    }
+    let explicit = w.auto_pad.as_deref().is_none_or(|a| a == "NOTSET" || a == "VALID");
+    let spatial = dims_of(x).and_then(|s| s.get(2..)).map(|s| s.to_vec());
+    if let (true, Some(spatial)) = (explicit, spatial) {
+        let pads = w.pads.clone().unwrap_or_else(|| vec![0; 2 * k.len()]);
+        for (i, (e, d)) in ext.iter().zip(&spatial).enumerate() {
+            let Some(d) = d.known() else { continue };
+            let padded =
+                d + pads.get(i).copied().unwrap_or(0) + pads.get(i + k.len()).copied().unwrap_or(0);
+            if *e > padded {
+                return Err(format!(
+                    "attribute 'kernel_shape' = {k:?}: the window ({e}) is larger than the padded input ({padded}) along spatial dim {i}"
+                ));
+            }
         }
     }
     Ok(())
@@ -183,6 +218,11 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
             spatial_input(input(0))?;
             let spatial = rank_of(input(1)).map(|r| r.saturating_sub(2));
             window(w, spatial)?;
+            let kernel = w
+                .kernel_shape
+                .clone()
+                .or_else(|| dims_of(input(1)).and_then(|s| super::ops::static_of(s.get(2..)?)));
+            kernel_fits(w, input(0), kernel)?;
             if let Some(g) = group {
                 if *g <= 0 {
                     return Err(format!("attribute 'group' = {g}: must be positive"));
@@ -205,6 +245,7 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
             spatial_input(input(0))?;
             let spatial = rank_of(input(0)).map(|r| r.saturating_sub(2));
             window(w, spatial)?;
+            kernel_fits(w, input(0), w.kernel_shape.clone())?;
             if w.kernel_shape.is_none() {
                 return Err("attribute 'kernel_shape' is required".into());
             }
@@ -551,6 +592,19 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
             for name in ["strides", "dilations", "kernel_shape"] {
                 positive(name, &n.op.attr_ints(name))?;
             }
+            let w = Window {
+                auto_pad: match n.op.attr("auto_pad") {
+                    Some(crate::ir::AttrValue::String(b)) => {
+                        Some(String::from_utf8_lossy(&b).into())
+                    }
+                    _ => None,
+                },
+                kernel_shape: kernel.clone(),
+                pads: n.op.attr_ints("pads"),
+                strides: n.op.attr_ints("strides"),
+                dilations: n.op.attr_ints("dilations"),
+            };
+            kernel_fits(&w, input(0), kernel)?;
             if let Some(g) = n.op.attr_int("group").filter(|g| *g <= 0) {
                 return Err(format!("attribute 'group' = {g}: must be positive"));
             }
@@ -589,7 +643,11 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
         _ => {}
     }
     // Any other `axis` names an axis of the first input (or one past it, for ops that insert one):
-    // far outside that is never valid (tract loops on LayerNormalization's axis = i64::MIN).
+    // far outside that is never valid (tract loops on LayerNormalization's axis = i64::MIN). When the
+    // rank is not known, no tensor kiln handles has more than MAX_RANK dims.
+    if let Some(a) = n.op.attr_int("axis").filter(|a| a.unsigned_abs() > MAX_RANK as u64) {
+        return Err(format!("attribute 'axis' = {a}: no tensor has more than {MAX_RANK} dims"));
+    }
     if let (Some(a), Some(r)) = (n.op.attr_int("axis"), rank0) {
         if axis_in("axis", a, r + 1).is_err() {
             return Err(format!("attribute 'axis' = {a} is out of range for an input of rank {r}"));

@@ -515,6 +515,11 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             }
             Ok(vec![])
         }
+        "NonZero" => {
+            // [rank of the input, number of non-zeros]: the count is data-dependent.
+            let r = shape_of(ins, 0).map(|s| s.len() as i64);
+            Ok(vec![fact(DType::I64, r.map(|r| vec![Dim::Known(r), Dim::Unknown]))])
+        }
         "Shape" => {
             let Some(s) = shape_of(ins, 0) else {
                 return Ok(vec![fact(DType::I64, Some(vec![Dim::Unknown]))]);
