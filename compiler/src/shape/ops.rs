@@ -454,8 +454,10 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
         }
         "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less" | "Greater" | "LessOrEqual"
         | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" => {
+            // Absent optional inputs (empty names) take no part; a present input of unknown shape makes
+            // the result unknown.
             let shapes: Option<Vec<&Vec<Dim>>> =
-                ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
+                ins.iter().flatten().map(|f| f.shape.as_ref()).collect();
             let dt = if matches!(
                 op,
                 "Equal"
@@ -475,7 +477,7 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
         }
         "Where" => {
             let shapes: Option<Vec<&Vec<Dim>>> =
-                ins.iter().map(|f| f.as_ref().and_then(|f| f.shape.as_ref())).collect();
+                ins.iter().flatten().map(|f| f.shape.as_ref()).collect();
             Ok(vec![fact(dtype_of(ins, 1), shapes.map(|s| broadcast(&s)).transpose()?)])
         }
         "Cast" => {
