@@ -127,6 +127,7 @@ def cases():
         ("layernorm_scale_empty", _model("LayerNormalization", consts=[("scale", np.zeros([0, 0], np.float32))], x_shape=[3]), "Scale"),
         ("batchnorm_params_wrong_size", _model("BatchNormalization", consts=[(n, np.ones([3], np.float32)) for n in ["s", "b", "m", "v"]]), "scale"),
         ("mean_inputs_do_not_broadcast", _model("Mean", consts=[("a", np.zeros([0, 0], np.float32)), ("b", None)]), "broadcast"),
+        ("div_inputs_do_not_broadcast", _model("Div", {"axes": [1]}, [("c", np.zeros([0, 3, 3, 2], np.float32))]), "broadcast"),
         ("axis_huge_after_nonzero", _nonzero_then("LayerNormalization", {"axis": (1 << 63) - 1}), "axis"),
         ("argmax_axis_out_of_range", _model("ArgMax", {"axis": 4}), "axis"),
         ("depth_to_space_blocksize_zero", _model("DepthToSpace", {"blocksize": 0}), "blocksize"),

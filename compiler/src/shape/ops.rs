@@ -452,8 +452,10 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             let s = shape_of(ins, 0).cloned();
             Ok(vec![fact(dt0, s), fact(DType::F32, None), fact(DType::F32, None)])
         }
+        // Element-wise with broadcasting; Add..Pow land here when an attribute kept them generic.
         "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less" | "Greater" | "LessOrEqual"
-        | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" => {
+        | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Mod" | "Add" | "Sub" | "Mul" | "Div"
+        | "Pow" | "BitShift" => {
             // Absent optional inputs (empty names) take no part; a present input of unknown shape makes
             // the result unknown.
             let shapes: Option<Vec<&Vec<Dim>>> =
