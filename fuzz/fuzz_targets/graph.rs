@@ -175,7 +175,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let n: i64 = x.iter().product();
     let feed = kiln_compiler::ir::TensorData::from_f32(x.clone(), &vec![0.5; n as usize]);
-    let _ = kiln_compiler::eval::run(&m, &[("x".into(), feed.clone())]);
+    // Legitimately large work (a tensor of up to kiln's 2^28-element bound) is not what this target looks
+    // for, and would only trip libFuzzer's memory limit: evaluate models whose values stay small.
+    let small = |m: &kiln_compiler::ir::Model| {
+        m.graph.values.iter().all(|v| {
+            v.shape.as_ref().is_none_or(|s| {
+                s.iter().map(|d| d.known().unwrap_or(1).max(0) as u64).product::<u64>() <= 1 << 22
+            })
+        })
+    };
+    if small(&m) {
+        let _ = kiln_compiler::eval::run(&m, &[("x".into(), feed.clone())]);
+    }
     let mut cx = kiln_compiler::pipeline::PassContext::default();
     for p in ["cleanup", "fuse"] {
         let Ok(pass) = kiln_passes::make(&kiln_compiler::config::PassSpec::Name(p.into())) else { return };
@@ -188,5 +199,7 @@ fuzz_target!(|data: &[u8]| {
     for b in kiln_backends::all() {
         let _ = b.emit(&m, &target);
     }
-    let _ = kiln_compiler::eval::run(&m, &[("x".into(), feed)]);
+    if small(&m) {
+        let _ = kiln_compiler::eval::run(&m, &[("x".into(), feed)]);
+    }
 });
