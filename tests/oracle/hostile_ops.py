@@ -77,6 +77,7 @@ def cases():
         ("gather_elements_axis_out_of_range", _model("GatherElements", {"axis": -5}, [("idx", np.zeros(X4, np.int64))]), "axis"),
         # Transpose.
         ("transpose_perm_repeated", _model("Transpose", {"perm": [0, 1, 1, 3]}), "perm"),
+        ("transpose_generic_perm_repeated", _model("Transpose", {"perm": [0, 0, 0, 0], "shape": [1]}), "perm"),
         ("transpose_perm_out_of_range", _model("Transpose", {"perm": [0, 1, 2, 9]}), "perm"),
         ("transpose_perm_short", _model("Transpose", {"perm": [0, 1]}), "perm"),
         ("transpose_perm_negative", _model("Transpose", {"perm": [0, -1, 2, 3]}), "perm"),

@@ -327,6 +327,15 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
             }
         }
         Op::Generic { op_type, .. } if n.domain.is_empty() || n.domain == "ai.onnx" => {
+            // Ops kept generic by an attribute kiln does not model get the typed ops' checks too.
+            let typed = match op_type.as_str() {
+                "Transpose" => Some(Op::Transpose { perm: n.op.attr_ints("perm") }),
+                "Reshape" => Some(Op::Reshape { allowzero: n.op.attr_int("allowzero") }),
+                _ => None,
+            };
+            if let Some(op) = typed {
+                node(&Node { op, ..n.clone() }, ins)?;
+            }
             generic(n, op_type, ins)?
         }
         _ => {}
