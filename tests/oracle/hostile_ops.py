@@ -98,6 +98,7 @@ def cases():
         ("resize_scale_negative", _model("Resize", {"mode": "nearest"}, [("roi", None), ("scales", np.array([1, 1, -2, 2], np.float32))]), "scales"),
         ("resize_sizes_huge", _model("Resize", {"mode": "nearest"}, [("roi", None), ("scales", None), ("sizes", _i64([1, 4, big, big]))]), "sizes"),
         ("resize_scales_huge", _model("Resize", {"mode": "nearest"}, [("roi", None), ("scales", np.array([1, 1, 1e9, 1e9], np.float32))]), "scales"),
+        ("resize_scales_vanishing", _model("Resize", {"mode": "nearest"}, [("roi", None), ("scales", np.array([1e-30, 1, 1e9, 2], np.float32))]), "scales"),
         # Pad.
         ("pad_huge", _model("Pad", consts=[("pads", _i64([0, 0, 0, 0, 0, 0, big, big]))]), "pads"),
         ("pad_huge_negative", _model("Pad", consts=[("pads", _i64([0, 0, -(1 << 62), 0, 0, 0, 0, 0]))]), "pads"),

@@ -632,6 +632,17 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
                             .map(|(d, k)| (*d as f64 * k).floor().min(i64::MAX as f64) as i64)
                             .collect();
                         bounded(&format!("input 'scales' = {s:?}"), &out)?;
+                        // Every output extent real and bounded on its own (tract aborts on a 0 × 1.6e10
+                        // map, which has no elements but is no image either).
+                        if out
+                            .iter()
+                            .zip(&x)
+                            .any(|(o, d)| *d > 0 && (*o < 1 || *o as u64 > MAX_ELEMENTS))
+                        {
+                            return Err(format!(
+                                "input 'scales' = {s:?}: output extents {out:?} must each be between 1 and {MAX_ELEMENTS}"
+                            ));
+                        }
                     }
                 }
             }
