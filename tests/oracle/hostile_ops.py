@@ -59,6 +59,7 @@ def cases():
         ("maxpool_kernel_zero", _model("MaxPool", {"kernel_shape": [0, 2]}), "kernel_shape"),
         ("maxpool_kernel_huge", _model("MaxPool", {"kernel_shape": [(1 << 63) - 1, 2]}), "kernel_shape"),
         ("conv_kernel_past_the_input", _model("Conv", {}, [("w", np.ones([4, 4, 9, 9], np.float32))]), "kernel_shape"),
+        ("maxpool_generic_pads_huge", _model("MaxPool", {"kernel_shape": [2, 2], "pads": [(1 << 63) - 1, 0, 0, 0], "axis": 0}), "pads"),
         ("maxpool_no_kernel", _model("MaxPool", {"strides": [1, 1]}), "kernel_shape"),
         ("maxpool_dilation_negative", _model("MaxPool", {"kernel_shape": [2, 2], "dilations": [-1, 1]}), "dilations"),
         ("avgpool_stride_zero", _model("AveragePool", {"kernel_shape": [2, 2], "strides": [1, 0]}), "strides"),

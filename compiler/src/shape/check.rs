@@ -613,6 +613,7 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
                 strides: n.op.attr_ints("strides"),
                 dilations: n.op.attr_ints("dilations"),
             };
+            window(&w, rank0.map(|r| r.saturating_sub(2)))?;
             kernel_fits(&w, input(0), kernel)?;
             if let Some(g) = n.op.attr_int("group").filter(|g| *g <= 0) {
                 return Err(format!("attribute 'group' = {g}: must be positive"));
