@@ -92,6 +92,7 @@ def cases():
         # Reshape.
         ("reshape_two_unknown_dims", _model("Reshape", consts=[("shape", _i64([-1, -1]))]), "shape"),
         ("reshape_shape_missing", _model("Reshape", consts=[("shape", None), ("extra", _i64([4, 16]))]), "at most 2"),
+        ("reshape_shape_not_1d", _model("Reshape", consts=[("shape", np.zeros([4, 0], np.int64))], x_shape=[1]), "shape"),
         ("reshape_wrong_element_count", _model("Reshape", consts=[("shape", _i64([3, 7]))]), "shape"),
         ("reshape_negative_dim", _model("Reshape", consts=[("shape", _i64([-4, 64]))]), "shape"),
         # Resize.

@@ -275,6 +275,9 @@ pub fn node(n: &Node, ins: &[Option<Fact>]) -> R {
             }
         }
         Op::Reshape { allowzero } => {
+            if let Some(r) = rank_of(input(1)).filter(|r| *r != 1) {
+                return Err(format!("input 'shape' has rank {r}: a 1-D list of dims is expected"));
+            }
             let (Some(x), Some(shape)) =
                 (dims_of(input(0)).and_then(|s| super::ops::static_of(s)), ints_of(input(1)))
             else {
