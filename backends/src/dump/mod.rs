@@ -7,8 +7,7 @@
 //!
 //! Keys: `io_layout` and `io_dtype`, as for `tflite`.
 use kiln_compiler::backend::{
-    parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16, Precision, QuantRules,
-    TargetRules,
+    parse_option, parse_options, ArtifactFile, Backend, Emitted, Precision, TargetRules,
 };
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::Model;
@@ -54,14 +53,7 @@ impl Backend for DumpBackend {
 
     fn check(&self, target: &Target) -> std::result::Result<TargetRules, String> {
         options(target)?;
-        Ok(TargetRules {
-            quant: QuantRules {
-                full_integer: true,
-                fused_activation: tfl::fused_activation,
-                reduce_range: false,
-            },
-            fp16: Fp16::Storage,
-        })
+        Ok(tfl::rules())
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {

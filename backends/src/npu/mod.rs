@@ -9,8 +9,7 @@ pub mod partition;
 pub mod profile;
 
 use kiln_compiler::backend::{
-    parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16, Precision, QuantRules,
-    TargetRules,
+    parse_option, parse_options, ArtifactFile, Backend, Emitted, Precision, TargetRules,
 };
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::{DType, Dim, Model, Op, TensorData};
@@ -131,14 +130,7 @@ impl Backend for NpuBackend {
 
     fn check(&self, target: &Target) -> std::result::Result<TargetRules, String> {
         Self::options(target)?;
-        Ok(TargetRules {
-            quant: QuantRules {
-                full_integer: true,
-                fused_activation: tfl::fused_activation,
-                reduce_range: false,
-            },
-            fp16: Fp16::Storage,
-        })
+        Ok(tfl::rules())
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {

@@ -9,8 +9,7 @@
 //! Keys: `io_layout` (`nhwc`, the default, or `nchw`) and `io_dtype` (`float`, the default, or `int8`
 //! with precision int8). The lowering itself lives in `common::tflite`, shared with the `npu` backend.
 use kiln_compiler::backend::{
-    parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16, Precision, QuantRules,
-    TargetRules,
+    parse_option, parse_options, ArtifactFile, Backend, Emitted, Precision, TargetRules,
 };
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::{Model, TensorData};
@@ -133,14 +132,7 @@ impl Backend for TfliteBackend {
 
     fn check(&self, target: &Target) -> std::result::Result<TargetRules, String> {
         options(target)?;
-        Ok(TargetRules {
-            quant: QuantRules {
-                full_integer: true,
-                fused_activation: tfl::fused_activation,
-                reduce_range: false,
-            },
-            fp16: Fp16::Storage,
-        })
+        Ok(tfl::rules())
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {

@@ -87,6 +87,16 @@ pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Re
     Ok(l.m)
 }
 
+/// The rules of a target written as full-integer TFLite (tflite, npu, dump): every tensor a scale, the
+/// activations TFLite fuses, full 8-bit weights, float16 as storage.
+pub fn rules() -> kiln_compiler::backend::TargetRules {
+    use kiln_compiler::backend::{Fp16, QuantRules, TargetRules};
+    TargetRules {
+        quant: QuantRules { full_integer: true, fused_activation, reduce_range: false },
+        fp16: Fp16::Storage,
+    }
+}
+
 /// Activations TFLite's kernels apply fused into the op before them (RELU, RELU6, RELU_N1_TO_1, TANH):
 /// the quantization rule of full-integer TFLite targets. The lowering fuses exactly these (`act::fusable`).
 pub fn fused_activation(a: &Act) -> bool {
