@@ -21,7 +21,7 @@ measure() { # label, command...
   echo "$label rss_kb=$rss wall=$wall"
 }
 for i in $(seq "$N"); do
-  measure kiln "$KILN" optimize "$MODEL" -o "$tmp/k.onnx" --external-data
+  measure kiln "$KILN" optimize "$MODEL" -o "$tmp/k.onnx" --external-data --passes none
   measure python "$PY" -c "import onnx,sys; m=onnx.load(sys.argv[1]); onnx.save(m, sys.argv[2], save_as_external_data=True, location='p.onnx.data')" "$MODEL" "$tmp/p.onnx"
 done | tee "$tmp/results.txt"
 "$PY" - "$tmp/results.txt" "$bytes" <<'PY'

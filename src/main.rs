@@ -46,15 +46,16 @@ enum Cmd {
         #[arg(long)]
         output_dir: PathBuf,
     },
-    /// Import, run passes, export: a drop-in for onnxsim/onnxslim (no passes: a faithful round trip).
+    /// Import, simplify, export: a drop-in for onnxsim/onnxslim (`cleanup` by default; `--passes none`
+    /// is a faithful round trip).
     Optimize {
         model: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
         #[arg(long = "input", value_name = "NAME=DIMS")]
         inputs: Vec<String>,
-        /// Comma-separated pass names.
-        #[arg(long, value_delimiter = ',')]
+        /// Comma-separated pass names; `none` runs no pass (a faithful round trip).
+        #[arg(long, value_delimiter = ',', default_value = "cleanup")]
         passes: Vec<String>,
         /// Write tensor data to OUTPUT.data.
         #[arg(long)]
@@ -271,8 +272,13 @@ fn optimize(
     let mut m = onnx::load(&model)?;
     let pins = parse_pins(&inputs)?;
     shape::infer(&mut m, &pins)?;
+    let none = passes.iter().any(|p| p == "none");
+    if none && passes.len() > 1 {
+        anyhow::bail!("--passes none cannot be combined with other passes ({})", passes.join(","));
+    }
     let passes = passes
         .iter()
+        .filter(|p| *p != "none")
         .map(|p| kiln_passes::make(&config::PassSpec::Name(p.clone())))
         .collect::<kiln_compiler::Result<Vec<_>>>()?;
     let mut cx =

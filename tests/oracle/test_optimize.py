@@ -110,3 +110,21 @@ def test_decomposed_layernorm_and_both_gelu_forms_recognized(tmp_path):
     assert sum("+Gelu(none)" in l for l in lines) == 1
     assert not [l for l in lines if any(f"= {op}" in l for op in ("Tanh", "Erf", "Sqrt", "ReduceMean", "Pow"))]
     check_equivalent(src, tmp_path / "d.onnx", local_inputs(src))
+
+
+def test_optimize_simplifies_by_default_and_none_round_trips(tmp_path):
+    # What onnxsim/onnxslim users expect: `kiln optimize IN -o OUT` simplifies (`cleanup`); `--passes none`
+    # is the faithful round trip, node for node.
+    for src in local_models():
+        orig = onnx.load(str(src), load_external_data=False)
+        default = tmp_path / f"{src.stem}.default.onnx"
+        cleaned = tmp_path / f"{src.stem}.cleanup.onnx"
+        none = tmp_path / f"{src.stem}.none.onnx"
+        kiln("optimize", src, "-o", default)
+        kiln("optimize", src, "-o", cleaned, "--passes", "cleanup")
+        kiln("optimize", src, "-o", none, "--passes", "none")
+        assert default.read_bytes() == cleaned.read_bytes(), src.stem
+        assert len(onnx.load(str(none), load_external_data=False).graph.node) == len(orig.graph.node), src.stem
+        check_equivalent(src, default, local_inputs(src, limit=3))
+    p = kiln("optimize", src, "-o", tmp_path / "x.onnx", "--passes", "none,fuse", check=False)
+    assert p.returncode == 1 and "--passes none cannot be combined" in p.stderr
