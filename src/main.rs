@@ -27,6 +27,12 @@ enum Cmd {
         /// Rebuild even when the manifest says everything is up to date.
         #[arg(long)]
         force: bool,
+        /// Write artifacts, report and manifest here instead of the config's `output:`.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Write a Make/Ninja depfile: OUTPUT/manifest.json depends on every file the build read.
+        #[arg(long, value_name = "FILE")]
+        depfile: Option<PathBuf>,
     },
     /// Describe a model: inputs/outputs, opsets, op histogram, parameters, MACs.
     Inspect {
@@ -225,9 +231,18 @@ fn run(model: PathBuf, inputs: Vec<String>, output_dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn build(config_path: PathBuf, force: bool) -> Result<()> {
+fn build(
+    config_path: PathBuf,
+    force: bool,
+    out_dir: Option<PathBuf>,
+    depfile: Option<PathBuf>,
+) -> Result<()> {
     let backends = kiln_backends::all();
-    let cfg = config::load(&config_path, &backends)?;
+    let mut cfg = config::load(&config_path, &backends)?;
+    if let Some(d) = out_dir {
+        // Relative to the working directory, as command-line paths are.
+        cfg.config.output = std::path::absolute(&d).with_context(|| d.display().to_string())?;
+    }
     let mut log = |s: &str| eprintln!("kiln: {s}");
     let quantizer = kiln_passes::quant::Ptq;
     let outcome =
@@ -256,6 +271,9 @@ fn build(config_path: PathBuf, force: bool) -> Result<()> {
             println!("  total {:.1} s", t.total);
         }
         println!("wrote {}", outcome.output_dir.join("manifest.json").display());
+    }
+    if let Some(d) = depfile {
+        kiln_compiler::artifact::write_atomic(&d, driver::depfile(&cfg, &outcome).as_bytes())?;
     }
     Ok(())
 }
@@ -547,7 +565,7 @@ struct QuantizeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Build { config, force } => build(config, force),
+        Cmd::Build { config, force, out_dir, depfile } => build(config, force, out_dir, depfile),
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),

@@ -123,6 +123,14 @@ pub trait Backend {
     /// location (the config loader adds file:line:col).
     fn check(&self, target: &Target) -> std::result::Result<TargetRules, String>;
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted>;
+    /// Make the option values that name files (`device: my_npu.yaml`) relative to `base`, the config
+    /// file's directory, as every other path in a config is. Runs when the config loads, before `check`.
+    fn resolve_paths(&self, _target: &mut Target, _base: &std::path::Path) {}
+    /// Files `target` reads beyond the model and the data (a device profile): hashed into the manifest,
+    /// so a change rebuilds, and listed in `--depfile`.
+    fn input_files(&self, _target: &Target) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 /// Parse one key into a backend's typed options (for [`Backend::check_option`]).

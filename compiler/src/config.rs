@@ -260,10 +260,15 @@ pub fn load(path: &Path, backends: &[Box<dyn Backend>]) -> Result<LoadedConfig> 
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| Error::Config { path: path.into(), reason: "not UTF-8 text".into() })?;
-    let config = parse(text, path)?;
-    let rules = check_targets(text, path, &config, backends)?;
+    let mut config = parse(text, path)?;
     let dir =
         path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    for t in &mut config.targets {
+        if let Some(b) = backends.iter().find(|b| b.name() == t.backend) {
+            b.resolve_paths(t, &dir);
+        }
+    }
+    let rules = check_targets(text, path, &config, backends)?;
     Ok(LoadedConfig { path: path.into(), dir, bytes, config, rules })
 }
 

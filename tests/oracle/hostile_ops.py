@@ -112,6 +112,8 @@ def cases():
         ("tile_negative", _model("Tile", consts=[("repeats", _i64([1, -1, 1, 1]))]), "repeats"),
         ("tile_float_repeats", _model("Tile", consts=[("repeats", np.array([1, 2, 1, 1], np.float32))]), "repeats"),
         ("tile_wrong_length", _model("Tile", consts=[("repeats", _i64([2, 2]))]), "repeats"),
+        # Empty result, but tiling axis by axis passes through 2^29 elements (found by the graph fuzz target).
+        ("tile_zero_after_huge", _model("Tile", consts=[("repeats", _i64([1 << 21, 4, 0, 0]))], x_shape=[4, 4, 6, 3]), "repeats"),
         # ConstantOfShape (reads its shape from x: an int64 input here, made a constant).
         ("constant_of_shape_huge", _cos([big, big]), "shape"),
         ("constant_of_shape_negative", _cos([4, -1]), "shape"),

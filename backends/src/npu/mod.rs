@@ -133,6 +133,19 @@ impl Backend for NpuBackend {
         Ok(tfl::rules())
     }
 
+    fn resolve_paths(&self, target: &mut Target, base: &std::path::Path) {
+        let key = serde_yaml::Value::from("device");
+        let Some(serde_yaml::Value::String(d)) = target.options.get(&key) else { return };
+        let Some(file) = profile::file(d).filter(|f| f.is_relative()) else { return };
+        let resolved = base.join(file).display().to_string();
+        target.options.insert(key, serde_yaml::Value::String(resolved));
+    }
+
+    fn input_files(&self, target: &Target) -> Vec<std::path::PathBuf> {
+        let d = target.options.get("device").and_then(|v| v.as_str());
+        d.and_then(profile::file).map(|f| f.to_path_buf()).into_iter().collect()
+    }
+
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {
         let (o, p) = Self::options(target).map_err(|e| target_err(target, e))?;
         let io_int8 = tfl::io_int8(o.io_dtype, true, p.io_dtype.as_deref() == Some("int8"));

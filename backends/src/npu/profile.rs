@@ -78,13 +78,19 @@ fn parse(text: &str, origin: &str) -> Result<Profile> {
     serde_yaml::from_str(text).map_err(|e| Error::invalid(format!("device profile {origin}: {e}")))
 }
 
+/// The profile file `device` names, when it names a file rather than a shipped profile.
+pub fn file(device: &str) -> Option<&std::path::Path> {
+    let path = std::path::Path::new(device);
+    let builtin = BUILTIN.iter().any(|(n, _)| *n == device);
+    (!builtin && path.extension().is_some_and(|e| e == "yaml" || e == "yml")).then_some(path)
+}
+
 /// The profile `device` names: a shipped profile, or a path to a profile YAML.
 pub fn load(device: &str) -> Result<Profile> {
     if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == device) {
         return parse(text, device);
     }
-    let path = std::path::Path::new(device);
-    if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+    if let Some(path) = file(device) {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         return parse(&text, device);
     }

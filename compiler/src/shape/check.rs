@@ -519,6 +519,10 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
                     let out: Vec<i64> =
                         x.iter().zip(&reps).map(|(a, b)| a.saturating_mul(*b)).collect();
                     bounded(&format!("input 'repeats' = {reps:?}"), &out)?;
+                    // Evaluators tile axis by axis: a zero repeat empties the result but not the
+                    // tensors built on the way there ([4,4,6,3] by [2^21,4,0,0] passes 2^29 elements).
+                    let peak: Vec<i64> = x.iter().zip(&out).map(|(a, b)| *a.max(b)).collect();
+                    bounded(&format!("input 'repeats' = {reps:?} (tiled axis by axis)"), &peak)?;
                 }
             }
         }
