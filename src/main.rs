@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use kiln_compiler::ir::{Dim, TensorData};
 use kiln_compiler::{config, driver, eval, ir, npy, onnx, shape, stats};
 
+mod ui;
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
@@ -33,6 +35,15 @@ enum Cmd {
         /// Write a Make/Ninja depfile: OUTPUT/manifest.json depends on every file the build read.
         #[arg(long, value_name = "FILE")]
         depfile: Option<PathBuf>,
+        /// Build only this target of the config (repeatable).
+        #[arg(long = "target", value_name = "NAME")]
+        only: Vec<String>,
+        /// Print only errors.
+        #[arg(short, long)]
+        quiet: bool,
+        /// `json`: one JSON object per line on stdout (messages, progress, artifacts, build-finished).
+        #[arg(long, value_enum, default_value = "human")]
+        message_format: ui::MessageFormat,
     },
     /// Describe a model: inputs/outputs, opsets, op histogram, parameters, MACs.
     Inspect {
@@ -231,46 +242,49 @@ fn run(model: PathBuf, inputs: Vec<String>, output_dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn build(
-    config_path: PathBuf,
+/// `kiln build`'s arguments.
+struct BuildArgs {
+    config: PathBuf,
     force: bool,
     out_dir: Option<PathBuf>,
     depfile: Option<PathBuf>,
-) -> Result<()> {
+    only: Vec<String>,
+    quiet: bool,
+    message_format: ui::MessageFormat,
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    let BuildArgs { config: config_path, force, out_dir, depfile, only, quiet, message_format } =
+        args;
+    let ui = ui::Ui::new(message_format, quiet);
     let backends = kiln_backends::all();
     let mut cfg = config::load(&config_path, &backends)?;
+    if !only.is_empty() {
+        let names: Vec<&str> = cfg.config.targets.iter().map(|t| t.name.as_str()).collect();
+        if let Some(bad) = only.iter().find(|n| !names.contains(&n.as_str())) {
+            anyhow::bail!(
+                "--target {bad}: {} has no such target (it has: {})",
+                config_path.display(),
+                names.join(", ")
+            );
+        }
+        let keep: Vec<bool> = names.iter().map(|n| only.iter().any(|o| o == n)).collect();
+        let mut k = keep.iter();
+        cfg.config.targets.retain(|_| *k.next().unwrap_or(&false));
+        let mut k = keep.iter();
+        cfg.rules.retain(|_| *k.next().unwrap_or(&false));
+    }
     if let Some(d) = out_dir {
         // Relative to the working directory, as command-line paths are.
         cfg.config.output = std::path::absolute(&d).with_context(|| d.display().to_string())?;
     }
-    let mut log = |s: &str| eprintln!("kiln: {s}");
+    let mut log = |s: &str| ui.log(s);
     let quantizer = kiln_passes::quant::Ptq;
     let outcome =
         driver::build(&cfg, force, &kiln_passes::make, &backends, Some(&quantizer), &mut log)?;
-    if outcome.up_to_date {
-        println!(
-            "up to date: {} ({} artifacts)",
-            outcome.output_dir.display(),
-            outcome.manifest.artifacts.len()
-        );
-    } else {
-        for a in &outcome.manifest.artifacts {
-            println!("{:<40} {:>12} bytes  {}", a.path, a.bytes, &a.sha256[..16]);
-        }
-        if let Some(t) = &outcome.timings {
-            println!(
-                "time: import {:.1} s, passes {:.1} s, calibration {:.1} s",
-                t.import, t.passes, t.calibration
-            );
-            for (name, s) in &t.targets {
-                println!(
-                    "  {name:<30} prepare {:>6.1} s  validate {:>6.1} s  emit {:>5.1} s",
-                    s.prepare, s.validate, s.emit
-                );
-            }
-            println!("  total {:.1} s", t.total);
-        }
-        println!("wrote {}", outcome.output_dir.join("manifest.json").display());
+    ui.finished(&outcome, &outcome.output_dir.join("manifest.json"));
+    if !outcome.failed.is_empty() {
+        return Err(driver::failure(&outcome.failed).into());
     }
     if let Some(d) = depfile {
         kiln_compiler::artifact::write_atomic(&d, driver::depfile(&cfg, &outcome).as_bytes())?;
@@ -425,17 +439,11 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     for w in &cx.warnings {
         eprintln!("kiln: warning: {w}");
     }
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let calibrate = |m: &ir::Model| {
         let t0 = std::time::Instant::now();
-        let stats = calib::collect_with(m, &input, &data, false, &mut |done, total| {
-            if tty {
-                eprint!("\rkiln: calibrating {done}/{total}")
-            }
-        })?;
+        let stats = calib::collect_with(m, &input, &data, false)?;
         eprintln!(
-            "{}kiln: calibrated on {} samples in {:.1} s",
-            if tty { "\n" } else { "" },
+            "kiln: calibrated on {} samples in {:.1} s",
             stats.samples,
             t0.elapsed().as_secs_f64()
         );
@@ -565,7 +573,9 @@ struct QuantizeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Build { config, force, out_dir, depfile } => build(config, force, out_dir, depfile),
+        Cmd::Build { config, force, out_dir, depfile, only, quiet, message_format } => {
+            build(BuildArgs { config, force, out_dir, depfile, only, quiet, message_format })
+        }
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),

@@ -105,6 +105,7 @@ pub struct ArtifactFile {
 /// What a backend wrote for one target: its files and a summary for the build report (an NPU partition
 /// summary, an operator histogram, ...).
 pub struct Emitted {
+    /// The model first (the build summary's artifact), then companions.
     pub files: Vec<ArtifactFile>,
     pub summary: Option<serde_json::Value>,
 }

@@ -71,6 +71,81 @@ pub struct Report {
     /// Per quantized target: SQNR (dB) of every Conv/Gemm/MatMul output against the optimized fp32 model,
     /// on up to 16 calibration samples, in graph order.
     pub layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
+    /// One row per target, in config order: what the build prints at the end.
+    pub summary: Vec<SummaryRow>,
+}
+
+/// A target's line in the build summary (`report.json` → `summary`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SummaryRow {
+    pub target: String,
+    pub backend: String,
+    pub precision: String,
+    /// The target's model: the first file its backend emits (relative to the output folder); absent
+    /// when it failed.
+    pub artifact: Option<String>,
+    /// The model's bytes, its external data (`<artifact>.data`) included; companions (an NPU partition
+    /// report, a QDQ twin) are not.
+    pub bytes: u64,
+    /// `bytes` over the input model's (ONNX file and external data).
+    pub vs_input: f64,
+    /// Against the fp32 original on the validation data, where measured.
+    pub top1_agreement: Option<f64>,
+    pub mean_cosine: Option<f64>,
+    /// Preparing (quantization, float16 search), validating and emitting this target.
+    pub seconds: f64,
+    /// Why the target produced no artifact.
+    pub failed: Option<String>,
+}
+
+/// The summary rows of a finished build, in config order.
+fn summary(
+    cfg: &LoadedConfig,
+    inputs: &[InputRecord],
+    rec: &Record,
+    timings: &Timings,
+) -> Vec<SummaryRow> {
+    let input_bytes: u64 = inputs
+        .iter()
+        .filter(|i| i.role == "model" || i.role == "external_data")
+        .map(|i| i.bytes)
+        .sum();
+    cfg.config
+        .targets
+        .iter()
+        .map(|t| {
+            let files = rec.by_target.get(&t.name).map(Vec::as_slice).unwrap_or_default();
+            let main = files.first().map(|a| a.path.clone());
+            let bytes: u64 = files
+                .iter()
+                .filter(|a| {
+                    main.as_ref().is_some_and(|m| a.path == *m || a.path == format!("{m}.data"))
+                })
+                .map(|a| a.bytes)
+                .sum();
+            let acc = rec.accuracy.get(&t.name);
+            let tt = timings.targets.get(&t.name);
+            SummaryRow {
+                target: t.name.clone(),
+                backend: t.backend.clone(),
+                precision: t.precision.to_string(),
+                artifact: main,
+                bytes,
+                vs_input: if input_bytes > 0 { bytes as f64 / input_bytes as f64 } else { 0.0 },
+                top1_agreement: acc.map(|m| m.top1_agreement),
+                mean_cosine: acc.map(|m| m.mean_cosine),
+                seconds: tt.map_or(0.0, |t| t.prepare + t.validate + t.emit),
+                failed: rec.failed.get(&t.name).cloned(),
+            }
+        })
+        .collect()
+}
+
+/// The summary of the build that wrote `out` (an up-to-date build prints it again), if its report has one.
+pub fn previous_summary(out: &Path) -> Vec<SummaryRow> {
+    let Ok(bytes) = std::fs::read(out.join("report.json")) else { return Vec::new() };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Vec::new() };
+    v.get("summary").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default()
 }
 
 /// The report's `calibration` entry.
@@ -220,6 +295,25 @@ pub struct Outcome {
     pub output_dir: PathBuf,
     /// Where the time went (absent when the build was up to date).
     pub timings: Option<Timings>,
+    /// One row per target (from the previous report when up to date).
+    pub summary: Vec<SummaryRow>,
+    /// Targets that failed alone, with the reason; the others were written. The caller reports the
+    /// build as failed ([`failure`]); the next build rebuilds.
+    pub failed: BTreeMap<String, String>,
+}
+
+/// The error for a build whose targets failed.
+pub fn failure(failed: &BTreeMap<String, String>) -> Error {
+    let list: Vec<String> = failed.iter().map(|(t, e)| format!("target '{t}': {e}")).collect();
+    Error::Backend {
+        backend: "build".into(),
+        target: failed.keys().cloned().collect::<Vec<_>>().join(", "),
+        reason: format!(
+            "{} target(s) failed (the others were written):\n  {}",
+            failed.len(),
+            list.join("\n  ")
+        ),
+    }
 }
 
 /// A Make/Ninja depfile for a finished build: `OUTPUT/manifest.json` depends on every file the build
@@ -362,6 +456,14 @@ fn up_to_date(cfg: &LoadedConfig, out: &Path) -> Option<Manifest> {
             return None;
         }
     }
+    // The same targets (`kiln build --target` builds a subset), each with its files.
+    let built: std::collections::BTreeSet<&str> =
+        m.artifacts.iter().map(|a| a.target.as_str()).collect();
+    let wanted: std::collections::BTreeSet<&str> =
+        cfg.config.targets.iter().map(|t| t.name.as_str()).collect();
+    if built != wanted {
+        return None;
+    }
     for a in &m.artifacts {
         if sha256_file(&out.join(&a.path)).ok()?.1 != a.sha256 {
             return None;
@@ -492,13 +594,7 @@ impl<'a> Calibrator<'a> {
             }
         }
         let t0 = std::time::Instant::now();
-        let stats = crate::calib::collect_with(
-            model,
-            &self.input,
-            &self.samples,
-            self.preact,
-            &mut |_, _| {},
-        )?;
+        let stats = crate::calib::collect_with(model, &self.input, &self.samples, self.preact)?;
         let secs = t0.elapsed().as_secs_f64();
         self.lookups.borrow_mut().push((false, secs));
         self.pending
@@ -830,7 +926,15 @@ pub fn build(
                 .open(&path)
                 .and_then(|f| f.set_modified(std::time::SystemTime::now()))
                 .map_err(|e| Error::io(&path, e))?;
-            return Ok(Outcome { up_to_date: true, manifest, output_dir: out, timings: None });
+            let summary = previous_summary(&out);
+            return Ok(Outcome {
+                up_to_date: true,
+                manifest,
+                output_dir: out,
+                timings: None,
+                summary,
+                failed: BTreeMap::new(),
+            });
         }
     }
     let started = std::time::Instant::now();
@@ -934,7 +1038,9 @@ pub fn build(
     let calibration = stages.calibrator.as_ref().and_then(|c| c.report());
     timings.calibration += calibration.as_ref().map_or(0.0, |c| c.seconds);
     timings.total = secs(started);
-    let manifest = Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts: rec.artifacts };
+    let rows = summary(cfg, &inputs, &rec, &timings);
+    let manifest =
+        Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts: rec.artifacts.clone() };
     let report = Report {
         model: before,
         optimized: model_stats(&stages.model),
@@ -947,13 +1053,21 @@ pub fn build(
         failed: rec.failed.clone(),
         backend: rec.backend,
         timings: timings.clone(),
+        summary: rows.clone(),
     };
     finish(&out, &report, &manifest, &rec.failed)?;
-    Ok(Outcome { up_to_date: false, manifest, output_dir: out, timings: Some(timings) })
+    Ok(Outcome {
+        up_to_date: false,
+        manifest,
+        output_dir: out,
+        timings: Some(timings),
+        summary: rows,
+        failed: rec.failed,
+    })
 }
 
 /// Write the report, then the manifest (what marks the build complete), then the stamp, unless a target
-/// failed: then the error lists them (the others were written).
+/// failed (the others were written; without a stamp the next build rebuilds).
 fn finish(
     out: &Path,
     report: &Report,
@@ -966,16 +1080,7 @@ fn finish(
     if !failed.is_empty() {
         // No stamp: the next run rebuilds instead of calling a partial build up to date.
         let _ = std::fs::remove_file(out.join(STAMP));
-        let list: Vec<String> = failed.iter().map(|(t, e)| format!("target '{t}': {e}")).collect();
-        return Err(Error::Backend {
-            backend: "build".into(),
-            target: failed.keys().cloned().collect::<Vec<_>>().join(", "),
-            reason: format!(
-                "{} target(s) failed (the others were written):\n  {}",
-                failed.len(),
-                list.join("\n  ")
-            ),
-        });
+        return Ok(());
     }
     write_atomic(&out.join(STAMP), build_stamp().as_bytes())
 }

@@ -15,4 +15,5 @@ pub mod driver;
 pub mod eval;
 pub mod npy;
 pub mod pipeline;
+pub mod progress;
 pub mod stats;

@@ -363,8 +363,7 @@ fn pinned_statistics_reproduce_every_method() {
             TensorData::from_f32(vec![1, 3, 64, 64], &v)
         })
         .collect();
-    let calib =
-        kiln_compiler::calib::collect_with(&m, "input", &samples, false, &mut |_, _| {}).unwrap();
+    let calib = kiln_compiler::calib::collect_with(&m, "input", &samples, false).unwrap();
     for method in [Method::Percentile(99.0), Method::Entropy, Method::Mse, Method::MinMax] {
         let opts = qdq::QdqOptions { method, ..Default::default() };
         let want = qdq::activation_params(&m.graph, &calib, &opts);

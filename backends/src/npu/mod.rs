@@ -123,6 +123,8 @@ impl Backend for NpuBackend {
     fn check_option(&self, key: &str, value: serde_yaml::Value) -> std::result::Result<(), String> {
         let o = parse_option::<NpuOptions>(key, value)?;
         match o.device {
+            // A profile file is read by `check`, once its path is resolved against the config's folder.
+            Some(d) if profile::file(&d).is_some() => Ok(()),
             Some(d) => Self::profile(Some(&d)).map(|_| ()),
             None => Ok(()),
         }

@@ -177,13 +177,8 @@ fn targets(m: &Model) -> Vec<ValueId> {
 
 /// Run `model` on every sample (fed to input `input`) in one pass, on up to two threads, calling
 /// `progress(done, total)`.
-pub fn collect(
-    model: &Model,
-    input: &str,
-    samples: &[TensorData],
-    progress: &mut (dyn FnMut(usize, usize) + Send),
-) -> Result<Calibration> {
-    collect_with(model, input, samples, true, progress)
+pub fn collect(model: &Model, input: &str, samples: &[TensorData]) -> Result<Calibration> {
+    collect_with(model, input, samples, true)
 }
 
 /// [`collect`], choosing whether values before fused activations (`<value>__preact`) are measured too:
@@ -193,7 +188,6 @@ pub fn collect_with(
     input: &str,
     samples: &[TensorData],
     preact: bool,
-    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Calibration> {
     let first = samples.first().ok_or_else(|| Error::Input {
         name: input.into(),
@@ -207,8 +201,7 @@ pub fn collect_with(
     probe.graph.outputs = vals.clone();
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
     let names: Vec<String> = vals.iter().map(|v| probe.graph.value(*v).name.clone()).collect();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let progress = std::sync::Mutex::new(progress);
+    let progress = std::sync::Mutex::new(crate::progress::stage("calibration", samples.len()));
     let results = ev.fold_samples(
         input,
         samples,
@@ -219,9 +212,8 @@ pub fn collect_with(
                     a.add(&v);
                 }
             }
-            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if let Ok(mut p) = progress.lock() {
-                (*p)(d, samples.len());
+                p.inc();
             }
             Ok(())
         },

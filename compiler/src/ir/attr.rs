@@ -123,6 +123,11 @@ impl<'a> AttrReader<'a> {
     pub fn finish(self) -> bool {
         self.ok && self.used.iter().all(|u| *u)
     }
+
+    /// True when every attribute read had its expected kind (unread ones allowed).
+    pub fn finish_lenient(self) -> bool {
+        self.ok
+    }
 }
 
 /// Builds an attribute list from optional typed fields (absent fields are not written).

@@ -154,7 +154,21 @@ impl Op {
         Op::Generic { op_type: op_type.to_string(), attrs }
     }
 
+    /// The typed form of a `Generic` node of a typed op type, ignoring the attributes it does not model
+    /// (what an evaluator that ignores them computes): shape inference and the spec checks see a
+    /// `HardSigmoid` carrying a stray `axis` as the `HardSigmoid` it evaluates as.
+    pub fn typed_ignoring_unknown(&self) -> Option<Op> {
+        match self {
+            Op::Generic { op_type, attrs } => Self::typed_with(op_type, attrs, false),
+            _ => None,
+        }
+    }
+
     fn typed(op_type: &str, attrs: &[Attribute]) -> Option<Op> {
+        Self::typed_with(op_type, attrs, true)
+    }
+
+    fn typed_with(op_type: &str, attrs: &[Attribute], strict: bool) -> Option<Op> {
         let mut r = AttrReader::new(attrs);
         let op = match op_type {
             "Conv" => Op::Conv { window: Window::read(&mut r), group: r.int("group") },
@@ -205,11 +219,8 @@ impl Op {
             "DequantizeLinear" => Op::DequantizeLinear { axis: r.int("axis") },
             _ => return None,
         };
-        if r.finish() {
-            Some(op)
-        } else {
-            None
-        }
+        let ok = if strict { r.finish() } else { r.finish_lenient() };
+        ok.then_some(op)
     }
 
     /// The ONNX op type.

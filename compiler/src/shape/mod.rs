@@ -93,6 +93,12 @@ pub fn infer_graph(g: &mut Graph, opset: i64) -> Result<()> {
         let n = &g.nodes[id];
         let ins: Vec<Option<Fact>> =
             n.inputs.iter().map(|v| v.map(|v| fact_of(g, &facts, v))).collect();
+        // A typed op kept generic for a stray attribute is checked and inferred as the op it
+        // evaluates as (evaluators ignore the stray attribute): its shape then reaches the checks
+        // downstream (an out-of-range axis after it hangs tract otherwise; found by the graph fuzz
+        // target).
+        let typed = n.op.typed_ignoring_unknown().map(|op| crate::ir::Node { op, ..n.clone() });
+        let n = typed.as_ref().unwrap_or(n);
         check::node(n, &ins).map_err(|reason| shape_err(g, id, reason))?;
         let outs = ops::infer_node(n, &ins, opset).map_err(|reason| shape_err(g, id, reason))?;
         check::outputs(&outs).map_err(|reason| shape_err(g, id, reason))?;

@@ -134,7 +134,7 @@ fn overflow_nodes(
     input: &str,
     samples: &[TensorData],
 ) -> Result<Vec<(NodeId, String, f32)>> {
-    let stats = kiln_compiler::calib::collect_with(model, input, samples, false, &mut |_, _| {})?;
+    let stats = kiln_compiler::calib::collect_with(model, input, samples, false)?;
     let g = &model.graph;
     let mut out = Vec::new();
     for id in g.topo_order()? {
@@ -232,7 +232,9 @@ pub fn islands(
     let probe = samples.len().min(4);
     let everyone: HashSet<NodeId> = ids.iter().copied().collect();
     let mut sens = Vec::new();
+    let mut progress = kiln_compiler::progress::stage("float16 islands", ids.len());
     for id in &ids {
+        progress.inc();
         let mut keep = everyone.clone();
         keep.remove(id);
         sens.push((*id, eval(&keep, probe)?));

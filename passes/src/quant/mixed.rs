@@ -46,7 +46,9 @@ pub fn search(
     let mut tried = vec![
         serde_json::json!({"kept_float": 0, "top1_agreement": first.top1_agreement, "mean_cosine": first.mean_cosine}),
     ];
+    let mut progress = kiln_compiler::progress::stage("mixed precision: plans", plans.len());
     for plan in plans {
+        progress.inc();
         let mut o = opts.clone();
         o.keep_float = plan
             .iter()
@@ -128,7 +130,9 @@ pub fn sensitivity(
         o
     };
     let mut sens = Vec::new();
+    let mut progress = kiln_compiler::progress::stage("mixed precision: sensitivity", points.len());
     for (kind, name) in points {
+        progress.inc();
         let (m, s, _) = super::build(model, calib, &only(kind, &name), false, input, probe)?;
         if s.weights + s.activations == 0 {
             continue; // nothing to quantize at this point (e.g. a value no quantized op reads)

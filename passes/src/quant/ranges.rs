@@ -172,7 +172,9 @@ fn search(
     };
     let mut best = score(&out)?;
     report.evaluated += 1;
+    let mut progress = kiln_compiler::progress::stage("range refinement", streams.len());
     for values in streams {
+        progress.inc();
         let before = best;
         let mut keep = 1.0f32;
         let mut round = FIRST;
