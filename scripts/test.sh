@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # kiln's whole test suite, installing what it needs on a fresh machine:
 #   - Debian packages when missing (libonnx-testdata: ONNX node test cases; qemu-user: an emulated x86 CPU
-#     without VNNI for the int8-kernel tests; cmake and ninja-build: the CMake integration), via apt-get
-#     as root;
+#     without VNNI for the int8-kernel tests; cmake and ninja-build: the CMake integration; chromium:
+#     report.html in a headless browser), via apt-get as root;
 #   - a Python venv (.venv) with the pinned oracles from tests/requirements.txt (onnxruntime, onnx, numpy, ...);
 #   - a release build of kiln (cached in target/ between runs);
 # then checks formatting and lints (cargo fmt --check, cargo clippy -D warnings), runs the Rust tests
@@ -23,6 +23,8 @@ command -v qemu-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-user)
 # cmake + ninja: the CMake module builds its example project (tests/oracle/test_build_integration.py).
 command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
 command -v ninja >/dev/null 2>&1 || need_pkgs+=(ninja-build)
+# chromium: opens report.html headless (tests/oracle/test_report_html.py).
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${need_pkgs[*]}"

@@ -50,6 +50,11 @@ pub struct Manifest {
 /// `OUTPUT/report.json`: what the build did (statistics, per-pass table).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The config and the model, relative to the config's folder.
+    pub config: String,
+    pub model_path: String,
+    /// The validation section's accuracy budget (absent values: no bound).
+    pub budget: Budget,
     pub model: ModelStats,
     pub optimized: ModelStats,
     pub passes: Vec<PassRecord>,
@@ -148,6 +153,14 @@ pub fn previous_summary(out: &Path) -> Vec<SummaryRow> {
     v.get("summary").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default()
 }
 
+/// The accuracy budget every quantized target is held to.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Budget {
+    pub min_top1_agreement: Option<f64>,
+    pub min_cosine: Option<f64>,
+    pub max_accuracy_drop: Option<f64>,
+}
+
 /// The report's `calibration` entry.
 #[derive(Clone, Debug, Serialize)]
 pub struct CalibrationReport {
@@ -162,8 +175,14 @@ pub struct CalibrationReport {
 /// One row of the per-layer SQNR table.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerSqnr {
+    /// The layer's output value.
     pub layer: String,
+    /// The node computing it.
+    pub node: String,
     pub sqnr_db: f64,
+    /// Kept in float by the quantizer (mixed precision, the quality guard): its weights are not
+    /// dequantized from int8 in the artifact.
+    pub float: bool,
 }
 
 /// A `validation:` section's files, its loaded samples and labels.
@@ -806,20 +825,35 @@ impl Stages<'_> {
         };
         let Quantized { model, summary, reference } =
             quantized.map_err(|why| Failure::Target(Error::Guard(why).to_string()))?;
-        let layer_outputs: Vec<String> = self
-            .model
-            .graph
+        let is_layer = |op: &crate::ir::Op| {
+            matches!(
+                op,
+                crate::ir::Op::Conv { .. } | crate::ir::Op::Gemm { .. } | crate::ir::Op::MatMul
+            )
+        };
+        let g = &self.model.graph;
+        let layers: Vec<(String, String)> = g
             .topo_order()?
             .into_iter()
-            .filter(|id| {
-                matches!(
-                    self.model.graph.nodes[*id].op,
-                    crate::ir::Op::Conv { .. } | crate::ir::Op::Gemm { .. } | crate::ir::Op::MatMul
-                )
-            })
+            .filter(|id| is_layer(&g.nodes[*id].op))
             .filter_map(|id| {
-                self.model.graph.nodes[id].output(0).map(|v| self.model.graph.value(v).name.clone())
+                let n = &g.nodes[id];
+                n.output(0).map(|v| (g.value(v).name.clone(), n.name.clone()))
             })
+            .collect();
+        let layer_outputs: Vec<String> = layers.iter().map(|(v, _)| v.clone()).collect();
+        // Layers of the quantized model whose weights (input 1) no DequantizeLinear produces.
+        let q = &model.graph;
+        let float: std::collections::HashSet<&str> = q
+            .nodes
+            .node_indices()
+            .filter(|id| is_layer(&q.nodes[*id].op))
+            .filter(|id| {
+                let w = q.nodes[*id].inputs.get(1).copied().flatten();
+                let p = w.and_then(|v| q.value(v).producer).map(|(p, _)| &q.nodes[p].op);
+                !matches!(p, Some(crate::ir::Op::DequantizeLinear { .. }))
+            })
+            .map(|id| q.nodes[id].name.as_str())
             .collect();
         let probe: Vec<crate::ir::TensorData> = samples.iter().take(16).cloned().collect();
         let table = crate::accuracy::value_sqnr(
@@ -829,8 +863,16 @@ impl Stages<'_> {
             &probe,
             &layer_outputs,
         )?;
-        let table =
-            table.into_iter().map(|(layer, sqnr_db)| LayerSqnr { layer, sqnr_db }).collect();
+        let node_of: BTreeMap<&str, &str> =
+            layers.iter().map(|(v, n)| (v.as_str(), n.as_str())).collect();
+        let table = table
+            .into_iter()
+            .map(|(layer, sqnr_db)| {
+                let node = node_of.get(layer.as_str()).copied().unwrap_or_default().to_string();
+                let float = float.contains(node.as_str());
+                LayerSqnr { layer, node, sqnr_db, float }
+            })
+            .collect();
         Ok(Prepared { model: Some(model), quantization: Some(summary), layer_sqnr: Some(table) })
     }
 
@@ -1041,7 +1083,15 @@ pub fn build(
     let rows = summary(cfg, &inputs, &rec, &timings);
     let manifest =
         Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts: rec.artifacts.clone() };
+    let v = cfg.config.validation.as_ref();
     let report = Report {
+        config: rel(&cfg.path, &cfg.dir),
+        model_path: rel(&cfg.model_path(), &cfg.dir),
+        budget: Budget {
+            min_top1_agreement: v.and_then(|v| v.min_top1_agreement),
+            min_cosine: v.and_then(|v| v.min_cosine),
+            max_accuracy_drop: v.and_then(|v| v.max_accuracy_drop),
+        },
         model: before,
         optimized: model_stats(&stages.model),
         passes: cx.records,
@@ -1076,6 +1126,7 @@ fn finish(
 ) -> Result<()> {
     let json = |v: &dyn erased::Ser| v.to_json();
     write_atomic(&out.join("report.json"), &json(report))?;
+    write_atomic(&out.join("report.html"), crate::html::render(report)?.as_bytes())?;
     write_atomic(&out.join("manifest.json"), &json(manifest))?;
     if !failed.is_empty() {
         // No stamp: the next run rebuilds instead of calling a partial build up to date.
