@@ -41,6 +41,9 @@ enum Cmd {
         /// Print only errors.
         #[arg(short, long)]
         quiet: bool,
+        /// Build up to N targets at once (default: the number of CPUs). Artifacts are the same for any N.
+        #[arg(short, long, value_name = "N")]
+        jobs: Option<usize>,
         /// `json`: one JSON object per line on stdout (messages, progress, artifacts, build-finished).
         #[arg(long, value_enum, default_value = "human")]
         message_format: ui::MessageFormat,
@@ -250,12 +253,23 @@ struct BuildArgs {
     depfile: Option<PathBuf>,
     only: Vec<String>,
     quiet: bool,
+    jobs: Option<usize>,
     message_format: ui::MessageFormat,
 }
 
 fn build(args: BuildArgs) -> Result<()> {
-    let BuildArgs { config: config_path, force, out_dir, depfile, only, quiet, message_format } =
-        args;
+    let BuildArgs {
+        config: config_path,
+        force,
+        out_dir,
+        depfile,
+        only,
+        quiet,
+        jobs,
+        message_format,
+    } = args;
+    let jobs =
+        jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
     let ui = ui::Ui::new(message_format, quiet);
     let backends = kiln_backends::all();
     let mut cfg = config::load(&config_path, &backends)?;
@@ -278,10 +292,10 @@ fn build(args: BuildArgs) -> Result<()> {
         // Relative to the working directory, as command-line paths are.
         cfg.config.output = std::path::absolute(&d).with_context(|| d.display().to_string())?;
     }
-    let mut log = |s: &str| ui.log(s);
+    let log = |s: &str| ui.log(s);
     let quantizer = kiln_passes::quant::Ptq;
     let outcome =
-        driver::build(&cfg, force, &kiln_passes::make, &backends, Some(&quantizer), &mut log)?;
+        driver::build(&cfg, force, &kiln_passes::make, &backends, Some(&quantizer), jobs, &log)?;
     ui.finished(&outcome, &outcome.output_dir.join("manifest.json"));
     if !outcome.failed.is_empty() {
         return Err(driver::failure(&outcome.failed).into());
@@ -573,8 +587,8 @@ struct QuantizeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Build { config, force, out_dir, depfile, only, quiet, message_format } => {
-            build(BuildArgs { config, force, out_dir, depfile, only, quiet, message_format })
+        Cmd::Build { config, force, out_dir, depfile, only, quiet, jobs, message_format } => {
+            build(BuildArgs { config, force, out_dir, depfile, only, quiet, jobs, message_format })
         }
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),

@@ -111,7 +111,7 @@ pub struct Emitted {
 }
 
 /// Emits the artifact for one target.
-pub trait Backend {
+pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Precisions this backend accepts in `precision:`.
     fn precisions(&self) -> &'static [Precision];

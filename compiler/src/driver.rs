@@ -4,6 +4,7 @@
 //! manifest last, so an interrupted build is simply rebuilt next time.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -406,6 +407,9 @@ pub struct TargetTimings {
     pub emit: f64,
 }
 
+/// Where the build's progress lines go (from any target's thread).
+pub type Log<'a> = &'a (dyn Fn(&str) + Sync);
+
 /// Resolves pass specs to passes (the binary wires in kiln-passes).
 pub type PassFactory<'a> = &'a dyn Fn(&PassSpec) -> Result<Box<dyn Pass>>;
 
@@ -554,9 +558,12 @@ struct Calibrator<'a> {
     /// Full-integer targets also need the values before fused activations.
     preact: bool,
     /// Every lookup of the build, for the report: (cached, seconds).
-    lookups: std::cell::RefCell<Vec<(bool, f64)>>,
+    lookups: Mutex<Vec<(bool, f64)>>,
     /// Log lines not yet printed (the quantizer calls `stats` where the build's log is not at hand).
-    pending: std::cell::RefCell<Vec<String>>,
+    pending: Mutex<Vec<String>>,
+    /// One lock per statistics key: targets building in parallel that need the same statistics
+    /// compute them once (the second finds them in the cache).
+    keys: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
 }
 
 impl<'a> Calibrator<'a> {
@@ -589,6 +596,7 @@ impl<'a> Calibrator<'a> {
             preact,
             lookups: Default::default(),
             pending: Default::default(),
+            keys: Default::default(),
         })
     }
 
@@ -605,32 +613,34 @@ impl<'a> Calibrator<'a> {
         h.update(serde_json::to_vec(&self.cfg.config.calibration).unwrap_or_default());
         let key = hex(&h.finalize());
         let cache = self.cache_dir.join(format!("calibration-{}.json", &key[..32]));
+        let lock = locked(&self.keys).entry(key.clone()).or_default().clone();
+        let _computing = locked(&lock);
         if let Ok(bytes) = std::fs::read(&cache) {
             if let Ok(stats) = serde_json::from_slice::<crate::calib::Calibration>(&bytes) {
-                self.lookups.borrow_mut().push((true, 0.0));
-                self.pending.borrow_mut().push("calibration statistics: cached".into());
+                locked(&self.lookups).push((true, 0.0));
+                locked(&self.pending).push("calibration statistics: cached".into());
                 return Ok(stats);
             }
         }
         let t0 = std::time::Instant::now();
         let stats = crate::calib::collect_with(model, &self.input, &self.samples, self.preact)?;
         let secs = t0.elapsed().as_secs_f64();
-        self.lookups.borrow_mut().push((false, secs));
-        self.pending
-            .borrow_mut()
+        locked(&self.lookups).push((false, secs));
+        locked(&self.pending)
             .push(format!("calibrated on {} samples in {secs:.1} s", stats.samples));
         write_atomic(&cache, &serde_json::to_vec(&stats).unwrap_or_default())?;
         Ok(stats)
     }
 
     /// Log what happened since the last call.
-    fn flush(&self, log: &mut dyn FnMut(&str)) {
-        self.pending.borrow_mut().drain(..).for_each(|line| log(&line));
+    fn flush(&self, log: Log) {
+        let lines: Vec<String> = locked(&self.pending).drain(..).collect();
+        lines.iter().for_each(|line| log(line));
     }
 
     /// The report entry: every calibration of the build.
     fn report(&self) -> Option<CalibrationReport> {
-        let lookups = self.lookups.borrow();
+        let lookups = locked(&self.lookups);
         (!lookups.is_empty()).then(|| CalibrationReport {
             samples: self.samples.len(),
             cached: lookups.iter().all(|l| l.0),
@@ -638,6 +648,38 @@ impl<'a> Calibrator<'a> {
             seconds: lookups.iter().map(|l| l.1).sum(),
         })
     }
+}
+
+/// The lock's guard, also when another thread panicked holding it (the data is still consistent:
+/// every guarded update is a single push or insert).
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Quantized models by quantization settings: targets with the same settings share one (and one
+/// quality-guard failure). Each key has its own lock, held while its model is computed.
+type SharedQuantized =
+    Mutex<BTreeMap<String, Arc<Mutex<Option<std::result::Result<Quantized, String>>>>>>;
+
+/// `f` over `items` on up to `jobs` threads (each takes the next item when done), results in item order.
+fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: &(dyn Fn(&T) -> R + Sync)) -> Vec<R> {
+    let jobs = jobs.clamp(1, items.len().max(1));
+    if jobs == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                *locked(&slots[i]) = Some(r);
+            });
+        }
+    });
+    slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner())).collect()
 }
 
 /// Every target with its backend and rules, in config order (checked when the config loaded).
@@ -671,7 +713,7 @@ fn plan<'a>(
 fn load_inputs(
     cfg: &LoadedConfig,
     plan: &[(&Target, &dyn Backend, TargetRules)],
-    log: &mut dyn FnMut(&str),
+    log: Log,
 ) -> Result<(Model, Vec<InputRecord>, Option<Validation>)> {
     let model_path = cfg.model_path();
     log(&format!("importing {}", model_path.display()));
@@ -759,8 +801,9 @@ impl Stages<'_> {
         &self,
         t: &Target,
         rules: &TargetRules,
-        shared: &mut BTreeMap<String, std::result::Result<Quantized, String>>,
-        log: &mut dyn FnMut(&str),
+        shared: &SharedQuantized,
+        calibrating: &std::cell::Cell<f64>,
+        log: Log,
     ) -> std::result::Result<Prepared, Failure> {
         let cal = self.calibrator.as_ref().ok_or_else(|| Error::invalid("no calibration"))?;
         let (samples, input) = (&cal.samples, &cal.input);
@@ -798,14 +841,24 @@ impl Stages<'_> {
             t.min_calibration_sqnr_db
         ])
         .to_string();
-        let quantized = match shared.get(&key) {
+        let slot = locked(shared).entry(key).or_default().clone();
+        let mut slot = locked(&slot);
+        let quantized = match slot.as_ref() {
             Some(done) => done.clone(),
             None => {
+                // Time spent on statistics (computing them, or waiting for another target to) is the
+                // build's calibration time, not this target's.
+                let calibrate = |m: &Model| {
+                    let t0 = std::time::Instant::now();
+                    let stats = cal.stats(m);
+                    calibrating.set(calibrating.get() + t0.elapsed().as_secs_f64());
+                    stats
+                };
                 let job = QuantizeJob {
                     model: &self.model,
                     target: t,
                     rules: &r,
-                    calibrate: &|m: &Model| cal.stats(m),
+                    calibrate: &calibrate,
                     calibration: ccfg,
                     input,
                     samples,
@@ -819,10 +872,11 @@ impl Stages<'_> {
                     Err(Error::Guard(why)) => Err(why),
                     done => Ok(done?),
                 };
-                shared.insert(key, done.clone());
+                *slot = Some(done.clone());
                 done
             }
         };
+        drop(slot);
         let Quantized { model, summary, reference } =
             quantized.map_err(|why| Failure::Target(Error::Guard(why).to_string()))?;
         let is_layer = |op: &crate::ir::Op| {
@@ -878,7 +932,7 @@ impl Stages<'_> {
 
     /// fp16: layers named in `fp32_layers` kept float32, and with validation data, the layers whose
     /// float16 error passes the bound (`fp16_max_error`) too.
-    fn fp16(&self, t: &Target, rules: &TargetRules, log: &mut dyn FnMut(&str)) -> Result<Prepared> {
+    fn fp16(&self, t: &Target, rules: &TargetRules, log: Log) -> Result<Prepared> {
         if t.fp32_layers.is_empty() && self.validation.is_none() {
             log(&format!("target {}: no validation data, so float16 error is not measured and every layer is float16", t.name));
             return Ok(Prepared { model: None, quantization: None, layer_sqnr: None });
@@ -912,12 +966,7 @@ impl Stages<'_> {
     }
 
     /// int8 targets: accuracy against the fp32 original on the validation data, held to the budget.
-    fn validate(
-        &self,
-        t: &Target,
-        m: &Model,
-        log: &mut dyn FnMut(&str),
-    ) -> Result<Option<Metrics>> {
+    fn validate(&self, t: &Target, m: &Model, log: Log) -> Result<Option<Metrics>> {
         let (Some((_, samples, labels)), Precision::Int8) = (&self.validation, t.precision) else {
             return Ok(None);
         };
@@ -930,6 +979,122 @@ impl Stages<'_> {
         ));
         check_budget(self.cfg, &t.name, &metrics)?;
         Ok(Some(metrics))
+    }
+}
+
+/// One target's results, gathered into the [`Record`] in config order.
+struct TargetDone {
+    name: String,
+    quantization: Option<serde_json::Value>,
+    layer_sqnr: Option<Vec<LayerSqnr>>,
+    accuracy: Option<Metrics>,
+    backend: Option<serde_json::Value>,
+    artifacts: Vec<ArtifactRecord>,
+    failed: Option<String>,
+    timings: Option<TargetTimings>,
+}
+
+impl Stages<'_> {
+    /// One target: prepare by its precision (quantize, float16 search), validate, emit and write its
+    /// files. A failure of this target alone is in the result; an error stops the build.
+    fn target(
+        &self,
+        (t, backend, rules): &(&Target, &dyn Backend, TargetRules),
+        shared: &SharedQuantized,
+        out: &Path,
+        log: Log,
+    ) -> Result<TargetDone> {
+        let secs = |t: std::time::Instant| t.elapsed().as_secs_f64();
+        log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
+        let mut done = TargetDone {
+            name: t.name.clone(),
+            quantization: None,
+            layer_sqnr: None,
+            accuracy: None,
+            backend: None,
+            artifacts: Vec::new(),
+            failed: None,
+            timings: None,
+        };
+        let (t0, calibrating) = (std::time::Instant::now(), std::cell::Cell::new(0.0));
+        let prepared = match t.precision {
+            Precision::Int8 => self.quantize(t, rules, shared, &calibrating, log),
+            Precision::Fp16 => self.fp16(t, rules, log).map_err(Failure::Build),
+            _ => Ok(Prepared { model: None, quantization: None, layer_sqnr: None }),
+        };
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(Failure::Build(e)) => return Err(e),
+            Err(Failure::Target(why)) => {
+                log(&format!("target {}: FAILED: {why}", t.name));
+                done.failed = Some(why);
+                return Ok(done);
+            }
+        };
+        done.quantization = prepared.quantization;
+        done.layer_sqnr = prepared.layer_sqnr;
+        let mut tt = TargetTimings {
+            prepare: (secs(t0) - calibrating.get()).max(0.0),
+            ..Default::default()
+        };
+        let target_model = prepared.model.as_ref().unwrap_or(&self.model);
+        let t0 = std::time::Instant::now();
+        done.accuracy = self.validate(t, target_model, log)?;
+        tt.validate = secs(t0);
+        let t0 = std::time::Instant::now();
+        // A target whose backend cannot express the model fails alone: the others still build.
+        let emitted = match backend.emit(target_model, t) {
+            Ok(e) => e,
+            Err(e) => {
+                log(&format!("target {}: FAILED: {e}", t.name));
+                done.failed = Some(e.to_string());
+                return Ok(done);
+            }
+        };
+        done.backend = emitted.summary;
+        for f in emitted.files {
+            let rel_path = format!("{}/{}", t.name, f.rel_path);
+            write_atomic(&out.join(&rel_path), &f.bytes)?;
+            done.artifacts.push(ArtifactRecord {
+                target: t.name.clone(),
+                backend: t.backend.clone(),
+                precision: t.precision.to_string(),
+                path: rel_path,
+                bytes: f.bytes.len() as u64,
+                sha256: hex(&Sha256::digest(&f.bytes)),
+            });
+        }
+        tt.emit = secs(t0);
+        done.timings = Some(tt);
+        Ok(done)
+    }
+}
+
+impl Record {
+    fn add(&mut self, d: TargetDone, timings: &mut Timings) {
+        let name = d.name;
+        if let Some(q) = d.quantization {
+            self.quantization.insert(name.clone(), q);
+        }
+        if let Some(t) = d.layer_sqnr {
+            self.layer_sqnr.insert(name.clone(), t);
+        }
+        if let Some(m) = d.accuracy {
+            self.accuracy.insert(name.clone(), m);
+        }
+        if let Some(s) = d.backend {
+            self.backend.insert(name.clone(), s);
+        }
+        if let Some(why) = d.failed {
+            self.failed.insert(name.clone(), why);
+        }
+        if let Some(t) = d.timings {
+            timings.targets.insert(name.clone(), t);
+        }
+        if !d.artifacts.is_empty() {
+            self.by_target.insert(name, d.artifacts.clone());
+        }
+        self.artifacts.extend(d.artifacts);
     }
 }
 
@@ -946,14 +1111,17 @@ struct Record {
 }
 
 /// Build every target of `cfg`: load → passes → calibrate (once, cached) → per target: quantize or
-/// float16 by its rules → validate → emit → record; then the report and, last, the manifest.
+/// float16 by its rules → validate → emit → record; then the report and, last, the manifest. Targets
+/// build on `jobs` threads (they share calibration statistics and quantized models with the same
+/// settings); artifacts and reports do not depend on the schedule.
 pub fn build(
     cfg: &LoadedConfig,
     force: bool,
     make_pass: PassFactory,
     backends: &[Box<dyn Backend>],
     quantizer: Option<&dyn Quantizer>,
-    log: &mut dyn FnMut(&str),
+    jobs: usize,
+    log: Log,
 ) -> Result<Outcome> {
     let out = cfg.output_dir();
     let plan = plan(cfg, backends)?;
@@ -1008,74 +1176,12 @@ pub fn build(
     } else {
         None
     };
-    let calibrated = |stages: &Stages| {
-        stages.calibrator.as_ref().and_then(|c| c.report()).map_or(0.0, |r| r.seconds)
-    };
     let stages = Stages { cfg, original, model, validation, calibrator, quantizer };
+    let shared = SharedQuantized::default();
+    let results = parallel(&plan, jobs, &|p| stages.target(p, &shared, &out, log));
     let mut rec = Record::default();
-    let mut shared = BTreeMap::new();
-    for (t, backend, rules) in &plan {
-        log(&format!("target {}: {} {}", t.name, t.backend, t.precision));
-        let (t0, cal0) = (std::time::Instant::now(), calibrated(&stages));
-        let prepared = match t.precision {
-            Precision::Int8 => stages.quantize(t, rules, &mut shared, log),
-            Precision::Fp16 => stages.fp16(t, rules, log).map_err(Failure::Build),
-            _ => Ok(Prepared { model: None, quantization: None, layer_sqnr: None }),
-        };
-        let prepared = match prepared {
-            Ok(p) => p,
-            Err(Failure::Build(e)) => return Err(e),
-            Err(Failure::Target(why)) => {
-                log(&format!("target {}: FAILED: {why}", t.name));
-                rec.failed.insert(t.name.clone(), why);
-                continue;
-            }
-        };
-        if let Some(q) = prepared.quantization {
-            rec.quantization.insert(t.name.clone(), q);
-        }
-        if let Some(table) = prepared.layer_sqnr {
-            rec.layer_sqnr.insert(t.name.clone(), table);
-        }
-        let mut tt = TargetTimings {
-            prepare: (secs(t0) - (calibrated(&stages) - cal0)).max(0.0),
-            ..Default::default()
-        };
-        let target_model = prepared.model.as_ref().unwrap_or(&stages.model);
-        let t0 = std::time::Instant::now();
-        if let Some(m) = stages.validate(t, target_model, log)? {
-            rec.accuracy.insert(t.name.clone(), m);
-        }
-        tt.validate = secs(t0);
-        let t0 = std::time::Instant::now();
-        // A target whose backend cannot express the model fails alone: the others still build.
-        let emitted = match backend.emit(target_model, t) {
-            Ok(e) => e,
-            Err(e) => {
-                log(&format!("target {}: FAILED: {e}", t.name));
-                rec.failed.insert(t.name.clone(), e.to_string());
-                continue;
-            }
-        };
-        if let Some(s) = emitted.summary {
-            rec.backend.insert(t.name.clone(), s);
-        }
-        for f in emitted.files {
-            let rel_path = format!("{}/{}", t.name, f.rel_path);
-            write_atomic(&out.join(&rel_path), &f.bytes)?;
-            let a = ArtifactRecord {
-                target: t.name.clone(),
-                backend: t.backend.clone(),
-                precision: t.precision.to_string(),
-                path: rel_path,
-                bytes: f.bytes.len() as u64,
-                sha256: hex(&Sha256::digest(&f.bytes)),
-            };
-            rec.by_target.entry(t.name.clone()).or_default().push(a.clone());
-            rec.artifacts.push(a);
-        }
-        tt.emit = secs(t0);
-        timings.targets.insert(t.name.clone(), tt);
+    for r in results {
+        rec.add(r?, &mut timings);
     }
     let calibration = stages.calibrator.as_ref().and_then(|c| c.report());
     timings.calibration += calibration.as_ref().map_or(0.0, |c| c.seconds);

@@ -87,7 +87,7 @@ pub type Budget<'a> = &'a dyn Fn(&Model) -> Result<(bool, crate::accuracy::Metri
 /// Calibration statistics of a model over the build's calibration samples.
 pub type Calibrate<'a> = dyn Fn(&Model) -> Result<crate::calib::Calibration> + 'a;
 
-pub trait Quantizer {
+pub trait Quantizer: Send + Sync {
     /// For float16 targets: mark layers whose weights must stay float32 for the output error (max |Δy| /
     /// max |y|) to stay under `bound`. The default keeps every layer float16.
     /// `half_activations`: the backend computes in float16 too (so the search simulates activations in it).

@@ -112,6 +112,11 @@ def cases():
         ("tile_negative", _model("Tile", consts=[("repeats", _i64([1, -1, 1, 1]))]), "repeats"),
         ("tile_float_repeats", _model("Tile", consts=[("repeats", np.array([1, 2, 1, 1], np.float32))]), "repeats"),
         ("tile_wrong_length", _model("Tile", consts=[("repeats", _i64([2, 2]))]), "repeats"),
+        # A transposed convolution whose stride asks for 2^31 elements (found by the graph fuzz target).
+        ("conv_transpose_huge_stride", _model("ConvTranspose", {"strides": [1 << 26], "auto_pad": "SAME_LOWER"},
+                                              consts=[("W", np.zeros((2, 3, 1), np.float32))], x_shape=[3, 2, 5]), "strides"),
+        ("conv_transpose_huge_output_shape", _model("ConvTranspose", {"output_shape": [1 << 20, 1 << 20]},
+                                                    consts=[("W", np.zeros((4, 2, 1, 1), np.float32))]), "output_shape"),
         # Empty result, but tiling axis by axis passes through 2^29 elements (found by the graph fuzz target).
         ("tile_zero_after_huge", _model("Tile", consts=[("repeats", _i64([1 << 21, 4, 0, 0]))], x_shape=[4, 4, 6, 3]), "repeats"),
         # ConstantOfShape (reads its shape from x: an int64 input here, made a constant).

@@ -67,6 +67,43 @@ fn kernel_fits(w: &Window, x: Option<&Fact>, kernel: Option<Vec<i64>>) -> R {
     Ok(())
 }
 
+/// A transposed convolution's output (stride × input + window + output padding per spatial dim, or
+/// `output_shape`) stays within kiln's bound: evaluators allocate it whole ([3,2,5] at stride 2^26 asks
+/// for 2^31 elements; found by the graph fuzz target).
+fn transposed_output(n: &Node, w: &Window, x: Option<&Fact>, wt: Option<&Fact>) -> R {
+    if let Some(os) = n.op.attr_ints("output_shape") {
+        if os.iter().any(|d| *d < 0) {
+            return Err(format!("attribute 'output_shape' = {os:?}: dims must be non-negative"));
+        }
+        bounded(&format!("attribute 'output_shape' = {os:?}"), &os)?;
+    }
+    let (Some(x), Some(wd)) = (
+        dims_of(x).and_then(|s| super::ops::static_of(s)),
+        dims_of(wt).and_then(|s| super::ops::static_of(s)),
+    ) else {
+        return Ok(());
+    };
+    if x.len() < 3 || wd.len() != x.len() {
+        return Ok(());
+    }
+    let spatial = x.len() - 2;
+    let k = w.kernel_shape.clone().unwrap_or_else(|| wd[2..].to_vec());
+    let one =
+        |v: &Option<Vec<i64>>, i: usize| v.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1);
+    let out_pad = n.op.attr_ints("output_padding");
+    let group = n.op.attr_int("group").unwrap_or(1).max(1);
+    let mut out = vec![x[0], wd[1].saturating_mul(group)];
+    for i in 0..spatial {
+        let ext =
+            (k.get(i).copied().unwrap_or(1) - 1).max(0).saturating_mul(one(&w.dilations, i)) + 1;
+        let pad = out_pad.as_ref().and_then(|p| p.get(i)).copied().unwrap_or(0).max(0);
+        out.push(
+            one(&w.strides, i).saturating_mul(x[2 + i]).saturating_add(ext).saturating_add(pad),
+        );
+    }
+    bounded(&format!("attribute 'strides' = {:?}", w.strides.clone().unwrap_or_default()), &out)
+}
+
 /// Convolutions and pools read N, C and at least one spatial dim.
 fn spatial_input(f: Option<&Fact>) -> R {
     match rank_of(f) {
@@ -621,6 +658,9 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
                 dilations: n.op.attr_ints("dilations"),
             };
             window(&w, rank0.map(|r| r.saturating_sub(2)))?;
+            if op == "ConvTranspose" {
+                transposed_output(n, &w, input(0), input(1))?;
+            }
             kernel_fits(&w, input(0), kernel)?;
             if let Some(g) = n.op.attr_int("group").filter(|g| *g <= 0) {
                 return Err(format!("attribute 'group' = {g}: must be positive"));
