@@ -2,7 +2,7 @@
 # kiln's whole test suite, installing what it needs on a fresh machine:
 #   - Debian packages when missing (libonnx-testdata: ONNX node test cases; qemu-user: an emulated x86 CPU
 #     without VNNI for the int8-kernel tests; cmake and ninja-build: the CMake integration; chromium:
-#     report.html in a headless browser), via apt-get as root;
+#     report.html in a headless browser; bazel-bootstrap: the Bazel rule), via apt-get as root;
 #   - a Python venv (.venv) with the pinned oracles from tests/requirements.txt (onnxruntime, onnx, numpy, ...);
 #   - a release build of kiln (cached in target/ between runs);
 # then checks formatting and lints (cargo fmt --check, cargo clippy -D warnings), runs the Rust tests
@@ -25,6 +25,8 @@ command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
 command -v ninja >/dev/null 2>&1 || need_pkgs+=(ninja-build)
 # chromium: opens report.html headless (tests/oracle/test_report_html.py).
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+# bazel-bootstrap: builds the Bazel example sandboxed and from its disk cache.
+command -v bazel >/dev/null 2>&1 || need_pkgs+=(bazel-bootstrap)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${need_pkgs[*]}"
