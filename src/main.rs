@@ -355,6 +355,8 @@ fn optimize(
 }
 
 fn quantize(args: QuantizeArgs) -> Result<()> {
+    // Progress bars for calibration and the searches, on a terminal.
+    let _ui = ui::Ui::new(ui::MessageFormat::Human, false);
     let QuantizeArgs {
         model,
         calib,

@@ -92,8 +92,8 @@ impl Ui {
         print!("{}", table(&o.summary));
         if let Some(t) = &o.timings {
             println!(
-                "time: import {:.1} s, passes {:.1} s, calibration {:.1} s, total {:.1} s",
-                t.import, t.passes, t.calibration, t.total
+                "time: import {:.1} s, passes {:.1} s, calibration {:.1} s, fp32 reference {:.1} s, total {:.1} s",
+                t.import, t.passes, t.calibration, t.reference, t.total
             );
         }
         println!("wrote {}", manifest_path.display());

@@ -36,22 +36,60 @@ pub fn compare(
     samples: &[TensorData],
     labels: Option<&[i64]>,
 ) -> Result<Metrics> {
+    let refs = reference_outputs(reference, input, samples)?;
+    compare_with(&refs, candidate, input, samples, labels)
+}
+
+/// The reference's first output on every sample, to compare many candidates against
+/// ([`compare_with`]) without running the reference each time.
+pub fn reference_outputs(
+    reference: &Model,
+    input: &str,
+    samples: &[TensorData],
+) -> Result<Vec<Vec<f64>>> {
     let first = samples.first().ok_or_else(|| Error::Input {
         name: input.into(),
         reason: "no validation samples".into(),
     })?;
+    let r = Evaluator::new(reference, &[(input.to_string(), first.dtype, first.dims.clone())])?;
+    samples
+        .iter()
+        .map(|s| {
+            r.run(&[(input.to_string(), s.clone())])?
+                .into_iter()
+                .next()
+                .and_then(|(_, t)| t.to_f64_vec())
+                .ok_or_else(|| Error::Eval("reference produced no numeric output".into()))
+        })
+        .collect()
+}
+
+/// [`compare`] against the reference's outputs ([`reference_outputs`] on the same samples).
+pub fn compare_with(
+    refs: &[Vec<f64>],
+    candidate: &Model,
+    input: &str,
+    samples: &[TensorData],
+    labels: Option<&[i64]>,
+) -> Result<Metrics> {
+    let first = samples.first().ok_or_else(|| Error::Input {
+        name: input.into(),
+        reason: "no validation samples".into(),
+    })?;
+    if refs.len() != samples.len() {
+        return Err(Error::Eval(format!(
+            "{} reference outputs for {} samples",
+            refs.len(),
+            samples.len()
+        )));
+    }
     let fact = [(input.to_string(), first.dtype, first.dims.clone())];
-    let (r, c) = (Evaluator::new(reference, &fact)?, Evaluator::new(candidate, &fact)?);
+    let c = Evaluator::new(candidate, &fact)?;
     let (mut agree, mut cos, mut sig, mut noise, mut hit_r, mut hit_c) =
         (0usize, 0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
     for (i, s) in samples.iter().enumerate() {
         let feed = [(input.to_string(), s.clone())];
-        let a = r
-            .run(&feed)?
-            .into_iter()
-            .next()
-            .and_then(|(_, t)| t.to_f64_vec())
-            .ok_or_else(|| Error::Eval("reference produced no numeric output".into()))?;
+        let a = &refs[i];
         let b = c
             .run(&feed)?
             .into_iter()
@@ -61,7 +99,7 @@ pub fn compare(
         if a.len() != b.len() {
             return Err(Error::Eval(format!("output sizes differ: {} vs {}", a.len(), b.len())));
         }
-        let (ia, ib) = (argmax(&a), argmax(&b));
+        let (ia, ib) = (argmax(a), argmax(&b));
         agree += usize::from(ia == ib);
         let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         let (na, nb) = (

@@ -74,6 +74,13 @@ pub struct Report {
     pub failed: BTreeMap<String, String>,
     /// Where the build's time went, per stage and per target (seconds).
     pub timings: Timings,
+    /// What passes reported, by pass (`prune`: channels removed, and kept with the reason).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pass_reports: BTreeMap<String, serde_json::Value>,
+    /// When a pass changed the model's function (`prune` with `approximate: true`): the optimized model
+    /// against the imported one on the validation data (or the calibration data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passes_fidelity: Option<Metrics>,
     /// Per quantized target: SQNR (dB) of every Conv/Gemm/MatMul output against the optimized fp32 model,
     /// on up to 16 calibration samples, in graph order.
     pub layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
@@ -391,6 +398,8 @@ pub struct Timings {
     pub passes: f64,
     /// Loading the calibration data and computing (or reading cached) statistics, for every target.
     pub calibration: f64,
+    /// Running the fp32 original on the validation data (once; every comparison reuses it).
+    pub reference: f64,
     /// Per target, by name.
     pub targets: BTreeMap<String, TargetTimings>,
     pub total: f64,
@@ -682,6 +691,45 @@ fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: &(dyn Fn(&T) -> R + S
     slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner())).collect()
 }
 
+/// The optimized model against the imported one, after a pass that changed its function: on the
+/// validation data, else on (up to 64 of) the calibration samples, else not measured (said in the log).
+fn passes_fidelity(
+    cfg: &LoadedConfig,
+    original: &Model,
+    model: &Model,
+    validation: &Option<Validation>,
+    why: &[String],
+    log: Log,
+) -> Result<Option<Metrics>> {
+    let input = original.graph.data_input_name().unwrap_or_default();
+    let owned;
+    let (samples, labels): (&[crate::ir::TensorData], Option<&[i64]>) = match validation {
+        Some((_, s, l)) => (s, l.as_deref()),
+        None if cfg.config.calibration.is_some() => {
+            let (source, _) = calibration_files(cfg)?;
+            owned = crate::calib::data::load(&source, 64)?;
+            (&owned, None)
+        }
+        None => {
+            log(&format!(
+                "warning: {}; no validation or calibration data to measure it",
+                why.join("; ")
+            ));
+            return Ok(None);
+        }
+    };
+    let m = crate::accuracy::compare(original, model, &input, samples, labels)?;
+    log(&format!(
+        "{}: against the imported model, top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples",
+        why.join("; "),
+        m.top1_agreement,
+        m.mean_cosine,
+        m.sqnr_db,
+        m.samples
+    ));
+    Ok(Some(m))
+}
+
 /// Every target with its backend and rules, in config order (checked when the config loaded).
 fn plan<'a>(
     cfg: &'a LoadedConfig,
@@ -729,11 +777,9 @@ fn load_inputs(
         inputs.push(input_record("external_data", f, &cfg.dir)?);
     }
     let targets = &cfg.config.targets;
-    let validation = if targets.iter().any(|t| t.precision != Precision::Fp32) {
-        validation_data(cfg)?
-    } else {
-        None
-    };
+    // Non-fp32 targets are measured on it, and so is a pass that changes the model's function (which
+    // is known only once passes ran): a validation section is always read.
+    let validation = validation_data(cfg)?;
     if let Some((files, _, _)) = &validation {
         for f in files {
             inputs.push(input_record("validation", f, &cfg.dir)?);
@@ -763,6 +809,10 @@ struct Stages<'a> {
     /// After the configured passes: what every target starts from.
     model: Model,
     validation: Option<Validation>,
+    /// The original's outputs on the validation samples, run once for every comparison.
+    reference: Option<Vec<Vec<f64>>>,
+    /// Accuracy of quantized models shared by several targets, by quantization settings.
+    validated: Mutex<BTreeMap<String, Metrics>>,
     calibrator: Option<Calibrator<'a>>,
     quantizer: Option<&'a dyn Quantizer>,
 }
@@ -772,6 +822,8 @@ struct Prepared {
     model: Option<Model>,
     quantization: Option<serde_json::Value>,
     layer_sqnr: Option<Vec<LayerSqnr>>,
+    /// The quantization settings' key, when the model is shared with targets of the same settings.
+    shared: Option<String>,
 }
 
 /// Why a target produced no artifact: it alone fails (`Target`), or the whole build stops (`Build`).
@@ -819,7 +871,9 @@ impl Stages<'_> {
                 return Err(Error::invalid("no validation data"));
             };
             let vin = self.original.graph.data_input_name().unwrap_or_default();
-            let m = crate::accuracy::compare(&self.original, cand, &vin, vs, labels.as_deref())?;
+            let refs =
+                self.reference.as_ref().ok_or_else(|| Error::invalid("no reference outputs"))?;
+            let m = crate::accuracy::compare_with(refs, cand, &vin, vs, labels.as_deref())?;
             // The search aims past the budget by a margin: kiln simulates Q/DQ in float, integer
             // runtimes round differently, and a candidate exactly at the threshold can miss it there.
             let margin =
@@ -841,7 +895,7 @@ impl Stages<'_> {
             t.min_calibration_sqnr_db
         ])
         .to_string();
-        let slot = locked(shared).entry(key).or_default().clone();
+        let slot = locked(shared).entry(key.clone()).or_default().clone();
         let mut slot = locked(&slot);
         let quantized = match slot.as_ref() {
             Some(done) => done.clone(),
@@ -927,7 +981,12 @@ impl Stages<'_> {
                 LayerSqnr { layer, node, sqnr_db, float }
             })
             .collect();
-        Ok(Prepared { model: Some(model), quantization: Some(summary), layer_sqnr: Some(table) })
+        Ok(Prepared {
+            model: Some(model),
+            quantization: Some(summary),
+            layer_sqnr: Some(table),
+            shared: Some(key),
+        })
     }
 
     /// fp16: layers named in `fp32_layers` kept float32, and with validation data, the layers whose
@@ -935,7 +994,12 @@ impl Stages<'_> {
     fn fp16(&self, t: &Target, rules: &TargetRules, log: Log) -> Result<Prepared> {
         if t.fp32_layers.is_empty() && self.validation.is_none() {
             log(&format!("target {}: no validation data, so float16 error is not measured and every layer is float16", t.name));
-            return Ok(Prepared { model: None, quantization: None, layer_sqnr: None });
+            return Ok(Prepared {
+                model: None,
+                quantization: None,
+                layer_sqnr: None,
+                shared: None,
+            });
         }
         let mut m = self.model.clone();
         for name in &t.fp32_layers {
@@ -962,17 +1026,37 @@ impl Stages<'_> {
             summary["fp32_layers_configured"] = serde_json::json!(t.fp32_layers);
             m = mm;
         }
-        Ok(Prepared { model: Some(m), quantization: Some(summary), layer_sqnr: None })
+        Ok(Prepared { model: Some(m), quantization: Some(summary), layer_sqnr: None, shared: None })
     }
 
-    /// int8 targets: accuracy against the fp32 original on the validation data, held to the budget.
-    fn validate(&self, t: &Target, m: &Model, log: Log) -> Result<Option<Metrics>> {
+    /// int8 targets: accuracy against the fp32 original on the validation data, held to the budget
+    /// (measured once per quantized model that targets share: `shared`).
+    fn validate(
+        &self,
+        t: &Target,
+        m: &Model,
+        shared: Option<&str>,
+        log: Log,
+    ) -> Result<Option<Metrics>> {
         let (Some((_, samples, labels)), Precision::Int8) = (&self.validation, t.precision) else {
             return Ok(None);
         };
-        let input = self.original.graph.data_input_name().unwrap_or_default();
-        let metrics =
-            crate::accuracy::compare(&self.original, m, &input, samples, labels.as_deref())?;
+        let known = shared.and_then(|k| locked(&self.validated).get(k).cloned());
+        let metrics = match known {
+            Some(m) => m,
+            None => {
+                let input = self.original.graph.data_input_name().unwrap_or_default();
+                let refs = self
+                    .reference
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("no reference outputs"))?;
+                let m = crate::accuracy::compare_with(refs, m, &input, samples, labels.as_deref())?;
+                if let Some(k) = shared {
+                    locked(&self.validated).insert(k.to_string(), m.clone());
+                }
+                m
+            }
+        };
         log(&format!(
             "target {}: top-1 agreement {:.3}, mean cosine {:.4}, SQNR {:.1} dB on {} samples",
             t.name, metrics.top1_agreement, metrics.mean_cosine, metrics.sqnr_db, metrics.samples
@@ -1020,7 +1104,7 @@ impl Stages<'_> {
         let prepared = match t.precision {
             Precision::Int8 => self.quantize(t, rules, shared, &calibrating, log),
             Precision::Fp16 => self.fp16(t, rules, log).map_err(Failure::Build),
-            _ => Ok(Prepared { model: None, quantization: None, layer_sqnr: None }),
+            _ => Ok(Prepared { model: None, quantization: None, layer_sqnr: None, shared: None }),
         };
         let prepared = match prepared {
             Ok(p) => p,
@@ -1039,7 +1123,7 @@ impl Stages<'_> {
         };
         let target_model = prepared.model.as_ref().unwrap_or(&self.model);
         let t0 = std::time::Instant::now();
-        done.accuracy = self.validate(t, target_model, log)?;
+        done.accuracy = self.validate(t, target_model, prepared.shared.as_deref(), log)?;
         tt.validate = secs(t0);
         let t0 = std::time::Instant::now();
         // A target whose backend cannot express the model fails alone: the others still build.
@@ -1165,6 +1249,11 @@ pub fn build(
     for w in &cx.warnings {
         log(&format!("warning: {w}"));
     }
+    let passes_fidelity = if cx.inexact.is_empty() {
+        None
+    } else {
+        passes_fidelity(cfg, &original, &model, &validation, &cx.inexact, log)?
+    };
     let calibrator = if plan.iter().any(|(t, _, _)| t.precision == Precision::Int8) {
         // Full-integer targets also need the values before the activations they split off.
         let preact =
@@ -1176,7 +1265,26 @@ pub fn build(
     } else {
         None
     };
-    let stages = Stages { cfg, original, model, validation, calibrator, quantizer };
+    let t0 = std::time::Instant::now();
+    let measured = plan.iter().any(|(t, _, _)| t.precision != Precision::Fp32);
+    let reference = match &validation {
+        Some((_, samples, _)) if measured => {
+            let input = original.graph.data_input_name().unwrap_or_default();
+            Some(crate::accuracy::reference_outputs(&original, &input, samples)?)
+        }
+        _ => None,
+    };
+    timings.reference = secs(t0);
+    let stages = Stages {
+        cfg,
+        original,
+        model,
+        validation,
+        reference,
+        validated: Mutex::new(BTreeMap::new()),
+        calibrator,
+        quantizer,
+    };
     let shared = SharedQuantized::default();
     let results = parallel(&plan, jobs, &|p| stages.target(p, &shared, &out, log));
     let mut rec = Record::default();
@@ -1209,6 +1317,8 @@ pub fn build(
         failed: rec.failed.clone(),
         backend: rec.backend,
         timings: timings.clone(),
+        pass_reports: cx.reports.iter().cloned().collect(),
+        passes_fidelity,
         summary: rows.clone(),
     };
     finish(&out, &report, &manifest, &rec.failed)?;

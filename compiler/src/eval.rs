@@ -196,7 +196,25 @@ impl Evaluator {
                 });
             }
         }
-        let plan = tm.into_optimized().map_err(ev)?.into_runnable().map_err(ev)?;
+        let typed = tm.into_typed().map_err(ev)?;
+        // The last word on sizes: whatever kiln's own rules could not bound (an op it has no shape rule
+        // for, a rank it could not know), tract's analysis knows before running. Refuse a tensor past
+        // kiln's bound there rather than let the evaluator allocate it.
+        for node in typed.nodes() {
+            for o in &node.outputs {
+                let Some(shape) = o.fact.shape.as_concrete() else { continue };
+                let n = shape.iter().try_fold(1u64, |a, d| a.checked_mul(*d as u64));
+                if n.is_none_or(|n| n > crate::ir::tensor::MAX_FOLD_ELEMENTS) {
+                    return Err(Error::Eval(format!(
+                        "node '{}' ({}) would produce a {shape:?} tensor, past kiln's bound of {} elements",
+                        node.name,
+                        node.op.name(),
+                        crate::ir::tensor::MAX_FOLD_ELEMENTS
+                    )));
+                }
+            }
+        }
+        let plan = typed.into_optimized().map_err(ev)?.into_runnable().map_err(ev)?;
         let output_names = g.outputs.iter().map(|v| g.value(*v).name.clone()).collect();
         Ok(Evaluator { plan, input_names, output_names })
     }

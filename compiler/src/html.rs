@@ -187,6 +187,7 @@ fn view(r: &Report) -> View {
         ("import".to_string(), t.import),
         ("passes".to_string(), t.passes),
         ("calibration".to_string(), t.calibration),
+        ("fp32 reference on the validation data".to_string(), t.reference),
     ];
     // A target's stages where they took time (a float target's prepare and validate are empty).
     for (name, s) in &t.targets {

@@ -25,6 +25,11 @@ pub struct PassContext {
     pub dumps: Vec<(String, String)>,
     /// What passes noticed and left alone (a constant the evaluator could not fold, ...), for the log.
     pub warnings: Vec<String>,
+    /// Structured reports of passes, by pass (`prune`: channels removed and kept), for report.json.
+    pub reports: Vec<(String, serde_json::Value)>,
+    /// Changes that do not keep the model's function exactly (`prune` with `approximate: true`): the
+    /// driver then measures the optimized model against the original.
+    pub inexact: Vec<String>,
 }
 
 /// Before/after statistics of one pass run.

@@ -6,6 +6,7 @@
 pub mod cleanup;
 pub mod fuse;
 pub mod manager;
+pub mod prune;
 pub mod quant;
 pub mod util;
 
@@ -31,6 +32,7 @@ pub const AVAILABLE: &[&str] = &[
     "fold_const_arith",
     "matmul_add_to_gemm",
     "fuse_activation",
+    "prune",
 ];
 
 fn single(name: &str) -> Option<Box<dyn Pass>> {
@@ -88,6 +90,9 @@ pub fn fuse() -> Pipeline {
 /// Build the pass a config entry names.
 pub fn make(spec: &PassSpec) -> Result<Box<dyn Pass>> {
     let name = spec.name();
+    if name == "prune" {
+        return prune::make(spec.params());
+    }
     if spec.params().is_some_and(|p| !p.is_null()) {
         return Err(Error::Pass { pass: name, reason: "takes no parameters".into() });
     }

@@ -491,6 +491,13 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
                 if !(d >= 1.0 && d <= MAX_ELEMENTS as f64) {
                     return Err(format!("input 'depth' = {d}: must be positive and bounded"));
                 }
+                // The output is the indices' shape with `depth` inserted ([5,6,1,2] with depth 3.3e7
+                // asks for 2^31 elements; found by the graph fuzz target).
+                if let Some(x) = dims_of(input(0)).and_then(|s| super::ops::static_of(s)) {
+                    let mut out = x.clone();
+                    out.push(d as i64);
+                    bounded(&format!("input 'depth' = {d}"), &out)?;
+                }
             }
             if let (Some(a), Some(r)) = (n.op.attr_int("axis"), rank0) {
                 axis_in("axis", a, r + 1)?;
