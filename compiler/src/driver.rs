@@ -727,8 +727,31 @@ fn passes_fidelity(
         m.sqnr_db,
         m.samples
     ));
+    // A measured loss is the user's to accept, through the validation budget; without one, a model the
+    // passes broke fails the build instead of shipping.
+    let budget = cfg.config.validation.as_ref().is_some_and(|v| {
+        v.min_top1_agreement.is_some() || v.min_cosine.is_some() || v.max_accuracy_drop.is_some()
+    });
+    if budget {
+        check_budget(cfg, "(the optimized model, after passes)", &m)?;
+    } else if m.sqnr_db < PASS_FLOOR_DB {
+        return Err(Error::Pass {
+            pass: "passes".into(),
+            reason: format!(
+                "{}: the optimized model measures SQNR {:.1} dB (top-1 agreement {:.3}) against the imported one on {} samples: it is broken. A validation budget (min_top1_agreement, min_cosine, max_accuracy_drop) states what loss is acceptable; a pruned model is best fine-tuned with its mask and imported as trained",
+                why.join("; "),
+                m.sqnr_db,
+                m.top1_agreement,
+                m.samples
+            ),
+        });
+    }
     Ok(Some(m))
 }
+
+/// Below this output SQNR (dB) against the imported model, and without a validation budget, a model the
+/// passes changed is refused (the quality guard's default floor for quantized models).
+const PASS_FLOOR_DB: f64 = 4.0;
 
 /// Every target with its backend and rules, in config order (checked when the config loaded).
 fn plan<'a>(

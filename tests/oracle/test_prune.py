@@ -4,13 +4,15 @@ exact. The test derives the zeroed channels and which of them are exactly remova
 reads them), independently of kiln, then holds kiln's removal, its parameter and MAC savings and its
 outputs (onnxruntime on the original) to that."""
 import json
+import pathlib
+import re
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from kiln_oracle import CORPUS, kiln, run_artifact
+from kiln_oracle import CORPUS, LOCAL_MODELS, kiln, run_artifact
 
 ACTS = {
     "Relu": lambda x, n, i: np.maximum(x, 0),
@@ -276,3 +278,72 @@ def test_realize_approximate_is_measured_and_reported(project):
           f"(kiln reports {fid['top1_agreement']:.3f})")
     assert abs(agreement - fid["top1_agreement"]) <= 0.01
     assert abs(fid["accuracy"] - acc_b) <= 0.01 and abs(fid["accuracy_reference"] - acc_a) <= 0.01
+
+
+def polygraphy_sparsity(model):
+    """`polygraphy inspect sparsity` (NVIDIA's checker, PyPI): (eligible tensors, tensors it found sparse,
+    whether it passed)."""
+    import subprocess
+    import sys
+
+    exe = pathlib.Path(sys.executable).parent / "polygraphy"
+    p = subprocess.run([str(exe), "inspect", "sparsity", str(model)], capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    eligible = int(re.search(r"Found: (\d+) weight tensor\(s\) eligible", out).group(1))
+    return eligible, out.count("Found sparse tensor"), "Found non-sparse tensor" not in out and p.returncode == 0
+
+
+def sparse_build(project, model, pins, budget=True, data=None):
+    project.copy_model(model)
+    cfg = {
+        "model": model.name,
+        "inputs": {"input": pins},
+        "passes": ["cleanup", "fuse", {"prune": {"method": "sparse_2_4"}}],
+        "targets": [{"name": "fp32", "backend": "onnx", "precision": "fp32"}],
+        "output": "out",
+        **(data or {}),
+    }
+    if budget:
+        cfg.setdefault("validation", {})["min_cosine"] = -1.0  # any measured loss is accepted
+    return kiln("build", project.write(cfg), check=False)
+
+
+def test_sparse_2_4_pattern_holds_under_polygraphy(project):
+    model = LOCAL_MODELS / "tiny_cnn.onnx"
+    p = sparse_build(project, model, [1, 3, 64, 64],
+                     data={"validation": {"tensors": str(LOCAL_MODELS / "tiny_cnn_inputs.npy")}})
+    assert p.returncode == 0, p.stderr
+    out = project.root / "out"
+    report = json.loads((out / "report.json").read_text())
+    pr = report["pass_reports"]["prune"]
+    eligible, sparse, ok = polygraphy_sparsity(out / "fp32" / "model.onnx")
+    assert ok and eligible == sparse == len(pr["sparse"]) > 0, (eligible, sparse, pr)
+    # Every weight left dense is listed with its reason (depthwise convs: one input channel).
+    assert all("not a multiple of 4" in s["why"] for s in pr["skipped"])
+    # The cost is measured against the imported model and stated.
+    assert report["passes_fidelity"]["samples"] > 0 and "sqnr_db" in report["passes_fidelity"]
+
+
+@pytest.mark.corpus
+def test_sparse_2_4_mobilenet_v2_is_measured_and_refused_without_a_budget(project):
+    model = CORPUS / "mobilenet_v2.onnx"
+    if not model.exists():
+        pytest.skip("corpus absent")
+    from kiln_oracle import DATA
+
+    val = {"validation": {"images": str(DATA / "images_val"), "samples": 32,
+                          "preprocess": {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406],
+                                         "std": [0.229, 0.224, 0.225]}}}
+    # One-shot 2:4 without fine-tuning breaks MobileNetV2: without a budget kiln refuses it, saying why.
+    p = sparse_build(project, model, [1, 3, 224, 224], budget=False, data=val)
+    assert p.returncode == 1 and "sparse_2_4" in p.stderr and "broken" in p.stderr, p.stderr
+    assert not (project.root / "out" / "fp32").exists()
+    # With a budget that accepts the loss, the artifact is written, 2:4 on every eligible weight.
+    p = sparse_build(project, model, [1, 3, 224, 224], data=val)
+    assert p.returncode == 0, p.stderr
+    report = json.loads((project.root / "out" / "report.json").read_text())
+    eligible, sparse, ok = polygraphy_sparsity(project.root / "out" / "fp32" / "model.onnx")
+    fid = report["passes_fidelity"]
+    print(f"MobileNetV2 2:4 (no fine-tuning): {sparse}/{eligible} weights sparse per polygraphy; against fp32: "
+          f"top-1 agreement {fid['top1_agreement']:.3f}, cosine {fid['mean_cosine']:.4f}, SQNR {fid['sqnr_db']:.1f} dB")
+    assert ok and eligible == sparse == len(report["pass_reports"]["prune"]["sparse"])

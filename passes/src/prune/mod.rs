@@ -1,7 +1,8 @@
 //! Pruning passes (`passes: [{ prune: { method: realize } }]`). `realize` makes channels that training
-//! already zeroed (torch.nn.utils.prune, after BatchNorm folding) physically disappear; see
-//! [`realize`].
+//! already zeroed (torch.nn.utils.prune, after BatchNorm folding) physically disappear; `sparse_2_4`
+//! makes weights 2:4 sparse for TensorRT's sparse kernels.
 pub mod realize;
+pub mod sparse24;
 
 use kiln_compiler::pipeline::Pass;
 use kiln_compiler::{Error, Result};
@@ -27,6 +28,8 @@ pub fn make(params: Option<&serde_yaml::Value>) -> Result<Box<dyn Pass>> {
     let p: Params = serde_yaml::from_value(p.clone()).map_err(|e| bad(e.to_string()))?;
     match p.method.as_str() {
         "realize" => Ok(Box::new(realize::Realize { approximate: p.approximate })),
-        m => Err(bad(format!("unknown method '{m}' (available: realize)"))),
+        "sparse_2_4" if p.approximate => Err(bad("approximate applies to realize".into())),
+        "sparse_2_4" => Ok(Box::new(sparse24::Sparse24)),
+        m => Err(bad(format!("unknown method '{m}' (available: realize, sparse_2_4)"))),
     }
 }
