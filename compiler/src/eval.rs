@@ -241,10 +241,41 @@ impl Evaluator {
             tv.push(to_tract(t, name)?.into());
         }
         let outs = guarded("running the model", || {
-            self.plan.run(tv).map_err(|e| Error::Eval(format!("{e:#}")))
+            let mut state = self.plan.spawn().map_err(|e| Error::Eval(format!("{e:#}")))?;
+            state.run_plan_with_eval(tv, bounded_eval).map_err(|e| Error::Eval(format!("{e:#}")))
         })?;
         outs.iter().zip(&self.output_names).map(|(t, n)| Ok((n.clone(), from_tract(t)?))).collect()
     }
+}
+
+/// tract's node evaluation, after the op's own shape rule, applied to the tensors it is about to read,
+/// says its outputs stay within kiln's bound: sizes that depend on values computed at run time (indices
+/// out of a NonZero fed to a OneHot, found by the graph fuzz target) are checked before they are
+/// allocated, not after.
+fn bounded_eval(
+    ctx: &tract_onnx::tract_core::plan::EvalContext,
+    state: Option<&mut (dyn tract_onnx::tract_core::ops::OpState + 'static)>,
+    node: &tract_onnx::tract_core::model::Node<TypedFact, Box<dyn TypedOp>>,
+    input: TVec<TValue>,
+) -> TractResult<TVec<TValue>> {
+    let facts: TVec<TypedFact> =
+        input.iter().map(|t| TypedFact::dt_shape(t.datum_type(), t.shape())).collect();
+    let refs: TVec<&TypedFact> = facts.iter().collect();
+    if let Ok(outs) = node.op.output_facts(&refs) {
+        for o in &outs {
+            let Some(shape) = o.shape.as_concrete() else { continue };
+            let n = shape.iter().try_fold(1u64, |a, d| a.checked_mul(*d as u64));
+            if n.is_none_or(|n| n > crate::ir::tensor::MAX_FOLD_ELEMENTS) {
+                return Err(TractError::msg(format!(
+                    "node '{}' ({}) would produce a {shape:?} tensor from its inputs, past kiln's bound of {} elements",
+                    node.name,
+                    node.op.name(),
+                    crate::ir::tensor::MAX_FOLD_ELEMENTS
+                )));
+            }
+        }
+    }
+    tract_onnx::tract_core::plan::eval(ctx, state, node, input)
 }
 
 impl Evaluator {
