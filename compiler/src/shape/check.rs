@@ -717,14 +717,16 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
         }
         _ => {}
     }
-    // Any other `axis` names an axis of the first input (or one past it, for ops that insert one):
-    // far outside that is never valid (tract loops on LayerNormalization's axis = i64::MIN). When the
-    // rank is not known, no tensor kiln handles has more than MAX_RANK dims.
+    // Any other `axis` names an axis of the first input (one past it only for the ops that insert one:
+    // OneHot, and Flatten's split point): outside that is never valid (tract loops on LayerNormalization's
+    // axis = i64::MIN, and on axis −3 of a rank-2 input; found by the graph fuzz target). When the rank is
+    // not known, no tensor kiln handles has more than MAX_RANK dims.
     if let Some(a) = n.op.attr_int("axis").filter(|a| a.unsigned_abs() > MAX_RANK as u64) {
         return Err(format!("attribute 'axis' = {a}: no tensor has more than {MAX_RANK} dims"));
     }
+    let inserts = matches!(op, "OneHot" | "Flatten");
     if let (Some(a), Some(r)) = (n.op.attr_int("axis"), rank0) {
-        if axis_in("axis", a, r + 1).is_err() {
+        if axis_in("axis", a, if inserts { r + 1 } else { r }).is_err() {
             return Err(format!("attribute 'axis' = {a} is out of range for an input of rank {r}"));
         }
     }
