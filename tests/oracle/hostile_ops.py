@@ -112,6 +112,8 @@ def cases():
         ("tile_negative", _model("Tile", consts=[("repeats", _i64([1, -1, 1, 1]))]), "repeats"),
         ("tile_float_repeats", _model("Tile", consts=[("repeats", np.array([1, 2, 1, 1], np.float32))]), "repeats"),
         ("tile_wrong_length", _model("Tile", consts=[("repeats", _i64([2, 2]))]), "repeats"),
+        # One past the rank is valid only for ops that insert an axis (found by the graph fuzz target).
+        ("layernorm_axis_one_past_rank", _model("LayerNormalization", {"axis": -5}, consts=[("scale", np.ones(8, np.float32))]), "axis"),
         # Depth within bound, but the indices times depth past it (found by the graph fuzz target).
         ("onehot_huge_output", _model("OneHot", consts=[("depth", np.array(1 << 25, np.int64)), ("values", np.array([0, 1], np.float32))], x_shape=[5, 6, 1, 2]), "depth"),
         # A transposed convolution whose stride asks for 2^31 elements (found by the graph fuzz target).
