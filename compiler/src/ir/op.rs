@@ -157,8 +157,18 @@ impl Op {
     /// The typed form of a `Generic` node of a typed op type, ignoring the attributes it does not model
     /// (what an evaluator that ignores them computes): shape inference and the spec checks see a
     /// `HardSigmoid` carrying a stray `axis` as the `HardSigmoid` it evaluates as.
+    /// Not for ops whose newer opsets added attributes that change the result (QuantizeLinear's and
+    /// DequantizeLinear's `block_size` and `output_dtype`, Attention's): those stay generic.
     pub fn typed_ignoring_unknown(&self) -> Option<Op> {
         match self {
+            Op::Generic { op_type, .. }
+                if matches!(
+                    op_type.as_str(),
+                    "QuantizeLinear" | "DequantizeLinear" | "Attention"
+                ) =>
+            {
+                None
+            }
             Op::Generic { op_type, attrs } => Self::typed_with(op_type, attrs, false),
             _ => None,
         }

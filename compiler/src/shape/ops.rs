@@ -519,6 +519,27 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             }
             Ok(vec![])
         }
+        "OneHot" => {
+            // The indices' shape with `depth` inserted at `axis`; the values' element type.
+            let dt = dtype_of(ins, 2);
+            let depth = in_fact(ins, 1)
+                .and_then(|f| f.konst.as_ref())
+                .and_then(|t| t.to_f64_vec())
+                .and_then(|v| v.first().copied())
+                .filter(|d| d.is_finite() && *d >= 0.0 && *d <= i64::MAX as f64)
+                .map_or(Dim::Unknown, |d| Dim::Known(d as i64));
+            let out = shape_of(ins, 0).and_then(|s| {
+                let r = s.len() as i64 + 1;
+                let a = n.op.attr_int("axis").unwrap_or(-1);
+                let a = if a < 0 { a + r } else { a };
+                (0..r).contains(&a).then(|| {
+                    let mut o = s.clone();
+                    o.insert(a as usize, depth);
+                    o
+                })
+            });
+            Ok(vec![fact(dt, out)])
+        }
         "NonZero" => {
             // [rank of the input, number of non-zeros]: the count is data-dependent.
             let r = shape_of(ins, 0).map(|s| s.len() as i64);
