@@ -519,6 +519,24 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             }
             Ok(vec![])
         }
+        "Tile" => {
+            // Each dim times its repeat count (the checks bound the result).
+            let out = match (shape_of(ins, 0), ints_of(inp(ins, 1))) {
+                (Some(s), Some(r)) if r.len() == s.len() => Some(
+                    s.iter()
+                        .zip(&r)
+                        .map(|(d, k)| match (d.known(), *k) {
+                            (Some(d), k) => Dim::Known(d.saturating_mul(k)),
+                            (None, 1) => d.clone(),
+                            _ => Dim::Unknown,
+                        })
+                        .collect(),
+                ),
+                (Some(s), _) => Some(vec![Dim::Unknown; s.len()]),
+                _ => None,
+            };
+            Ok(vec![fact(dtype_of(ins, 0), out)])
+        }
         "OneHot" => {
             // The indices' shape with `depth` inserted at `axis`; the values' element type.
             let dt = dtype_of(ins, 2);
