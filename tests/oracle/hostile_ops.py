@@ -112,6 +112,8 @@ def cases():
         ("tile_negative", _model("Tile", consts=[("repeats", _i64([1, -1, 1, 1]))]), "repeats"),
         ("tile_float_repeats", _model("Tile", consts=[("repeats", np.array([1, 2, 1, 1], np.float32))]), "repeats"),
         ("tile_wrong_length", _model("Tile", consts=[("repeats", _i64([2, 2]))]), "repeats"),
+        # An empty input tiled 2^63 times (tract loops; found by the graph fuzz target).
+        ("tile_empty_huge_repeats", _model("Tile", consts=[("repeats", _i64([1, 1, (1 << 63) - 1, (1 << 63) - 1]))], x_shape=[5, 0, 0, 0]), "repeats"),
         # One past the rank is valid only for ops that insert an axis (found by the graph fuzz target).
         ("layernorm_axis_one_past_rank", _model("LayerNormalization", {"axis": -5}, consts=[("scale", np.ones(8, np.float32))]), "axis"),
         # Depth within bound, but the indices times depth past it (found by the graph fuzz target).

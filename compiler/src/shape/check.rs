@@ -174,6 +174,13 @@ fn elements(dims: &[i64]) -> u64 {
 }
 
 fn bounded(what: &str, dims: &[i64]) -> R {
+    // Each dim on its own too: an empty tensor with a 2^63 dim is no tensor either (tract loops tiling
+    // an empty [5,0,0,0] by [1,1,2^63-1,2^63-1]; found by the graph fuzz target).
+    if let Some(d) = dims.iter().find(|d| d.unsigned_abs() > MAX_ELEMENTS) {
+        return Err(format!(
+            "{what}: output shape {dims:?} has a dim of {d}, past kiln's bound of {MAX_ELEMENTS}"
+        ));
+    }
     let n = elements(dims);
     if n > MAX_ELEMENTS {
         let n = if n == u64::MAX { "more than 2^64".to_string() } else { n.to_string() };
@@ -555,6 +562,12 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
             if let Some(reps) = ints_of(input(1)) {
                 if reps.iter().any(|r| *r < 0) {
                     return Err(format!("input 'repeats' = {reps:?}: must be non-negative"));
+                }
+                // Even on an empty input (tract loops over the count).
+                if reps.iter().any(|r| r.unsigned_abs() > MAX_ELEMENTS) {
+                    return Err(format!(
+                        "input 'repeats' = {reps:?}: a count past kiln's bound of {MAX_ELEMENTS}"
+                    ));
                 }
                 if let Some(r) = rank0.filter(|r| *r != reps.len()) {
                     return Err(format!("input 'repeats' = {reps:?}: {r} values expected"));
