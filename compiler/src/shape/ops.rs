@@ -519,6 +519,26 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             }
             Ok(vec![])
         }
+        "Pad" => {
+            // Same rank; each dim grows by its begin and end pads where they are constants (and no
+            // `axes` input narrows them to some dims).
+            let Some(s) = shape_of(ins, 0) else { return Ok(vec![fact(dtype_of(ins, 0), None)]) };
+            let r = s.len();
+            let pads = ints_of(inp(ins, 1)).or_else(|| n.op.attr_ints("pads"));
+            let axes = ins.get(3).is_some_and(|f| f.is_some());
+            let out = match pads {
+                Some(p) if p.len() == 2 * r && !axes => s
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match d.known() {
+                        Some(d) => Dim::Known(d.saturating_add(p[i]).saturating_add(p[i + r])),
+                        None => Dim::Unknown,
+                    })
+                    .collect(),
+                _ => vec![Dim::Unknown; r],
+            };
+            Ok(vec![fact(dtype_of(ins, 0), Some(out))])
+        }
         "Tile" => {
             // Each dim times its repeat count (the checks bound the result).
             let out = match (shape_of(ins, 0), ints_of(inp(ins, 1))) {
