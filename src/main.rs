@@ -144,15 +144,6 @@ fn pin_rest(m: &ir::Model, pins: &mut shape::Pins) -> Vec<String> {
     assumed
 }
 
-fn human(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.2} G", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1} K", n as f64 / 1e3),
-        n => n.to_string(),
-    }
-}
-
 fn inspect(model: PathBuf, inputs: Vec<String>, json: bool) -> Result<()> {
     let mut m = onnx::load(&model)?;
     let original = stats::model_stats(&m);
@@ -192,9 +183,13 @@ fn inspect(model: PathBuf, inputs: Vec<String>, json: bool) -> Result<()> {
     }
     println!("nodes      {}", s.nodes);
     println!("params     {} ({} bytes)", s.params, s.param_bytes);
-    println!("MACs       {} ({})", human(s.macs), s.macs);
+    println!("MACs       {} ({})", stats::human_count(s.macs), s.macs);
     for (op, n) in &s.macs_by_op {
-        println!("  {op:<20} {:>12}  {:5.1}%", human(*n), 100.0 * *n as f64 / s.macs.max(1) as f64);
+        println!(
+            "  {op:<20} {:>12}  {:5.1}%",
+            stats::human_count(*n),
+            100.0 * *n as f64 / s.macs.max(1) as f64
+        );
     }
     if !s.macs_unknown.is_empty() {
         println!("MACs unknown (shapes not static): {}", s.macs_unknown.join(", "));

@@ -202,15 +202,8 @@ impl Evaluator {
         // kiln's bound there rather than let the evaluator allocate it.
         for node in typed.nodes() {
             for o in &node.outputs {
-                let Some(shape) = o.fact.shape.as_concrete() else { continue };
-                let n = shape.iter().try_fold(1u64, |a, d| a.checked_mul(*d as u64));
-                if n.is_none_or(|n| n > crate::ir::tensor::MAX_FOLD_ELEMENTS) {
-                    return Err(Error::Eval(format!(
-                        "node '{}' ({}) would produce a {shape:?} tensor, past kiln's bound of {} elements",
-                        node.name,
-                        node.op.name(),
-                        crate::ir::tensor::MAX_FOLD_ELEMENTS
-                    )));
+                if let Some(why) = past_bound(node, &o.fact) {
+                    return Err(Error::Eval(why));
                 }
             }
         }
@@ -248,6 +241,23 @@ impl Evaluator {
     }
 }
 
+/// Why `fact`, an output of `node`, is refused: a concrete shape past kiln's element bound.
+fn past_bound(
+    node: &tract_onnx::tract_core::model::Node<TypedFact, Box<dyn TypedOp>>,
+    fact: &TypedFact,
+) -> Option<String> {
+    let shape = fact.shape.as_concrete()?;
+    let n = shape.iter().try_fold(1u64, |a, d| a.checked_mul(*d as u64));
+    n.is_none_or(|n| n > crate::ir::tensor::MAX_FOLD_ELEMENTS).then(|| {
+        format!(
+            "node '{}' ({}) would produce a {shape:?} tensor, past kiln's bound of {} elements",
+            node.name,
+            node.op.name(),
+            crate::ir::tensor::MAX_FOLD_ELEMENTS
+        )
+    })
+}
+
 /// tract's node evaluation, after the op's own shape rule, applied to the tensors it is about to read,
 /// says its outputs stay within kiln's bound: sizes that depend on values computed at run time (indices
 /// out of a NonZero fed to a OneHot, found by the graph fuzz target) are checked before they are
@@ -262,17 +272,8 @@ fn bounded_eval(
         input.iter().map(|t| TypedFact::dt_shape(t.datum_type(), t.shape())).collect();
     let refs: TVec<&TypedFact> = facts.iter().collect();
     if let Ok(outs) = node.op.output_facts(&refs) {
-        for o in &outs {
-            let Some(shape) = o.shape.as_concrete() else { continue };
-            let n = shape.iter().try_fold(1u64, |a, d| a.checked_mul(*d as u64));
-            if n.is_none_or(|n| n > crate::ir::tensor::MAX_FOLD_ELEMENTS) {
-                return Err(TractError::msg(format!(
-                    "node '{}' ({}) would produce a {shape:?} tensor from its inputs, past kiln's bound of {} elements",
-                    node.name,
-                    node.op.name(),
-                    crate::ir::tensor::MAX_FOLD_ELEMENTS
-                )));
-            }
+        if let Some(why) = outs.iter().find_map(|o| past_bound(node, o)) {
+            return Err(TractError::msg(why));
         }
     }
     tract_onnx::tract_core::plan::eval(ctx, state, node, input)

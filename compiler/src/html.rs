@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::driver::Report;
 use crate::error::{Error, Result};
+use crate::stats::{human_bytes, human_count as count};
 
 const TEMPLATE: &str = include_str!("report.html.j2");
 
@@ -87,23 +88,6 @@ struct NpuMap {
     cells: Vec<(usize, bool)>,
     width: usize,
     fallback: String,
-}
-
-fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
-    }
-}
-
-fn count(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.2} G", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
-        n if n >= 10_000 => format!("{:.1} k", n as f64 / 1e3),
-        n => n.to_string(),
-    }
 }
 
 fn change(a: u64, b: u64) -> String {
