@@ -526,11 +526,32 @@ fn build_stamp() -> String {
 }
 
 /// Run passes in order, recording before/after statistics.
+/// A model at opset 11 or 12 is first upgraded to 13 (`onnx::upgrade`), recorded as the pass `upgrade`;
+/// an empty pass list (a round trip) leaves it as written.
 pub fn run_passes(model: &mut Model, passes: &[Box<dyn Pass>], cx: &mut PassContext) -> Result<()> {
+    use crate::onnx::upgrade;
+    if !passes.is_empty() && (upgrade::OLDEST..upgrade::TARGET).contains(&model.opset()) {
+        crate::pipeline::run_pass(&UpgradePass, model, cx, None)?;
+    }
     for p in passes {
         crate::pipeline::run_pass(p.as_ref(), model, cx, None)?;
     }
     Ok(())
+}
+
+/// `onnx::upgrade` as a pass: its report (from, to, nodes rewritten) goes to report.json's `pass_reports`.
+struct UpgradePass;
+
+impl Pass for UpgradePass {
+    fn name(&self) -> &'static str {
+        "upgrade"
+    }
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool> {
+        let Some(u) = crate::onnx::upgrade::upgrade(model)? else { return Ok(false) };
+        let json = serde_json::to_value(&u).map_err(|e| Error::invalid(e.to_string()))?;
+        cx.reports.push(("upgrade".into(), json));
+        Ok(true)
+    }
 }
 
 /// The calibration data files a config names (sorted, as many as `samples` allows).

@@ -50,6 +50,20 @@ pub fn check_io_dtype(io_dtype: Option<IoDtype>, int8: bool) -> std::result::Res
 /// QUANTIZE/DEQUANTIZE. The one place that drives the lowering: `lower` holds its state, `int8` decides
 /// integer ops, `ops` and `seq` emit them, `act` the activations.
 pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
+    // A model kept at opset 11/12 (`passes: []`) is lowered with opset-13 semantics, like every other.
+    let upgraded;
+    let model = if (kiln_compiler::onnx::upgrade::OLDEST..kiln_compiler::onnx::upgrade::TARGET)
+        .contains(&model.opset())
+    {
+        let mut m = model.clone();
+        kiln_compiler::onnx::upgrade::upgrade(&mut m)?;
+        let opset = m.opset();
+        kiln_compiler::shape::infer_graph(&mut m.graph, opset)?;
+        upgraded = m;
+        &upgraded
+    } else {
+        model
+    };
     let mut l = Lowering::new(&model.graph);
     let g = l.g;
     l.int8 = int8;
