@@ -143,6 +143,18 @@ fn unsupported(m: &TfModel, o: &Operator, p: &Profile) -> Option<String> {
             return Some(format!("kernel {kh}x{kw} above {max}"));
         }
     }
+    if rule.grouped == Some(false) && o.code == Code::CONV_2D {
+        let last = |t: Option<&i32>| t.filter(|t| **t >= 0).and_then(|t| m.shape(*t).last().copied());
+        if let (Some(cin), Some(fin)) = (last(o.inputs.first()), last(o.inputs.get(1))) {
+            if fin != cin {
+                return Some(format!(
+                    "grouped convolution ({} groups) is not supported by {}",
+                    cin / fin.max(1),
+                    p.name
+                ));
+            }
+        }
+    }
     let out_shape = o.outputs.first().map(|t| m.shape(*t).to_vec()).unwrap_or_default();
     if let Some(r) = rule.max_output_rank.filter(|r| out_shape.len() > *r) {
         return Some(format!("output rank {} above {r}", out_shape.len()));

@@ -45,6 +45,8 @@ pub struct OpRule {
     pub max_elements: Option<usize>,
     pub max_stride: Option<i32>,
     pub max_kernel: Option<i32>,
+    /// `false`: CONV_2D only with a filter over every input channel (no grouped convolution).
+    pub grouped: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -316,6 +316,30 @@ impl Op {
     }
 
     /// Attribute lookup that works for typed and generic ops alike.
+    /// Ops that only move, select or replicate values (reshape, transpose, max-pool, split, slice, gather,
+    /// resize, pad, ...): quantized, they keep their input's parameters, as TFLite's int8 spec requires,
+    /// and requantizing there would only add rounding. Linear Resize interpolates, but within its input's
+    /// range, so the spec gives it the input's parameters too.
+    pub fn moves_values(&self) -> bool {
+        matches!(self, Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity)
+            || matches!(self, Op::Pool { kind: PoolKind::Max, .. })
+            || matches!(
+                self.op_type(),
+                "Squeeze"
+                    | "Unsqueeze"
+                    | "Split"
+                    | "Slice"
+                    | "Gather"
+                    | "Resize"
+                    | "Upsample"
+                    | "Pad"
+                    | "Expand"
+                    | "Tile"
+                    | "DepthToSpace"
+                    | "SpaceToDepth"
+            )
+    }
+
     pub fn attr(&self, name: &str) -> Option<super::attr::AttrValue> {
         match self {
             Op::Generic { attrs, .. } => {

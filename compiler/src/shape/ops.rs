@@ -539,6 +539,51 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             };
             Ok(vec![fact(dtype_of(ins, 0), Some(out))])
         }
+        "Resize" | "Upsample" => {
+            // `sizes` when given (opset >= 11, input 3), else floor(in × scale) (input 2; input 1 for
+            // Upsample and opset-10 Resize); `axes` (opset 18) names the axes they cover.
+            let x = shape_of(ins, 0).cloned();
+            let legacy = op == "Upsample" || opset < 11;
+            let sizes = if legacy { None } else { ints_of(inp(ins, 3)).filter(|v| !v.is_empty()) };
+            let scales = in_fact(ins, if legacy { 1 } else { 2 })
+                .and_then(|f| f.konst.as_ref())
+                .and_then(|t| t.to_f64_vec())
+                .filter(|v| !v.is_empty())
+                .or_else(|| match n.op.attr("scales") {
+                    Some(crate::ir::AttrValue::Floats(v)) => Some(v.iter().map(|x| *x as f64).collect()),
+                    _ => None,
+                });
+            let out = x.map(|x| {
+                let rank = x.len();
+                let axes: Vec<usize> = match n.op.attr_ints("axes") {
+                    Some(a) => a.iter().map(|a| (if *a < 0 { a + rank as i64 } else { *a }) as usize).collect(),
+                    None => (0..rank).collect(),
+                };
+                let mut out = x.clone();
+                let stretch = match n.op.attr("keep_aspect_ratio_policy") {
+                    Some(crate::ir::AttrValue::String(p)) => p == b"stretch",
+                    _ => true,
+                };
+                for (k, a) in axes.iter().enumerate() {
+                    let Some(slot) = out.get_mut(*a) else { return vec![Dim::Unknown; rank] };
+                    *slot = match (&sizes, &scales, x[*a].known()) {
+                        (Some(sz), _, _) if stretch && sz.len() == axes.len() => Dim::Known(sz[k]),
+                        (Some(_), _, _) => Dim::Unknown,
+                        (None, Some(sc), Some(d)) if sc.len() == axes.len() => {
+                            let v = (d as f64 * sc[k]).floor();
+                            if v.is_finite() && (0.0..=i64::MAX as f64 / 2.0).contains(&v) {
+                                Dim::Known(v as i64)
+                            } else {
+                                Dim::Unknown
+                            }
+                        }
+                        _ => Dim::Unknown,
+                    };
+                }
+                out
+            });
+            Ok(vec![fact(dtype_of(ins, 0), out)])
+        }
         "Tile" => {
             // Each dim times its repeat count (the checks bound the result).
             let out = match (shape_of(ins, 0), ints_of(inp(ins, 1))) {

@@ -424,11 +424,7 @@ fn params_and_fallbacks(
     // input's parameters, as the TFLite int8 spec requires: requantizing there only adds rounding.
     for id in g.topo_order().unwrap_or_default() {
         let n = &g.nodes[id];
-        let moves = matches!(
-            n.op,
-            Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity
-        ) || matches!(n.op, Op::Pool { kind: kiln_compiler::ir::PoolKind::Max, .. })
-            || matches!(n.op.op_type(), "Squeeze" | "Unsqueeze" | "Split" | "Slice" | "Gather");
+        let moves = n.op.moves_values();
         let Some(p) = n.input(0).and_then(|x| params.get(&x)).copied() else { continue };
         if !moves || n.act.is_some() {
             continue;

@@ -135,13 +135,7 @@ pub fn decide(l: &mut Lowering, id: NodeId) -> bool {
     {
         return false;
     }
-    let op_type = n.op.op_type().to_string();
-    let pass_through =
-        matches!(
-            n.op,
-            Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity
-        ) || matches!(&n.op, Op::Pool { kind: kiln_compiler::ir::PoolKind::Max, .. })
-            || matches!(op_type.as_str(), "Squeeze" | "Unsqueeze" | "Split" | "Slice" | "Gather");
+    let pass_through = n.op.moves_values();
     let ok = match &n.op {
         Op::Conv { .. } => n.input(1).is_some_and(|w| weight(l, w).is_some()),
         Op::Gemm { alpha, beta, trans_a, .. } => {

@@ -51,6 +51,8 @@ pub struct Lowering<'a> {
     /// Node being lowered (for error messages).
     pub node: String,
     pub op: String,
+    /// The model's default-domain opset (Resize before 11 samples asymmetrically).
+    pub opset: i64,
 }
 
 pub fn permute<T: Copy>(v: &[T], perm: &[usize]) -> Vec<T> {
@@ -97,6 +99,7 @@ impl<'a> Lowering<'a> {
             skip: Default::default(),
             node: String::new(),
             op: String::new(),
+            opset: 13,
         }
     }
 

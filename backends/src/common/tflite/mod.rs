@@ -9,6 +9,7 @@ pub mod int8;
 pub mod lower;
 pub mod model;
 pub mod ops;
+pub mod resize;
 pub mod seq;
 pub mod ser;
 pub mod text;
@@ -65,6 +66,7 @@ pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Re
         model
     };
     let mut l = Lowering::new(&model.graph);
+    l.opset = model.opset();
     let g = l.g;
     l.int8 = int8;
     if int8 {

@@ -97,6 +97,28 @@ pub enum Options {
         time_major: bool,
     },
     StridedSlice,
+    /// RESIZE_BILINEAR (`nearest: false`) or RESIZE_NEAREST_NEIGHBOR.
+    Resize {
+        nearest: bool,
+        align_corners: bool,
+        half_pixel: bool,
+    },
+    /// MIRROR_PAD: `reflect` (edge not repeated) or symmetric.
+    MirrorPad {
+        reflect: bool,
+    },
+    TransposeConv {
+        padding: Padding,
+        stride: (i32, i32),
+        act: Fused,
+    },
+    ArgMax {
+        output: TensorType,
+    },
+    Cast {
+        from: TensorType,
+        to: TensorType,
+    },
 }
 
 #[derive(Clone, Debug)]

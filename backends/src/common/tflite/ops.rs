@@ -109,11 +109,8 @@ fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
         xt = pad_nhwc(l, xt, p, None);
     }
     let depthwise = groups > 1 && cin_g == 1 && groups == xd[1] as usize;
-    if groups > 1 && !depthwise {
-        return Err(l.err(format!(
-            "grouped convolution (group={groups}, not depthwise) has no TFLite lowering"
-        )));
-    }
+    // A grouped convolution is a CONV_2D whose filter has C_in/groups input channels (OHWI
+    // [C_out, kh, kw, C_in/groups]): TFLite's kernels and XNNPACK derive the groups from the shapes.
     let (filter, b) = if l.float_mode {
         conv_float_params(l, &n, w, &wd, &wv, depthwise)?
     } else {
@@ -685,6 +682,11 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
         }
         Op::Generic { op_type, .. } if op_type == "Gather" => super::seq::gather(l, id),
         Op::Generic { op_type, .. } if op_type == "LSTM" => super::seq::lstm(l, id),
+        Op::Generic { op_type, .. } if op_type == "Resize" => {
+            let legacy = l.opset < 11;
+            super::resize::resize(l, id, legacy)
+        }
+        Op::Generic { op_type, .. } if op_type == "Upsample" => super::resize::resize(l, id, true),
         Op::Generic { op_type, .. } => generic(l, id, op_type),
         other => Err(l.err(format!("the tflite backend has no lowering for {}", other.op_type()))),
     }

@@ -154,6 +154,51 @@ fn options<'a>(
                     .as_union_value(),
             ),
         ),
+        Options::Resize { nearest: false, align_corners, half_pixel } => {
+            let args = fb::ResizeBilinearOptionsArgs {
+                align_corners: *align_corners,
+                half_pixel_centers: *half_pixel,
+            };
+            (
+                K::ResizeBilinearOptions,
+                Some(fb::ResizeBilinearOptions::create(b, &args).as_union_value()),
+            )
+        }
+        Options::Resize { nearest: true, align_corners, half_pixel } => {
+            let args = fb::ResizeNearestNeighborOptionsArgs {
+                align_corners: *align_corners,
+                half_pixel_centers: *half_pixel,
+            };
+            (
+                K::ResizeNearestNeighborOptions,
+                Some(fb::ResizeNearestNeighborOptions::create(b, &args).as_union_value()),
+            )
+        }
+        Options::MirrorPad { reflect } => {
+            let mode = if *reflect { fb::MirrorPadMode::REFLECT } else { fb::MirrorPadMode::SYMMETRIC };
+            let args = fb::MirrorPadOptionsArgs { mode };
+            (K::MirrorPadOptions, Some(fb::MirrorPadOptions::create(b, &args).as_union_value()))
+        }
+        Options::TransposeConv { padding, stride, act } => {
+            let args = fb::TransposeConvOptionsArgs {
+                padding: *padding,
+                stride_h: stride.0,
+                stride_w: stride.1,
+                fused_activation_function: *act,
+            };
+            (
+                K::TransposeConvOptions,
+                Some(fb::TransposeConvOptions::create(b, &args).as_union_value()),
+            )
+        }
+        Options::ArgMax { output } => {
+            let args = fb::ArgMaxOptionsArgs { output_type: *output };
+            (K::ArgMaxOptions, Some(fb::ArgMaxOptions::create(b, &args).as_union_value()))
+        }
+        Options::Cast { from, to } => {
+            let args = fb::CastOptionsArgs { in_data_type: *from, out_data_type: *to };
+            (K::CastOptions, Some(fb::CastOptions::create(b, &args).as_union_value()))
+        }
     }
 }
 
