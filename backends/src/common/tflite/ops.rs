@@ -586,6 +586,63 @@ fn axis_of(l: &Lowering, v: ValueId, axis: i64) -> (usize, bool) {
     (if nhwc { TO_NCHW[a] } else { a }, nhwc)
 }
 
+/// SOFTMAX normalizes over the last stored axis. Over ONNX axis 1 of a rank-4 tensor that is the channel
+/// axis, last when channel-last: the input is taken channel-last (a convolution reading the result wants
+/// that layout too). Any other axis is moved last by a TRANSPOSE and back.
+fn softmax(l: &mut Lowering, id: NodeId, axis: i64) -> Result<()> {
+    let n = l.g.nodes[id].clone();
+    let x = n.input(0).ok_or_else(|| l.err("no input"))?;
+    let rank = l.rank(x);
+    let a = if axis < 0 { axis + rank as i64 } else { axis } as usize;
+    let stored_last = |l: &Lowering| {
+        let (ax, _) = axis_of(l, x, a as i64);
+        ax + 1 == rank
+    };
+    let emit = |l: &mut Lowering, x: i32, y: i32| {
+        l.emit(Code::SOFTMAX, vec![x], vec![y], Options::Softmax { beta: 1.0 });
+        Ok(())
+    };
+    if stored_last(l) {
+        return unary(l, id, emit);
+    }
+    if rank == 4 && a == 1 {
+        let xt = l.get(x, true)?;
+        let (out, act) = output_with_act(l, id, true)?;
+        if act != Fused::NONE {
+            return Err(l.err("a fused activation on Softmax is not supported"));
+        }
+        return emit(l, xt, out);
+    }
+    // Move the axis last (in the stored order), normalize, move it back.
+    let nhwc = l.nhwc(x);
+    let xt = l.get(x, nhwc)?;
+    let (ax, _) = axis_of(l, x, a as i64);
+    let mut perm: Vec<usize> = (0..rank).filter(|d| *d != ax).collect();
+    perm.push(ax);
+    let mut inv = vec![0usize; rank];
+    for (i, p) in perm.iter().enumerate() {
+        inv[*p] = i;
+    }
+    let shape = l.m.shape(xt).to_vec();
+    let moved_shape: Vec<i32> = perm.iter().map(|p| shape[*p]).collect();
+    let name = l.node.clone();
+    let (dt, q) = (l.m.tensors[xt as usize].dtype, l.m.tensors[xt as usize].quant.clone());
+    let moved = l.m.tensor(&format!("{name}_axis_last"), moved_shape.clone(), dt);
+    l.m.tensors[moved as usize].quant = q;
+    let normed = l.m.tensor(&format!("{name}_normalized"), moved_shape, dt);
+    let pt = l.m.const_i32(&format!("{name}_perm"), &perm.iter().map(|p| *p as i32).collect::<Vec<_>>());
+    let it = l.m.const_i32(&format!("{name}_inverse"), &inv.iter().map(|p| *p as i32).collect::<Vec<_>>());
+    let (out, act) = output_with_act(l, id, nhwc)?;
+    if act != Fused::NONE {
+        return Err(l.err("a fused activation on Softmax is not supported"));
+    }
+    l.m.tensors[normed as usize].quant = l.m.tensors[out as usize].quant.clone();
+    l.emit(Code::TRANSPOSE, vec![xt, pt], vec![moved], Options::None);
+    emit(l, moved, normed)?;
+    l.emit(Code::TRANSPOSE, vec![normed, it], vec![out], Options::None);
+    Ok(())
+}
+
 pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
     let n = l.g.nodes[id].clone();
     match &n.op {
@@ -663,18 +720,7 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
             l.emit(Code::TRANSPOSE, vec![xt, pt], vec![out], Options::None);
             Ok(())
         }
-        Op::Softmax { axis } => {
-            let x = n.input(0).ok_or_else(|| l.err("no input"))?;
-            let rank = l.rank(x) as i64;
-            let a = axis.unwrap_or(-1);
-            if a != -1 && a != rank - 1 {
-                return Err(l.err("Softmax over a non-last axis has no lowering"));
-            }
-            unary(l, id, |l, x, y| {
-                l.emit(Code::SOFTMAX, vec![x], vec![y], Options::Softmax { beta: 1.0 });
-                Ok(())
-            })
-        }
+        Op::Softmax { axis } => softmax(l, id, axis.unwrap_or(-1)),
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => super::seq::qdq(l, id),
         Op::Attention { scale } => super::seq::attention(l, id, *scale),
         Op::Generic { op_type, .. } if op_type == "LayerNormalization" => {
