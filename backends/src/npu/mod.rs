@@ -186,6 +186,7 @@ impl Backend for NpuBackend {
             "macs_total": report.macs_total,
             // One letter per op in execution order: N on the NPU, C on the CPU (report.html's map).
             "placement": report.ops.iter().map(|o| if o.npu { 'N' } else { 'C' }).collect::<String>(),
+            "layout_transposes": tfl::layout_transposes(model, &m),
             "fallback_point": report.fallback_point.as_ref().map(|f| format!("op {} {} (node '{}'): {}", f.index, f.op, f.node, f.reason.clone().unwrap_or_default())),
         });
         Ok(Emitted { files, summary: Some(summary) })

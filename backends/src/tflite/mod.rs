@@ -168,8 +168,12 @@ impl Backend for TfliteBackend {
             *ops.entry(o.code.variant_name().unwrap_or("UNKNOWN").to_string()).or_default() += 1;
         }
         let macs: u64 = m.operators.iter().map(|o| model::macs(&m, o)).sum();
-        let summary =
-            serde_json::json!({ "operators": m.operators.len(), "macs": macs, "ops": ops });
+        let summary = serde_json::json!({
+            "operators": m.operators.len(),
+            "macs": macs,
+            "ops": ops,
+            "layout_transposes": tfl::layout_transposes(model, &m),
+        });
         Ok(Emitted { files, summary: Some(summary) })
     }
 }

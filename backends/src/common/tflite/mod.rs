@@ -100,7 +100,24 @@ pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Re
         let t = l.get(v, nhwc)?;
         l.m.outputs.push(t);
     }
+    l.m.fold_transposes();
     Ok(l.m)
+}
+
+/// TRANSPOSE ops of `m` that no Transpose of `model` asked for: the layout changes the lowering added at
+/// op boundaries (a channel-last CNN should have none), for the build report.
+pub fn layout_transposes(model: &Model, m: &TfModel) -> usize {
+    let written: std::collections::HashSet<&str> = model
+        .graph
+        .nodes
+        .node_weights()
+        .filter(|n| matches!(n.op, kiln_compiler::ir::Op::Transpose { .. }))
+        .map(|n| n.name.as_str())
+        .collect();
+    m.operators
+        .iter()
+        .filter(|o| o.code == model::Code::TRANSPOSE && !written.contains(o.origin.as_str()))
+        .count()
 }
 
 /// The rules of a target written as full-integer TFLite (tflite, npu, dump): every tensor a scale, the

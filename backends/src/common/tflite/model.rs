@@ -275,3 +275,84 @@ pub fn quantize_const(vals: &[f32]) -> (Vec<u8>, Quant) {
         .collect();
     (q, Quant { scale: vec![scale], zero_point: vec![zp], axis: 0 })
 }
+
+impl TfModel {
+    /// The int32 values of a constant tensor.
+    pub fn i32_data(&self, t: i32) -> Option<Vec<i32>> {
+        let tensor = self.tensors.get(t as usize)?;
+        (tensor.dtype == TensorType::INT32).then_some(())?;
+        let b = tensor.data.as_ref()?;
+        Some(b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    /// Fold chains of TRANSPOSE: `TRANSPOSE(p1) → TRANSPOSE(p2)` whose middle tensor nothing else reads
+    /// becomes one `TRANSPOSE(p1∘p2)`, and disappears when that is the identity (its readers then read
+    /// the first input). A layout change the lowering put before a transpose the model wrote, and
+    /// transposes that undo each other, cost nothing at run time. Returns how many ops it removed.
+    pub fn fold_transposes(&mut self) -> usize {
+        let mut removed = 0;
+        loop {
+            let mut readers: BTreeMap<i32, usize> = BTreeMap::new();
+            for o in &self.operators {
+                for t in &o.inputs {
+                    *readers.entry(*t).or_default() += 1;
+                }
+            }
+            let producer: BTreeMap<i32, usize> = self
+                .operators
+                .iter()
+                .enumerate()
+                .flat_map(|(i, o)| o.outputs.iter().map(move |t| (*t, i)))
+                .collect();
+            let mut change = None;
+            for (b, ob) in self.operators.iter().enumerate() {
+                if ob.code != Code::TRANSPOSE || ob.inputs.len() != 2 {
+                    continue;
+                }
+                let mid = ob.inputs[0];
+                let Some(&a) = producer.get(&mid) else { continue };
+                let oa = &self.operators[a];
+                if oa.code != Code::TRANSPOSE
+                    || readers.get(&mid) != Some(&1)
+                    || self.outputs.contains(&mid)
+                    || self.tensors[mid as usize].quant != self.tensors[ob.outputs[0] as usize].quant
+                {
+                    continue;
+                }
+                let (Some(p1), Some(p2)) = (self.i32_data(oa.inputs[1]), self.i32_data(ob.inputs[1]))
+                else {
+                    continue;
+                };
+                if p1.len() != p2.len() || p2.iter().any(|p| *p < 0 || *p as usize >= p1.len()) {
+                    continue;
+                }
+                let p: Vec<i32> = p2.iter().map(|i| p1[*i as usize]).collect();
+                change = Some((a, b, p));
+                break;
+            }
+            let Some((a, b, p)) = change else { break };
+            let x = self.operators[a].inputs[0];
+            let y = self.operators[b].outputs[0];
+            let identity = p.iter().enumerate().all(|(i, v)| i as i32 == *v);
+            if identity && !self.outputs.contains(&y) && !self.inputs.contains(&x) {
+                for o in self.operators.iter_mut() {
+                    for t in o.inputs.iter_mut() {
+                        if *t == y {
+                            *t = x;
+                        }
+                    }
+                }
+                self.operators.remove(b);
+                self.operators.remove(a);
+                removed += 2;
+            } else {
+                let name = format!("{}_perm", self.tensors[y as usize].name);
+                let pt = self.const_i32(&name, &p);
+                self.operators[b].inputs = vec![x, pt];
+                self.operators.remove(a);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}

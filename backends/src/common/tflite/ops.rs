@@ -478,6 +478,80 @@ pub fn unary(
     activation(l, &a, mid, out)
 }
 
+/// The one node reading `v`, looking through the Q/DQ pair an int8 model puts on it.
+fn single_reader(l: &Lowering, v: ValueId) -> Option<NodeId> {
+    let c = l.g.consumers(v);
+    if c.len() != 1 || l.g.is_output(v) {
+        return None;
+    }
+    let n = c[0].0;
+    if l.skip.contains(&n) && matches!(l.g.nodes[n].op, Op::QuantizeLinear { .. }) {
+        let dq = l.g.consumers(l.g.nodes[n].output(0)?);
+        if dq.len() != 1 {
+            return None;
+        }
+        let dc = l.g.consumers(l.g.nodes[dq[0].0].output(0)?);
+        return (dc.len() == 1).then(|| dc[0].0);
+    }
+    Some(n)
+}
+
+/// A detection head's `x.view(N, A, K, H, W).permute(...)` on a channel-last map: the Reshape that splits
+/// the channels into (A, K) is a RESHAPE of the stored [N, H, W, A·K] to [N, H, W, A, K] (the logical
+/// tensor permuted by [0, 3, 4, 1, 2]), and the model's Transpose becomes the composed permutation, none
+/// at all for torchvision's SSD/RetinaNet/FCOS heads (`permute(0, 3, 4, 1, 2)`). Returns the Transpose
+/// node and the permutation still needed, when `id` starts that pattern.
+fn split_channels(l: &Lowering, id: NodeId) -> Option<(NodeId, Vec<usize>)> {
+    let n = &l.g.nodes[id];
+    let x = n.input(0)?;
+    let (xd, yd) = (l.dims(x).ok()?, l.dims(n.output(0)?).ok()?);
+    if !l.nhwc(x) || xd.len() != 4 || yd.len() != 5 || yd[0] != xd[0] || yd[1] * yd[2] != xd[1] || yd[3..] != xd[2..] {
+        return None;
+    }
+    let t = single_reader(l, n.output(0)?)?;
+    let tn = &l.g.nodes[t];
+    let Op::Transpose { perm: Some(p) } = &tn.op else { return None };
+    if tn.act.is_some() || p.len() != 5 {
+        return None;
+    }
+    // Stored dim i is logical dim Q[i]; output dim i is logical dim p[i] = stored dim Q⁻¹[p[i]].
+    const QINV: [usize; 5] = [0, 3, 4, 1, 2];
+    let r: Vec<usize> = p.iter().map(|a| QINV.get(*a as usize).copied()).collect::<Option<_>>()?;
+    Some((t, r))
+}
+
+fn split_channels_nhwc(l: &mut Lowering, id: NodeId, t: NodeId, r: &[usize]) -> Result<()> {
+    let x = l.g.nodes[id].input(0).ok_or_else(|| l.err("no input"))?;
+    let xt = l.get(x, true)?;
+    let s = l.m.shape(xt).to_vec();
+    let yd = l.dims(l.g.nodes[id].output(0).ok_or_else(|| l.err("no output"))?)?;
+    let split = vec![s[0], s[1], s[2], yd[1] as i32, yd[2] as i32];
+    let y = l.g.nodes[t].output(0).ok_or_else(|| l.err("no output"))?;
+    let y = l.resolve(y);
+    if let Some(p) = l.qp.get(&l.resolve(x)).cloned() {
+        l.qp.insert(y, p);
+    }
+    let out = l.define(y, false)?;
+    let name = l.node.clone();
+    let identity = r.iter().enumerate().all(|(i, v)| i == *v);
+    let st = l.m.const_i32(&format!("{name}_split"), &split);
+    if identity {
+        l.emit(Code::RESHAPE, vec![xt, st], vec![out], Options::Reshape { shape: split });
+    } else {
+        let (dt, q) = (l.m.tensors[xt as usize].dtype, l.m.tensors[xt as usize].quant.clone());
+        let mid = l.m.tensor(&format!("{name}_split"), split.clone(), dt);
+        l.m.tensors[mid as usize].quant = q;
+        l.emit(Code::RESHAPE, vec![xt, st], vec![mid], Options::Reshape { shape: split });
+        let pt = l.m.const_i32(&format!("{name}_perm"), &r.iter().map(|v| *v as i32).collect::<Vec<_>>());
+        // The model's own Transpose, what remains of it.
+        let keep = std::mem::replace(&mut l.node, l.g.nodes[t].name.clone());
+        l.emit(Code::TRANSPOSE, vec![mid, pt], vec![out], Options::None);
+        l.node = keep;
+    }
+    l.skip.insert(t);
+    Ok(())
+}
+
 /// ShuffleNet's channel shuffle, Reshape [N,C,H,W]→[N,g,C/g,H,W], Transpose [0,2,1,3,4], Reshape back to
 /// [N,C,H,W], done channel-last: Reshape [N,H,W,g,C/g], Transpose [0,1,2,4,3], Reshape [N,H,W,C].
 /// Returns the three nodes when `id` starts that pattern on a channel-last input.
@@ -494,23 +568,7 @@ fn channel_shuffle(l: &Lowering, id: NodeId) -> Option<(NodeId, NodeId, i64)> {
     {
         return None;
     }
-    // The one node reading `v`, looking through the Q/DQ pair an int8 model puts on it.
-    let single = |v: ValueId| -> Option<NodeId> {
-        let c = l.g.consumers(v);
-        if c.len() != 1 || l.g.is_output(v) {
-            return None;
-        }
-        let n = c[0].0;
-        if l.skip.contains(&n) && matches!(l.g.nodes[n].op, Op::QuantizeLinear { .. }) {
-            let dq = l.g.consumers(l.g.nodes[n].output(0)?);
-            if dq.len() != 1 {
-                return None;
-            }
-            let dc = l.g.consumers(l.g.nodes[dq[0].0].output(0)?);
-            return (dc.len() == 1).then(|| dc[0].0);
-        }
-        Some(n)
-    };
+    let single = |v: ValueId| single_reader(l, v);
     let t = single(n.output(0)?)?;
     let tn = &l.g.nodes[t];
     if !matches!(&tn.op, Op::Transpose { perm: Some(p) } if p == &[0, 2, 1, 3, 4])
@@ -561,6 +619,9 @@ fn shuffle_nhwc(l: &mut Lowering, id: NodeId, t: NodeId, r2: NodeId, groups: i64
 fn reshape_to_output(l: &mut Lowering, id: NodeId) -> Result<()> {
     if let Some((t, r2, g)) = channel_shuffle(l, id) {
         return shuffle_nhwc(l, id, t, r2, g);
+    }
+    if let Some((t, r)) = split_channels(l, id) {
+        return split_channels_nhwc(l, id, t, &r);
     }
     let n = l.g.nodes[id].clone();
     let x = n.input(0).ok_or_else(|| l.err("no input"))?;
