@@ -144,7 +144,8 @@ fn unsupported(m: &TfModel, o: &Operator, p: &Profile) -> Option<String> {
         }
     }
     if rule.grouped == Some(false) && o.code == Code::CONV_2D {
-        let last = |t: Option<&i32>| t.filter(|t| **t >= 0).and_then(|t| m.shape(*t).last().copied());
+        let last =
+            |t: Option<&i32>| t.filter(|t| **t >= 0).and_then(|t| m.shape(*t).last().copied());
         if let (Some(cin), Some(fin)) = (last(o.inputs.first()), last(o.inputs.get(1))) {
             if fin != cin {
                 return Some(format!(

@@ -321,8 +321,10 @@ impl Op {
     /// and requantizing there would only add rounding. Linear Resize interpolates, but within its input's
     /// range, so the spec gives it the input's parameters too.
     pub fn moves_values(&self) -> bool {
-        matches!(self, Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity)
-            || matches!(self, Op::Pool { kind: PoolKind::Max, .. })
+        matches!(
+            self,
+            Op::Reshape { .. } | Op::Flatten { .. } | Op::Transpose { .. } | Op::Identity
+        ) || matches!(self, Op::Pool { kind: PoolKind::Max, .. })
             || matches!(
                 self.op_type(),
                 "Squeeze"

@@ -160,8 +160,7 @@ fn coerced_softmax(g: &mut Graph, id: NodeId) -> Result<bool> {
     )?;
     let flat = g.add_temp(&format!("{}_flat", node.name), dtype, None)?;
     let normed = g.add_temp(&format!("{}_normalized", node.name), dtype, None)?;
-    let back_shape =
-        g.add_temp(&format!("{}_shape", node.name), crate::ir::DType::I64, None)?;
+    let back_shape = g.add_temp(&format!("{}_shape", node.name), crate::ir::DType::I64, None)?;
     let reshape = |name: String, inputs: Vec<Option<crate::ir::ValueId>>, out| {
         Node::new(name, Op::from_onnx("", "Reshape", vec![]), inputs, vec![Some(out)])
     };
@@ -170,7 +169,11 @@ fn coerced_softmax(g: &mut Graph, id: NodeId) -> Result<bool> {
     set_axis(&mut op, -1);
     g.remove_node(id);
     let base = node.name.clone();
-    let n = reshape(g.fresh_node_name(&format!("{base}_flatten")), vec![Some(x), Some(flat_shape)], flat);
+    let n = reshape(
+        g.fresh_node_name(&format!("{base}_flatten")),
+        vec![Some(x), Some(flat_shape)],
+        flat,
+    );
     g.add_node(n)?;
     let mut inner = node.clone();
     inner.op = op;
@@ -184,7 +187,11 @@ fn coerced_softmax(g: &mut Graph, id: NodeId) -> Result<bool> {
         vec![Some(back_shape)],
     );
     g.add_node(n)?;
-    let n = reshape(g.fresh_node_name(&format!("{base}_unflatten")), vec![Some(normed), Some(back_shape)], y);
+    let n = reshape(
+        g.fresh_node_name(&format!("{base}_unflatten")),
+        vec![Some(normed), Some(back_shape)],
+        y,
+    );
     g.add_node(n)?;
     Ok(true)
 }

@@ -550,13 +550,18 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
                 .and_then(|t| t.to_f64_vec())
                 .filter(|v| !v.is_empty())
                 .or_else(|| match n.op.attr("scales") {
-                    Some(crate::ir::AttrValue::Floats(v)) => Some(v.iter().map(|x| *x as f64).collect()),
+                    Some(crate::ir::AttrValue::Floats(v)) => {
+                        Some(v.iter().map(|x| *x as f64).collect())
+                    }
                     _ => None,
                 });
             let out = x.map(|x| {
                 let rank = x.len();
                 let axes: Vec<usize> = match n.op.attr_ints("axes") {
-                    Some(a) => a.iter().map(|a| (if *a < 0 { a + rank as i64 } else { *a }) as usize).collect(),
+                    Some(a) => a
+                        .iter()
+                        .map(|a| (if *a < 0 { a + rank as i64 } else { *a }) as usize)
+                        .collect(),
                     None => (0..rank).collect(),
                 };
                 let mut out = x.clone();

@@ -285,7 +285,7 @@ impl TfModel {
         Some(b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
-    /// Fold chains of TRANSPOSE: `TRANSPOSE(p1) → TRANSPOSE(p2)` whose middle tensor nothing else reads
+    /// Fold chains of TRANSPOSE (and of RESHAPE, which become one RESHAPE): `TRANSPOSE(p1) → TRANSPOSE(p2)` whose middle tensor nothing else reads
     /// becomes one `TRANSPOSE(p1∘p2)`, and disappears when that is the identity (its readers then read
     /// the first input). A layout change the lowering put before a transpose the model wrote, and
     /// transposes that undo each other, cost nothing at run time. Returns how many ops it removed.
@@ -306,20 +306,27 @@ impl TfModel {
                 .collect();
             let mut change = None;
             for (b, ob) in self.operators.iter().enumerate() {
-                if ob.code != Code::TRANSPOSE || ob.inputs.len() != 2 {
+                if !matches!(ob.code, Code::TRANSPOSE | Code::RESHAPE) || ob.inputs.is_empty() {
                     continue;
                 }
                 let mid = ob.inputs[0];
                 let Some(&a) = producer.get(&mid) else { continue };
                 let oa = &self.operators[a];
-                if oa.code != Code::TRANSPOSE
+                if oa.code != ob.code
                     || readers.get(&mid) != Some(&1)
                     || self.outputs.contains(&mid)
-                    || self.tensors[mid as usize].quant != self.tensors[ob.outputs[0] as usize].quant
+                    || self.tensors[mid as usize].quant
+                        != self.tensors[ob.outputs[0] as usize].quant
                 {
                     continue;
                 }
-                let (Some(p1), Some(p2)) = (self.i32_data(oa.inputs[1]), self.i32_data(ob.inputs[1]))
+                if ob.code == Code::RESHAPE {
+                    // A reshape of a reshape is one reshape to the second's shape.
+                    change = Some((a, b, None));
+                    break;
+                }
+                let (Some(p1), Some(p2)) =
+                    (self.i32_data(oa.inputs[1]), self.i32_data(ob.inputs[1]))
                 else {
                     continue;
                 };
@@ -327,10 +334,16 @@ impl TfModel {
                     continue;
                 }
                 let p: Vec<i32> = p2.iter().map(|i| p1[*i as usize]).collect();
-                change = Some((a, b, p));
+                change = Some((a, b, Some(p)));
                 break;
             }
             let Some((a, b, p)) = change else { break };
+            let Some(p) = p else {
+                self.operators[b].inputs[0] = self.operators[a].inputs[0];
+                self.operators.remove(a);
+                removed += 1;
+                continue;
+            };
             let x = self.operators[a].inputs[0];
             let y = self.operators[b].outputs[0];
             let identity = p.iter().enumerate().all(|(i, v)| i as i32 == *v);

@@ -505,7 +505,13 @@ fn split_channels(l: &Lowering, id: NodeId) -> Option<(NodeId, Vec<usize>)> {
     let n = &l.g.nodes[id];
     let x = n.input(0)?;
     let (xd, yd) = (l.dims(x).ok()?, l.dims(n.output(0)?).ok()?);
-    if !l.nhwc(x) || xd.len() != 4 || yd.len() != 5 || yd[0] != xd[0] || yd[1] * yd[2] != xd[1] || yd[3..] != xd[2..] {
+    if !l.nhwc(x)
+        || xd.len() != 4
+        || yd.len() != 5
+        || yd[0] != xd[0]
+        || yd[1] * yd[2] != xd[1]
+        || yd[3..] != xd[2..]
+    {
         return None;
     }
     let t = single_reader(l, n.output(0)?)?;
@@ -542,7 +548,9 @@ fn split_channels_nhwc(l: &mut Lowering, id: NodeId, t: NodeId, r: &[usize]) -> 
         let mid = l.m.tensor(&format!("{name}_split"), split.clone(), dt);
         l.m.tensors[mid as usize].quant = q;
         l.emit(Code::RESHAPE, vec![xt, st], vec![mid], Options::Reshape { shape: split });
-        let pt = l.m.const_i32(&format!("{name}_perm"), &r.iter().map(|v| *v as i32).collect::<Vec<_>>());
+        let pt = l
+            .m
+            .const_i32(&format!("{name}_perm"), &r.iter().map(|v| *v as i32).collect::<Vec<_>>());
         // The model's own Transpose, what remains of it.
         let keep = std::mem::replace(&mut l.node, l.g.nodes[t].name.clone());
         l.emit(Code::TRANSPOSE, vec![mid, pt], vec![out], Options::None);
@@ -691,8 +699,11 @@ fn softmax(l: &mut Lowering, id: NodeId, axis: i64) -> Result<()> {
     let moved = l.m.tensor(&format!("{name}_axis_last"), moved_shape.clone(), dt);
     l.m.tensors[moved as usize].quant = q;
     let normed = l.m.tensor(&format!("{name}_normalized"), moved_shape, dt);
-    let pt = l.m.const_i32(&format!("{name}_perm"), &perm.iter().map(|p| *p as i32).collect::<Vec<_>>());
-    let it = l.m.const_i32(&format!("{name}_inverse"), &inv.iter().map(|p| *p as i32).collect::<Vec<_>>());
+    let pt =
+        l.m.const_i32(&format!("{name}_perm"), &perm.iter().map(|p| *p as i32).collect::<Vec<_>>());
+    let it = l
+        .m
+        .const_i32(&format!("{name}_inverse"), &inv.iter().map(|p| *p as i32).collect::<Vec<_>>());
     let (out, act) = output_with_act(l, id, nhwc)?;
     if act != Fused::NONE {
         return Err(l.err("a fused activation on Softmax is not supported"));

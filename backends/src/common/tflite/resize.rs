@@ -125,7 +125,9 @@ pub fn resize(l: &mut Lowering, id: NodeId, legacy: bool) -> Result<()> {
     let y = n.output(0).ok_or_else(|| l.err("no output"))?;
     let (xd, yd) = (l.dims(x)?, l.dims(y)?);
     if xd.len() != 4 || yd.len() != 4 {
-        return Err(l.err(format!("only 4-D (image) Resize has a TFLite lowering, not rank {}", xd.len())));
+        return Err(
+            l.err(format!("only 4-D (image) Resize has a TFLite lowering, not rank {}", xd.len()))
+        );
     }
     if xd[..2] != yd[..2] {
         return Err(l.err("Resize of the batch or channel axis has no TFLite lowering"));
@@ -136,7 +138,9 @@ pub fn resize(l: &mut Lowering, id: NodeId, legacy: bool) -> Result<()> {
         }
     }
     if attr_str(l, id, "keep_aspect_ratio_policy").is_some_and(|p| p != "stretch") {
-        return Err(l.err("Resize with keep_aspect_ratio_policy other than stretch has no TFLite lowering"));
+        return Err(l.err(
+            "Resize with keep_aspect_ratio_policy other than stretch has no TFLite lowering",
+        ));
     }
     let mode = attr_str(l, id, "mode").unwrap_or_else(|| "nearest".into());
     let coord = if legacy {
@@ -146,7 +150,9 @@ pub fn resize(l: &mut Lowering, id: NodeId, legacy: bool) -> Result<()> {
     };
     let nearest = match mode.as_str() {
         "nearest" if legacy => Some("simple".to_string()),
-        "nearest" => Some(attr_str(l, id, "nearest_mode").unwrap_or_else(|| "round_prefer_floor".into())),
+        "nearest" => {
+            Some(attr_str(l, id, "nearest_mode").unwrap_or_else(|| "round_prefer_floor".into()))
+        }
         "linear" | "bilinear" => None,
         other => return Err(l.err(format!("Resize mode '{other}' has no TFLite lowering"))),
     };
@@ -262,11 +268,15 @@ mod tests {
     #[test]
     fn ties_are_not_papered_over() {
         // A 2x nearest downscale with half_pixel + round_prefer_floor lands exactly on ties: ONNX reads
-        // index 2·o, TFLite's half-pixel nearest 2·o + 1.
+        // index 2·o (as TFLite's legacy variant does), TFLite's half-pixel nearest 2·o + 1.
         let a = axis("half_pixel", Some("round_prefer_floor"), 8, 4);
-        assert!(VARIANTS.iter().all(|v| !a.agrees(*v)));
         assert_eq!((0..4).map(|o| a.onnx_nearest(o)).collect::<Vec<_>>(), vec![0, 2, 4, 6]);
+        assert!(a.agrees(VARIANTS[0]) && !a.agrees(VARIANTS[1]));
         let a = axis("half_pixel", Some("round_prefer_ceil"), 8, 4);
-        assert!(a.agrees(VARIANTS[1]));
+        assert!(a.agrees(VARIANTS[1]) && !a.agrees(VARIANTS[0]));
+        // half_pixel + ceil: no TFLite variant reads the same rows (the lowering gathers them).
+        let a = axis("half_pixel", Some("ceil"), 4, 8);
+        assert_eq!((0..8).map(|o| a.onnx_nearest(o)).collect::<Vec<_>>(), vec![0, 1, 1, 2, 2, 3, 3, 3]);
+        assert!(VARIANTS.iter().all(|v| !a.agrees(*v)));
     }
 }

@@ -175,7 +175,8 @@ fn options<'a>(
             )
         }
         Options::MirrorPad { reflect } => {
-            let mode = if *reflect { fb::MirrorPadMode::REFLECT } else { fb::MirrorPadMode::SYMMETRIC };
+            let mode =
+                if *reflect { fb::MirrorPadMode::REFLECT } else { fb::MirrorPadMode::SYMMETRIC };
             let args = fb::MirrorPadOptionsArgs { mode };
             (K::MirrorPadOptions, Some(fb::MirrorPadOptions::create(b, &args).as_union_value()))
         }

@@ -1,0 +1,154 @@
+"""Beyond classifiers (issue 13): the corpus scripts/export_zoo.py writes to tests/models/zoo (torchvision's
+LR-ASPP and DeepLabV3 segmentation heads on a dilated MobileNetV3, SSDLite's backbone and heads, RegNetX's
+grouped convolutions, a YOLOv8-style detector), each exported by PyTorch at opset 17, 12 and 11, built to
+every backend at once and checked against independent runtimes:
+
+- fp32 and fp16 TFLite in the ai-edge-litert interpreter against onnxruntime on the original model;
+- int8 TFLite (tflite and npu targets) against its QDQ twin (model.qdq.onnx, the same quantization decisions)
+  executed as written by onnxruntime with graph optimizations off;
+- dense outputs (segmentation maps, box and score tensors) by cosine and max error over the whole tensor,
+  classifiers by top-1 agreement.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from accuracy import cosine, top1_agreement
+from kiln_oracle import ROOT, Project, run_artifact
+
+ZOO = ROOT / "tests" / "models" / "zoo"
+FAMILIES = ["seg_lraspp", "seg_deeplabv3", "det_ssdlite", "cls_regnet_x", "det_yolo"]
+CLASSIFIERS = {"cls_regnet_x"}
+OPSETS = {17: "", 12: "_op12", 11: "_op11"}
+TARGETS = [
+    {"name": "onnx-fp32", "backend": "onnx", "precision": "fp32"},
+    {"name": "onnx-int8", "backend": "onnx", "precision": "int8"},
+    {"name": "tflite-fp32", "backend": "tflite", "precision": "fp32"},
+    {"name": "tflite-fp16", "backend": "tflite", "precision": "fp16"},
+    {"name": "tflite-int8", "backend": "tflite", "precision": "int8"},
+    {"name": "edgetpu", "backend": "npu", "precision": "int8", "device": "edgetpu"},
+    {"name": "nnapi", "backend": "npu", "precision": "int8", "device": "nnapi"},
+]
+
+
+def samples(family):
+    x = np.load(ZOO / f"{family}_inputs.npy")
+    return [{"image": x[i : i + 1]} for i in range(len(x))]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """Build each (family, opset) once per module, to every target (a cache: name → output folder)."""
+    done = {}
+
+    def build(family, opset=17, targets=TARGETS):
+        stem = family + OPSETS[opset]
+        key = (stem, tuple(t["name"] for t in targets))
+        if key not in done:
+            p = Project(tmp_path_factory.mktemp(stem))
+            p.build(
+                {
+                    "model": ZOO / f"{stem}.onnx",
+                    "passes": ["cleanup", "fuse"],
+                    "calibration": {"tensors": ZOO / f"{family}_inputs.npy", "method": "minmax"},
+                    "targets": targets,
+                    "output": "out",
+                }
+            )
+            done[key] = p.root / "out"
+        return done[key]
+
+    return build
+
+
+def per_output(runs):
+    """[(all samples of output k flattened)] from run_artifact's per-sample output lists."""
+    return [np.concatenate([r[k].ravel() for r in runs]).astype(np.float64) for k in range(len(runs[0]))]
+
+
+def dense(ref_runs, got_runs):
+    """Per output: (max |got − ref| / max |ref|, cosine) over every element of every sample."""
+    out = []
+    for r, g in zip(per_output(ref_runs), per_output(got_runs)):
+        assert r.shape == g.shape
+        out.append((np.abs(g - r).max() / max(np.abs(r).max(), 1e-12), cosine(r, g)))
+    return out
+
+
+def test_zoo_is_complete_and_small():
+    for f in FAMILIES:
+        for suffix in OPSETS.values():
+            p = ZOO / f"{f}{suffix}.onnx"
+            assert p.is_file() and p.stat().st_size < 2 << 20, p
+        assert (ZOO / f"{f}_inputs.npy").is_file()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_backend_builds_and_matches_its_oracle(builds, family):
+    out = builds(family)
+    feeds = samples(family)
+    ref = run_artifact(ZOO / f"{family}.onnx", feeds, exact=False)
+    for name, bound in [("onnx-fp32", 1e-5), ("tflite-fp32", 1e-4), ("tflite-fp16", 1e-2)]:
+        got = run_artifact(out / name / ("model.onnx" if name.startswith("onnx") else "model.tflite"), feeds)
+        for rel, _ in dense(ref, got):
+            assert rel <= bound, (family, name, rel)
+    # int8: each TFLite artifact against the QDQ twin it was lowered from, executed as written.
+    for name in ["tflite-int8", "edgetpu", "nnapi"]:
+        # The npu targets share the tflite target's quantization; only `tflite` writes the twin.
+        twin_path = out / name / "model.qdq.onnx"
+        twin = run_artifact(twin_path if twin_path.exists() else out / "tflite-int8" / "model.qdq.onnx", feeds, exact=True)
+        got = run_artifact(out / name / "model.tflite", feeds)
+        if family in CLASSIFIERS:
+            agree = top1_agreement([t[0] for t in twin], [g[0] for g in got])
+            assert agree >= 0.98, (family, name, agree)
+        for rel, cos in dense(twin, got):
+            # Dense outputs: cosine over the whole map (or box/score tensor), and the largest error.
+            assert cos >= 0.99 and rel <= 0.1, (family, name, cos, rel)
+    # The QDQ ONNX itself stays close to the original.
+    q = run_artifact(out / "onnx-int8" / "model.onnx", feeds, exact=True)
+    for _, cos in dense(ref, q):
+        assert cos >= 0.99, (family, cos)
+    # The NPU reports say what runs where, with a reason for everything left to the CPU.
+    for name in ["edgetpu", "nnapi"]:
+        r = json.loads((out / name / "partition.json").read_text())
+        assert r["ops_total"] == len(r["ops"]) and r["ops_on_npu"] <= r["ops_total"]
+        assert all(o["npu"] or o["reason"] for o in r["ops"]), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("opset", [11, 12])
+def test_old_opsets_are_upgraded_and_quantize_per_channel(builds, family, opset):
+    """PyTorch 1.x-style exports (opset 11/12) are upgraded to 13 inside kiln: per-channel Q/DQ, with the
+    fidelity of the opset-17 export; the report says so."""
+    import onnx
+
+    targets = [t for t in TARGETS if t["name"] in ("onnx-int8", "tflite-fp32", "tflite-int8")]
+    old, new = builds(family, opset, targets), builds(family, 17, targets)
+    report = json.loads((old / "report.json").read_text())
+    up = report["pass_reports"]["upgrade"]
+    assert up["from"] == opset and up["to"] == 13, up
+    m = onnx.load(str(old / "onnx-int8" / "model.onnx"))
+    assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    inits = {i.name: i for i in m.graph.initializer}
+    per_channel = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
+    assert per_channel, "no per-channel weight scales"
+    feeds = samples(family)
+    ref = run_artifact(ZOO / f"{family}.onnx", feeds, exact=False)
+    fid = lambda out: min(c for _, c in dense(ref, run_artifact(out / "onnx-int8" / "model.onnx", feeds, exact=True)))
+    assert abs(fid(old) - fid(new)) <= 0.01, (fid(old), fid(new))
+    # And the TFLite lowering of the upgraded graph is the original function.
+    for rel, _ in dense(ref, run_artifact(old / "tflite-fp32" / "model.tflite", feeds)):
+        assert rel <= 1e-4
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "det_yolo"])
+def test_no_layout_transposes_at_op_boundaries(builds, family):
+    """Channel-last end to end: the TFLite artifacts hold no TRANSPOSE the model did not write
+    (report.json's layout_transposes), and none at all where the model has none or only a detection
+    head's permute, which becomes a RESHAPE of the channel-last map."""
+    out = builds(family)
+    report = json.loads((out / "report.json").read_text())
+    for name in ["tflite-fp32", "tflite-int8", "edgetpu", "nnapi"]:
+        assert report["backend"][name]["layout_transposes"] == 0, (name, report["backend"][name])
+        assert report["backend"][name].get("ops", {}).get("TRANSPOSE", 0) == 0 or name in ("edgetpu", "nnapi")
