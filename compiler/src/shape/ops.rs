@@ -539,6 +539,51 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>], opset: i64) -> R {
             };
             Ok(vec![fact(dtype_of(ins, 0), Some(out))])
         }
+        "ConvTranspose" => {
+            // [N, C_out·group, spatial…]: `output_shape` when given, else
+            // stride·(in − 1) + output_padding + (k − 1)·dilation + 1 − pads (in·stride for SAME).
+            let (x, w) = (shape_of(ins, 0), shape_of(ins, 1));
+            let out = x.map(|x| {
+                let r = x.len();
+                let sp = r.saturating_sub(2);
+                let mut out = vec![Dim::Unknown; r];
+                if let Some(d) = x.first() {
+                    out[0] = d.clone();
+                }
+                let group = n.op.attr_int("group").unwrap_or(1);
+                if let (Some(c), true) = (w.and_then(|w| w.get(1)).and_then(|d| d.known()), r >= 2) {
+                    out[1] = Dim::Known(c.saturating_mul(group));
+                }
+                let attr = |name: &str, default: i64| n.op.attr_ints(name).unwrap_or_else(|| vec![default; sp]);
+                let (strides, dil, op) = (attr("strides", 1), attr("dilations", 1), attr("output_padding", 0));
+                let pads = n.op.attr_ints("pads").unwrap_or_else(|| vec![0; 2 * sp]);
+                let kernel: Vec<Option<i64>> = match n.op.attr_ints("kernel_shape") {
+                    Some(k) => k.into_iter().map(Some).collect(),
+                    None => (0..sp).map(|i| w.and_then(|w| w.get(2 + i)).and_then(|d| d.known())).collect(),
+                };
+                let same = matches!(n.op.attr("auto_pad"), Some(crate::ir::AttrValue::String(a)) if a.starts_with(b"SAME"));
+                let given = n.op.attr_ints("output_shape");
+                for i in 0..sp {
+                    out[2 + i] = match (&given, x[2 + i].known(), kernel.get(i).copied().flatten()) {
+                        (Some(g), _, _) if g.len() >= sp => Dim::Known(g[g.len() - sp + i]),
+                        (_, Some(d), _) if same => Dim::Known(d.saturating_mul(strides.get(i).copied().unwrap_or(1))),
+                        (_, Some(d), Some(k)) => {
+                            let g = |v: &Vec<i64>, j: usize, dflt: i64| v.get(j).copied().unwrap_or(dflt);
+                            let v = g(&strides, i, 1)
+                                .saturating_mul(d - 1)
+                                .saturating_add(g(&op, i, 0))
+                                .saturating_add((k - 1).saturating_mul(g(&dil, i, 1)) + 1)
+                                .saturating_sub(g(&pads, i, 0))
+                                .saturating_sub(g(&pads, sp + i, 0));
+                            if v >= 0 { Dim::Known(v) } else { Dim::Unknown }
+                        }
+                        _ => Dim::Unknown,
+                    };
+                }
+                out
+            });
+            Ok(vec![fact(dtype_of(ins, 0), out)])
+        }
         "Resize" | "Upsample" => {
             // `sizes` when given (opset >= 11, input 3), else floor(in × scale) (input 2; input 1 for
             // Upsample and opset-10 Resize); `axes` (opset 18) names the axes they cover.

@@ -10,8 +10,11 @@ pub mod lower;
 pub mod model;
 pub mod ops;
 pub mod resize;
+pub mod rewrite;
 pub mod seq;
 pub mod ser;
+pub mod shape_ops;
+pub mod tconv;
 pub mod text;
 
 use kiln_compiler::ir::{Act, Model};
@@ -51,17 +54,21 @@ pub fn check_io_dtype(io_dtype: Option<IoDtype>, int8: bool) -> std::result::Res
 /// QUANTIZE/DEQUANTIZE. The one place that drives the lowering: `lower` holds its state, `int8` decides
 /// integer ops, `ops` and `seq` emit them, `act` the activations.
 pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
-    // A model kept at opset 11/12 (`passes: []`) is lowered with opset-13 semantics, like every other.
-    let upgraded;
-    let model = if (kiln_compiler::onnx::upgrade::OLDEST..kiln_compiler::onnx::upgrade::TARGET)
-        .contains(&model.opset())
-    {
+    // A model kept at opset 11/12 (`passes: []`) is lowered with opset-13 semantics, like every other;
+    // 1-D convolutions become 2-D ones (rewrite.rs).
+    use kiln_compiler::onnx::upgrade;
+    let old = (upgrade::OLDEST..upgrade::TARGET).contains(&model.opset());
+    let owned;
+    let model = if old || rewrite::needed(model) {
         let mut m = model.clone();
-        kiln_compiler::onnx::upgrade::upgrade(&mut m)?;
-        let opset = m.opset();
-        kiln_compiler::shape::infer_graph(&mut m.graph, opset)?;
-        upgraded = m;
-        &upgraded
+        if old {
+            upgrade::upgrade(&mut m)?;
+            let opset = m.opset();
+            kiln_compiler::shape::infer_graph(&mut m.graph, opset)?;
+        }
+        rewrite::rewrite(&mut m)?;
+        owned = m;
+        &owned
     } else {
         model
     };

@@ -97,6 +97,11 @@ pub enum Options {
         time_major: bool,
     },
     StridedSlice,
+    /// STRIDED_SLICE whose `end_mask` bits run an axis to its end (a negative step down to index 0, which
+    /// no end index can say: −1 means the last element).
+    StridedSliceMasked {
+        end_mask: i32,
+    },
     /// RESIZE_BILINEAR (`nearest: false`) or RESIZE_NEAREST_NEIGHBOR.
     Resize {
         nearest: bool,

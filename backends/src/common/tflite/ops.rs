@@ -274,19 +274,68 @@ fn pool(l: &mut Lowering, id: NodeId) -> Result<()> {
     }
     let mut xt = l.get(x, true)?;
     let mut padding_mode = pad;
-    if pad == Padding::SAME && *kind == PoolKind::Average && count_include_pad.unwrap_or(0) != 0 {
-        return Err(
-            l.err("AveragePool with count_include_pad=1 and padding has no TFLite lowering")
-        );
-    }
-    if let Some(p) = explicit {
-        if *kind == PoolKind::Average {
-            return Err(
-                l.err("AveragePool with asymmetric explicit padding has no TFLite lowering")
-            );
+    let include_pad = count_include_pad.unwrap_or(0) != 0;
+    // An average over a zero-padded window: AVERAGE_POOL_2D (VALID) over PAD(0) counts the padding
+    // (count_include_pad=1); without it, each output is rescaled by k_h·k_w / (window cells inside the
+    // input), a constant map. SAME already counts only the cells inside.
+    let mut rescale: Option<Vec<f32>> = None;
+    if *kind == PoolKind::Average && (explicit.is_some() || (pad == Padding::SAME && include_pad)) {
+        if l.int8 && !l.float_mode {
+            return Err(l.err("int8 AveragePool with explicit padding has no TFLite lowering"));
         }
+        let p = match explicit {
+            Some(p) => p,
+            None => {
+                // The SAME pads, made explicit.
+                let same = |i: i64, k: i64, s: i64| {
+                    let total = (((i + s - 1) / s - 1) * s + k - i).max(0);
+                    (total / 2, total - total / 2)
+                };
+                let (h0, h1) = same(xd[2], k.0, s.0);
+                let (w0, w1) = same(xd[3], k.1, s.1);
+                [h0, w0, h1, w1]
+            }
+        };
+        if !include_pad {
+            let od = l.dims(n.output(0).ok_or_else(|| l.err("no output"))?)?;
+            let inside = |o: i64, k: i64, s: i64, before: i64, size: i64| {
+                let start = o * s - before;
+                (start.max(0)..(start + k).min(size)).count() as f32
+            };
+            let mut m = Vec::with_capacity((od[2] * od[3]) as usize);
+            for i in 0..od[2] {
+                for j in 0..od[3] {
+                    let cells = inside(i, k.0, s.0, p[0], xd[2]) * inside(j, k.1, s.1, p[1], xd[3]);
+                    m.push((k.0 * k.1) as f32 / cells.max(1.0));
+                }
+            }
+            rescale = Some(m);
+        }
+        xt = pad_nhwc(l, xt, p, None);
+        padding_mode = Padding::VALID;
+    } else if let Some(p) = explicit {
         xt = pad_nhwc(l, xt, p, Some(f32::MIN));
         padding_mode = Padding::VALID;
+    }
+    if let Some(m) = rescale {
+        let (out, act) = output_with_act(l, id, true)?;
+        let name = l.node.clone();
+        let shape = l.m.shape(out).to_vec();
+        let pooled = l.m.tensor(&format!("{name}_sum_like"), shape.clone(), TensorType::FLOAT32);
+        l.emit(
+            Code::AVERAGE_POOL_2D,
+            vec![xt],
+            vec![pooled],
+            Options::Pool {
+                padding: padding_mode,
+                stride: (s.0 as i32, s.1 as i32),
+                filter: (k.0 as i32, k.1 as i32),
+                act: Fused::NONE,
+            },
+        );
+        let mt = l.m.const_f32(&format!("{name}_count_scale"), vec![1, shape[1], shape[2], 1], &m);
+        l.emit(Code::MUL, vec![pooled, mt], vec![out], Options::Binary { act });
+        return Ok(());
     }
     let (out, act) = output_with_act(l, id, true)?;
     let code = if *kind == PoolKind::Max { Code::MAX_POOL_2D } else { Code::AVERAGE_POOL_2D };
@@ -925,6 +974,8 @@ fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
             } else {
                 (b, e, s)
             };
+            // A negative step clamped to end −1 runs to index 0: TFLite reads −1 as the last element.
+            let end_mask: i32 = (0..rank).filter(|a| s[*a] < 0 && e[*a] < 0).map(|a| 1 << a).sum();
             let xt = l.get(x, nhwc)?;
             let (bt, et, stt) = (
                 l.m.const_i32("slice_begin", &b),
@@ -932,8 +983,25 @@ fn generic(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
                 l.m.const_i32("slice_strides", &s),
             );
             let (out, _) = output_with_act(l, id, nhwc)?;
-            l.emit(Code::STRIDED_SLICE, vec![xt, bt, et, stt], vec![out], Options::StridedSlice);
+            let options = if end_mask == 0 {
+                Options::StridedSlice
+            } else {
+                Options::StridedSliceMasked { end_mask }
+            };
+            l.emit(Code::STRIDED_SLICE, vec![xt, bt, et, stt], vec![out], options);
             Ok(())
+        }
+        "Pad" => super::shape_ops::pad(l, id),
+        "ConvTranspose" => super::tconv::conv_transpose(l, id),
+        "Tile" => super::shape_ops::tile(l, id),
+        "Expand" => super::shape_ops::expand(l, id),
+        "Where" => super::shape_ops::where_(l, id),
+        "Cast" => super::shape_ops::cast(l, id),
+        "Greater" | "Less" | "Equal" | "GreaterOrEqual" | "LessOrEqual" => {
+            super::shape_ops::compare(l, id, op_type)
+        }
+        "ReduceMax" | "ReduceMin" | "ReduceSum" | "ReduceProd" | "ArgMax" | "ArgMin" => {
+            super::shape_ops::reduce(l, id, op_type)
         }
         _ => Err(l.err(format!("the tflite backend has no lowering for {op_type}"))),
     }

@@ -276,7 +276,10 @@ mod tests {
         assert!(a.agrees(VARIANTS[1]) && !a.agrees(VARIANTS[0]));
         // half_pixel + ceil: no TFLite variant reads the same rows (the lowering gathers them).
         let a = axis("half_pixel", Some("ceil"), 4, 8);
-        assert_eq!((0..8).map(|o| a.onnx_nearest(o)).collect::<Vec<_>>(), vec![0, 1, 1, 2, 2, 3, 3, 3]);
+        assert_eq!(
+            (0..8).map(|o| a.onnx_nearest(o)).collect::<Vec<_>>(),
+            vec![0, 1, 1, 2, 2, 3, 3, 3]
+        );
         assert!(VARIANTS.iter().all(|v| !a.agrees(*v)));
     }
 }

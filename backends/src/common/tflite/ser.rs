@@ -154,6 +154,13 @@ fn options<'a>(
                     .as_union_value(),
             ),
         ),
+        Options::StridedSliceMasked { end_mask } => {
+            let args = fb::StridedSliceOptionsArgs { end_mask: *end_mask, ..Default::default() };
+            (
+                K::StridedSliceOptions,
+                Some(fb::StridedSliceOptions::create(b, &args).as_union_value()),
+            )
+        }
         Options::Resize { nearest: false, align_corners, half_pixel } => {
             let args = fb::ResizeBilinearOptionsArgs {
                 align_corners: *align_corners,
@@ -200,6 +207,15 @@ fn options<'a>(
             let args = fb::CastOptionsArgs { in_data_type: *from, out_data_type: *to };
             (K::CastOptions, Some(fb::CastOptions::create(b, &args).as_union_value()))
         }
+    }
+}
+
+/// The lowest op version the runtime registers the builtin under (BROADCAST_TO starts at 2).
+fn min_version(c: fb::BuiltinOperator) -> i32 {
+    if c == fb::BuiltinOperator::BROADCAST_TO {
+        2
+    } else {
+        1
     }
 }
 
@@ -325,7 +341,7 @@ pub fn write(m: &TfModel, description: &str) -> Vec<u8> {
                 &fb::OperatorCodeArgs {
                     deprecated_builtin_code: c.0.min(127) as i8,
                     custom_code: None,
-                    version: 1,
+                    version: min_version(*c),
                     builtin_code: *c,
                 },
             )

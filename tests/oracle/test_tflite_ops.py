@@ -1,0 +1,169 @@
+"""TFLite lowerings op by op (issue 13): small generated models, each a 1x1 convolution (so the tensor under
+test is channel-last, as in a real CNN) followed by the op in one of its attribute variants, built to
+`tflite` fp32 (and int8 for a subset) and run in the ai-edge-litert interpreter against onnxruntime on the
+ONNX model. A variant TFLite cannot express is refused by name, never emitted wrong."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from accuracy import cosine
+from kiln_oracle import Project, run_artifact
+
+RNG = np.random.default_rng(3)
+F = TensorProto.FLOAT
+
+
+def const(name, a):
+    return numpy_helper.from_array(np.asarray(a), name)
+
+
+def model(path, nodes, inits, x_shape, y_shape, y_type=F, opset=17, stem=True):
+    """x → [1x1 conv "stem" → s] → nodes (reading `s`, or `x` when stem=False) → y."""
+    c = x_shape[1]
+    inits = list(inits)
+    pre = []
+    if stem:
+        k = len(x_shape) - 2
+        inits += [const("stem_w", (RNG.standard_normal((c, c) + (1,) * k) * 0.5).astype(np.float32)), const("stem_b", (RNG.standard_normal(c) * 0.1).astype(np.float32))]
+        pre = [helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["s"], name="stem")]
+    g = helper.make_graph(pre + nodes, "op", [helper.make_tensor_value_info("x", F, x_shape)], [helper.make_tensor_value_info("y", y_type, y_shape or None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    if y_shape:
+        onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, path)
+    np.save(path.with_suffix(".npy"), RNG.standard_normal((8, *x_shape[1:])).astype(np.float32))
+
+
+def resize(mode, coord, nearest="round_prefer_floor", scales=None, sizes=None, out=None):
+    ins = ["s", "", "scales" if scales else "", "sizes" if sizes else ""]
+    while ins[-1] == "":
+        ins.pop()
+    inits = ([const("scales", np.array(scales, np.float32))] if scales else []) + ([const("sizes", np.array(sizes, np.int64))] if sizes else [])
+    n = helper.make_node("Resize", ins, ["y"], mode=mode, coordinate_transformation_mode=coord, nearest_mode=nearest)
+    return [n], inits, [1, 4, 8, 6], out
+
+
+def pad(mode, pads, value=None):
+    ins = ["s", "pads"] + (["value"] if value is not None else [])
+    inits = [const("pads", np.array(pads, np.int64))] + ([const("value", np.array(value, np.float32))] if value is not None else [])
+    out = [1, 4, 8 + pads[2] + pads[6], 6 + pads[3] + pads[7]]
+    return [helper.make_node("Pad", ins, ["y"], mode=mode)], inits, [1, 4, 8, 6], out
+
+
+def conv_t(**attrs):
+    w = const("tw", (RNG.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32))
+    b = const("tb", (RNG.standard_normal(3) * 0.1).astype(np.float32))
+    return [helper.make_node("ConvTranspose", ["s", "tw", "tb"], ["y"], kernel_shape=[3, 3], **attrs)], [w, b], [1, 4, 5, 6], None
+
+
+def reduce(op, keep=1, axes=None, **attrs):
+    ins = ["s"] + (["axes"] if axes is not None and op == "ReduceSum" else [])
+    inits = [const("axes", np.array(axes, np.int64))] if axes is not None and op == "ReduceSum" else []
+    if axes is not None and op != "ReduceSum":
+        attrs["axes"] = axes
+    return [helper.make_node(op, ins, ["y"], keepdims=keep, **attrs)], inits, [1, 4, 8, 6], None
+
+
+def softmax(axis):
+    return [helper.make_node("Softmax", ["s"], ["y"], axis=axis)], [], [1, 4, 8, 6], [1, 4, 8, 6]
+
+
+CASES = {
+    # PyTorch's nn.Upsample(scale_factor=2) (nearest, asymmetric, floor) and F.interpolate variants.
+    "resize_nearest_x2": resize("nearest", "asymmetric", "floor", scales=[1, 1, 2, 2], out=[1, 4, 16, 12]),
+    "resize_nearest_half_pixel_down": resize("nearest", "half_pixel", scales=[1, 1, 0.5, 0.5], out=[1, 4, 4, 3]),
+    "resize_nearest_ceil_gathered": resize("nearest", "half_pixel", "ceil", scales=[1, 1, 2, 2], out=[1, 4, 16, 12]),
+    "resize_bilinear_half_pixel": resize("linear", "half_pixel", scales=[1, 1, 2, 2], out=[1, 4, 16, 12]),
+    "resize_bilinear_pytorch": resize("linear", "pytorch_half_pixel", sizes=[1, 4, 13, 11], out=[1, 4, 13, 11]),
+    "resize_bilinear_align_corners": resize("linear", "align_corners", sizes=[1, 4, 15, 9], out=[1, 4, 15, 9]),
+    "resize_bilinear_asymmetric": resize("linear", "asymmetric", scales=[1, 1, 2, 2], out=[1, 4, 16, 12]),
+    "pad_zeros": pad("constant", [0, 0, 1, 2, 0, 0, 2, 1]),
+    "pad_value": pad("constant", [0, 0, 1, 2, 0, 0, 2, 1], 1.5),
+    "pad_reflect": pad("reflect", [0, 0, 2, 1, 0, 0, 1, 2]),
+    "pad_edge": pad("edge", [0, 0, 2, 1, 0, 0, 1, 2]),
+    "conv_transpose_s2_p1_op1": conv_t(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    "conv_transpose_same": conv_t(strides=[2, 2], auto_pad="SAME_UPPER"),
+    "conv_transpose_valid": conv_t(strides=[1, 1]),
+    "softmax_channels": softmax(1),
+    "softmax_height": softmax(2),
+    "softmax_last": softmax(-1),
+    "reduce_max_hw": reduce("ReduceMax", 1, [2, 3]),
+    "reduce_min_h_dropped": reduce("ReduceMin", 0, [2]),
+    "reduce_sum_c_dropped": reduce("ReduceSum", 0, [1]),
+    "tile": ([helper.make_node("Tile", ["s", "reps"], ["y"])], [const("reps", np.array([1, 1, 2, 3], np.int64))], [1, 4, 8, 6], [1, 4, 16, 18]),
+    "expand": ([helper.make_node("GlobalAveragePool", ["s"], ["g"]), helper.make_node("Expand", ["g", "shape"], ["y"])], [const("shape", np.array([1, 4, 8, 6], np.int64))], [1, 4, 8, 6], [1, 4, 8, 6]),
+    "where_leaky": (
+        [helper.make_node("Greater", ["s", "zero"], ["pos"]), helper.make_node("Mul", ["s", "tenth"], ["neg"]), helper.make_node("Where", ["pos", "s", "neg"], ["y"])],
+        [const("zero", np.array(0, np.float32)), const("tenth", np.array(0.1, np.float32))],
+        [1, 4, 8, 6],
+        [1, 4, 8, 6],
+    ),
+    "cast_round_trip": ([helper.make_node("Cast", ["s"], ["i"], to=TensorProto.INT32), helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)], [], [1, 4, 8, 6], [1, 4, 8, 6]),
+    "avgpool_asymmetric": ([helper.make_node("AveragePool", ["s"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 1, 0])], [], [1, 4, 8, 6], None),
+    "avgpool_include_pad": ([helper.make_node("AveragePool", ["s"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1)], [], [1, 4, 8, 6], None),
+    "slice_negative_steps": ([helper.make_node("Slice", ["s", "st", "en", "ax", "sp"], ["y"])], [const(n, np.array(v, np.int64)) for n, v in [("st", [-1, 0]), ("en", [-1000, 8]), ("ax", [3, 2]), ("sp", [-1, 2])]], [1, 4, 8, 6], [1, 4, 4, 6]),
+    "grouped_conv": ([helper.make_node("Conv", ["s", "gw"], ["y"], group=2, pads=[1, 1, 1, 1], kernel_shape=[3, 3])], [const("gw", (RNG.standard_normal((6, 2, 3, 3)) * 0.3).astype(np.float32))], [1, 4, 8, 6], [1, 6, 8, 6]),
+    "conv1d": (
+        [
+            helper.make_node("Conv", ["s", "w1", "b1"], ["c1"], pads=[1, 1], kernel_shape=[3]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2"], ["y"], strides=[2], kernel_shape=[3]),
+        ],
+        [const("w1", (RNG.standard_normal((6, 4, 3)) * 0.3).astype(np.float32)), const("b1", np.zeros(6, np.float32)), const("w2", (RNG.standard_normal((5, 6, 3)) * 0.3).astype(np.float32))],
+        [1, 4, 16],
+        [1, 5, 7],
+    ),
+    "argmax_keepdims": ([helper.make_node("ArgMax", ["s"], ["y"], axis=1, keepdims=1)], [], [1, 4, 8, 6], [1, 1, 8, 6]),
+}
+INT_OUTPUT = {"argmax_keepdims"}
+# int8 builds (QDQ twin vs LiteRT) for the ops whose int8 rules matter.
+INT8 = {"resize_nearest_x2", "resize_bilinear_half_pixel", "pad_zeros", "pad_reflect", "tile", "grouped_conv", "conv1d", "softmax_channels"}
+
+
+def infer_out(path):
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    return [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_lowers_and_matches_onnxruntime(tmp_path, case):
+    nodes, inits, x_shape, y_shape = CASES[case]
+    path = tmp_path / f"{case}.onnx"
+    y_type = TensorProto.INT64 if case in INT_OUTPUT else F
+    model(path, nodes, inits, x_shape, y_shape, y_type)
+    if y_shape is None:  # let onnx infer the output shape, then write it
+        model(path, nodes, inits, x_shape, infer_out(path), y_type)
+    p = Project(tmp_path / "w")
+    targets = [{"name": "fp32", "backend": "tflite", "precision": "fp32"}]
+    if case in INT8:
+        targets.append({"name": "int8", "backend": "tflite", "precision": "int8"})
+    p.build({"model": path, "passes": ["cleanup", "fuse"], "calibration": {"tensors": path.with_suffix(".npy"), "method": "minmax"}, "targets": targets, "output": "out"})
+    x = np.load(path.with_suffix(".npy"))
+    feeds = [{"x": x[i : i + 1]} for i in range(len(x))]
+    ref = [r[0] for r in run_artifact(path, feeds, exact=False)]
+    got = [g[0] for g in run_artifact(p.root / "out" / "fp32" / "model.tflite", feeds)]
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape, (r.shape, g.shape)
+        if case in INT_OUTPUT:
+            assert np.array_equal(r, g)
+        else:
+            assert np.abs(r - g).max() <= 1e-4 * max(np.abs(r).max(), 1e-6), (case, np.abs(r - g).max())
+    if case in INT8:
+        twin = [t[0] for t in run_artifact(p.root / "out" / "int8" / "model.qdq.onnx", feeds, exact=True)]
+        q = [g[0] for g in run_artifact(p.root / "out" / "int8" / "model.tflite", feeds)]
+        c = cosine(np.concatenate([t.ravel() for t in twin]), np.concatenate([v.ravel() for v in q]))
+        assert c >= 0.99, (case, c)
+
+
+def test_unexpressible_resize_is_refused_by_name(tmp_path):
+    """Cubic sampling has no TFLite op: the tflite target fails naming the node and the mode; onnx builds."""
+    nodes = [helper.make_node("Resize", ["s", "", "scales"], ["y"], name="the_cubic_resize", mode="cubic")]
+    path = tmp_path / "cubic.onnx"
+    model(path, nodes, [const("scales", np.array([1, 1, 2, 2], np.float32))], [1, 4, 8, 6], [1, 4, 16, 12])
+    p = Project(tmp_path / "w")
+    r = p.build({"model": path, "targets": [{"name": "t", "backend": "tflite", "precision": "fp32"}, {"name": "o", "backend": "onnx", "precision": "fp32"}], "output": "out"}, check=False)
+    assert r.returncode != 0 and "the_cubic_resize" in r.stderr and "cubic" in r.stderr, r.stderr
+    assert (p.root / "out" / "o" / "model.onnx").exists() and not (p.root / "out" / "t" / "model.tflite").exists()
