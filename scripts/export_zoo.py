@@ -7,7 +7,8 @@ speech families, each at opset 17, 12 and 11, the way PyTorch users export them.
 
 The architectures are torchvision's own (LR-ASPP and DeepLabV3 heads on a dilated MobileNetV3-Large,
 SSDLite's backbone and heads, RegNetX's grouped bottlenecks) or written here after a public design (a
-YOLOv8-style detector: C2f/CSP blocks, SiLU, SPPF max-pools, nearest 2x upsampling, a DFL box head), built
+YOLOv8-style detector: C2f/CSP blocks, SiLU, SPPF max-pools, nearest 2x upsampling, a DFL box head; a
+streaming speech model: reflect padding, 1-D convolutions, a GRU with its state as input and output), built
 narrow and fed small inputs so each file stays well under 1 MB and CI stays fast. Weights are random but seeded;
 BatchNorm statistics are set to realistic values so folding and quantization see trained-like numbers. Every
 model gets `<name>_inputs.npy` (8 samples along axis 0) for calibration and the tests.
@@ -229,12 +230,37 @@ def det_yolo():
     return Yolo(), (1, 3, 96, 96)
 
 
+class Speech(nn.Module):
+    """A streaming keyword-spotting / voice-activity model: log-mel frames in (reflect-padded), two 1-D
+    convolutions, a GRU whose state comes in and goes out (so the app carries it across calls), per-frame
+    class logits."""
+
+    def __init__(self, mels=16, hidden=32, classes=4):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv1d(mels, 24, 5), nn.BatchNorm1d(24)
+        self.conv2, self.bn2 = nn.Conv1d(24, 24, 3, stride=2, padding=1), nn.BatchNorm1d(24)
+        self.gru = nn.GRU(24, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x, h0):
+        x = F.pad(x, (2, 2), mode="reflect")
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        y, h = self.gru(x.transpose(1, 2), h0)
+        return self.fc(y), h
+
+
+def speech_gru():
+    return Speech(), (1, 16, 40)
+
+
 MODELS = {
     "seg_lraspp": seg_lraspp,
     "seg_deeplabv3": seg_deeplabv3,
     "det_ssdlite": det_ssdlite,
     "cls_regnet_x": cls_regnet_x,
     "det_yolo": det_yolo,
+    "speech_gru": speech_gru,
 }
 
 
@@ -250,17 +276,26 @@ def export(name):
     torch.manual_seed(0)
     model, shape = MODELS[name]()
     model = realistic(model)
-    x = inputs(shape)
     OUT.mkdir(parents=True, exist_ok=True)
-    np.save(OUT / f"{name}_inputs.npy", x)
-    with torch.no_grad():
-        outs = model(torch.from_numpy(x[:1]))
-    n_out = len(outs) if isinstance(outs, tuple) else 1
-    names = ["boxes", "scores"] if n_out == 2 else ["out"]
+    if name == "speech_gru":
+        # Frames of a smooth spectrogram-like signal, and a carried GRU state.
+        g = np.random.default_rng(7)
+        x = np.cumsum(g.standard_normal((8, *shape[1:])).astype(np.float32) * 0.3, axis=2)
+        # h0 is [layers, batch, hidden]; samples stack along a new axis 0 like every kiln data file.
+        h0 = (g.standard_normal((8, 1, model.gru.hidden_size)) * 0.5).astype(np.float32).clip(-1, 1)
+        np.save(OUT / f"{name}_inputs.npy", x.astype(np.float32))
+        np.save(OUT / f"{name}_state.npy", h0)
+        args, in_names, names = (torch.from_numpy(x[:1]), torch.from_numpy(h0[:1])), ["frames", "h0"], ["logits", "h"]
+    else:
+        x = inputs(shape)
+        np.save(OUT / f"{name}_inputs.npy", x)
+        with torch.no_grad():
+            outs = model(torch.from_numpy(x[:1]))
+        n_out = len(outs) if isinstance(outs, tuple) else 1
+        args, in_names, names = (torch.from_numpy(x[:1]),), ["image"], ["boxes", "scores"] if n_out == 2 else ["out"]
     for opset in OPSETS:
         path = OUT / (f"{name}.onnx" if opset == 17 else f"{name}_op{opset}.onnx")
-        torch.onnx.export(model, (torch.from_numpy(x[:1]),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=names)
+        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=opset, input_names=in_names, output_names=names)
         print(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB")
 
 

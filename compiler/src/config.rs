@@ -94,6 +94,10 @@ pub struct CalibrationConfig {
     /// At most this many samples (default all).
     #[serde(default)]
     pub samples: Option<usize>,
+    /// The model's other inputs, by name: an .npy each, sample i fed with sample i of the data input (a
+    /// recurrent state carried between calls, a mask).
+    #[serde(default)]
+    pub other_inputs: BTreeMap<String, PathBuf>,
 }
 
 /// `validation:` — data the artifacts are checked on, and the accuracy budget they must meet.
@@ -111,6 +115,9 @@ pub struct ValidationConfig {
     pub labels: Option<PathBuf>,
     #[serde(default)]
     pub samples: Option<usize>,
+    /// As in `calibration:`: the model's other inputs, sample by sample.
+    #[serde(default)]
+    pub other_inputs: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub min_top1_agreement: Option<f64>,
     #[serde(default)]

@@ -212,7 +212,7 @@ fn check_validation(cfg: &LoadedConfig, model: &Model, v: &Option<Validation>) -
 }
 
 /// Files of a `validation:` section, its loaded samples and labels.
-fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
+fn validation_data(cfg: &LoadedConfig, model: &Model) -> Result<Option<Validation>> {
     let Some(v) = &cfg.config.validation else { return Ok(None) };
     let limit = v.samples.unwrap_or(usize::MAX);
     let (source, mut files) = match (&v.images, &v.tensors) {
@@ -231,6 +231,8 @@ fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
         _ => return Ok(None),
     };
     let samples = crate::calib::data::load(&source, limit)?;
+    register_other_inputs(cfg, model, "validation", &v.other_inputs, &samples)?;
+    files.extend(v.other_inputs.values().map(|f| cfg.dir.join(f)));
     let labels = match &v.labels {
         Some(l) => {
             let p = cfg.dir.join(l);
@@ -244,6 +246,48 @@ fn validation_data(cfg: &LoadedConfig) -> Result<Option<Validation>> {
         None => None,
     };
     Ok(Some((files, samples, labels)))
+}
+
+/// Load a section's `other_inputs:` (an .npy per input name, samples along axis 0) and register sample i
+/// of each with sample i of the data input (`eval::register_companions`), so every evaluation feeds them.
+fn register_other_inputs(
+    cfg: &LoadedConfig,
+    model: &Model,
+    section: &str,
+    other: &BTreeMap<String, PathBuf>,
+    samples: &[crate::ir::TensorData],
+) -> Result<()> {
+    if other.is_empty() {
+        return Ok(());
+    }
+    let mut per_input = Vec::new();
+    for (name, file) in other {
+        let p = cfg.dir.join(file);
+        let parts =
+            crate::calib::data::load(&crate::calib::Source::Tensors(p.clone()), usize::MAX)?;
+        if parts.len() < samples.len() {
+            return Err(Error::Npy {
+                path: p,
+                reason: format!(
+                    "`{section}: other_inputs: {name}` has {} samples for {} data samples",
+                    parts.len(),
+                    samples.len()
+                ),
+            });
+        }
+        for t in parts.iter().take(1) {
+            crate::eval::check_input(model, name, &t.dims).map_err(|e| Error::Npy {
+                path: cfg.dir.join(file),
+                reason: format!("`{section}: other_inputs: {name}`: {e}"),
+            })?;
+        }
+        per_input.push((name.clone(), parts));
+    }
+    for (i, s) in samples.iter().enumerate() {
+        let extra = per_input.iter().map(|(n, parts)| (n.clone(), parts[i].clone())).collect();
+        crate::eval::register_companions(s, extra);
+    }
+    Ok(())
 }
 
 /// Every sample must fit the model's declared input dims; for image folders the error says which
@@ -561,15 +605,20 @@ fn calibration_files(cfg: &LoadedConfig) -> Result<(crate::calib::Source, Vec<Pa
         reason: "no calibration section".into(),
     })?;
     let limit = c.samples.unwrap_or(usize::MAX);
+    let others = c.other_inputs.values().map(|f| cfg.dir.join(f));
     if let Some(t) = &c.tensors {
         let p = cfg.dir.join(t);
-        return Ok((crate::calib::Source::Tensors(p.clone()), vec![p]));
+        return Ok((
+            crate::calib::Source::Tensors(p.clone()),
+            [p].into_iter().chain(others).collect(),
+        ));
     }
     let dir = cfg.dir.join(c.images.as_ref().ok_or_else(|| Error::Config {
         path: cfg.path.clone(),
         reason: "calibration: no images or tensors".into(),
     })?);
-    let files = crate::calib::data::image_files(&dir, limit)?;
+    let mut files = crate::calib::data::image_files(&dir, limit)?;
+    files.extend(others);
     Ok((
         crate::calib::Source::Images { dir, preprocess: c.preprocess.clone().unwrap_or_default() },
         files,
@@ -610,6 +659,7 @@ impl<'a> Calibrator<'a> {
         })?;
         let (source, _) = calibration_files(cfg)?;
         let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
+        register_other_inputs(cfg, model, "calibration", &c.other_inputs, &samples)?;
         let input = model
             .graph
             .data_input_name()
@@ -729,6 +779,9 @@ fn passes_fidelity(
         None if cfg.config.calibration.is_some() => {
             let (source, _) = calibration_files(cfg)?;
             owned = crate::calib::data::load(&source, 64)?;
+            if let Some(c) = &cfg.config.calibration {
+                register_other_inputs(cfg, original, "calibration", &c.other_inputs, &owned)?;
+            }
             (&owned, None)
         }
         None => {
@@ -823,7 +876,7 @@ fn load_inputs(
     let targets = &cfg.config.targets;
     // Non-fp32 targets are measured on it, and so is a pass that changes the model's function (which
     // is known only once passes ran): a validation section is always read.
-    let validation = validation_data(cfg)?;
+    let validation = validation_data(cfg, &model)?;
     if let Some((files, _, _)) = &validation {
         for f in files {
             inputs.push(input_record("validation", f, &cfg.dir)?);

@@ -141,6 +141,35 @@ fn from_tract(t: &Tensor) -> Result<TensorData> {
     Ok(TensorData::from_bytes(dt, dims, t.as_bytes().to_vec()))
 }
 
+/// Tensors fed alongside a sample of a model's data input: its other inputs (a recurrent state carried
+/// between calls, a mask), registered by the driver when `other_inputs:` names them, keyed by the data
+/// sample's content. Every evaluator of every model variant (calibration, range search, validation) then
+/// feeds them with that sample without the sample lists changing shape.
+static COMPANIONS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<u64, std::sync::Arc<Vec<(String, TensorData)>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn content_key(t: &TensorData) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}", t.dtype).hash(&mut h);
+    t.dims.hash(&mut h);
+    t.bytes().hash(&mut h);
+    h.finish()
+}
+
+/// Feed `extra` (input name → tensor) with every run whose data input is `sample`.
+pub fn register_companions(sample: &TensorData, extra: Vec<(String, TensorData)>) {
+    if let Ok(mut m) = COMPANIONS.lock() {
+        m.insert(content_key(sample), std::sync::Arc::new(extra));
+    }
+}
+
+/// The tensors registered with `sample`, if any.
+fn companions(sample: &TensorData) -> Option<std::sync::Arc<Vec<(String, TensorData)>>> {
+    COMPANIONS.lock().ok()?.get(&content_key(sample)).cloned()
+}
+
 /// A model loaded into tract, ready to run repeatedly.
 pub struct Evaluator {
     plan: std::sync::Arc<TypedRunnableModel>,
@@ -173,11 +202,18 @@ impl Evaluator {
             .map(|v| g.value(*v).name.clone())
             .collect();
         for (ix, name) in input_names.iter().enumerate() {
+            // An input no fact names (one fed by registered companions) takes its declared static type.
+            let declared = g.find(name).and_then(|v| {
+                let v = g.value(v);
+                v.static_shape().map(|s| (name.clone(), v.dtype, s))
+            });
             let (_, dt, shape) =
-                input_facts.iter().find(|(n, _, _)| n == name).ok_or_else(|| Error::Input {
-                    name: name.clone(),
-                    reason: "no tensor given for this model input".into(),
-                })?;
+                input_facts.iter().find(|(n, _, _)| n == name).or(declared.as_ref()).ok_or_else(
+                    || Error::Input {
+                        name: name.clone(),
+                        reason: "no tensor given for this model input".into(),
+                    },
+                )?;
             let dt = datum(*dt).ok_or_else(|| Error::Input {
                 name: name.clone(),
                 reason: format!("element type {dt} is not supported"),
@@ -226,10 +262,15 @@ impl Evaluator {
     /// Run once; outputs in the model's output order.
     pub fn run(&self, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
         let mut tv = TVec::new();
+        let extra = inputs.first().and_then(|(_, t)| companions(t));
         for name in &self.input_names {
-            let (_, t) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| Error::Input {
+            let given = inputs.iter().find(|(n, _)| n == name);
+            let from_extra = || extra.as_ref().and_then(|e| e.iter().find(|(n, _)| n == name));
+            let (_, t) = given.or_else(from_extra).ok_or_else(|| Error::Input {
                 name: name.clone(),
-                reason: "no tensor given for this model input".into(),
+                reason: "no tensor given for this model input (a model with several inputs needs \
+                         `other_inputs:` beside its calibration or validation data)"
+                    .into(),
             })?;
             tv.push(to_tract(t, name)?.into());
         }

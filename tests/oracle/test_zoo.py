@@ -6,8 +6,9 @@ every backend at once and checked against independent runtimes:
 - fp32 and fp16 TFLite in the ai-edge-litert interpreter against onnxruntime on the original model;
 - int8 TFLite (tflite and npu targets) against its QDQ twin (model.qdq.onnx, the same quantization decisions)
   executed as written by onnxruntime with graph optimizations off;
-- dense outputs (segmentation maps, box and score tensors) by cosine and max error over the whole tensor,
-  classifiers by top-1 agreement.
+- dense outputs (segmentation maps, box and score tensors, per-frame logits and the carried GRU state) by
+  cosine and max error over the whole tensor, classifiers by top-1 agreement.
+The speech model's state input is fed from `other_inputs:` (sample i with sample i of the frames).
 """
 import json
 
@@ -18,7 +19,9 @@ from accuracy import cosine, top1_agreement
 from kiln_oracle import ROOT, Project, run_artifact
 
 ZOO = ROOT / "tests" / "models" / "zoo"
-FAMILIES = ["seg_lraspp", "seg_deeplabv3", "det_ssdlite", "cls_regnet_x", "det_yolo"]
+FAMILIES = ["seg_lraspp", "seg_deeplabv3", "det_ssdlite", "cls_regnet_x", "det_yolo", "speech_gru"]
+# Models with inputs besides the data input: name → the .npy of their samples (`other_inputs:`).
+OTHER_INPUTS = {"speech_gru": {"h0": ZOO / "speech_gru_state.npy"}}
 CLASSIFIERS = {"cls_regnet_x"}
 OPSETS = {17: "", 12: "_op12", 11: "_op11"}
 TARGETS = [
@@ -34,6 +37,9 @@ TARGETS = [
 
 def samples(family):
     x = np.load(ZOO / f"{family}_inputs.npy")
+    if family == "speech_gru":
+        h = np.load(OTHER_INPUTS[family]["h0"])
+        return [{"frames": x[i : i + 1], "h0": h[i : i + 1]} for i in range(len(x))]
     return [{"image": x[i : i + 1]} for i in range(len(x))]
 
 
@@ -51,7 +57,7 @@ def builds(tmp_path_factory):
                 {
                     "model": ZOO / f"{stem}.onnx",
                     "passes": ["cleanup", "fuse"],
-                    "calibration": {"tensors": ZOO / f"{family}_inputs.npy", "method": "minmax"},
+                    "calibration": {"tensors": ZOO / f"{family}_inputs.npy", "method": "minmax", "other_inputs": OTHER_INPUTS.get(family, {})},
                     "targets": targets,
                     "output": "out",
                 }
@@ -142,7 +148,7 @@ def test_old_opsets_are_upgraded_and_quantize_per_channel(builds, family, opset)
         assert rel <= 1e-4
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "det_yolo"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("det_yolo", "speech_gru")])
 def test_no_layout_transposes_at_op_boundaries(builds, family):
     """Channel-last end to end: the TFLite artifacts hold no TRANSPOSE the model did not write
     (report.json's layout_transposes), and none at all where the model has none or only a detection

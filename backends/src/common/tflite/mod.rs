@@ -11,6 +11,7 @@ pub mod model;
 pub mod ops;
 pub mod resize;
 pub mod rewrite;
+pub mod rnn;
 pub mod seq;
 pub mod ser;
 pub mod shape_ops;

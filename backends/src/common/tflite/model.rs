@@ -120,6 +120,14 @@ pub enum Options {
     ArgMax {
         output: TensorType,
     },
+    Pack {
+        count: i32,
+        axis: i32,
+    },
+    Unpack {
+        num: i32,
+        axis: i32,
+    },
     Cast {
         from: TensorType,
         to: TensorType,

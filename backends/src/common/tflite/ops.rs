@@ -848,7 +848,14 @@ pub fn lower(l: &mut Lowering, id: NodeId) -> Result<()> {
             super::seq::layer_norm(l, id)
         }
         Op::Generic { op_type, .. } if op_type == "Gather" => super::seq::gather(l, id),
-        Op::Generic { op_type, .. } if op_type == "LSTM" => super::seq::lstm(l, id),
+        Op::Generic { op_type, .. } if op_type == "LSTM" => {
+            if super::rnn::lstm_needs_unrolling(l, id) {
+                super::rnn::lstm(l, id)
+            } else {
+                super::seq::lstm(l, id)
+            }
+        }
+        Op::Generic { op_type, .. } if op_type == "GRU" => super::rnn::gru(l, id),
         Op::Generic { op_type, .. } if op_type == "Resize" => {
             let legacy = l.opset < 11;
             super::resize::resize(l, id, legacy)

@@ -203,6 +203,14 @@ fn options<'a>(
             let args = fb::ArgMaxOptionsArgs { output_type: *output };
             (K::ArgMaxOptions, Some(fb::ArgMaxOptions::create(b, &args).as_union_value()))
         }
+        Options::Pack { count, axis } => {
+            let args = fb::PackOptionsArgs { values_count: *count, axis: *axis };
+            (K::PackOptions, Some(fb::PackOptions::create(b, &args).as_union_value()))
+        }
+        Options::Unpack { num, axis } => {
+            let args = fb::UnpackOptionsArgs { num: *num, axis: *axis };
+            (K::UnpackOptions, Some(fb::UnpackOptions::create(b, &args).as_union_value()))
+        }
         Options::Cast { from, to } => {
             let args = fb::CastOptionsArgs { in_data_type: *from, out_data_type: *to };
             (K::CastOptions, Some(fb::CastOptions::create(b, &args).as_union_value()))
