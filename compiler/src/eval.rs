@@ -146,8 +146,11 @@ fn from_tract(t: &Tensor) -> Result<TensorData> {
 /// sample's content. Every evaluator of every model variant (calibration, range search, validation) then
 /// feeds them with that sample without the sample lists changing shape.
 static COMPANIONS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<u64, std::sync::Arc<Vec<(String, TensorData)>>>>,
+    std::sync::Mutex<std::collections::HashMap<u64, Companions>>,
 > = std::sync::LazyLock::new(Default::default);
+
+/// The tensors fed with one data sample.
+type Companions = std::sync::Arc<Vec<(String, TensorData)>>;
 
 fn content_key(t: &TensorData) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -166,7 +169,7 @@ pub fn register_companions(sample: &TensorData, extra: Vec<(String, TensorData)>
 }
 
 /// The tensors registered with `sample`, if any.
-fn companions(sample: &TensorData) -> Option<std::sync::Arc<Vec<(String, TensorData)>>> {
+fn companions(sample: &TensorData) -> Option<Companions> {
     COMPANIONS.lock().ok()?.get(&content_key(sample)).cloned()
 }
 
