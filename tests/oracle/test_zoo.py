@@ -148,13 +148,19 @@ def test_old_opsets_are_upgraded_and_quantize_per_channel(builds, family, opset)
         assert rel <= 1e-4
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("det_yolo", "speech_gru")])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "det_yolo"])
 def test_no_layout_transposes_at_op_boundaries(builds, family):
-    """Channel-last end to end: the TFLite artifacts hold no TRANSPOSE the model did not write
-    (report.json's layout_transposes), and none at all where the model has none or only a detection
-    head's permute, which becomes a RESHAPE of the channel-last map."""
+    """Channel-last end to end: the TFLite artifacts hold no more TRANSPOSE ops than the model writes
+    Transposes (report.json's layout_transposes is the excess): a detection head's view+permute becomes a
+    RESHAPE of the channel-last map, and 1-D convolutions' layout changes fold into the model's own."""
+    import onnx
+
     out = builds(family)
+    written = sum(n.op_type == "Transpose" for n in onnx.load(str(ZOO / f"{family}.onnx")).graph.node)
     report = json.loads((out / "report.json").read_text())
     for name in ["tflite-fp32", "tflite-int8", "edgetpu", "nnapi"]:
         assert report["backend"][name]["layout_transposes"] == 0, (name, report["backend"][name])
-        assert report["backend"][name].get("ops", {}).get("TRANSPOSE", 0) == 0 or name in ("edgetpu", "nnapi")
+    for name in ["tflite-fp32", "tflite-int8"]:
+        from tflite_oracle import op_names
+
+        assert op_names(out / name / "model.tflite").count("TRANSPOSE") <= written, name

@@ -112,20 +112,18 @@ pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Re
     Ok(l.m)
 }
 
-/// TRANSPOSE ops of `m` that no Transpose of `model` asked for: the layout changes the lowering added at
-/// op boundaries (a channel-last CNN should have none), for the build report.
+/// TRANSPOSE ops of `m` beyond the Transposes `model` itself writes: the layout changes the lowering added
+/// at op boundaries and could not fold into the model's own (a channel-last CNN has none), for the build
+/// report. Counted as a difference because folding merges a layout change into a model's transpose.
 pub fn layout_transposes(model: &Model, m: &TfModel) -> usize {
-    let written: std::collections::HashSet<&str> = model
+    let written = model
         .graph
         .nodes
         .node_weights()
         .filter(|n| matches!(n.op, kiln_compiler::ir::Op::Transpose { .. }))
-        .map(|n| n.name.as_str())
-        .collect();
-    m.operators
-        .iter()
-        .filter(|o| o.code == model::Code::TRANSPOSE && !written.contains(o.origin.as_str()))
-        .count()
+        .count();
+    let emitted = m.operators.iter().filter(|o| o.code == model::Code::TRANSPOSE).count();
+    emitted.saturating_sub(written)
 }
 
 /// The rules of a target written as full-integer TFLite (tflite, npu, dump): every tensor a scale, the

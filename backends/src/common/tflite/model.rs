@@ -317,6 +317,16 @@ impl TfModel {
                 .enumerate()
                 .flat_map(|(i, o)| o.outputs.iter().map(move |t| (*t, i)))
                 .collect();
+            if self.drop_identity_reshape() {
+                removed += 1;
+                continue;
+            }
+            if self.unit_transpose_to_reshape() {
+                continue;
+            }
+            if self.squeeze_before_transpose(&readers, &producer) {
+                continue;
+            }
             let mut change = None;
             for (b, ob) in self.operators.iter().enumerate() {
                 if !matches!(ob.code, Code::TRANSPOSE | Code::RESHAPE) || ob.inputs.is_empty() {
@@ -380,5 +390,177 @@ impl TfModel {
             }
         }
         removed
+    }
+
+    /// A RESHAPE to its input's own shape: its readers read the input instead.
+    fn drop_identity_reshape(&mut self) -> bool {
+        let found = self.operators.iter().position(|o| {
+            o.code == Code::RESHAPE
+                && !o.inputs.is_empty()
+                && o.inputs[0] >= 0
+                && self.shape(o.inputs[0]) == self.shape(o.outputs[0])
+                && self.tensors[o.inputs[0] as usize].quant
+                    == self.tensors[o.outputs[0] as usize].quant
+                && !self.outputs.contains(&o.outputs[0])
+        });
+        let Some(i) = found else { return false };
+        let (x, y) = (self.operators[i].inputs[0], self.operators[i].outputs[0]);
+        for o in self.operators.iter_mut() {
+            for t in o.inputs.iter_mut() {
+                if *t == y {
+                    *t = x;
+                }
+            }
+        }
+        self.operators.remove(i);
+        true
+    }
+
+    /// TRANSPOSE(p) → RESHAPE that only drops unit dims becomes RESHAPE (dropping the same dims before the
+    /// transpose) → TRANSPOSE(p'), so the transpose can meet and fold with the next one (a 1-D convolution's
+    /// channel-last [N, 1, L, C] result squeezed to [N, C, L] and then transposed by the model).
+    fn squeeze_before_transpose(
+        &mut self,
+        readers: &BTreeMap<i32, usize>,
+        producer: &BTreeMap<i32, usize>,
+    ) -> bool {
+        let mut found = None;
+        for (b, ob) in self.operators.iter().enumerate() {
+            if ob.code != Code::RESHAPE || ob.inputs.is_empty() {
+                continue;
+            }
+            let mid = ob.inputs[0];
+            let Some(&a) = producer.get(&mid) else { continue };
+            let oa = &self.operators[a];
+            if oa.code != Code::TRANSPOSE
+                || readers.get(&mid) != Some(&1)
+                || self.outputs.contains(&mid)
+                || self.tensors[mid as usize].quant != self.tensors[ob.outputs[0] as usize].quant
+            {
+                continue;
+            }
+            let Some(p) = self.i32_data(oa.inputs[1]) else { continue };
+            let (t, r) = (self.shape(mid).to_vec(), self.shape(ob.outputs[0]).to_vec());
+            if p.len() != t.len() {
+                continue;
+            }
+            if r.len() > t.len() {
+                // Unit dims inserted: append them to the source, and route them in the permutation.
+                let mut map = Vec::new(); // per output dim: Some(t index) or None (a new unit dim)
+                let mut j = 0;
+                for d in &r {
+                    if j < t.len() && t[j] == *d {
+                        map.push(Some(j));
+                        j += 1;
+                    } else if *d == 1 {
+                        map.push(None);
+                    } else {
+                        break;
+                    }
+                }
+                if j == t.len() && map.len() == r.len() {
+                    found = Some((a, b, p, Err(map)));
+                    break;
+                }
+                continue;
+            }
+            if r.len() == t.len() {
+                continue;
+            }
+            // Which dims of the transposed shape the reshape drops (all of size 1, order kept).
+            let mut keep = Vec::new();
+            let mut j = 0;
+            for (i, d) in t.iter().enumerate() {
+                if j < r.len() && r[j] == *d {
+                    keep.push(i);
+                    j += 1;
+                } else if *d != 1 {
+                    break;
+                }
+            }
+            if j != r.len() || keep.len() != r.len() {
+                continue;
+            }
+            found = Some((a, b, p, Ok(keep)));
+            break;
+        }
+        let Some((a, b, p, how)) = found else { return false };
+        let x = self.operators[a].inputs[0];
+        let y = self.operators[b].outputs[0];
+        let s = self.shape(x).to_vec();
+        let (s2, p2): (Vec<i32>, Vec<i32>) = match how {
+            Ok(keep) => {
+                // Source dims kept, in source order, and the permutation of them that gives the output.
+                let mut kept_src: Vec<usize> = keep.iter().map(|i| p[*i] as usize).collect();
+                kept_src.sort_unstable();
+                let p2 = keep
+                    .iter()
+                    .map(|i| kept_src.iter().position(|d| *d == p[*i] as usize).unwrap_or(0) as i32)
+                    .collect();
+                (kept_src.iter().map(|d| s[*d]).collect(), p2)
+            }
+            Err(map) => {
+                let mut s2 = s.clone();
+                let mut p2 = Vec::new();
+                for m in &map {
+                    match m {
+                        Some(j) => p2.push(p[*j]),
+                        None => {
+                            p2.push(s2.len() as i32);
+                            s2.push(1);
+                        }
+                    }
+                }
+                (s2, p2)
+            }
+        };
+        let name = format!("{}_squeezed", self.tensors[x as usize].name);
+        let dtype = self.tensors[x as usize].dtype;
+        let mid = self.tensor(&name, s2.clone(), dtype);
+        self.tensors[mid as usize].quant = self.tensors[x as usize].quant.clone();
+        let st = self.const_i32(&format!("{name}_shape"), &s2);
+        let pt = self.const_i32(&format!("{name}_perm"), &p2);
+        let origin_a = self.operators[a].origin.clone();
+        let origin_b = self.operators[b].origin.clone();
+        self.operators[a] = Operator {
+            code: Code::RESHAPE,
+            inputs: vec![x, st],
+            outputs: vec![mid],
+            options: Options::Reshape { shape: s2 },
+            origin: origin_b,
+        };
+        self.operators[b] = Operator {
+            code: Code::TRANSPOSE,
+            inputs: vec![mid, pt],
+            outputs: vec![y],
+            options: Options::None,
+            origin: origin_a,
+        };
+        true
+    }
+
+    /// A TRANSPOSE that keeps the order of every dim larger than 1 moves only unit dims: a RESHAPE.
+    fn unit_transpose_to_reshape(&mut self) -> bool {
+        let found = self.operators.iter().position(|o| {
+            if o.code != Code::TRANSPOSE || o.inputs.len() != 2 {
+                return false;
+            }
+            let Some(p) = self.i32_data(o.inputs[1]) else { return false };
+            let s = self.shape(o.inputs[0]);
+            if p.len() != s.len() || p.iter().any(|d| *d < 0 || *d as usize >= s.len()) {
+                return false;
+            }
+            let order: Vec<i32> = p.iter().copied().filter(|d| s[*d as usize] != 1).collect();
+            order.windows(2).all(|w| w[0] < w[1])
+        });
+        let Some(i) = found else { return false };
+        let shape = self.shape(self.operators[i].outputs[0]).to_vec();
+        let name = format!("{}_shape", self.tensors[self.operators[i].outputs[0] as usize].name);
+        let st = self.const_i32(&name, &shape);
+        let o = &mut self.operators[i];
+        o.code = Code::RESHAPE;
+        o.inputs[1] = st;
+        o.options = Options::Reshape { shape };
+        true
     }
 }
