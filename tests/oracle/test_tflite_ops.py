@@ -34,7 +34,8 @@ def model(path, nodes, inits, x_shape, y_shape, y_type=F, opset=17, stem=True):
     if y_shape:
         onnx.checker.check_model(m, full_check=True)
     onnx.save(m, path)
-    np.save(path.with_suffix(".npy"), RNG.standard_normal((8, *x_shape[1:])).astype(np.float32))
+    # Samples along a new axis 0, each [1, ...] (or the whole x shape for time-major sequences, stem=False).
+    np.save(path.with_suffix(".npy"), RNG.standard_normal((8, *(x_shape[1:] if stem else x_shape))).astype(np.float32))
 
 
 def resize(mode, coord, nearest="round_prefer_floor", scales=None, sizes=None, out=None):
@@ -118,6 +119,33 @@ CASES = {
     ),
     "argmax_keepdims": ([helper.make_node("ArgMax", ["s"], ["y"], axis=1, keepdims=1)], [], [1, 4, 8, 6], [1, 1, 8, 6]),
 }
+def rnn(op, direction="forward", state=True, out="Y", **attrs):
+    """A recurrent layer over x [T=6, B=1, I=4] (no stem): a non-zero initial state forces the unrolled
+    lowering; `out` picks the output the graph returns (Y, Y_h or Y_c)."""
+    d = 2 if direction == "bidirectional" else 1
+    g, h = (4 if op == "LSTM" else 3), 5
+    inits = [const("W", (RNG.standard_normal((d, g * h, 4)) * 0.4).astype(np.float32)), const("R", (RNG.standard_normal((d, g * h, h)) * 0.4).astype(np.float32)), const("B", (RNG.standard_normal((d, 2 * g * h)) * 0.1).astype(np.float32))]
+    ins = ["x", "W", "R", "B", ""]
+    if state:
+        inits.append(const("h0", (RNG.standard_normal((d, 1, h)) * 0.5).astype(np.float32)))
+        ins.append("h0")
+        if op == "LSTM":
+            inits.append(const("c0", (RNG.standard_normal((d, 1, h)) * 0.5).astype(np.float32)))
+            ins.append("c0")
+    outs = {"Y": ["y", "", ""], "Y_h": ["", "y", ""], "Y_c": ["", "", "y"]}[out][: 3 if op == "LSTM" else 2]
+    shape = [6, d, 1, h] if out == "Y" else [d, 1, h]
+    return [helper.make_node(op, ins, outs, hidden_size=h, direction=direction, **attrs)], inits, [6, 1, 4], shape
+
+
+CASES.update({
+    "gru_state_y": rnn("GRU", linear_before_reset=1),
+    "gru_lbr0_reverse_yh": rnn("GRU", "reverse", out="Y_h"),
+    "gru_bidirectional": rnn("GRU", "bidirectional", linear_before_reset=1),
+    "lstm_state_y": rnn("LSTM"),
+    "lstm_yc": rnn("LSTM", out="Y_c"),
+    "lstm_bidirectional_yh": rnn("LSTM", "bidirectional", out="Y_h"),
+})
+NO_STEM = {k for k in CASES if k.startswith(("gru_", "lstm_"))}
 INT_OUTPUT = {"argmax_keepdims"}
 # int8 builds (QDQ twin vs LiteRT) for the ops whose int8 rules matter.
 INT8 = {"resize_nearest_x2", "resize_bilinear_half_pixel", "pad_zeros", "pad_reflect", "tile", "grouped_conv", "conv1d", "softmax_channels"}
@@ -133,16 +161,17 @@ def test_op_lowers_and_matches_onnxruntime(tmp_path, case):
     nodes, inits, x_shape, y_shape = CASES[case]
     path = tmp_path / f"{case}.onnx"
     y_type = TensorProto.INT64 if case in INT_OUTPUT else F
-    model(path, nodes, inits, x_shape, y_shape, y_type)
+    stem = case not in NO_STEM
+    model(path, nodes, inits, x_shape, y_shape, y_type, stem=stem)
     if y_shape is None:  # let onnx infer the output shape, then write it
-        model(path, nodes, inits, x_shape, infer_out(path), y_type)
+        model(path, nodes, inits, x_shape, infer_out(path), y_type, stem=stem)
     p = Project(tmp_path / "w")
     targets = [{"name": "fp32", "backend": "tflite", "precision": "fp32"}]
     if case in INT8:
         targets.append({"name": "int8", "backend": "tflite", "precision": "int8"})
     p.build({"model": path, "passes": ["cleanup", "fuse"], "calibration": {"tensors": path.with_suffix(".npy"), "method": "minmax"}, "targets": targets, "output": "out"})
     x = np.load(path.with_suffix(".npy"))
-    feeds = [{"x": x[i : i + 1]} for i in range(len(x))]
+    feeds = [{"x": x[i : i + 1] if stem else x[i]} for i in range(len(x))]
     ref = [r[0] for r in run_artifact(path, feeds, exact=False)]
     got = [g[0] for g in run_artifact(p.root / "out" / "fp32" / "model.tflite", feeds)]
     for r, g in zip(ref, got):
