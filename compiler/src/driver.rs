@@ -1343,6 +1343,17 @@ pub fn build(
     let mut cx = PassContext::default();
     run_passes(&mut model, &passes, &mut cx)?;
     timings.passes = secs(t0);
+    if let Some((_, u)) = cx.reports.iter().find(|(p, _)| p == "upgrade") {
+        log(&format!(
+            "upgraded the model from opset {} to {} ({})",
+            u["from"],
+            u["to"],
+            u["rewritten"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        ));
+    }
     for w in &cx.warnings {
         log(&format!("warning: {w}"));
     }
