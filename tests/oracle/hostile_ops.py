@@ -148,6 +148,11 @@ def cases():
         ("axis_huge_after_nonzero", _nonzero_then("LayerNormalization", {"axis": (1 << 63) - 1}), "axis"),
         ("argmax_axis_out_of_range", _model("ArgMax", {"axis": 4}), "axis"),
         ("depth_to_space_blocksize_zero", _model("DepthToSpace", {"blocksize": 0}), "blocksize"),
+        # Recurrent layers whose weights do not fit hidden_size (the unrolled TFLite lowering reads them).
+        ("gru_weights_do_not_fit", _model("GRU", {"hidden_size": 5}, [("W", np.ones([1, 15, 3], np.float32)), ("R", np.ones([1, 15, 5], np.float32))], x_shape=[6, 1, 4]), "W"),
+        ("lstm_hidden_size_zero", _model("LSTM", {"hidden_size": 0}, [("W", np.ones([1, 0, 4], np.float32)), ("R", np.ones([1, 0, 0], np.float32))], x_shape=[6, 1, 4]), "hidden"),
+        ("convtranspose_stride_zero", _model("ConvTranspose", {"strides": [0, 1]}, [("w", np.ones([4, 2, 3, 3], np.float32))]), "strides"),
+        ("resize_to_nothing", _model("Resize", consts=[("roi", None), ("scales", np.array([1, 1, 0.01, 0.01], np.float32))]), "scales"),
     ]
     return c
 

@@ -686,6 +686,56 @@ fn generic(n: &Node, op: &str, ins: &[Option<Fact>]) -> R {
                 return Err(format!("attribute 'group' = {g}: must be positive"));
             }
         }
+        "LSTM" | "GRU" | "RNN" => {
+            // W [dirs, gates·hidden, input], R [dirs, gates·hidden, hidden], B [dirs, 2·gates·hidden],
+            // initial states [dirs, batch, hidden] (the spec's shapes, which runtimes index by).
+            let h = n.op.attr_int("hidden_size").unwrap_or(0);
+            if h <= 0 {
+                return Err(format!("attribute 'hidden_size' = {h}: must be positive"));
+            }
+            let gates = match op {
+                "LSTM" => 4,
+                "GRU" => 3,
+                _ => 1,
+            };
+            let dirs = match n.op.attr("direction") {
+                Some(crate::ir::AttrValue::String(d)) if d == b"bidirectional" => 2,
+                _ => 1,
+            };
+            let x = dims_of(input(0));
+            let want = |name: &str, f: Option<&Fact>, expect: Vec<Option<i64>>| -> R {
+                let Some(d) = dims_of(f) else { return Ok(()) };
+                let fits = d.len() == expect.len()
+                    && d.iter().zip(&expect).all(|(d, e)| match (d.known(), e) {
+                        (Some(d), Some(e)) => d == *e,
+                        _ => true,
+                    });
+                if fits {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "input '{name}' has dims {d:?}; hidden_size {h} and {dirs} direction(s) need {expect:?}"
+                    ))
+                }
+            };
+            // layout 1 is batch-first: X [batch, seq, input], states [batch, dirs, hidden].
+            let batch_first = n.op.attr_int("layout").unwrap_or(0) == 1;
+            let i = x.and_then(|x| x.get(2)).and_then(|d| d.known());
+            let b = x.and_then(|x| x.get(usize::from(!batch_first))).and_then(|d| d.known());
+            let state = if batch_first {
+                vec![b, Some(dirs), Some(h)]
+            } else {
+                vec![Some(dirs), b, Some(h)]
+            };
+            want("W", input(1), vec![Some(dirs), Some(gates * h), i])?;
+            want("R", input(2), vec![Some(dirs), Some(gates * h), Some(h)])?;
+            want("B", input(3), vec![Some(dirs), Some(2 * gates * h)])?;
+            want("initial_h", input(5), state.clone())?;
+            if op == "LSTM" {
+                want("initial_c", input(6), state)?;
+                want("P", input(7), vec![Some(dirs), Some(3 * h)])?;
+            }
+        }
         "Resize" | "Upsample" => {
             let scales = input(2).or(if op == "Upsample" { input(1) } else { None });
             if let Some(s) = scales.and_then(|f| f.konst.as_ref()).and_then(|t| t.to_f64_vec()) {

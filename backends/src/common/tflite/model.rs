@@ -441,7 +441,11 @@ impl TfModel {
             }
             let Some(p) = self.i32_data(oa.inputs[1]) else { continue };
             let (t, r) = (self.shape(mid).to_vec(), self.shape(ob.outputs[0]).to_vec());
-            if p.len() != t.len() {
+            let src_rank = self.shape(oa.inputs[0]).len();
+            if p.len() != t.len()
+                || p.len() != src_rank
+                || p.iter().any(|d| *d < 0 || *d as usize >= src_rank)
+            {
                 continue;
             }
             if r.len() > t.len() {

@@ -129,6 +129,9 @@ pub fn resize(l: &mut Lowering, id: NodeId, legacy: bool) -> Result<()> {
             l.err(format!("only 4-D (image) Resize has a TFLite lowering, not rank {}", xd.len()))
         );
     }
+    if xd.iter().chain(&yd).any(|d| *d < 1) {
+        return Err(l.err("Resize of an empty tensor has no TFLite lowering"));
+    }
     if xd[..2] != yd[..2] {
         return Err(l.err("Resize of the batch or channel axis has no TFLite lowering"));
     }

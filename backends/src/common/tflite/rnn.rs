@@ -124,12 +124,24 @@ fn unrolled(l: &mut Lowering, id: NodeId, cell: Cell) -> Result<()> {
     let x = n.input(0).ok_or_else(|| l.err("no input"))?;
     let (wd, w) = l.const_f32(n.input(1).ok_or_else(|| l.err("no W"))?)?;
     let (_, r) = l.const_f32(n.input(2).ok_or_else(|| l.err("no R"))?)?;
+    if wd.len() != 3 {
+        return Err(l.err(format!("{what} weight W has rank {} (3 expected)", wd.len())));
+    }
     let i_size = wd[2];
     let gh = gates * h;
     let bias: Vec<f32> = match n.input(3) {
         Some(b) => l.const_f32(b)?.1,
         None => vec![0.0; 2 * gh * dirs.len()],
     };
+    let d = dirs.len();
+    if w.len() != d * gh * i_size || r.len() != d * gh * h || bias.len() != d * 2 * gh {
+        return Err(l.err(format!(
+            "{what} weights do not fit hidden_size {h} and {d} direction(s) (W {}, R {}, B {} values)",
+            w.len(),
+            r.len(),
+            bias.len()
+        )));
+    }
     let xt = l.get(x, false)?;
     let xs = l.m.shape(xt).to_vec();
     let (steps, batch) = (xs[0] as usize, xs[1]);

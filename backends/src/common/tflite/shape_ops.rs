@@ -85,6 +85,9 @@ pub fn pad(l: &mut Lowering, id: NodeId) -> Result<()> {
             }
             l.emit(Code::MIRROR_PAD, vec![xt, pt], vec![out], Options::MirrorPad { reflect: true })
         }
+        "edge" if l.m.shape(xt).iter().any(|d| *d < 1) => {
+            return Err(l.err("edge Pad of an empty tensor has no TFLite lowering"))
+        }
         "edge" => {
             // Replicate the border: GATHER along each padded axis with clamped indices.
             let mut cur = xt;
@@ -220,6 +223,9 @@ pub fn reduce(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
         let shape = l.m.shape(out).to_vec();
         l.emit(Code::RESHAPE, vec![xt], vec![out], Options::Reshape { shape });
         return Ok(());
+    }
+    if axes.iter().any(|a| *a >= rank) {
+        return Err(l.err(format!("axes {axes:?} out of range for rank {rank}")));
     }
     if arg && n.op.attr_int("select_last_index").unwrap_or(0) != 0 {
         return Err(l.err("ArgMax/ArgMin with select_last_index has no TFLite lowering"));

@@ -35,8 +35,16 @@ pub fn conv_transpose(l: &mut Lowering, id: NodeId) -> Result<()> {
         return Err(l.err("dilated ConvTranspose has no TFLite lowering"));
     }
     let (wd, wv) = l.const_f32(w).map_err(|_| l.err("weights must be constant"))?;
+    if wd.len() != 4 {
+        return Err(l.err(format!("ConvTranspose weight of rank {} (4 expected)", wd.len())));
+    }
     let (cin, cout, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
     let strides = n.op.attr_ints("strides").unwrap_or_else(|| vec![1, 1]);
+    if strides.len() != 2 || strides.iter().any(|s| *s < 1) {
+        return Err(
+            l.err(format!("ConvTranspose strides {strides:?}: two positive values expected"))
+        );
+    }
     let pads = n.op.attr_ints("pads").unwrap_or_else(|| vec![0; 4]);
     let auto_pad = match n.op.attr("auto_pad") {
         Some(kiln_compiler::ir::AttrValue::String(s)) => String::from_utf8_lossy(&s).into_owned(),
