@@ -78,4 +78,6 @@ rm -f "$rust_log"
 log "pytest tests/oracle"
 export KILN_BIN="$ROOT/target/release/kiln"
 cd tests/oracle
-exec "$ROOT/.venv/bin/python" -m pytest -q -rs "$@"
+# One worker per core (pytest-xdist), each test module on one worker so its module-scoped builds are shared;
+# KILN_TEST_WORKERS=0 runs everything in this process.
+exec "$ROOT/.venv/bin/python" -m pytest -q -rs -n "${KILN_TEST_WORKERS:-auto}" --dist loadfile "$@"
