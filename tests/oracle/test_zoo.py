@@ -164,3 +164,17 @@ def test_no_layout_transposes_at_op_boundaries(builds, family):
         from tflite_oracle import op_names
 
         assert op_names(out / name / "model.tflite").count("TRANSPOSE") <= written, name
+
+
+def test_grouped_convolutions_split_for_a_device_without_them(builds):
+    """The Edge TPU compiler has no grouped CONV_2D: RegNetX's grouped convolutions go group by group
+    (SPLIT, CONV_2D per group, CONCATENATION), so the whole model maps to the TPU; NNAPI, which has grouped
+    convolution, keeps one CONV_2D each. Both stay equal to the QDQ twin (checked above)."""
+    from tflite_oracle import op_names
+
+    out = builds("cls_regnet_x")
+    r = json.loads((out / "edgetpu" / "partition.json").read_text())
+    assert r["ops_on_npu"] == r["ops_total"] and r["fallback_point"] is None, r["fallback_point"]
+    tpu, nnapi = op_names(out / "edgetpu" / "model.tflite"), op_names(out / "nnapi" / "model.tflite")
+    assert tpu.count("SPLIT") > 0 and tpu.count("CONV_2D") > nnapi.count("CONV_2D")
+    assert "SPLIT" not in nnapi

@@ -151,7 +151,9 @@ impl Backend for NpuBackend {
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {
         let (o, p) = Self::options(target).map_err(|e| target_err(target, e))?;
         let io_int8 = tfl::io_int8(o.io_dtype, true, p.io_dtype.as_deref() == Some("int8"));
-        let m = tfl::lower_model(model, o.io_layout, true, io_int8)?;
+        // A device without grouped CONV_2D gets grouped convolutions group by group.
+        let split = p.ops.get("CONV_2D").is_some_and(|r| r.grouped == Some(false));
+        let m = tfl::lower_model_for(model, o.io_layout, true, io_int8, split)?;
         let bytes =
             tfl::ser::write(&m, &format!("kiln {} int8 for {}", env!("CARGO_PKG_VERSION"), p.name));
         let report = partition::partition(&m, &p);

@@ -53,6 +53,9 @@ pub struct Lowering<'a> {
     pub op: String,
     /// The model's default-domain opset (Resize before 11 samples asymmetrically).
     pub opset: i64,
+    /// Lower grouped convolutions as SPLIT → CONV_2D per group → CONCATENATION (a device without grouped
+    /// CONV_2D).
+    pub split_grouped: bool,
 }
 
 pub fn permute<T: Copy>(v: &[T], perm: &[usize]) -> Vec<T> {
@@ -100,6 +103,7 @@ impl<'a> Lowering<'a> {
             node: String::new(),
             op: String::new(),
             opset: 13,
+            split_grouped: false,
         }
     }
 

@@ -55,6 +55,17 @@ pub fn check_io_dtype(io_dtype: Option<IoDtype>, int8: bool) -> std::result::Res
 /// QUANTIZE/DEQUANTIZE. The one place that drives the lowering: `lower` holds its state, `int8` decides
 /// integer ops, `ops` and `seq` emit them, `act` the activations.
 pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Result<TfModel> {
+    lower_model_for(model, io, int8, io_int8, false)
+}
+
+/// [`lower_model`] for a device: `split_grouped` lowers grouped convolutions group by group.
+pub fn lower_model_for(
+    model: &Model,
+    io: IoLayout,
+    int8: bool,
+    io_int8: bool,
+    split_grouped: bool,
+) -> Result<TfModel> {
     // A model kept at opset 11/12 (`passes: []`) is lowered with opset-13 semantics, like every other;
     // 1-D convolutions become 2-D ones (rewrite.rs).
     use kiln_compiler::onnx::upgrade;
@@ -75,6 +86,7 @@ pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Re
     };
     let mut l = Lowering::new(&model.graph);
     l.opset = model.opset();
+    l.split_grouped = split_grouped;
     let g = l.g;
     l.int8 = int8;
     if int8 {
@@ -109,6 +121,7 @@ pub fn lower_model(model: &Model, io: IoLayout, int8: bool, io_int8: bool) -> Re
         l.m.outputs.push(t);
     }
     l.m.fold_transposes();
+    l.m.compact();
     Ok(l.m)
 }
 

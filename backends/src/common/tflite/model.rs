@@ -567,4 +567,42 @@ impl TfModel {
         o.options = Options::Reshape { shape };
         true
     }
+
+    /// Drop tensors no operator, input or output refers to (constants a fold left behind, a filter split
+    /// into groups), renumbering the rest in order.
+    pub fn compact(&mut self) {
+        let mut used = vec![false; self.tensors.len()];
+        let refs = self
+            .operators
+            .iter()
+            .flat_map(|o| o.inputs.iter().chain(&o.outputs))
+            .chain(&self.inputs)
+            .chain(&self.outputs);
+        for t in refs {
+            if let Some(u) = usize::try_from(*t).ok().and_then(|t| used.get_mut(t)) {
+                *u = true;
+            }
+        }
+        let mut map = vec![-1i32; self.tensors.len()];
+        let mut kept = Vec::new();
+        for (i, t) in std::mem::take(&mut self.tensors).into_iter().enumerate() {
+            if used[i] {
+                map[i] = kept.len() as i32;
+                kept.push(t);
+            }
+        }
+        self.tensors = kept;
+        self.names = self.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let remap = |t: &mut i32| {
+            if *t >= 0 {
+                *t = map[*t as usize];
+            }
+        };
+        for o in self.operators.iter_mut() {
+            o.inputs.iter_mut().for_each(remap);
+            o.outputs.iter_mut().for_each(remap);
+        }
+        self.inputs.iter_mut().for_each(remap);
+        self.outputs.iter_mut().for_each(remap);
+    }
 }

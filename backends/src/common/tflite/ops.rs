@@ -127,6 +127,13 @@ fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
             vec![out],
             Options::Depthwise { padding: pad, stride, dilation, multiplier, act },
         );
+    } else if groups > 1 && l.split_grouped {
+        split_groups(
+            l,
+            (xt, filter, b, out),
+            groups,
+            Options::Conv { padding: pad, stride, dilation, act },
+        )?;
     } else {
         l.emit(
             Code::CONV_2D,
@@ -135,6 +142,84 @@ fn conv(l: &mut Lowering, id: NodeId) -> Result<()> {
             Options::Conv { padding: pad, stride, dilation, act },
         );
     }
+    Ok(())
+}
+
+/// A grouped convolution for a device without grouped CONV_2D: SPLIT the channels into the groups, one
+/// CONV_2D per group with its slice of the filter (and of the per-channel scales and the bias), and a
+/// CONCATENATION of the results (every group writes the output's quantization parameters).
+fn split_groups(
+    l: &mut Lowering,
+    (xt, filter, b, out): (i32, i32, i32, i32),
+    groups: usize,
+    options: Options,
+) -> Result<()> {
+    let name = l.node.clone();
+    let fs = l.m.shape(filter).to_vec();
+    let (cout, per_in) = (fs[0] as usize, fs[3]);
+    if cout % groups != 0 {
+        return Err(l.err(format!("{cout} output channels do not split into {groups} groups")));
+    }
+    let per = cout / groups;
+    let xs = l.m.shape(xt).to_vec();
+    let (xdt, xq) = (l.m.tensors[xt as usize].dtype, l.m.tensors[xt as usize].quant.clone());
+    let parts: Vec<i32> = (0..groups)
+        .map(|j| {
+            let t =
+                l.m.tensor(&format!("{name}_group{j}_in"), vec![xs[0], xs[1], xs[2], per_in], xdt);
+            l.m.tensors[t as usize].quant = xq.clone();
+            t
+        })
+        .collect();
+    let axis = l.m.const_i32(&format!("{name}_group_axis"), &[3]);
+    l.m.tensors[axis as usize].shape = vec![];
+    l.emit(
+        Code::SPLIT,
+        vec![axis, xt],
+        parts.clone(),
+        Options::Split { num_splits: groups as i32 },
+    );
+    let slice =
+        |l: &mut Lowering, t: i32, j: usize, suffix: &str, shape: Vec<i32>| -> Result<i32> {
+            let src = l.m.tensors[t as usize].clone();
+            let data = src.data.clone().ok_or_else(|| l.err("grouped filter must be constant"))?;
+            let rows = src.shape.first().copied().unwrap_or(1).max(1) as usize;
+            let row_bytes = data.len() / rows;
+            let bytes = data[j * per * row_bytes..(j + 1) * per * row_bytes].to_vec();
+            let c = l.m.constant(&format!("{name}_group{j}_{suffix}"), shape, src.dtype, bytes);
+            l.m.tensors[c as usize].keep_f32 = src.keep_f32;
+            l.m.tensors[c as usize].quant = src.quant.map(|q| {
+                let pick = |v: &Vec<f32>| {
+                    if v.len() == rows {
+                        v[j * per..(j + 1) * per].to_vec()
+                    } else {
+                        v.clone()
+                    }
+                };
+                let pick_z = |v: &Vec<i64>| {
+                    if v.len() == rows {
+                        v[j * per..(j + 1) * per].to_vec()
+                    } else {
+                        v.clone()
+                    }
+                };
+                Quant { scale: pick(&q.scale), zero_point: pick_z(&q.zero_point), axis: q.axis }
+            });
+            Ok(c)
+        };
+    let os = l.m.shape(out).to_vec();
+    let (odt, oq) = (l.m.tensors[out as usize].dtype, l.m.tensors[out as usize].quant.clone());
+    let mut outs = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        let fj = slice(l, filter, j, "filter", vec![per as i32, fs[1], fs[2], per_in])?;
+        let bj = slice(l, b, j, "bias", vec![per as i32])?;
+        let oj =
+            l.m.tensor(&format!("{name}_group{j}_out"), vec![os[0], os[1], os[2], per as i32], odt);
+        l.m.tensors[oj as usize].quant = oq.clone();
+        l.emit(Code::CONV_2D, vec![*part, fj, bj], vec![oj], options.clone());
+        outs.push(oj);
+    }
+    l.emit(Code::CONCATENATION, outs, vec![out], Options::Concat { axis: 3, act: Fused::NONE });
     Ok(())
 }
 
