@@ -357,6 +357,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         calib,
         output,
         inputs,
+        other_inputs,
         method,
         percentile,
         per_tensor,
@@ -434,6 +435,26 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
             };
             anyhow!("--calib {}: {e}{hint}", calib.display())
         })?;
+    }
+    for spec in &other_inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--other-input {spec}: expected NAME=FILE.npy"))?;
+        let parts = calib::data::load(&calib::Source::Tensors(PathBuf::from(file)), usize::MAX)?;
+        if parts.len() < data.len() {
+            anyhow::bail!(
+                "--other-input {spec}: {} samples for {} calibration samples",
+                parts.len(),
+                data.len()
+            );
+        }
+        if let Some(t) = parts.first() {
+            kiln_compiler::eval::check_input(&m, name, &t.dims)
+                .map_err(|e| anyhow!("--other-input {spec}: {e}"))?;
+        }
+        for (d, t) in data.iter().zip(parts) {
+            kiln_compiler::eval::register_companions(d, vec![(name.to_string(), t)]);
+        }
     }
     let mut pins = parse_pins(&inputs)?;
     if let Some(first) = data.first() {
@@ -542,6 +563,10 @@ struct QuantizeArgs {
     output: PathBuf,
     #[arg(long = "input", value_name = "NAME=DIMS")]
     inputs: Vec<String>,
+    /// The model's other inputs (a carried RNN state, a mask): an .npy per input, sample i fed with
+    /// calibration sample i.
+    #[arg(long = "other-input", value_name = "NAME=NPY")]
+    other_inputs: Vec<String>,
     /// minmax | percentile | entropy | mse
     #[arg(long, default_value = "entropy")]
     method: String,

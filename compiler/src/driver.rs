@@ -260,8 +260,18 @@ fn register_other_inputs(
     if other.is_empty() {
         return Ok(());
     }
+    let names = model.graph.runtime_input_names();
     let mut per_input = Vec::new();
     for (name, file) in other {
+        if !names.iter().skip(1).any(|n| n == name) {
+            return Err(Error::Config {
+                path: cfg.path.clone(),
+                reason: format!(
+                    "`{section}: other_inputs: {name}`: not one of the model's other inputs ({})",
+                    if names.len() > 1 { names[1..].join(", ") } else { "it has none".into() }
+                ),
+            });
+        }
         let p = cfg.dir.join(file);
         let parts =
             crate::calib::data::load(&crate::calib::Source::Tensors(p.clone()), usize::MAX)?;

@@ -198,12 +198,7 @@ impl Evaluator {
         let ev = |e: TractError| Error::Eval(format!("{e:#}"));
         let mut tm = tract_onnx::onnx().model_for_read(&mut bytes.as_slice()).map_err(ev)?;
         let g = &model.graph;
-        let input_names: Vec<String> = g
-            .inputs
-            .iter()
-            .filter(|v| !g.initializers.contains(v))
-            .map(|v| g.value(*v).name.clone())
-            .collect();
+        let input_names = g.runtime_input_names();
         for (ix, name) in input_names.iter().enumerate() {
             // An input no fact names (one fed by registered companions) takes its declared static type.
             let declared = g.find(name).and_then(|v| {
@@ -271,8 +266,9 @@ impl Evaluator {
             let from_extra = || extra.as_ref().and_then(|e| e.iter().find(|(n, _)| n == name));
             let (_, t) = given.or_else(from_extra).ok_or_else(|| Error::Input {
                 name: name.clone(),
-                reason: "no tensor given for this model input (a model with several inputs needs \
-                         `other_inputs:` beside its calibration or validation data)"
+                reason: "no tensor given for this model input (a model with several inputs needs data for \
+                         the others: `other_inputs:` in a config's calibration/validation, \
+                         `--other-input NAME=FILE` for `kiln quantize`)"
                     .into(),
             })?;
             tv.push(to_tract(t, name)?.into());

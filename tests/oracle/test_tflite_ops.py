@@ -145,6 +145,13 @@ CASES.update({
     "lstm_yc": rnn("LSTM", out="Y_c"),
     "lstm_bidirectional_yh": rnn("LSTM", "bidirectional", out="Y_h"),
 })
+# Pre-11 upsampling (asymmetric coordinates; nearest truncates when enlarging): Upsample at opset 9, Resize at 10.
+CASES.update({
+    "upsample_opset9_nearest": ([helper.make_node("Upsample", ["s", "scales"], ["y"], mode="nearest")], [const("scales", np.array([1, 1, 2, 3], np.float32))], [1, 4, 8, 6], [1, 4, 16, 18]),
+    "upsample_opset9_linear": ([helper.make_node("Upsample", ["s", "scales"], ["y"], mode="linear")], [const("scales", np.array([1, 1, 2, 2], np.float32))], [1, 4, 8, 6], [1, 4, 16, 12]),
+    "resize_opset10_nearest": ([helper.make_node("Resize", ["s", "scales"], ["y"], mode="nearest")], [const("scales", np.array([1, 1, 2, 2], np.float32))], [1, 4, 8, 6], [1, 4, 16, 12]),
+})
+OPSET = {"upsample_opset9_nearest": 9, "upsample_opset9_linear": 9, "resize_opset10_nearest": 10}
 NO_STEM = {k for k in CASES if k.startswith(("gru_", "lstm_"))}
 INT_OUTPUT = {"argmax_keepdims"}
 # int8 builds (QDQ twin vs LiteRT) for the ops whose int8 rules matter.
@@ -162,9 +169,10 @@ def test_op_lowers_and_matches_onnxruntime(tmp_path, case):
     path = tmp_path / f"{case}.onnx"
     y_type = TensorProto.INT64 if case in INT_OUTPUT else F
     stem = case not in NO_STEM
-    model(path, nodes, inits, x_shape, y_shape, y_type, stem=stem)
+    opset = OPSET.get(case, 17)
+    model(path, nodes, inits, x_shape, y_shape, y_type, opset=opset, stem=stem)
     if y_shape is None:  # let onnx infer the output shape, then write it
-        model(path, nodes, inits, x_shape, infer_out(path), y_type, stem=stem)
+        model(path, nodes, inits, x_shape, infer_out(path), y_type, opset=opset, stem=stem)
     p = Project(tmp_path / "w")
     targets = [{"name": "fp32", "backend": "tflite", "precision": "fp32"}]
     if case in INT8:

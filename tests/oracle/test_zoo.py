@@ -178,3 +178,31 @@ def test_grouped_convolutions_split_for_a_device_without_them(builds):
     tpu, nnapi = op_names(out / "edgetpu" / "model.tflite"), op_names(out / "nnapi" / "model.tflite")
     assert tpu.count("SPLIT") > 0 and tpu.count("CONV_2D") > nnapi.count("CONV_2D")
     assert "SPLIT" not in nnapi
+
+
+def test_other_inputs_are_checked(project):
+    """`other_inputs:` must name the model's other inputs, with samples of their declared shape; a state
+    missing altogether is named too."""
+    base = {"model": ZOO / "speech_gru.onnx", "targets": [{"name": "q", "backend": "onnx", "precision": "int8"}], "output": "out"}
+    calib = {"tensors": ZOO / "speech_gru_inputs.npy", "method": "minmax"}
+    r = project.build({**base, "calibration": {**calib, "other_inputs": {"h1": OTHER_INPUTS["speech_gru"]["h0"]}}}, check=False)
+    assert r.returncode == 1 and "other_inputs: h1" in r.stderr and "(h0)" in r.stderr, r.stderr
+    r = project.build({**base, "calibration": {**calib, "other_inputs": {"h0": ZOO / "speech_gru_inputs.npy"}}}, check=False)
+    assert r.returncode == 1 and "other_inputs: h0" in r.stderr and "[1,1,32]" in r.stderr, r.stderr
+    r = project.build({**base, "calibration": calib}, check=False)
+    assert r.returncode == 1 and "'h0'" in r.stderr and "other_inputs" in r.stderr, r.stderr
+    assert not (project.root / "out" / "q" / "model.onnx").exists()
+
+
+def test_kiln_quantize_takes_other_inputs(tmp_path):
+    """`kiln quantize --other-input h0=...` quantizes the stateful model; without it, the missing input is named."""
+    from kiln_oracle import kiln
+
+    out = tmp_path / "q.onnx"
+    kiln("quantize", ZOO / "speech_gru.onnx", "--calib", ZOO / "speech_gru_inputs.npy", "--method", "minmax", "--other-input", f"h0={OTHER_INPUTS['speech_gru']['h0']}", "-o", out)
+    feeds = samples("speech_gru")
+    ref = run_artifact(ZOO / "speech_gru.onnx", feeds, exact=False)
+    for _, cos in dense(ref, run_artifact(out, feeds, exact=True)):
+        assert cos >= 0.99, cos
+    r = kiln("quantize", ZOO / "speech_gru.onnx", "--calib", ZOO / "speech_gru_inputs.npy", "-o", tmp_path / "no.onnx", check=False)
+    assert r.returncode == 1 and "'h0'" in r.stderr and "--other-input" in r.stderr and not (tmp_path / "no.onnx").exists(), r.stderr

@@ -399,10 +399,16 @@ impl Graph {
 
     /// The name of the first graph input that is not an initializer (what calibration and validation feed).
     pub fn data_input_name(&self) -> Option<String> {
+        self.runtime_input_names().into_iter().next()
+    }
+
+    /// The names of the graph inputs that are not initializers, in order (what a run must feed).
+    pub fn runtime_input_names(&self) -> Vec<String> {
         self.inputs
             .iter()
-            .find(|v| !self.initializers.contains(v))
+            .filter(|v| !self.initializers.contains(v))
             .map(|v| self.value(*v).name.clone())
+            .collect()
     }
 
     pub fn is_output(&self, v: ValueId) -> bool {
