@@ -12,11 +12,11 @@
 //! with none (or cubic, or tf_crop_and_resize) is refused by name.
 //!
 //! int8: both ops keep their input's parameters (TFLite's quantization spec), as the quantizer arranges.
-use kiln_compiler::ir::{NodeId, ValueId};
+use kiln_compiler::ir::NodeId;
 use kiln_compiler::Result;
 
 use super::lower::Lowering;
-use super::model::{Code, Fused, Options, TensorType};
+use super::model::{Code, Fused, Options};
 
 /// One of TFLite's sampling variants.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -214,7 +214,7 @@ pub fn resize(l: &mut Lowering, id: NodeId, legacy: bool) -> Result<()> {
             );
             Ok(())
         }
-        None if nearest.is_some() => gather_rows_cols(l, xt, out, &axes, y),
+        None if nearest.is_some() => gather_rows_cols(l, xt, out, &axes),
         None => Err(l.err(format!(
             "linear Resize with coordinate_transformation_mode '{coord}' at these sizes matches none of \
              TFLite's RESIZE_BILINEAR variants"
@@ -223,7 +223,7 @@ pub fn resize(l: &mut Lowering, id: NodeId, legacy: bool) -> Result<()> {
 }
 
 /// Nearest resize as GATHER of the ONNX row indices (NHWC axis 1), then of the column indices (axis 2).
-fn gather_rows_cols(l: &mut Lowering, xt: i32, out: i32, axes: &[Axis], y: ValueId) -> Result<()> {
+fn gather_rows_cols(l: &mut Lowering, xt: i32, out: i32, axes: &[Axis]) -> Result<()> {
     let name = l.node.clone();
     let rows: Vec<i32> = (0..axes[0].output).map(|o| axes[0].onnx_nearest(o) as i32).collect();
     let cols: Vec<i32> = (0..axes[1].output).map(|o| axes[1].onnx_nearest(o) as i32).collect();
@@ -235,7 +235,6 @@ fn gather_rows_cols(l: &mut Lowering, xt: i32, out: i32, axes: &[Axis], y: Value
     let ci = l.m.const_i32(&format!("{name}_col_indices"), &cols);
     l.emit(Code::GATHER, vec![xt, ri], vec![mid], Options::Gather { axis: 1 });
     l.emit(Code::GATHER, vec![mid, ci], vec![out], Options::Gather { axis: 2 });
-    let _ = (y, TensorType::INT32);
     Ok(())
 }
 
