@@ -324,7 +324,11 @@ impl TfModel {
             if self.unit_transpose_to_reshape() {
                 continue;
             }
-            if self.squeeze_before_transpose(&readers, &producer) {
+            if self.squeeze_before_transpose(&readers, &producer)
+                || self.merge_before_transpose(&readers, &producer)
+                || self.concat_before_transpose(&readers, &producer)
+                || self.quantize_before_transpose(&readers, &producer)
+            {
                 continue;
             }
             let mut change = None;
@@ -605,4 +609,248 @@ impl TfModel {
         self.inputs.iter_mut().for_each(remap);
         self.outputs.iter_mut().for_each(remap);
     }
+
+    /// TRANSPOSE(p) → RESHAPE that merges runs of adjacent dims, each run coming from consecutive source
+    /// dims in order (a channel-last map viewed as [N, C, H, W] and flattened to [N, C, H·W]), becomes a
+    /// RESHAPE merging the same runs in the source → TRANSPOSE of the runs.
+    fn merge_before_transpose(
+        &mut self,
+        readers: &BTreeMap<i32, usize>,
+        producer: &BTreeMap<i32, usize>,
+    ) -> bool {
+        let mut found = None;
+        for (b, ob) in self.operators.iter().enumerate() {
+            if ob.code != Code::RESHAPE || ob.inputs.is_empty() {
+                continue;
+            }
+            let mid = ob.inputs[0];
+            let Some(&a) = producer.get(&mid) else { continue };
+            let oa = &self.operators[a];
+            if oa.code != Code::TRANSPOSE
+                || readers.get(&mid) != Some(&1)
+                || self.outputs.contains(&mid)
+                || self.tensors[mid as usize].quant != self.tensors[ob.outputs[0] as usize].quant
+            {
+                continue;
+            }
+            let Some(p) = self.i32_data(oa.inputs[1]) else { continue };
+            let (t, r) = (self.shape(mid).to_vec(), self.shape(ob.outputs[0]).to_vec());
+            let n = self.shape(oa.inputs[0]).len();
+            if p.len() != t.len() || p.len() != n || p.iter().any(|d| *d < 0 || *d as usize >= n) {
+                continue;
+            }
+            let Some(runs) = merged_runs(&t, &r) else { continue };
+            let consecutive = runs.iter().all(|g| g.windows(2).all(|w| p[w[1]] == p[w[0]] + 1));
+            if consecutive && runs.iter().any(|g| g.len() > 1) {
+                found = Some((a, b, p, runs));
+                break;
+            }
+        }
+        let Some((a, b, p, runs)) = found else { return false };
+        let x = self.operators[a].inputs[0];
+        let y = self.operators[b].outputs[0];
+        let s = self.shape(x).to_vec();
+        // Runs in source order: each starts at source dim p[run[0]].
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by_key(|i| p[runs[*i][0]]);
+        let s2: Vec<i32> =
+            order.iter().map(|i| runs[*i].iter().map(|j| s[p[*j] as usize]).product()).collect();
+        let p2: Vec<i32> = (0..runs.len())
+            .map(|i| order.iter().position(|o| *o == i).unwrap_or(0) as i32)
+            .collect();
+        self.reshape_then_transpose(a, b, x, y, s2, p2);
+        true
+    }
+
+    /// Replace ops `a` (a TRANSPOSE) and `b` (a RESHAPE of its output) by RESHAPE(x → s2) at `a` and
+    /// TRANSPOSE(p2) → y at `b`.
+    fn reshape_then_transpose(
+        &mut self,
+        a: usize,
+        b: usize,
+        x: i32,
+        y: i32,
+        s2: Vec<i32>,
+        p2: Vec<i32>,
+    ) {
+        let name = format!("{}_regrouped", self.tensors[x as usize].name);
+        let dtype = self.tensors[x as usize].dtype;
+        let mid = self.tensor(&name, s2.clone(), dtype);
+        self.tensors[mid as usize].quant = self.tensors[x as usize].quant.clone();
+        let st = self.const_i32(&format!("{name}_shape"), &s2);
+        let pt = self.const_i32(&format!("{name}_perm"), &p2);
+        let origin_a = self.operators[a].origin.clone();
+        let origin_b = self.operators[b].origin.clone();
+        self.operators[a] = Operator {
+            code: Code::RESHAPE,
+            inputs: vec![x, st],
+            outputs: vec![mid],
+            options: Options::Reshape { shape: s2 },
+            origin: origin_b,
+        };
+        self.operators[b] = Operator {
+            code: Code::TRANSPOSE,
+            inputs: vec![mid, pt],
+            outputs: vec![y],
+            options: Options::None,
+            origin: origin_a,
+        };
+    }
+
+    /// A CONCATENATION of TRANSPOSE(p) outputs (each read by it alone) is the TRANSPOSE(p) of the
+    /// concatenation of their inputs along the matching axis: one transpose instead of one per input
+    /// (a detector's per-level heads flattened channel-last and concatenated).
+    fn concat_before_transpose(
+        &mut self,
+        readers: &BTreeMap<i32, usize>,
+        producer: &BTreeMap<i32, usize>,
+    ) -> bool {
+        let mut found = None;
+        'ops: for (c, oc) in self.operators.iter().enumerate() {
+            let Options::Concat { axis, act } = oc.options else { continue };
+            if oc.code != Code::CONCATENATION || oc.inputs.len() < 2 {
+                continue;
+            }
+            let mut perm: Option<Vec<i32>> = None;
+            let mut srcs = Vec::new();
+            for t in &oc.inputs {
+                let Some(&a) = producer.get(t) else { continue 'ops };
+                let oa = &self.operators[a];
+                if oa.code != Code::TRANSPOSE
+                    || readers.get(t) != Some(&1)
+                    || self.outputs.contains(t)
+                    || self.tensors[*t as usize].quant != self.tensors[oa.inputs[0] as usize].quant
+                {
+                    continue 'ops;
+                }
+                let Some(p) = self.i32_data(oa.inputs[1]) else { continue 'ops };
+                if perm.as_ref().is_some_and(|q| *q != p) {
+                    continue 'ops;
+                }
+                perm = Some(p);
+                srcs.push((a, oa.inputs[0]));
+            }
+            let Some(p) = perm else { continue };
+            // The inputs must already share the concatenation's parameters (no requantizing moved).
+            let q = &self.tensors[oc.outputs[0] as usize].quant;
+            if srcs.iter().any(|(_, x)| self.tensors[*x as usize].quant != *q) {
+                continue;
+            }
+            let rank = p.len() as i32;
+            let ax = if axis < 0 { axis + rank } else { axis };
+            let Some(&src_axis) = usize::try_from(ax).ok().and_then(|a| p.get(a)) else { continue };
+            found = Some((c, p, srcs, src_axis, act));
+            break;
+        }
+        let Some((c, p, srcs, src_axis, act)) = found else { return false };
+        let out = self.operators[c].outputs[0];
+        let mut shape = self.shape(srcs[0].1).to_vec();
+        let total = srcs
+            .iter()
+            .map(|(_, x)| self.shape(*x).get(src_axis as usize).copied().unwrap_or(0))
+            .sum();
+        match shape.get_mut(src_axis as usize) {
+            Some(slot) => *slot = total,
+            None => return false,
+        }
+        let name = format!("{}_before_transpose", self.tensors[out as usize].name);
+        let dtype = self.tensors[out as usize].dtype;
+        let joined = self.tensor(&name, shape, dtype);
+        self.tensors[joined as usize].quant = self.tensors[out as usize].quant.clone();
+        let pt = self.const_i32(&format!("{name}_perm"), &p);
+        let origin = self.operators[c].origin.clone();
+        self.operators[c] = Operator {
+            code: Code::CONCATENATION,
+            inputs: srcs.iter().map(|(_, x)| *x).collect(),
+            outputs: vec![joined],
+            options: Options::Concat { axis: src_axis, act },
+            origin: origin.clone(),
+        };
+        self.operators.insert(
+            c + 1,
+            Operator {
+                code: Code::TRANSPOSE,
+                inputs: vec![joined, pt],
+                outputs: vec![out],
+                options: Options::None,
+                origin,
+            },
+        );
+        let mut gone: Vec<usize> = srcs.iter().map(|(a, _)| *a).collect();
+        gone.sort_unstable();
+        for a in gone.into_iter().rev() {
+            self.operators.remove(a);
+        }
+        true
+    }
+}
+
+impl TfModel {
+    /// TRANSPOSE → QUANTIZE (a requantization, element by element) becomes QUANTIZE → TRANSPOSE, so the
+    /// transpose can travel on to meet others (an int8 concatenation requantizes its inputs).
+    fn quantize_before_transpose(
+        &mut self,
+        readers: &BTreeMap<i32, usize>,
+        producer: &BTreeMap<i32, usize>,
+    ) -> bool {
+        let found = self.operators.iter().enumerate().find_map(|(b, ob)| {
+            if ob.code != Code::QUANTIZE || ob.inputs.len() != 1 {
+                return None;
+            }
+            let mid = ob.inputs[0];
+            let a = *producer.get(&mid)?;
+            let oa = &self.operators[a];
+            let ok = oa.code == Code::TRANSPOSE
+                && readers.get(&mid) == Some(&1)
+                && !self.outputs.contains(&mid)
+                && self.tensors[mid as usize].quant.is_some()
+                && self.tensors[ob.outputs[0] as usize].quant.is_some();
+            ok.then_some((a, b))
+        });
+        let Some((a, b)) = found else { return false };
+        let (x, pt) = (self.operators[a].inputs[0], self.operators[a].inputs[1]);
+        let y = self.operators[b].outputs[0];
+        let name = format!("{}_requantized", self.tensors[x as usize].name);
+        let (shape, dtype) = (self.shape(x).to_vec(), self.tensors[y as usize].dtype);
+        let q = self.tensor(&name, shape, dtype);
+        self.tensors[q as usize].quant = self.tensors[y as usize].quant.clone();
+        let (origin_a, origin_b) =
+            (self.operators[a].origin.clone(), self.operators[b].origin.clone());
+        self.operators[a] = Operator {
+            code: Code::QUANTIZE,
+            inputs: vec![x],
+            outputs: vec![q],
+            options: Options::None,
+            origin: origin_b,
+        };
+        self.operators[b] = Operator {
+            code: Code::TRANSPOSE,
+            inputs: vec![q, pt],
+            outputs: vec![y],
+            options: Options::None,
+            origin: origin_a,
+        };
+        true
+    }
+}
+
+/// How `r` merges runs of adjacent dims of `t` (each run's product one dim of `r`, in order); `None`
+/// when it does not. Unit dims join the run before them.
+fn merged_runs(t: &[i32], r: &[i32]) -> Option<Vec<Vec<usize>>> {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut j = 0;
+    for &want in r {
+        let mut run = Vec::new();
+        let mut prod = 1i64;
+        while j < t.len() && (run.is_empty() || prod < want as i64) {
+            prod *= t[j] as i64;
+            run.push(j);
+            j += 1;
+        }
+        if prod != want as i64 || run.is_empty() {
+            return None;
+        }
+        runs.push(run);
+    }
+    (j == t.len() && runs.len() == r.len()).then_some(runs)
 }
