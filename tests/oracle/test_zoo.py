@@ -206,3 +206,15 @@ def test_kiln_quantize_takes_other_inputs(tmp_path):
         assert cos >= 0.99, cos
     r = kiln("quantize", ZOO / "speech_gru.onnx", "--calib", ZOO / "speech_gru_inputs.npy", "-o", tmp_path / "no.onnx", check=False)
     assert r.returncode == 1 and "'h0'" in r.stderr and "--other-input" in r.stderr and not (tmp_path / "no.onnx").exists(), r.stderr
+
+
+def test_yolo_head_transposes_once_beyond_its_own(builds):
+    """YOLOv8's head flattens each channel-last level to [N, C, H·W], concatenates, and ends channel-first
+    ([N, 4 + classes, anchors]) after a DFL on [N, 16, 4, A]. The per-level layout changes are hoisted past
+    the level concatenation into one, and the model's own Transpose absorbs the DFL's: one TRANSPOSE beyond
+    the model's (the class branch is channel-last where the box branch is not; the output needs both in one
+    order)."""
+    out = builds("det_yolo")
+    report = json.loads((out / "report.json").read_text())
+    for name in ["tflite-fp32", "tflite-int8", "edgetpu", "nnapi"]:
+        assert report["backend"][name]["layout_transposes"] <= 1, (name, report["backend"][name])
