@@ -260,11 +260,18 @@ impl Evaluator {
     /// Run once; outputs in the model's output order.
     pub fn run(&self, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
         let mut tv = TVec::new();
-        let extra = inputs.first().and_then(|(_, t)| companions(t));
+        // Companions are looked up (a hash of the data sample) only when the caller left an input out.
+        let mut extra: Option<Option<Companions>> = None;
         for name in &self.input_names {
             let given = inputs.iter().find(|(n, _)| n == name);
-            let from_extra = || extra.as_ref().and_then(|e| e.iter().find(|(n, _)| n == name));
-            let (_, t) = given.or_else(from_extra).ok_or_else(|| Error::Input {
+            let given = match given {
+                Some(g) => Some(g),
+                None => extra
+                    .get_or_insert_with(|| inputs.first().and_then(|(_, t)| companions(t)))
+                    .as_ref()
+                    .and_then(|e| e.iter().find(|(n, _)| n == name)),
+            };
+            let (_, t) = given.ok_or_else(|| Error::Input {
                 name: name.clone(),
                 reason: "no tensor given for this model input (a model with several inputs needs data for \
                          the others: `other_inputs:` in a config's calibration/validation, \

@@ -303,6 +303,30 @@ impl<'a> Lowering<'a> {
         }
     }
 
+    /// The operands of a broadcasting element-wise op with a rank-`rank` result, and its layout:
+    /// channel-last when every non-constant operand is a channel-last rank-4 tensor. Constants are
+    /// broadcast in that layout, except inputs listed in `as_is` (a boolean condition), read like values.
+    pub fn elementwise_operands(
+        &mut self,
+        ins: &[ValueId],
+        rank: usize,
+        as_is: &[usize],
+    ) -> Result<(Vec<i32>, bool)> {
+        let dynamic: Vec<ValueId> = ins.iter().copied().filter(|v| !self.is_const(*v)).collect();
+        let nhwc = rank == 4
+            && !dynamic.is_empty()
+            && dynamic.iter().all(|v| self.rank(*v) == 4 && self.nhwc(*v));
+        let mut ts = Vec::with_capacity(ins.len());
+        for (k, v) in ins.iter().enumerate() {
+            ts.push(if self.is_const(*v) && !as_is.contains(&k) {
+                self.broadcast_const(*v, rank, nhwc)?
+            } else {
+                self.get(*v, nhwc)?
+            });
+        }
+        Ok((ts, nhwc))
+    }
+
     /// A constant for broadcasting against a rank-`rank` partner in the partner's layout.
     pub fn broadcast_const(&mut self, v: ValueId, rank: usize, nhwc: bool) -> Result<i32> {
         let (dims, vals) = self.const_f32(v)?;

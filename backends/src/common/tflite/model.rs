@@ -324,8 +324,7 @@ impl TfModel {
             if self.unit_transpose_to_reshape() {
                 continue;
             }
-            if self.squeeze_before_transpose(&readers, &producer)
-                || self.merge_before_transpose(&readers, &producer)
+            if self.reshape_before_transpose(&readers, &producer)
                 || self.concat_before_transpose(&readers, &producer)
                 || self.quantize_before_transpose(&readers, &producer)
             {
@@ -375,13 +374,7 @@ impl TfModel {
             let y = self.operators[b].outputs[0];
             let identity = p.iter().enumerate().all(|(i, v)| i as i32 == *v);
             if identity && !self.outputs.contains(&y) && !self.inputs.contains(&x) {
-                for o in self.operators.iter_mut() {
-                    for t in o.inputs.iter_mut() {
-                        if *t == y {
-                            *t = x;
-                        }
-                    }
-                }
+                self.rewire(y, x);
                 self.operators.remove(b);
                 self.operators.remove(a);
                 removed += 2;
@@ -394,6 +387,15 @@ impl TfModel {
             }
         }
         removed
+    }
+
+    /// Every operator reading tensor `from` reads `to` instead.
+    fn rewire(&mut self, from: i32, to: i32) {
+        for t in self.operators.iter_mut().flat_map(|o| o.inputs.iter_mut()) {
+            if *t == from {
+                *t = to;
+            }
+        }
     }
 
     /// A RESHAPE to its input's own shape: its readers read the input instead.
@@ -409,21 +411,17 @@ impl TfModel {
         });
         let Some(i) = found else { return false };
         let (x, y) = (self.operators[i].inputs[0], self.operators[i].outputs[0]);
-        for o in self.operators.iter_mut() {
-            for t in o.inputs.iter_mut() {
-                if *t == y {
-                    *t = x;
-                }
-            }
-        }
+        self.rewire(y, x);
         self.operators.remove(i);
         true
     }
 
-    /// TRANSPOSE(p) → RESHAPE that only drops unit dims becomes RESHAPE (dropping the same dims before the
-    /// transpose) → TRANSPOSE(p'), so the transpose can meet and fold with the next one (a 1-D convolution's
-    /// channel-last [N, 1, L, C] result squeezed to [N, C, L] and then transposed by the model).
-    fn squeeze_before_transpose(
+    /// TRANSPOSE(p) → RESHAPE becomes RESHAPE → TRANSPOSE(p') when the reshape only drops or inserts unit
+    /// dims, or merges runs of adjacent dims that come from consecutive source dims in order: the
+    /// transpose then travels on to meet and fold with the next (a 1-D convolution's channel-last
+    /// [N, 1, L, C] squeezed to [N, C, L] and transposed by the model; a channel-last map viewed as
+    /// [N, C, H, W] and flattened to [N, C, H·W]).
+    fn reshape_before_transpose(
         &mut self,
         readers: &BTreeMap<i32, usize>,
         producer: &BTreeMap<i32, usize>,
@@ -444,106 +442,23 @@ impl TfModel {
                 continue;
             }
             let Some(p) = self.i32_data(oa.inputs[1]) else { continue };
+            let src = self.shape(oa.inputs[0]).to_vec();
             let (t, r) = (self.shape(mid).to_vec(), self.shape(ob.outputs[0]).to_vec());
-            let src_rank = self.shape(oa.inputs[0]).len();
-            if p.len() != t.len()
-                || p.len() != src_rank
-                || p.iter().any(|d| *d < 0 || *d as usize >= src_rank)
-            {
+            let n = src.len();
+            if p.len() != t.len() || p.len() != n || p.iter().any(|d| *d < 0 || *d as usize >= n) {
                 continue;
             }
-            if r.len() > t.len() {
-                // Unit dims inserted: append them to the source, and route them in the permutation.
-                let mut map = Vec::new(); // per output dim: Some(t index) or None (a new unit dim)
-                let mut j = 0;
-                for d in &r {
-                    if j < t.len() && t[j] == *d {
-                        map.push(Some(j));
-                        j += 1;
-                    } else if *d == 1 {
-                        map.push(None);
-                    } else {
-                        break;
-                    }
-                }
-                if j == t.len() && map.len() == r.len() {
-                    found = Some((a, b, p, Err(map)));
-                    break;
-                }
-                continue;
+            let plan = drop_units(&src, &t, &r, &p)
+                .or_else(|| insert_units(&src, &t, &r, &p))
+                .or_else(|| merge_runs(&src, &t, &r, &p));
+            if let Some((s2, p2)) = plan {
+                found = Some((a, b, s2, p2));
+                break;
             }
-            if r.len() == t.len() {
-                continue;
-            }
-            // Which dims of the transposed shape the reshape drops (all of size 1, order kept).
-            let mut keep = Vec::new();
-            let mut j = 0;
-            for (i, d) in t.iter().enumerate() {
-                if j < r.len() && r[j] == *d {
-                    keep.push(i);
-                    j += 1;
-                } else if *d != 1 {
-                    break;
-                }
-            }
-            if j != r.len() || keep.len() != r.len() {
-                continue;
-            }
-            found = Some((a, b, p, Ok(keep)));
-            break;
         }
-        let Some((a, b, p, how)) = found else { return false };
-        let x = self.operators[a].inputs[0];
-        let y = self.operators[b].outputs[0];
-        let s = self.shape(x).to_vec();
-        let (s2, p2): (Vec<i32>, Vec<i32>) = match how {
-            Ok(keep) => {
-                // Source dims kept, in source order, and the permutation of them that gives the output.
-                let mut kept_src: Vec<usize> = keep.iter().map(|i| p[*i] as usize).collect();
-                kept_src.sort_unstable();
-                let p2 = keep
-                    .iter()
-                    .map(|i| kept_src.iter().position(|d| *d == p[*i] as usize).unwrap_or(0) as i32)
-                    .collect();
-                (kept_src.iter().map(|d| s[*d]).collect(), p2)
-            }
-            Err(map) => {
-                let mut s2 = s.clone();
-                let mut p2 = Vec::new();
-                for m in &map {
-                    match m {
-                        Some(j) => p2.push(p[*j]),
-                        None => {
-                            p2.push(s2.len() as i32);
-                            s2.push(1);
-                        }
-                    }
-                }
-                (s2, p2)
-            }
-        };
-        let name = format!("{}_squeezed", self.tensors[x as usize].name);
-        let dtype = self.tensors[x as usize].dtype;
-        let mid = self.tensor(&name, s2.clone(), dtype);
-        self.tensors[mid as usize].quant = self.tensors[x as usize].quant.clone();
-        let st = self.const_i32(&format!("{name}_shape"), &s2);
-        let pt = self.const_i32(&format!("{name}_perm"), &p2);
-        let origin_a = self.operators[a].origin.clone();
-        let origin_b = self.operators[b].origin.clone();
-        self.operators[a] = Operator {
-            code: Code::RESHAPE,
-            inputs: vec![x, st],
-            outputs: vec![mid],
-            options: Options::Reshape { shape: s2 },
-            origin: origin_b,
-        };
-        self.operators[b] = Operator {
-            code: Code::TRANSPOSE,
-            inputs: vec![mid, pt],
-            outputs: vec![y],
-            options: Options::None,
-            origin: origin_a,
-        };
+        let Some((a, b, s2, p2)) = found else { return false };
+        let (x, y) = (self.operators[a].inputs[0], self.operators[b].outputs[0]);
+        self.reshape_then_transpose(a, b, x, y, s2, p2);
         true
     }
 
@@ -608,58 +523,6 @@ impl TfModel {
         }
         self.inputs.iter_mut().for_each(remap);
         self.outputs.iter_mut().for_each(remap);
-    }
-
-    /// TRANSPOSE(p) → RESHAPE that merges runs of adjacent dims, each run coming from consecutive source
-    /// dims in order (a channel-last map viewed as [N, C, H, W] and flattened to [N, C, H·W]), becomes a
-    /// RESHAPE merging the same runs in the source → TRANSPOSE of the runs.
-    fn merge_before_transpose(
-        &mut self,
-        readers: &BTreeMap<i32, usize>,
-        producer: &BTreeMap<i32, usize>,
-    ) -> bool {
-        let mut found = None;
-        for (b, ob) in self.operators.iter().enumerate() {
-            if ob.code != Code::RESHAPE || ob.inputs.is_empty() {
-                continue;
-            }
-            let mid = ob.inputs[0];
-            let Some(&a) = producer.get(&mid) else { continue };
-            let oa = &self.operators[a];
-            if oa.code != Code::TRANSPOSE
-                || readers.get(&mid) != Some(&1)
-                || self.outputs.contains(&mid)
-                || self.tensors[mid as usize].quant != self.tensors[ob.outputs[0] as usize].quant
-            {
-                continue;
-            }
-            let Some(p) = self.i32_data(oa.inputs[1]) else { continue };
-            let (t, r) = (self.shape(mid).to_vec(), self.shape(ob.outputs[0]).to_vec());
-            let n = self.shape(oa.inputs[0]).len();
-            if p.len() != t.len() || p.len() != n || p.iter().any(|d| *d < 0 || *d as usize >= n) {
-                continue;
-            }
-            let Some(runs) = merged_runs(&t, &r) else { continue };
-            let consecutive = runs.iter().all(|g| g.windows(2).all(|w| p[w[1]] == p[w[0]] + 1));
-            if consecutive && runs.iter().any(|g| g.len() > 1) {
-                found = Some((a, b, p, runs));
-                break;
-            }
-        }
-        let Some((a, b, p, runs)) = found else { return false };
-        let x = self.operators[a].inputs[0];
-        let y = self.operators[b].outputs[0];
-        let s = self.shape(x).to_vec();
-        // Runs in source order: each starts at source dim p[run[0]].
-        let mut order: Vec<usize> = (0..runs.len()).collect();
-        order.sort_by_key(|i| p[runs[*i][0]]);
-        let s2: Vec<i32> =
-            order.iter().map(|i| runs[*i].iter().map(|j| s[p[*j] as usize]).product()).collect();
-        let p2: Vec<i32> = (0..runs.len())
-            .map(|i| order.iter().position(|o| *o == i).unwrap_or(0) as i32)
-            .collect();
-        self.reshape_then_transpose(a, b, x, y, s2, p2);
-        true
     }
 
     /// Replace ops `a` (a TRANSPOSE) and `b` (a RESHAPE of its output) by RESHAPE(x → s2) at `a` and
@@ -783,9 +646,7 @@ impl TfModel {
         }
         true
     }
-}
 
-impl TfModel {
     /// TRANSPOSE → QUANTIZE (a requantization, element by element) becomes QUANTIZE → TRANSPOSE, so the
     /// transpose can travel on to meet others (an int8 concatenation requantizes its inputs).
     fn quantize_before_transpose(
@@ -853,4 +714,74 @@ fn merged_runs(t: &[i32], r: &[i32]) -> Option<Vec<Vec<usize>>> {
         runs.push(run);
     }
     (j == t.len() && runs.len() == r.len()).then_some(runs)
+}
+
+/// A plan for moving a RESHAPE (`t` → `r`) before the TRANSPOSE(`p`) that made `t` from `src`: the source
+/// reshaped to `s2`, then transposed by `p2`.
+type Plan = Option<(Vec<i32>, Vec<i32>)>;
+
+/// `r` is `t` with unit dims dropped (order kept): drop the same source dims.
+fn drop_units(src: &[i32], t: &[i32], r: &[i32], p: &[i32]) -> Plan {
+    if r.len() >= t.len() {
+        return None;
+    }
+    let mut keep = Vec::new();
+    let mut j = 0;
+    for (i, d) in t.iter().enumerate() {
+        if j < r.len() && r[j] == *d {
+            keep.push(i);
+            j += 1;
+        } else if *d != 1 {
+            return None;
+        }
+    }
+    if j != r.len() {
+        return None;
+    }
+    // Source dims kept, in source order, and the permutation of them that gives the output.
+    let mut kept_src: Vec<usize> = keep.iter().map(|i| p[*i] as usize).collect();
+    kept_src.sort_unstable();
+    let p2 = keep
+        .iter()
+        .map(|i| kept_src.iter().position(|d| *d == p[*i] as usize).unwrap_or(0) as i32)
+        .collect();
+    Some((kept_src.iter().map(|d| src[*d]).collect(), p2))
+}
+
+/// `r` is `t` with unit dims inserted: append them to the source and route them in the permutation.
+fn insert_units(src: &[i32], t: &[i32], r: &[i32], p: &[i32]) -> Plan {
+    if r.len() <= t.len() {
+        return None;
+    }
+    let (mut s2, mut p2) = (src.to_vec(), Vec::new());
+    let mut j = 0;
+    for d in r {
+        if j < t.len() && t[j] == *d {
+            p2.push(p[j]);
+            j += 1;
+        } else if *d == 1 {
+            p2.push(s2.len() as i32);
+            s2.push(1);
+        } else {
+            return None;
+        }
+    }
+    (j == t.len()).then_some((s2, p2))
+}
+
+/// `r` merges runs of adjacent dims of `t`, each run from consecutive source dims in order: merge the
+/// same runs in the source and permute the runs.
+fn merge_runs(src: &[i32], t: &[i32], r: &[i32], p: &[i32]) -> Plan {
+    let runs = merged_runs(t, r)?;
+    let consecutive = runs.iter().all(|g| g.windows(2).all(|w| p[w[1]] == p[w[0]] + 1));
+    if !consecutive || runs.iter().all(|g| g.len() == 1) {
+        return None;
+    }
+    // Runs in source order: each starts at source dim p[run[0]].
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by_key(|i| p[runs[*i][0]]);
+    let s2 = order.iter().map(|i| runs[*i].iter().map(|j| src[p[*j] as usize]).product()).collect();
+    let p2 =
+        (0..runs.len()).map(|i| order.iter().position(|o| *o == i).unwrap_or(0) as i32).collect();
+    Some((s2, p2))
 }

@@ -402,39 +402,33 @@ fn pool(l: &mut Lowering, id: NodeId) -> Result<()> {
         xt = pad_nhwc(l, xt, p, Some(f32::MIN));
         padding_mode = Padding::VALID;
     }
-    if let Some(m) = rescale {
-        let (out, act) = output_with_act(l, id, true)?;
-        let name = l.node.clone();
-        let shape = l.m.shape(out).to_vec();
-        let pooled = l.m.tensor(&format!("{name}_sum_like"), shape.clone(), TensorType::FLOAT32);
-        l.emit(
-            Code::AVERAGE_POOL_2D,
-            vec![xt],
-            vec![pooled],
-            Options::Pool {
-                padding: padding_mode,
-                stride: (s.0 as i32, s.1 as i32),
-                filter: (k.0 as i32, k.1 as i32),
-                act: Fused::NONE,
-            },
-        );
-        let mt = l.m.const_f32(&format!("{name}_count_scale"), vec![1, shape[1], shape[2], 1], &m);
-        l.emit(Code::MUL, vec![pooled, mt], vec![out], Options::Binary { act });
-        return Ok(());
-    }
     let (out, act) = output_with_act(l, id, true)?;
     let code = if *kind == PoolKind::Max { Code::MAX_POOL_2D } else { Code::AVERAGE_POOL_2D };
+    let name = l.node.clone();
+    let shape = l.m.shape(out).to_vec();
+    // With a count map the pool's result is rescaled by a MUL, which carries the activation.
+    let (dst, pool_act) = match rescale {
+        Some(_) => (
+            l.m.tensor(&format!("{name}_sum_like"), shape.clone(), TensorType::FLOAT32),
+            Fused::NONE,
+        ),
+        None => (out, act),
+    };
     l.emit(
         code,
         vec![xt],
-        vec![out],
+        vec![dst],
         Options::Pool {
             padding: padding_mode,
             stride: (s.0 as i32, s.1 as i32),
             filter: (k.0 as i32, k.1 as i32),
-            act,
+            act: pool_act,
         },
     );
+    if let Some(m) = rescale {
+        let mt = l.m.const_f32(&format!("{name}_count_scale"), vec![1, shape[1], shape[2], 1], &m);
+        l.emit(Code::MUL, vec![dst, mt], vec![out], Options::Binary { act });
+    }
     Ok(())
 }
 
@@ -567,14 +561,7 @@ fn binary(l: &mut Lowering, id: NodeId, op: BinOp) -> Result<()> {
     let out_v = n.output(0).ok_or_else(|| l.err("no output"))?;
     let rank = l.rank(out_v);
     let ins: Vec<ValueId> = n.inputs.iter().flatten().copied().collect();
-    // Channel-last when every non-constant input is a channel-last rank-4 tensor.
-    let dynamic: Vec<&ValueId> = ins.iter().filter(|v| !l.is_const(**v)).collect();
-    let nhwc =
-        rank == 4 && !dynamic.is_empty() && dynamic.iter().all(|v| l.rank(**v) == 4 && l.nhwc(**v));
-    let mut ts = Vec::new();
-    for v in &ins {
-        ts.push(if l.is_const(*v) { l.broadcast_const(*v, rank, nhwc)? } else { l.get(*v, nhwc)? });
-    }
+    let (ts, nhwc) = l.elementwise_operands(&ins, rank, &[])?;
     let (out, act) = output_with_act(l, id, nhwc)?;
     let code = match op {
         BinOp::Add => Code::ADD,
@@ -636,6 +623,17 @@ fn single_reader(l: &Lowering, v: ValueId) -> Option<NodeId> {
 /// at all for torchvision's SSD/RetinaNet/FCOS heads (`permute(0, 3, 4, 1, 2)`). Returns the Transpose
 /// node and the permutation still needed, when `id` starts that pattern.
 fn split_channels(l: &Lowering, id: NodeId) -> Option<(NodeId, Vec<usize>)> {
+    let (t, p) = split_then_transpose(l, id)?;
+    // Stored dim i is logical dim Q[i]; output dim i is logical dim p[i] = stored dim Q⁻¹[p[i]].
+    const QINV: [usize; 5] = [0, 3, 4, 1, 2];
+    let r: Vec<usize> = p.iter().map(|a| QINV.get(*a as usize).copied()).collect::<Option<_>>()?;
+    Some((t, r))
+}
+
+/// `id` is a Reshape splitting the channels of a channel-last [N, C, H, W] into [N, a, b, H, W], read by
+/// one Transpose alone: that Transpose and its permutation (what the channel shuffle and the detection
+/// head patterns start from).
+fn split_then_transpose(l: &Lowering, id: NodeId) -> Option<(NodeId, Vec<i64>)> {
     let n = &l.g.nodes[id];
     let x = n.input(0)?;
     let (xd, yd) = (l.dims(x).ok()?, l.dims(n.output(0)?).ok()?);
@@ -650,14 +648,10 @@ fn split_channels(l: &Lowering, id: NodeId) -> Option<(NodeId, Vec<usize>)> {
     }
     let t = single_reader(l, n.output(0)?)?;
     let tn = &l.g.nodes[t];
-    let Op::Transpose { perm: Some(p) } = &tn.op else { return None };
-    if tn.act.is_some() || p.len() != 5 {
-        return None;
+    match &tn.op {
+        Op::Transpose { perm: Some(p) } if tn.act.is_none() && p.len() == 5 => Some((t, p.clone())),
+        _ => None,
     }
-    // Stored dim i is logical dim Q[i]; output dim i is logical dim p[i] = stored dim Q⁻¹[p[i]].
-    const QINV: [usize; 5] = [0, 3, 4, 1, 2];
-    let r: Vec<usize> = p.iter().map(|a| QINV.get(*a as usize).copied()).collect::<Option<_>>()?;
-    Some((t, r))
 }
 
 fn split_channels_nhwc(l: &mut Lowering, id: NodeId, t: NodeId, r: &[usize]) -> Result<()> {
@@ -698,27 +692,13 @@ fn split_channels_nhwc(l: &mut Lowering, id: NodeId, t: NodeId, r: &[usize]) -> 
 /// [N,C,H,W], done channel-last: Reshape [N,H,W,g,C/g], Transpose [0,1,2,4,3], Reshape [N,H,W,C].
 /// Returns the three nodes when `id` starts that pattern on a channel-last input.
 fn channel_shuffle(l: &Lowering, id: NodeId) -> Option<(NodeId, NodeId, i64)> {
+    let (t, p) = split_then_transpose(l, id)?;
+    if p != [0, 2, 1, 3, 4] {
+        return None;
+    }
     let n = &l.g.nodes[id];
-    let x = n.input(0)?;
-    let (xd, yd) = (l.dims(x).ok()?, l.dims(n.output(0)?).ok()?);
-    if !l.nhwc(x)
-        || xd.len() != 4
-        || yd.len() != 5
-        || yd[0] != xd[0]
-        || yd[1] * yd[2] != xd[1]
-        || yd[3..] != xd[2..]
-    {
-        return None;
-    }
-    let single = |v: ValueId| single_reader(l, v);
-    let t = single(n.output(0)?)?;
-    let tn = &l.g.nodes[t];
-    if !matches!(&tn.op, Op::Transpose { perm: Some(p) } if p == &[0, 2, 1, 3, 4])
-        || tn.act.is_some()
-    {
-        return None;
-    }
-    let r2 = single(tn.output(0)?)?;
+    let (xd, yd) = (l.dims(n.input(0)?).ok()?, l.dims(n.output(0)?).ok()?);
+    let r2 = single_reader(l, l.g.nodes[t].output(0)?)?;
     let rn = &l.g.nodes[r2];
     if !matches!(rn.op, Op::Reshape { .. }) || l.dims(rn.output(0)?).ok()? != xd || rn.act.is_some()
     {

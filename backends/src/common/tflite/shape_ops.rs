@@ -160,17 +160,7 @@ pub fn where_(l: &mut Lowering, id: NodeId) -> Result<()> {
         .map(|i| n.input(i).ok_or_else(|| l.err("Where needs three inputs")))
         .collect::<Result<_>>()?;
     let rank = l.rank(n.output(0).ok_or_else(|| l.err("no output"))?);
-    let dynamic: Vec<&ValueId> = ins.iter().filter(|v| !l.is_const(**v)).collect();
-    let nhwc =
-        rank == 4 && !dynamic.is_empty() && dynamic.iter().all(|v| l.rank(**v) == 4 && l.nhwc(**v));
-    let mut ts = Vec::new();
-    for (k, v) in ins.iter().enumerate() {
-        ts.push(if l.is_const(*v) && k > 0 {
-            l.broadcast_const(*v, rank, nhwc)?
-        } else {
-            l.get(*v, nhwc)?
-        });
-    }
+    let (ts, nhwc) = l.elementwise_operands(&ins, rank, &[0])?;
     let (out, act) = output_with_act(l, id, nhwc)?;
     no_act(l, act)?;
     l.emit(Code::SELECT_V2, ts, vec![out], Options::None);
@@ -286,13 +276,7 @@ pub fn compare(l: &mut Lowering, id: NodeId, op_type: &str) -> Result<()> {
         .map(|i| n.input(i).ok_or_else(|| l.err("a comparison needs two inputs")))
         .collect::<Result<_>>()?;
     let rank = l.rank(n.output(0).ok_or_else(|| l.err("no output"))?);
-    let dynamic: Vec<&ValueId> = ins.iter().filter(|v| !l.is_const(**v)).collect();
-    let nhwc =
-        rank == 4 && !dynamic.is_empty() && dynamic.iter().all(|v| l.rank(**v) == 4 && l.nhwc(**v));
-    let mut ts = Vec::new();
-    for v in &ins {
-        ts.push(if l.is_const(*v) { l.broadcast_const(*v, rank, nhwc)? } else { l.get(*v, nhwc)? });
-    }
+    let (ts, nhwc) = l.elementwise_operands(&ins, rank, &[])?;
     let (out, act) = output_with_act(l, id, nhwc)?;
     no_act(l, act)?;
     l.emit(code, ts, vec![out], Options::None);
