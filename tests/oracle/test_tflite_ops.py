@@ -145,6 +145,19 @@ CASES.update({
     "lstm_yc": rnn("LSTM", out="Y_c"),
     "lstm_bidirectional_yh": rnn("LSTM", "bidirectional", out="Y_h"),
 })
+# Detection heads on a channel-last map: torchvision's RetinaNet/FCOS/SSD view(N, A, K, H, W)
+# .permute(0, 3, 4, 1, 2).reshape(N, -1, K) (no transpose left), and YOLOv5's view(N, A, K, H, W)
+# .permute(0, 1, 3, 4, 2) (the model's transpose, composed).
+def head(perm, out):
+    shape5 = [1, 2, 2, 8, 6]
+    nodes = [helper.make_node("Reshape", ["s", "v5"], ["h5"]), helper.make_node("Transpose", ["h5"], ["hp"], perm=perm), helper.make_node("Reshape", ["hp", "vout"], ["y"])]
+    return nodes, [const("v5", np.array(shape5, np.int64)), const("vout", np.array(out, np.int64))], [1, 4, 8, 6], out
+
+
+CASES.update({
+    "retinanet_head": head([0, 3, 4, 1, 2], [1, 96, 2]),
+    "yolov5_head": head([0, 1, 3, 4, 2], [1, 96, 2]),
+})
 # Pre-11 upsampling (asymmetric coordinates; nearest truncates when enlarging): Upsample at opset 9, Resize at 10.
 CASES.update({
     "upsample_opset9_nearest": ([helper.make_node("Upsample", ["s", "scales"], ["y"], mode="nearest")], [const("scales", np.array([1, 1, 2, 3], np.float32))], [1, 4, 8, 6], [1, 4, 16, 18]),
@@ -204,3 +217,17 @@ def test_unexpressible_resize_is_refused_by_name(tmp_path):
     r = p.build({"model": path, "targets": [{"name": "t", "backend": "tflite", "precision": "fp32"}, {"name": "o", "backend": "onnx", "precision": "fp32"}], "output": "out"}, check=False)
     assert r.returncode != 0 and "the_cubic_resize" in r.stderr and "cubic" in r.stderr, r.stderr
     assert (p.root / "out" / "o" / "model.onnx").exists() and not (p.root / "out" / "t" / "model.tflite").exists()
+
+
+@pytest.mark.parametrize("case,transposes", [("retinanet_head", 0), ("yolov5_head", 1)])
+def test_detection_heads_keep_the_map_channel_last(tmp_path, case, transposes):
+    """The split of a channel-last map's channels becomes a RESHAPE: RetinaNet/FCOS/SSD heads need no
+    TRANSPOSE at all, YOLOv5's keeps only its own (composed with the layout)."""
+    from tflite_oracle import op_names
+
+    nodes, inits, x_shape, y_shape = CASES[case]
+    path = tmp_path / f"{case}.onnx"
+    model(path, nodes, inits, x_shape, y_shape)
+    p = Project(tmp_path / "w")
+    p.build({"model": path, "passes": ["cleanup", "fuse"], "targets": [{"name": "fp32", "backend": "tflite", "precision": "fp32"}], "output": "out"})
+    assert op_names(p.root / "out" / "fp32" / "model.tflite").count("TRANSPOSE") == transposes
