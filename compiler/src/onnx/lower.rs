@@ -69,6 +69,21 @@ impl<'g> Lowering<'g> {
         name
     }
 
+    /// A node name no graph node and no node written so far has.
+    fn fresh_node(&mut self, base: &str) -> String {
+        let taken = |l: &Self, name: &str| {
+            l.used.contains(name) || l.g.nodes.node_weights().any(|n| n.name == name)
+        };
+        let mut name = base.to_string();
+        let mut i = 1;
+        while taken(self, &name) {
+            name = format!("{base}_{i}");
+            i += 1;
+        }
+        self.used.insert(name.clone());
+        name
+    }
+
     fn scalar(&mut self, base: &str, v: f32) -> String {
         let name = self.fresh(base);
         let t = if self.float == crate::ir::DType::F16 {
@@ -443,7 +458,9 @@ impl<'g> Lowering<'g> {
             }
         }
         if let Some(a) = &n.act {
-            let base = format!("{}__act", n.name);
+            // Unique among node names: models may leave node names empty, and runtimes (tract) refuse
+            // two nodes of one name.
+            let base = self.fresh_node(&format!("{}__act", n.name));
             self.act(a, &pre, &y, &base, out);
         }
         Ok(true)
