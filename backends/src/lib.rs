@@ -5,6 +5,7 @@ pub mod common;
 pub mod dump;
 pub mod npu;
 pub mod onnx;
+pub mod tensorrt;
 pub mod tflite;
 
 use kiln_compiler::backend::Backend;
@@ -15,6 +16,7 @@ pub fn all() -> Vec<Box<dyn Backend>> {
         Box::new(onnx::OnnxBackend),
         Box::new(tflite::TfliteBackend),
         Box::new(npu::NpuBackend),
+        Box::new(tensorrt::TensorRtBackend),
         Box::new(dump::DumpBackend),
     ]
 }

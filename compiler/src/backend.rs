@@ -72,6 +72,41 @@ pub struct QuantRules {
     pub fused_activation: fn(&Act) -> bool,
     /// The target's kernels can take 7-bit weights (`reduce_range`, for x86 int8 kernels without VNNI).
     pub reduce_range: bool,
+    /// Activations are symmetric int8 (zero point 0, range [−127·s, 127·s]): TensorRT.
+    pub symmetric_activations: bool,
+    /// Where Q/DQ go (QDQ targets).
+    pub placement: QdqPlacement,
+    /// Biases become int32 with scale s_in·s_w; otherwise they stay float (TensorRT adds a float bias).
+    pub int32_bias: bool,
+    /// Concat inputs and output, and the values an op only moves (MaxPool, Reshape, ...), share one scale:
+    /// the largest of theirs (TensorRT inserts a reformat layer where they differ).
+    pub shared_scales: bool,
+}
+
+impl QuantRules {
+    /// The generic QDQ rules (onnxruntime and most ONNX runtimes).
+    pub fn qdq() -> Self {
+        QuantRules {
+            full_integer: false,
+            fused_activation: no_fused_activation,
+            reduce_range: true,
+            symmetric_activations: false,
+            placement: QdqPlacement::Activations,
+            int32_bias: true,
+            shared_scales: false,
+        }
+    }
+}
+
+/// Where a QDQ model's activation Q/DQ pairs go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QdqPlacement {
+    /// Every activation an integer kernel may read (runtimes fuse what they can).
+    Activations,
+    /// TensorRT's fusion points only: the activation inputs of Conv/ConvTranspose/Gemm/MatMul and the skip
+    /// input of a residual Add whose other input a weighted op writes (so Conv+Add fuses); the weighted
+    /// ops' outputs are not quantized.
+    FusionPoints,
 }
 
 /// What `precision: fp16` means on a target.

@@ -993,6 +993,10 @@ impl Stages<'_> {
         let key = serde_json::json!([
             r.full_integer,
             r.fused_activation as usize,
+            r.symmetric_activations,
+            format!("{:?}", r.placement),
+            r.int32_bias,
+            r.shared_scales,
             t.weights,
             t.activations,
             t.bias_correction,

@@ -5,8 +5,8 @@
 //! Writes `<model stem>.onnx` (and `<model stem>.onnx.data` when `external_data: always`, or when the
 //! model passes protobuf's 2 GiB limit). Output is byte-identical for identical inputs.
 use kiln_compiler::backend::{
-    no_fused_activation, parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16,
-    Precision, QuantRules, TargetRules,
+    parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16, Precision, QuantRules,
+    TargetRules,
 };
 use kiln_compiler::config::Target;
 use kiln_compiler::ir::Model;
@@ -41,7 +41,7 @@ pub struct OnnxOptions {
 /// QDQ: Q/DQ around the ops with integer kernels, the rest float; runtimes fuse activations themselves;
 /// 7-bit weights on request (x86 kernels without VNNI). `kiln quantize` uses these rules too.
 pub fn int8_rules() -> QuantRules {
-    QuantRules { full_integer: false, fused_activation: no_fused_activation, reduce_range: true }
+    QuantRules::qdq()
 }
 
 impl Backend for OnnxBackend {

@@ -535,6 +535,11 @@ pub struct Model {
     pub opaque: ModelOpaque,
     /// External data files read on import (for hashing and reports).
     pub external_files: Vec<std::path::PathBuf>,
+    /// Symmetric int8 activation ranges (amax = 127·scale) by value name, recorded by the quantizer under
+    /// rules with symmetric activations, for every calibrated activation whether Q/DQ sit on it or not:
+    /// what an implicit-quantization runtime needs (TensorRT's calibration cache for the DLA). Never
+    /// exported.
+    pub activation_amax: std::collections::BTreeMap<String, f32>,
 }
 
 impl Model {

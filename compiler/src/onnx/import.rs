@@ -80,6 +80,7 @@ pub fn load_bytes(
             configuration: mp.configuration.iter().map(|f| f.encode_to_vec()).collect(),
         },
         external_files: cx.external_files,
+        activation_amax: Default::default(),
     };
     let outer: Vec<&str> =
         model.graph.values.iter().filter(|v| v.outer).map(|v| v.name.as_str()).collect();

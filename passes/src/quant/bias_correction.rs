@@ -115,17 +115,24 @@ pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usiz
         else {
             continue;
         };
-        let (Some(wq), Some(bq)) =
-            (n.input(1).and_then(|w| dq_parts(g, w)), n.input(2).and_then(|b| dq_parts(g, b)))
-        else {
+        // An int32 bias behind its DequantizeLinear, or a float bias (targets that add it in float).
+        let float_bias = |b: ValueId| {
+            let d = g.const_data(b).filter(|d| d.dtype == DType::F32)?;
+            Some((b, d.to_f64_vec()?, vec![1.0]))
+        };
+        let (Some(wq), Some(bq)) = (
+            n.input(1).and_then(|w| dq_parts(g, w)),
+            n.input(2).and_then(|b| dq_parts(g, b).or_else(|| float_bias(b))),
+        ) else {
             continue;
         };
         let (wdims, w) = wf;
         let (_, wqv, ws) = wq;
         let (bq_id, bvals, bs) = bq;
+        let bias_dtype = g.const_data(bq_id).map(|d| d.dtype);
         if wqv.len() != w.len()
             || wdims.len() < 2
-            || g.const_data(bq_id).map(|d| d.dtype) != Some(DType::I32)
+            || !matches!(bias_dtype, Some(DType::I32 | DType::F32))
         {
             continue;
         }
@@ -166,15 +173,21 @@ pub fn correct_with(q: &mut Model, f: &Model, means: &InputMeans) -> Result<usiz
             let Some(m) = mu.get(ci) else { continue };
             delta[o] += (qv * wscale(o) - fv) * m;
         }
-        let new: Vec<u8> = (0..cout)
-            .flat_map(|o| {
-                let s = if bs.len() == 1 { bs[0] } else { bs[o] };
-                ((bvals[o] - delta[o] / s).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32)
-                    .to_le_bytes()
-            })
-            .collect();
-        q.graph.value_mut(bq_id).data =
-            Some(TensorData::from_bytes(DType::I32, vec![cout as i64], new));
+        let data = if bias_dtype == Some(DType::F32) {
+            let new: Vec<f32> = (0..cout).map(|o| (bvals[o] - delta[o]) as f32).collect();
+            TensorData::from_f32(vec![cout as i64], &new)
+        } else {
+            let new: Vec<u8> = (0..cout)
+                .flat_map(|o| {
+                    let s = if bs.len() == 1 { bs[0] } else { bs[o] };
+                    ((bvals[o] - delta[o] / s).round().clamp(i32::MIN as f64, i32::MAX as f64)
+                        as i32)
+                        .to_le_bytes()
+                })
+                .collect();
+            TensorData::from_bytes(DType::I32, vec![cout as i64], new)
+        };
+        q.graph.value_mut(bq_id).data = Some(data);
         corrected += 1;
     }
     Ok(corrected)

@@ -192,6 +192,10 @@ impl Settings {
             // Full-integer backends need every tensor's scale, outputs included.
             quantize_outputs: self.rules.full_integer,
             weight_qmax: if self.reduce_range { 64 } else { 127 },
+            symmetric: self.rules.symmetric_activations,
+            placement: self.rules.placement,
+            int32_bias: self.rules.int32_bias,
+            shared_scales: self.rules.shared_scales,
             ..Default::default()
         }
     }

@@ -9,6 +9,7 @@
 //! quantized inputs.
 use std::collections::{BTreeMap, HashSet};
 
+use kiln_compiler::backend::QdqPlacement;
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::ir::{DType, Graph, Model, Node, NodeId, Op, TensorData, ValueId};
 use kiln_compiler::{Error, Result};
@@ -37,6 +38,14 @@ pub struct QdqOptions {
     /// offers): x86 int8 kernels without VNNI add pairs of u8×s8 products in 16 bits, and 2·255·64 fits
     /// where 2·255·127 saturates.
     pub weight_qmax: i32,
+    /// Symmetric int8 activations: zero point 0, scale = max(|lo|, |hi|) / 127 (TensorRT).
+    pub symmetric: bool,
+    /// Where activation Q/DQ go.
+    pub placement: QdqPlacement,
+    /// Biases as int32 (s_in·s_w); otherwise they stay float.
+    pub int32_bias: bool,
+    /// Concat inputs/output and the values an op only moves share one scale (the largest of theirs).
+    pub shared_scales: bool,
 }
 
 impl Default for QdqOptions {
@@ -51,6 +60,10 @@ impl Default for QdqOptions {
             range_scale: Default::default(),
             method_override: BTreeMap::new(),
             weight_qmax: 127,
+            symmetric: false,
+            placement: QdqPlacement::Activations,
+            int32_bias: true,
+            shared_scales: false,
         }
     }
 }
@@ -69,6 +82,9 @@ pub struct QdqSummary {
     pub activation_params: BTreeMap<String, (f32, i64)>,
     /// Tensors whose searched range (entropy, MSE) was not trusted, by value name (params.rs).
     pub range_fallbacks: BTreeMap<String, super::params::Fallback>,
+    /// Symmetric activations: amax (127·scale) of every activation with calibration statistics, Q/DQ
+    /// placed on it or not, by value name.
+    pub activation_amax: BTreeMap<String, f32>,
 }
 
 const FLOAT_ONLY: &[&str] = &[
@@ -112,6 +128,10 @@ fn act_params(
     let k = opts.range_scale.get(name).copied().unwrap_or(1.0);
     let lo = s.min.max(-t).min(0.0) * k;
     let hi = s.max.min(t).max(0.0) * k;
+    if opts.symmetric {
+        let amax = hi.max(-lo);
+        return Some((((amax / 127.0).max(1e-8), 0), fallback));
+    }
     let (qmin, qmax) =
         if opts.activations == DType::U8 { (0.0f32, 255.0f32) } else { (-128.0, 127.0) };
     let scale = ((hi - lo) / (qmax - qmin)).max(1e-8);
@@ -436,7 +456,120 @@ fn params_and_fallbacks(
             }
         }
     }
+    if opts.shared_scales && opts.symmetric {
+        share_scales(g, &mut params);
+    }
     (params, fallbacks)
+}
+
+/// Union-find root of `v`.
+fn root(parent: &mut BTreeMap<ValueId, ValueId>, v: ValueId) -> ValueId {
+    let mut r = v;
+    while let Some(p) = parent.get(&r).copied().filter(|p| *p != r) {
+        r = p;
+    }
+    parent.insert(v, r);
+    r
+}
+
+/// Symmetric scales shared across each Concat (inputs and output) and each op that only moves values
+/// (MaxPool, Reshape, Slice, ...): every member takes the group's largest scale, so no member clips.
+fn share_scales(g: &Graph, params: &mut BTreeMap<ValueId, (f32, i64)>) {
+    let mut parent: BTreeMap<ValueId, ValueId> = BTreeMap::new();
+    for n in g.nodes.node_weights() {
+        let members: Vec<ValueId> = match &n.op {
+            Op::Concat { .. } => {
+                n.inputs.iter().flatten().chain(n.outputs.iter().flatten()).copied().collect()
+            }
+            op if op.moves_values() && n.act.is_none() => {
+                n.input(0).into_iter().chain(n.outputs.iter().flatten().copied()).collect()
+            }
+            _ => continue,
+        };
+        let members: Vec<ValueId> =
+            members.into_iter().filter(|v| params.contains_key(v)).collect();
+        for w in members.windows(2) {
+            let (a, b) = (root(&mut parent, w[0]), root(&mut parent, w[1]));
+            if a != b {
+                parent.insert(a, b);
+            }
+        }
+    }
+    let mut best: BTreeMap<ValueId, f32> = BTreeMap::new();
+    let vals: Vec<ValueId> = parent.keys().copied().collect();
+    for v in &vals {
+        let r = root(&mut parent, *v);
+        let s = params[v].0;
+        let e = best.entry(r).or_insert(s);
+        *e = e.max(s);
+    }
+    for v in vals {
+        let r = root(&mut parent, v);
+        params.insert(v, (best[&r], 0));
+    }
+}
+
+/// A weighted op: its activation input is quantized where TensorRT fuses Q/DQ into it.
+fn weighted(op: &Op) -> bool {
+    matches!(op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul)
+        || matches!(op, Op::Generic { op_type, .. } if op_type == "ConvTranspose")
+}
+
+/// TensorRT's fusion points: for each activation value, the (consumer, input slot)s that read it through
+/// Q/DQ: the activation inputs of weighted ops (both inputs of an activation×activation MatMul), and the
+/// skip input of a residual Add whose other input a weighted op writes alone (Conv+Add fuses, and the
+/// skip's precision sets the fused output's). Nodes for which `keep` holds (kept in float) take none.
+pub fn fusion_points(
+    g: &Graph,
+    keep: &dyn Fn(NodeId) -> bool,
+) -> Result<BTreeMap<ValueId, Vec<(NodeId, usize)>>> {
+    let order = g.topo_order()?;
+    let rank: std::collections::HashMap<NodeId, usize> =
+        order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut points: BTreeMap<ValueId, Vec<(NodeId, usize)>> = BTreeMap::new();
+    let runtime = |v: ValueId| g.const_data(v).is_none() && g.value(v).dtype == DType::F32;
+    for &id in &order {
+        let n = &g.nodes[id];
+        if weighted(&n.op) {
+            if keep(id) {
+                continue;
+            }
+            let slots: &[usize] = if matches!(n.op, Op::MatMul) { &[0, 1] } else { &[0] };
+            for &slot in slots {
+                if let Some(x) = n.input(slot).filter(|x| runtime(*x)) {
+                    points.entry(x).or_default().push((id, slot));
+                }
+            }
+        } else if matches!(n.op, Op::Binary(kiln_compiler::ir::BinOp::Add)) {
+            let ins: Vec<(usize, ValueId)> = n
+                .inputs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.filter(|v| runtime(*v)).map(|v| (i, v)))
+                .collect();
+            if ins.len() != 2 {
+                continue;
+            }
+            // The branch TensorRT fuses: written by a weighted op with no activation of its own, read
+            // only here; the latest such producer when both are.
+            let fused = ins
+                .iter()
+                .filter_map(|(slot, v)| {
+                    let (p, _) = g.value(*v).producer?;
+                    let pn = g.node(p)?;
+                    (weighted(&pn.op) && pn.act.is_none() && g.consumers(*v).len() == 1)
+                        .then(|| (rank.get(&p).copied().unwrap_or(0), *slot))
+                })
+                .max();
+            let Some((_, fused_slot)) = fused else { continue };
+            for (slot, v) in ins {
+                if slot != fused_slot {
+                    points.entry(v).or_default().push((id, slot));
+                }
+            }
+        }
+    }
+    Ok(points)
 }
 
 /// Quantized range of the activation type.
@@ -468,6 +601,27 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
     let keep = |g: &Graph, id: NodeId| opts.keep_float.contains(&g.nodes[id].name);
     let (params, fallbacks) = params_and_fallbacks(g, calib, opts);
     sum.range_fallbacks = fallbacks;
+    // Where the target fuses Q/DQ only at some points (TensorRT), decided on the float graph.
+    let points = match opts.placement {
+        QdqPlacement::FusionPoints => Some(fusion_points(g, &|id| keep(g, id))?),
+        QdqPlacement::Activations => None,
+    };
+    // Every activation's symmetric range (amax = 127·scale), placed or not: what an implicit-quantization
+    // runtime needs (TensorRT's calibration cache for the DLA).
+    if opts.symmetric {
+        for (v, (scale, _)) in &params {
+            sum.activation_amax.insert(g.value(*v).name.clone(), scale * 127.0);
+        }
+        // And the tensors fused away here that a runtime may still see as layer outputs (`<y>__preact`,
+        // a conv's output before its activation).
+        for name in calib.stats.keys() {
+            if !sum.activation_amax.contains_key(name) && !opts.keep_float_values.contains(name) {
+                if let Some(((scale, _), _)) = act_params(calib, name, opts) {
+                    sum.activation_amax.insert(name.clone(), scale * 127.0);
+                }
+            }
+        }
+    }
     // Weights and biases.
     for id in g.topo_order()? {
         let Some(n) = g.node(id) else { continue };
@@ -482,6 +636,18 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
                 .input(1)
                 .and_then(|w| g.const_data(w))
                 .map(|d| d.dims.len().saturating_sub(1)),
+            // ConvTranspose weights are [C_in, C_out/group, k...]: per channel on axis 1 (one group only).
+            Op::Generic { op_type, attrs }
+                if op_type == "ConvTranspose" && opts.placement == QdqPlacement::FusionPoints =>
+            {
+                let group =
+                    kiln_compiler::ir::attr::AttrReader::new(attrs).int("group").unwrap_or(1);
+                if group == 1 {
+                    Some(1)
+                } else {
+                    None
+                }
+            }
             _ => continue,
         };
         let axis = if opts.per_channel { axis } else { None };
@@ -511,7 +677,7 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
         };
         sum.weights += 1;
         if let (Some(s_in), true) =
-            (s_in, matches!(g.nodes[id].op, Op::Conv { .. } | Op::Gemm { .. }))
+            (s_in, opts.int32_bias && matches!(g.nodes[id].op, Op::Conv { .. } | Op::Gemm { .. }))
         {
             if quantize_bias(g, id, s_in, &s_w)? {
                 sum.biases += 1;
@@ -526,8 +692,11 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
             sum.activation_params.insert(g.value(v).name.clone(), (scale, zp));
             continue;
         }
-        let consumers: Vec<(NodeId, usize)> = g
-            .consumers(v)
+        let consumers: Vec<(NodeId, usize)> = match &points {
+            Some(p) => p.get(&v).cloned().unwrap_or_default(),
+            None => g.consumers(v),
+        };
+        let consumers: Vec<(NodeId, usize)> = consumers
             .into_iter()
             .filter(|(c, _)| {
                 let n = &g.nodes[*c];
@@ -571,5 +740,6 @@ pub fn quantize(model: &mut Model, calib: &Calibration, opts: &QdqOptions) -> Re
     g.rebuild_edges();
     kiln_compiler::shape::infer_graph(g, opset)?;
     kiln_compiler::ir::verify::verify(&model.graph)?;
+    model.activation_amax = sum.activation_amax.clone();
     Ok(sum)
 }

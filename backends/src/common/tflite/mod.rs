@@ -144,7 +144,12 @@ pub fn layout_transposes(model: &Model, m: &TfModel) -> usize {
 pub fn rules() -> kiln_compiler::backend::TargetRules {
     use kiln_compiler::backend::{Fp16, QuantRules, TargetRules};
     TargetRules {
-        quant: QuantRules { full_integer: true, fused_activation, reduce_range: false },
+        quant: QuantRules {
+            full_integer: true,
+            fused_activation,
+            reduce_range: false,
+            ..QuantRules::qdq()
+        },
         fp16: Fp16::Storage,
     }
 }
