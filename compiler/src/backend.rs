@@ -81,6 +81,9 @@ pub struct QuantRules {
     /// Concat inputs and output, and the values an op only moves (MaxPool, Reshape, ...), share one scale:
     /// the largest of theirs (TensorRT inserts a reformat layer where they differ).
     pub shared_scales: bool,
+    /// Calibrate the values before fused activations too (`<y>__preact`): a runtime that sees them as
+    /// layer outputs needs their ranges (TensorRT's calibration cache for the DLA).
+    pub preactivation_ranges: bool,
 }
 
 impl QuantRules {
@@ -94,6 +97,7 @@ impl QuantRules {
             placement: QdqPlacement::Activations,
             int32_bias: true,
             shared_scales: false,
+            preactivation_ranges: false,
         }
     }
 }

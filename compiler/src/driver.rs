@@ -1378,8 +1378,9 @@ pub fn build(
     };
     let calibrator = if plan.iter().any(|(t, _, _)| t.precision == Precision::Int8) {
         // Full-integer targets also need the values before the activations they split off.
-        let preact =
-            plan.iter().any(|(t, _, r)| t.precision == Precision::Int8 && r.quant.full_integer);
+        let preact = plan.iter().any(|(t, _, r)| {
+            t.precision == Precision::Int8 && (r.quant.full_integer || r.quant.preactivation_ranges)
+        });
         let t0 = std::time::Instant::now();
         let c = Calibrator::new(cfg, &model, &out, &inputs, preact)?;
         timings.calibration = secs(t0);

@@ -10,11 +10,13 @@
 //! - `build.sh` (the trtexec commands for the TensorRT version, script.rs) and `README.txt`.
 //!
 //! Keys: `device` (a Jetson profile: `agx-orin`, `orin-nano`, or a file), `dla`, `dla_core`,
-//! `trt_version` (default: the profile's JetPack), `sparsity` (refused until 2:4 pruning exists).
+//! `trt_version` (default: the profile's JetPack), `sparsity: "2:4"` (sparse tensor cores for the weights
+//! the `prune: { method: sparse_2_4 }` pass, or a fine-tuned import, made 2:4; sparsity.rs).
 pub mod dla;
 pub mod placement;
 pub mod profile;
 pub mod script;
+pub mod sparsity;
 
 use kiln_compiler::backend::{
     parse_option, parse_options, ArtifactFile, Backend, Emitted, Fp16, Precision, QdqPlacement,
@@ -55,6 +57,7 @@ pub fn rules() -> QuantRules {
         placement: QdqPlacement::FusionPoints,
         int32_bias: false,
         shared_scales: true,
+        preactivation_ranges: true,
         ..QuantRules::qdq()
     }
 }
@@ -77,12 +80,8 @@ fn check(t: &Target) -> std::result::Result<Checked, String> {
     })?;
     let device = profile::load(d).map_err(|e| e.to_string())?;
     let version = TrtVersion::parse(o.trt_version.as_deref().unwrap_or(&device.trt_version))?;
-    if let Some(s) = &o.sparsity {
-        return Err(if s == "2:4" {
-            "sparsity: \"2:4\" needs weights pruned to 2:4 first, and kiln has no 2:4 pruning pass yet (the pruning issue); remove the key".into()
-        } else {
-            format!("sparsity: \"{s}\": TensorRT's structured sparsity is \"2:4\"")
-        });
+    if let Some(s) = o.sparsity.as_deref().filter(|s| *s != "2:4") {
+        return Err(format!("sparsity: \"{s}\": TensorRT's structured sparsity is \"2:4\""));
     }
     if t.activations.as_deref() == Some("uint8") {
         return Err("TensorRT takes symmetric int8 activations (zero point 0); `activations: uint8` is not TensorRT's".into());
@@ -358,6 +357,18 @@ impl Backend for TensorRtBackend {
                     dla: false,
                 });
             }
+        }
+        if c.o.sparsity.is_some() {
+            let (sparse, eligible) = sparsity::sparse_layers(model);
+            if sparse.is_empty() {
+                return Err(target_err(target, format!("sparsity: \"2:4\", but none of the {eligible} weighted layer(s) with a multiple of 4 input channels is 2:4 sparse: add `{{ prune: {{ method: sparse_2_4 }} }}` to passes (one-shot, it changes the model: fine-tune with the mask for accuracy) or import a model fine-tuned 2:4")));
+            }
+            for e in engines.iter_mut().filter(|e| !e.dla) {
+                e.precision.push("--sparsity=enable".into());
+            }
+            notes.push(format!("{} of {eligible} eligible weighted layers are 2:4 sparse: --sparsity=enable lets TensorRT pick sparse kernels for them where faster", sparse.len()));
+            summary["sparse_2_4_layers"] =
+                serde_json::json!({ "sparse": sparse.len(), "eligible": eligible });
         }
         if c.o.dla {
             let limits = c.device.dla.as_ref().ok_or_else(|| {

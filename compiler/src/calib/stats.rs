@@ -137,13 +137,15 @@ pub fn unfuse_activations(
         g.value_mut(y).producer = None;
         g.value_mut(pre).producer = Some((id, 0));
         let mut inputs = vec![Some(pre)];
-        if let (crate::ir::Act::Clip { min, max }, true) = (&act, clip_inputs) {
+        let mut act = act;
+        if let (crate::ir::Act::Clip { min, max }, true) = (act.clone(), clip_inputs) {
+            act = crate::ir::Act::Clip { min: None, max: None };
             // From opset 11 Clip reads its bounds as inputs.
             for (k, b) in [("min", min), ("max", max)] {
                 inputs.push(match b {
                     Some(b) => Some(g.add_const(
                         &format!("{}_{k}", g.nodes[id].name),
-                        crate::ir::TensorData::from_f32(vec![], &[*b]),
+                        crate::ir::TensorData::from_f32(vec![], &[b]),
                     )?),
                     None => None,
                 });
