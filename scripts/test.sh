@@ -2,7 +2,8 @@
 # kiln's whole test suite, installing what it needs on a fresh machine:
 #   - Debian packages when missing (libonnx-testdata: ONNX node test cases; qemu-user: an emulated x86 CPU
 #     without VNNI for the int8-kernel tests; cmake and ninja-build: the CMake integration; chromium:
-#     report.html in a headless browser; bazel-bootstrap: the Bazel rule), via apt-get as root;
+#     report.html in a headless browser; bazel-bootstrap: the Bazel rule; shellcheck: tensorrt bundles'
+#     build.sh), via apt-get as root;
 #   - a Python venv (.venv) with the pinned oracles from tests/requirements.txt (onnxruntime, onnx, numpy, ...);
 #   - a release build of kiln (cached in target/ between runs);
 # then checks formatting and lints (cargo fmt --check, cargo clippy -D warnings), runs the Rust tests
@@ -27,6 +28,8 @@ command -v ninja >/dev/null 2>&1 || need_pkgs+=(ninja-build)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 # bazel-bootstrap: builds the Bazel example sandboxed and from its disk cache.
 command -v bazel >/dev/null 2>&1 || need_pkgs+=(bazel-bootstrap)
+# shellcheck: lints the build.sh of every tensorrt bundle (tests/oracle/test_tensorrt.py).
+command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${need_pkgs[*]}"

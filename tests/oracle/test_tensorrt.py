@@ -11,6 +11,7 @@
 - build.sh passes `bash -n` and shellcheck, and uses only flags the named TensorRT version has.
 """
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -421,13 +422,15 @@ def test_corpus_int8_fidelity(tmp_path, stem):
     # asymmetric ones give 8: the bound is the measured cost of that, not parity (docs/BENCHMARKS.md).
     assert a_trt >= a_onnx - 0.10 and c_trt >= c_onnx - 0.01, (a_trt, a_onnx, c_trt, c_onnx)
     report = json.loads((out / "report.json").read_text())
-    assert abs(report["accuracy"]["trt"]["top1_agreement"] - a_trt) <= 0.02
+    # kiln's own measurement (tract, on the optimized float model) agrees with onnxruntime's: mean cosine
+    # (top-1 agreement flips on near-ties between the two runtimes' float kernels: 0.84 vs 0.88 measured).
+    assert abs(report["accuracy"]["trt"]["mean_cosine"] - c_trt) <= 0.005, (report["accuracy"]["trt"], c_trt)
     calib = [{"input": f["input"]} for f in validation_inputs(stem, limit=8)]
     check_cache(out / "trt", "10.3", calib)
     check_script(out / "trt" / "build.sh", "10.3")
     if stem == "mobilenet_v2":
         got = (out / "trt" / "placement.txt").read_text()
         snap = SNAPSHOTS / "tensorrt_mobilenet_v2_placement.txt"
-        if not snap.exists():
+        if os.environ.get("KILN_BLESS") == "1":
             snap.write_text(got)
         assert got == snap.read_text(), "placement changed: review and update tests/snapshots/tensorrt_mobilenet_v2_placement.txt"

@@ -1,3 +1,6 @@
 //! What more than one backend uses: the TFLite lowering (the `tflite` and `npu` backends both write
-//! TFLite flatbuffers), and the backend-report helpers. Backends call into `common`, never into a sibling.
+//! TFLite flatbuffers), the float16 ONNX conversion (`onnx` fp16 targets, and `tensorrt` fp16 for
+//! TensorRT 11's strongly typed networks), and the backend-report helpers. Backends call into `common`,
+//! never into a sibling.
+pub mod onnx_fp16;
 pub mod tflite;

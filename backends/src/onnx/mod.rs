@@ -14,7 +14,7 @@ use kiln_compiler::onnx::{to_files, ExportOptions, ExternalData};
 use kiln_compiler::Result;
 use serde::Deserialize;
 
-pub mod fp16;
+pub use crate::common::onnx_fp16 as fp16;
 
 /// ONNX out.
 pub struct OnnxBackend;

@@ -320,7 +320,7 @@ impl Backend for TensorRtBackend {
                 let mut m = model.clone();
                 pin_inputs(&mut m);
                 let flags = if v.strongly_typed_only() {
-                    let (h, _) = crate::onnx::fp16::to_fp16(&m)?;
+                    let (h, _) = crate::common::onnx_fp16::to_fp16(&m)?;
                     m = h;
                     Vec::new()
                 } else {
