@@ -5,8 +5,11 @@ the same model and the same calibration images (issue 16, docs/BENCHMARKS.md):
         [--modelopt-python /tmp/torchvenv/bin/python] [--samples 48] [--kiln-option refine_ranges=false ...]
 
 1. kiln: `kiln build` of a config with one `tensorrt` int8 target (device agx-orin, entropy: kiln's default,
-   as ModelOpt's) on the first --samples images of images_calib; wall time of the whole build process
-   (import, calibration, quantization, writing the bundle; no validation section, so nothing else).
+   as ModelOpt's, `dla: true`) on the first --samples images of images_calib; wall time of the whole build
+   process (import, calibration, quantization, writing the bundle; no validation section, so nothing else).
+   Its dla/calib.cache is read back by ModelOpt's own cache reader
+   (modelopt.onnx.quantization.calib_utils.import_scales_from_calib_cache) and by tests/oracle/trt_cache.py,
+   and the two must give the same scale, bit for bit, for every tensor.
 2. ModelOpt: scripts/bench_trt_modelopt.py in the venv that has nvidia-modelopt (see its docstring: CPU
    calibration, defaults otherwise), once with its default fp16 high-precision dtype (timed) and once with
    fp32 (what onnxruntime's CPU kernels run right: its float16 QuantizeLinear truncates; timed too).
@@ -53,7 +56,7 @@ def main():
     files = sorted(p for p in (DATA / "images_calib").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: a.samples]
     for f in files:
         (calib / f.name).symlink_to(f)
-    target = {"name": "trt", "backend": "tensorrt", "precision": "int8", "device": "agx-orin"}
+    target = {"name": "trt", "backend": "tensorrt", "precision": "int8", "device": "agx-orin", "dla": True}
     for kv in a.kiln_option:
         k, v = kv.split("=", 1)
         target[k] = yaml.safe_load(v)
@@ -70,6 +73,19 @@ def main():
     subprocess.run([str(KILN), "build", "-q", str(work / "k.yaml")], check=True)
     kiln_s = time.perf_counter() - t
     kiln_qdq = work / "kiln" / "trt" / "model.qdq.onnx"
+
+    cache = work / "kiln" / "trt" / "dla" / "calib.cache"
+    import trt_cache
+
+    _, _, ours = trt_cache.parse(cache.read_text())
+    r = subprocess.run(
+        [a.modelopt_python, "-c", "import json, sys; from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache as f; "
+         "print(json.dumps(f(sys.argv[1])))", str(cache)],
+        check=True, capture_output=True, text=True,
+    )
+    theirs = {k.removesuffix("_scale"): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    cache_agrees = theirs.keys() == ours.keys() and all(np.float32(theirs[k]) == np.float32(ours[k]) for k in ours)
+    print(f"calib.cache: {len(ours)} tensors; ModelOpt's reader agrees with trt_cache.py: {cache_agrees}")
 
     mo = {}
     for dtype in ("fp16", "fp32"):
@@ -91,6 +107,7 @@ def main():
     best_mo = max(mo[d]["quantize_s"] for d in mo)
     print(json.dumps({
         "model": model.name, "samples": a.samples, "val_samples": len(feeds), "kiln_options": a.kiln_option,
+        "cache_tensors": len(ours), "cache_read_by_modelopt_agrees": cache_agrees,
         "rows": [dict(zip(("tool", "seconds", "top1_agreement", "mean_cosine"), r)) for r in rows],
         "kiln_over_modelopt_time": kiln_s / min(mo[d]["quantize_s"] for d in mo), "modelopt_max_s": best_mo,
         "modelopt": mo["fp16"]["modelopt"], "torch": mo["fp16"]["torch"], "onnxruntime_modelopt": mo["fp16"]["onnxruntime"],

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 import trt_cache
 import trt_rules
 from accuracy import cosine, top1_agreement
-from kiln_oracle import CORPUS, DATA, IMAGENET_PREPROCESS, LOCAL_MODELS, ROOT, Project, kiln, run_artifact, session, validation_inputs
+from kiln_oracle import CORPUS, DATA, IMAGENET_PREPROCESS, LOCAL_MODELS, ROOT, Project, preprocess, run_artifact, session, validation_inputs
 
 ZOO = LOCAL_MODELS / "zoo"
 SNAPSHOTS = ROOT / "tests" / "snapshots"
@@ -112,7 +112,8 @@ def check_cache(target_dir, version, feeds):
     obs = observed_absmax(target_dir / "dla" / "model.onnx", feeds, set(scales))
     ratios = np.array([127 * s / obs[n] for n, s in scales.items() if obs.get(n, 0) > 0])
     assert len(ratios) >= 0.9 * len(scales)
-    assert 0.2 < np.median(ratios) <= 1.05, np.median(ratios)
+    # (observed on a subset of the calibration data, so a little below the full set's maxima)
+    assert 0.2 < np.median(ratios) <= 1.25, np.median(ratios)
     assert (ratios > 0.02).all(), ratios.min()
     return scales
 
@@ -425,7 +426,7 @@ def test_corpus_int8_fidelity(tmp_path, stem):
     # kiln's own measurement (tract, on the optimized float model) agrees with onnxruntime's: mean cosine
     # (top-1 agreement flips on near-ties between the two runtimes' float kernels: 0.84 vs 0.88 measured).
     assert abs(report["accuracy"]["trt"]["mean_cosine"] - c_trt) <= 0.005, (report["accuracy"]["trt"], c_trt)
-    calib = [{"input": f["input"]} for f in validation_inputs(stem, limit=8)]
+    calib = [{"input": preprocess(f)} for f in sorted((DATA / "images_calib").glob("*.jpg"))[:16]]
     check_cache(out / "trt", "10.3", calib)
     check_script(out / "trt" / "build.sh", "10.3")
     if stem == "mobilenet_v2":
