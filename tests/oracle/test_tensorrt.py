@@ -380,6 +380,37 @@ def test_dla_limit_falls_back_with_rule(tmp_path, case):
     run_artifact(tmp_path / "out" / "dla" / "dla" / "model.onnx", [{"X": np.zeros((1, 3, *((1, 1) if case == "softmax_9000" else (8, 8) if case == "loadables17" else (40, 40))), np.float32)}])
 
 
+def test_dla_loadables_are_not_reentered(tmp_path):
+    """A squeeze-excite block whose pooling falls back to the GPU: the DLA work after it cannot join the
+    loadable before it (a path leaves that loadable through the GPU and comes back), so there are two
+    loadables and the excite branch, the Mul and what follows form the second."""
+
+    def body(h):
+        n1, w1 = conv("se_reduce", "p", "r", 4, 4, (1, 1))
+        n2, w2 = conv("tail", "m", "Y", 4, 4, (1, 1))
+        return [
+            helper.make_node("GlobalAveragePool", [h], ["p"], name="squeeze"),
+            n1,
+            helper.make_node("Sigmoid", ["r"], ["s"], name="gate"),
+            helper.make_node("Mul", [h, "s"], ["m"], name="excite"),
+            n2,
+        ], [*w1, *w2], "Y"
+
+    model = tmp_path / "se.onnx"
+    limit_model(model, body)
+    p = Project(tmp_path)
+    p.build({"model": model, "passes": [], "targets": [{"name": "dla", "backend": "tensorrt", "precision": "fp16", "device": "agx-orin", "dla": True}], "output": "out"})
+    pl = json.loads((tmp_path / "out" / "dla" / "placement.json").read_text())
+    layers = {l["name"]: l for l in pl["layers"]}
+    assert layers["squeeze"]["device"] == "GPU"
+    assert pl["loadables"] == 2
+    assert layers["head"]["loadable"] == 0
+    assert {layers[n]["loadable"] for n in ("se_reduce", "gate", "excite", "tail")} == {1}
+    # GPU<->DLA: head → squeeze (to the GPU), squeeze → se_reduce (back); head → excite goes between two
+    # loadables, not between devices.
+    assert pl["transitions"] == 2
+
+
 # ---------------------------------------------------------------- the shared corpus (skipped without it)
 
 CORPUS_TRT = ["mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x1_0"]

@@ -236,37 +236,48 @@ pub fn place(m: &Model, device: &Jetson, limits: &DlaLimits, precision: &str) ->
             macs: kiln_compiler::stats::node_macs(g, n).unwrap_or(0),
         });
     }
-    // Loadables: connected components of DLA layers (data edges between DLA layers), numbered in order.
-    let edges = |i: usize| -> Vec<usize> {
-        let id = order[i];
-        let n = &g.nodes[id];
-        let mut out: Vec<usize> = Vec::new();
-        for v in n.outputs.iter().flatten() {
-            out.extend(g.consumers(*v).iter().filter_map(|(c, _)| index.get(c).copied()));
-        }
-        for v in n.inputs.iter().flatten() {
-            if let Some((p, _)) = g.value(*v).producer {
-                out.extend(index.get(&p).copied());
-            }
-        }
+    // Loadables: DLA subgraphs a data path never leaves and re-enters (TensorRT cannot run a loadable whose
+    // input depends on its own output through the GPU). In topological order, `left[i]` holds the
+    // loadables some path into layer i left through a GPU layer or another loadable; a DLA layer joins the
+    // lowest loadable of its DLA producers that is not in that set, else starts a new one. A squeeze-excite
+    // block whose pooling runs on the GPU so splits the DLA work at each block.
+    let preds = |i: usize| -> Vec<usize> {
+        let n = &g.nodes[order[i]];
+        let mut out: Vec<usize> = n
+            .inputs
+            .iter()
+            .flatten()
+            .filter_map(|v| g.value(*v).producer.and_then(|(p, _)| index.get(&p).copied()))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
         out
     };
+    let mut left: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); layers.len()];
     let mut next = 0;
-    for start in 0..layers.len() {
-        if layers[start].device != "DLA" || layers[start].loadable.is_some() {
-            continue;
+    for i in 0..layers.len() {
+        let ps = preds(i);
+        let mut t: BTreeSet<usize> = BTreeSet::new();
+        for p in &ps {
+            t.extend(left[*p].iter().copied());
         }
-        let mut stack = vec![start];
-        layers[start].loadable = Some(next);
-        while let Some(i) = stack.pop() {
-            for j in edges(i) {
-                if layers[j].device == "DLA" && layers[j].loadable.is_none() {
-                    layers[j].loadable = Some(next);
-                    stack.push(j);
+        if layers[i].device == "DLA" {
+            let joined =
+                ps.iter().filter_map(|p| layers[*p].loadable).filter(|l| !t.contains(l)).min();
+            let l = joined.unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            });
+            layers[i].loadable = Some(l);
+        }
+        for p in &ps {
+            if let Some(lp) = layers[*p].loadable {
+                if layers[i].loadable != Some(lp) {
+                    t.insert(lp);
                 }
             }
         }
-        next += 1;
+        left[i] = t;
     }
     // Beyond the per-core limit, loadables fall back to the GPU.
     let max = limits.max_loadables_per_core;
