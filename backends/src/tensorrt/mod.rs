@@ -48,8 +48,9 @@ pub struct TensorRtOptions {
     pub sparsity: Option<String>,
 }
 
-/// TensorRT's explicit-quantization rules (see the module doc).
-pub fn rules() -> QuantRules {
+/// TensorRT's explicit-quantization rules (see the module doc); `dla`: the target also writes the DLA's
+/// calibration cache, which needs the ranges of the tensors before fused activations too.
+pub fn rules(dla: bool) -> QuantRules {
     QuantRules {
         full_integer: false,
         reduce_range: false,
@@ -57,7 +58,7 @@ pub fn rules() -> QuantRules {
         placement: QdqPlacement::FusionPoints,
         int32_bias: false,
         shared_scales: true,
-        preactivation_ranges: true,
+        preactivation_ranges: dla,
         ..QuantRules::qdq()
     }
 }
@@ -251,8 +252,8 @@ impl Backend for TensorRtBackend {
     }
 
     fn check(&self, target: &Target) -> std::result::Result<TargetRules, String> {
-        check(target)?;
-        Ok(TargetRules { quant: rules(), fp16: Fp16::Compute })
+        let c = check(target)?;
+        Ok(TargetRules { quant: rules(c.o.dla), fp16: Fp16::Compute })
     }
 
     fn resolve_paths(&self, target: &mut Target, base: &std::path::Path) {
