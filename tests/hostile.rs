@@ -490,6 +490,27 @@ fn bad_backend_options_fail_before_any_work_with_their_location() {
         "{ name: n, backend: npu, precision: int8, device: edgetpu, io_layout: [1] }",
         &["kiln.yaml:4:75", "io_layout"],
     );
+    // tensorrt
+    case(
+        "{ name: j, backend: tensorrt, precision: int8, device: jetson-nano-9 }",
+        &["kiln.yaml:4:60", "jetson-nano-9", "agx-orin"],
+    );
+    case(
+        "{ name: j, backend: tensorrt, precision: int8, device: agx-orin, trt_version: banana }",
+        &["kiln.yaml:4:83", "trt_version 'banana'"],
+    );
+    case(
+        "{ name: j, backend: tensorrt, precision: int8, device: agx-orin, dla: maybe }",
+        &["kiln.yaml:4:75", "dla"],
+    );
+    case(
+        "{ name: j, backend: tensorrt, precision: int8, device: orin-nano, dla: true }",
+        &["kiln.yaml:4:5", "target 'j'", "has no DLA"],
+    );
+    case(
+        "{ name: j, backend: tensorrt, precision: dynamic, device: agx-orin }",
+        &["kiln.yaml:4:46", "does not support precision 'dynamic'"],
+    );
     // unknown backend: at its value
     case(
         "{ name: w, backend: warp-drive }",
