@@ -1128,11 +1128,20 @@ impl Stages<'_> {
             let bound = t.fp16_max_error.unwrap_or(0.01);
             let (mm, s) = q.fp16_islands(&m, &vin, vs, bound, rules.fp16 == Fp16::Compute)?;
             let kept = s["fp32_layers"].as_array().map(|a| a.len()).unwrap_or(0);
-            log(&format!(
-                "target {}: float16 error {:.2e} with {kept} layer(s) kept float32 (bound {bound})",
-                t.name,
-                s["max_rel_error"].as_f64().unwrap_or(0.0)
-            ));
+            let err = s["max_rel_error"].as_f64().unwrap_or(0.0);
+            if s["bound_met"].as_bool() == Some(false) {
+                // The search could not meet the bound: say so, and why (report.json has the same).
+                log(&format!(
+                    "target {}: WARNING: float16 error {err:.2e} exceeds the bound {bound} with {kept} layer(s) kept float32{}; raise fp16_max_error to accept it, or name layers in fp32_layers",
+                    t.name,
+                    s["search_stopped"].as_str().map(|w| format!(" ({w})")).unwrap_or_default()
+                ));
+            } else {
+                log(&format!(
+                    "target {}: float16 error {err:.2e} with {kept} layer(s) kept float32 (bound {bound})",
+                    t.name
+                ));
+            }
             summary = s;
             summary["fp32_layers_configured"] = serde_json::json!(t.fp32_layers);
             m = mm;
