@@ -380,6 +380,29 @@ def test_dla_limit_falls_back_with_rule(tmp_path, case):
     run_artifact(tmp_path / "out" / "dla" / "dla" / "model.onnx", [{"X": np.zeros((1, 3, *((1, 1) if case == "softmax_9000" else (8, 8) if case == "loadables17" else (40, 40))), np.float32)}])
 
 
+def test_dla_fp16_islands_run_on_the_gpu(tmp_path):
+    """A layer the build keeps in float32 (an fp16 island) cannot run on the DLA (fp16/int8 only): the
+    placement puts it on the GPU saying so, and build.sh tells TensorRT (--layerPrecisions ...:fp32)."""
+    model, data, _ = LOCAL["tiny_cnn"]
+    p = Project(tmp_path)
+    island = "/blocks/blocks.0/dw/dw.0/Conv"
+    p.build(
+        {
+            "model": model,
+            "passes": ["cleanup", "fuse"],
+            "targets": [{"name": "dla", "backend": "tensorrt", "precision": "fp16", "device": "agx-orin", "dla": True, "fp32_layers": [island]}],
+            "output": "out",
+        }
+    )
+    pl = json.loads((tmp_path / "out" / "dla" / "placement.json").read_text())
+    layer = next(l for l in pl["layers"] if l["name"] == island)
+    assert layer["device"] == "GPU" and "fp16 island" in layer["rule"]
+    cmds = check_script(tmp_path / "out" / "dla" / "build.sh", "10.3")
+    script = (tmp_path / "out" / "dla" / "build.sh").read_text()
+    assert all("--layerPrecisions" in c and "--precisionConstraints" in c for c in cmds)
+    assert f"--layerPrecisions={island}:fp32" in script
+
+
 def test_dla_loadables_are_not_reentered(tmp_path):
     """A squeeze-excite block whose pooling falls back to the GPU: the DLA work after it cannot join the
     loadable before it (a path leaves that loadable through the GPU and comes back), so there are two

@@ -394,7 +394,13 @@ impl Backend for TensorRtBackend {
                 flags.extend(layer_precisions(&kept, "fp16"));
                 summary["dla_calibration_tensors"] = serde_json::json!(ranges.len());
             }
-            let p = placement::place(&float, &c.device, limits, target.precision.as_str())?;
+            // fp16 islands run in float32, which the DLA cannot: on the GPU, and TensorRT told so.
+            let islands = fp32_layers(model);
+            if !int8 {
+                flags.extend(layer_precisions(&islands, "fp32"));
+            }
+            let fp32: std::collections::HashSet<String> = islands.into_iter().collect();
+            let p = placement::place(&float, &c.device, limits, target.precision.as_str(), &fp32)?;
             let json = serde_json::to_vec_pretty(&p).map_err(|e| Error::invalid(e.to_string()))?;
             files.push(ArtifactFile { rel_path: "placement.json".into(), bytes: json });
             files.push(ArtifactFile {

@@ -217,14 +217,25 @@ fn rule(g: &Graph, n: &Node, l: &DlaLimits) -> Option<String> {
 }
 
 /// Place every layer of `m` (the DLA model) on the DLA or the GPU.
-pub fn place(m: &Model, device: &Jetson, limits: &DlaLimits, precision: &str) -> Result<Placement> {
+/// `fp32`: layers the build keeps in float32 (fp16 islands), which the DLA cannot run.
+pub fn place(
+    m: &Model,
+    device: &Jetson,
+    limits: &DlaLimits,
+    precision: &str,
+    fp32: &std::collections::HashSet<String>,
+) -> Result<Placement> {
     let g = &m.graph;
     let order = g.topo_order()?;
     let mut layers: Vec<Layer> = Vec::new();
     let mut index: HashMap<NodeId, usize> = HashMap::new();
     for id in &order {
         let n = &g.nodes[*id];
-        let r = rule(g, n, limits);
+        let r = if fp32.contains(&n.name) {
+            Some("kept float32 (an fp16 island): the DLA runs fp16 and int8 only".to_string())
+        } else {
+            rule(g, n, limits)
+        };
         index.insert(*id, layers.len());
         layers.push(Layer {
             index: layers.len(),
