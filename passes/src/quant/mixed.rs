@@ -7,7 +7,7 @@
 //! point kept, with its SQNR.
 use std::collections::HashSet;
 
-use kiln_compiler::accuracy::{compare, Metrics};
+use kiln_compiler::accuracy::{compare_with, reference_outputs, Metrics};
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::ir::{Model, Op, TensorData};
 use kiln_compiler::pipeline::Budget;
@@ -47,8 +47,7 @@ pub fn search(
         serde_json::json!({"kept_float": 0, "top1_agreement": first.top1_agreement, "mean_cosine": first.mean_cosine}),
     ];
     let mut progress = kiln_compiler::progress::stage("mixed precision: plans", plans.len());
-    for plan in plans {
-        progress.inc();
+    let opts_for = |plan: &[&(&str, String, f64)]| -> QdqOptions {
         let mut o = opts.clone();
         o.keep_float = plan
             .iter()
@@ -60,8 +59,45 @@ pub fn search(
             .filter(|p| p.0 == "activation")
             .map(|p| p.1.clone())
             .collect::<HashSet<String>>();
-        let (m, _, corrected) = super::build(model, calib, &o, bc, input, samples)?;
-        let (ok, met) = check(&m)?;
+        o
+    };
+    // Bias correction reads the float model's input means; unless dead channels are snapped (which moves
+    // the float model per plan), they are the same for every plan: measured once.
+    let dead = model
+        .graph
+        .nodes
+        .node_indices()
+        .any(|id| super::dead_channels::has_dead_channels(&model.graph, id));
+    let means = if bc && !dead {
+        Some(super::bias_correction::input_means(model, input, samples)?)
+    } else {
+        None
+    };
+    let build_plan = |plan: &[&(&str, String, f64)]| match &means {
+        Some(mu) => super::build_with_means(model, calib, &opts_for(plan), Some(mu)),
+        None => super::build(model, calib, &opts_for(plan), bc, input, samples),
+    };
+    // Plans are tried in order and the first that meets the budget wins; the next plan is built on the
+    // other core while this one is checked (wasted only when this one wins), so the outcome is the same.
+    let mut next = plans.first().map(|p| build_plan(p));
+    for (i, plan) in plans.iter().enumerate() {
+        progress.inc();
+        let o = opts_for(plan);
+        let built = next.take().unwrap_or_else(|| build_plan(plan));
+        let (checked, following) = std::thread::scope(|sc| {
+            let h = plans.get(i + 1).map(|p| sc.spawn(move || build_plan(p)));
+            let checked = built.and_then(|(m, _, c)| check(&m).map(|r| (m, c, r)));
+            (checked, h.map(|h| h.join()))
+        });
+        next = following.map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(Error::Pass {
+                    pass: "mixed_precision".into(),
+                    reason: "a plan-building thread panicked".into(),
+                })
+            })
+        });
+        let (m, corrected, (ok, met)) = checked?;
         tried.push(serde_json::json!({"kept_float": plan.len(), "layers_kept": o.keep_float.len(), "top1_agreement": met.top1_agreement, "mean_cosine": met.mean_cosine}));
         if ok {
             let kept: Vec<serde_json::Value> = plan
@@ -129,16 +165,38 @@ pub fn sensitivity(
             values.iter().filter(|v| !(kind == "activation" && *v == name)).cloned().collect();
         o
     };
-    let mut sens = Vec::new();
-    let mut progress = kiln_compiler::progress::stage("mixed precision: sensitivity", points.len());
-    for (kind, name) in points {
-        progress.inc();
-        let (m, s, _) = super::build(model, calib, &only(kind, &name), false, input, probe)?;
-        if s.weights + s.activations == 0 {
-            continue; // nothing to quantize at this point (e.g. a value no quantized op reads)
+    // The float model's outputs once, then each point on both cores: points are independent, and each
+    // result lands in its point's slot, so the order (and the search after it) does not depend on timing.
+    let refs = reference_outputs(model, input, probe)?;
+    let progress = std::sync::Mutex::new(kiln_compiler::progress::stage(
+        "mixed precision: sensitivity",
+        points.len(),
+    ));
+    let one = |(kind, name): &(&'static str, String)| -> Result<Option<f64>> {
+        let (m, s, _) = super::build(model, calib, &only(kind, name), false, input, probe)?;
+        if let Ok(mut p) = progress.lock() {
+            p.inc();
         }
-        let met = compare(model, &m, input, probe, None)?;
-        sens.push((kind, name, met.sqnr_db));
+        if s.weights + s.activations == 0 {
+            return Ok(None); // nothing to quantize at this point (e.g. a value no quantized op reads)
+        }
+        Ok(Some(compare_with(&refs, &m, input, probe, None)?.sqnr_db))
+    };
+    let half = points.len().div_ceil(2);
+    let (a, b) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| points[half..].iter().map(one).collect::<Result<Vec<_>>>());
+        let a = points[..half].iter().map(one).collect::<Result<Vec<_>>>();
+        (a, h.join())
+    });
+    let b = b.map_err(|_| Error::Pass {
+        pass: "mixed_precision".into(),
+        reason: "a sensitivity thread panicked".into(),
+    })??;
+    let mut sens = Vec::new();
+    for ((kind, name), s) in points.iter().zip(a?.into_iter().chain(b)) {
+        if let Some(s) = s {
+            sens.push((*kind, name.clone(), s));
+        }
     }
     Ok(sens)
 }
