@@ -13,6 +13,7 @@ pub mod calib;
 pub mod config;
 pub mod driver;
 pub mod eval;
+pub mod groups;
 pub mod html;
 pub mod npy;
 pub mod pipeline;

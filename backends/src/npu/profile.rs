@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use kiln_compiler::{Error, Result};
+
+use crate::common::device;
 use serde::Deserialize;
 
 /// How the device's compiler splits a graph.
@@ -65,7 +67,7 @@ pub struct Profile {
     pub ops: BTreeMap<String, OpRule>,
 }
 
-const BUILTIN: &[(&str, &str)] = &[
+pub const BUILTIN: &device::Builtin = &[
     ("edgetpu", include_str!("../../../configs/devices/edgetpu.yaml")),
     ("nnapi", include_str!("../../../configs/devices/nnapi.yaml")),
     ("qualcomm-htp", include_str!("../../../configs/devices/qualcomm-htp.yaml")),
@@ -82,24 +84,12 @@ fn parse(text: &str, origin: &str) -> Result<Profile> {
 
 /// The profile file `device` names, when it names a file rather than a shipped profile.
 pub fn file(device: &str) -> Option<&std::path::Path> {
-    let path = std::path::Path::new(device);
-    let builtin = BUILTIN.iter().any(|(n, _)| *n == device);
-    (!builtin && path.extension().is_some_and(|e| e == "yaml" || e == "yml")).then_some(path)
+    device::file(BUILTIN, device)
 }
 
 /// The profile `device` names: a shipped profile, or a path to a profile YAML.
 pub fn load(device: &str) -> Result<Profile> {
-    if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == device) {
-        return parse(text, device);
-    }
-    if let Some(path) = file(device) {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        return parse(&text, device);
-    }
-    Err(Error::invalid(format!(
-        "unknown device '{device}' (known: {}, or a path to a profile .yaml)",
-        builtin_names().join(", ")
-    )))
+    parse(&device::text(BUILTIN, device, "profile")?, device)
 }
 
 #[cfg(test)]

@@ -124,16 +124,6 @@ pub fn float_model(qdq: &Model) -> Result<Model> {
     Ok(m)
 }
 
-/// Root of `v` in a union-find.
-fn root(parent: &mut BTreeMap<ValueId, ValueId>, v: ValueId) -> ValueId {
-    let mut r = v;
-    while let Some(p) = parent.get(&r).copied().filter(|p| *p != r) {
-        r = p;
-    }
-    parent.insert(v, r);
-    r
-}
-
 /// The cache's entries for `float` (from [`float_model`]): value name → amax, for every float activation
 /// `amax` has a range for, with the DLA's equal-range groups merged. Values kept float (mixed precision)
 /// are left out, so TensorRT runs their layers in fp16.
@@ -141,7 +131,7 @@ pub fn cache_ranges(float: &Model, amax: &BTreeMap<String, f32>) -> BTreeMap<Str
     let g = &float.graph;
     let named = |v: ValueId| amax.get(&g.value(v).name).copied();
     let runtime = |v: ValueId| g.const_data(v).is_none() && g.value(v).dtype == DType::F32;
-    let mut parent: BTreeMap<ValueId, ValueId> = BTreeMap::new();
+    let mut groups = kiln_compiler::groups::Groups::default();
     for n in g.nodes.node_weights() {
         let group: Vec<ValueId> = match &n.op {
             Op::Pool { .. } | Op::GlobalAveragePool => {
@@ -155,18 +145,12 @@ pub fn cache_ranges(float: &Model, amax: &BTreeMap<String, f32>) -> BTreeMap<Str
             _ => continue,
         };
         let group: Vec<ValueId> = group.into_iter().filter(|v| named(*v).is_some()).collect();
-        for w in group.windows(2) {
-            let (a, b) = (root(&mut parent, w[0]), root(&mut parent, w[1]));
-            if a != b {
-                parent.insert(a, b);
-            }
-        }
+        groups.union_all(&group);
     }
     let mut best: BTreeMap<ValueId, f32> = BTreeMap::new();
-    let members: Vec<ValueId> = parent.keys().copied().collect();
-    for v in &members {
-        let r = root(&mut parent, *v);
-        let a = named(*v).unwrap_or(0.0);
+    for v in groups.members() {
+        let r = groups.root(v);
+        let a = named(v).unwrap_or(0.0);
         let e = best.entry(r).or_insert(a);
         *e = e.max(a);
     }
@@ -177,7 +161,7 @@ pub fn cache_ranges(float: &Model, amax: &BTreeMap<String, f32>) -> BTreeMap<Str
             continue;
         }
         let Some(a) = named(id) else { continue };
-        let a = if parent.contains_key(&id) { best[&root(&mut parent, id)] } else { a };
+        let a = if groups.contains(&id) { best[&groups.root(id)] } else { a };
         out.insert(v.name.clone(), a);
     }
     out

@@ -257,16 +257,11 @@ impl Backend for TensorRtBackend {
     }
 
     fn resolve_paths(&self, target: &mut Target, base: &std::path::Path) {
-        let key = serde_yaml::Value::from("device");
-        let Some(serde_yaml::Value::String(d)) = target.options.get(&key) else { return };
-        let Some(file) = profile::file(d).filter(|f| f.is_relative()) else { return };
-        let resolved = base.join(file).display().to_string();
-        target.options.insert(key, serde_yaml::Value::String(resolved));
+        crate::common::device::resolve_path(profile::BUILTIN, target, base);
     }
 
     fn input_files(&self, target: &Target) -> Vec<std::path::PathBuf> {
-        let d = target.options.get("device").and_then(|v| v.as_str());
-        d.and_then(profile::file).map(|f| f.to_path_buf()).into_iter().collect()
+        crate::common::device::input_files(profile::BUILTIN, target)
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {

@@ -2,6 +2,8 @@
 //! JetPack ships, its DLA cores and the DLA's layer limits, each with its sources. The limits are data,
 //! not code: placement.rs reads them, and a user can describe another Jetson in a file.
 use kiln_compiler::{Error, Result};
+
+use crate::common::device;
 use serde::Deserialize;
 
 /// An inclusive range `[lo, hi]`.
@@ -41,7 +43,7 @@ pub struct Jetson {
     pub dla: Option<DlaLimits>,
 }
 
-const BUILTIN: &[(&str, &str)] = &[
+pub const BUILTIN: &device::Builtin = &[
     ("agx-orin", include_str!("../../../configs/devices/agx-orin.yaml")),
     ("orin-nano", include_str!("../../../configs/devices/orin-nano.yaml")),
 ];
@@ -70,24 +72,12 @@ fn parse(text: &str, origin: &str) -> Result<Jetson> {
 
 /// The profile file `device` names, when it names a file rather than a shipped profile.
 pub fn file(device: &str) -> Option<&std::path::Path> {
-    let path = std::path::Path::new(device);
-    let builtin = BUILTIN.iter().any(|(n, _)| *n == device);
-    (!builtin && path.extension().is_some_and(|e| e == "yaml" || e == "yml")).then_some(path)
+    device::file(BUILTIN, device)
 }
 
 /// The Jetson `device` names: a shipped profile, or a path to a profile YAML.
 pub fn load(device: &str) -> Result<Jetson> {
-    if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == device) {
-        return parse(text, device);
-    }
-    if let Some(path) = file(device) {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        return parse(&text, device);
-    }
-    Err(Error::invalid(format!(
-        "unknown device '{device}' (known: {}, or a path to a Jetson profile .yaml)",
-        builtin_names().join(", ")
-    )))
+    parse(&device::text(BUILTIN, device, "Jetson profile")?, device)
 }
 
 #[cfg(test)]

@@ -462,20 +462,10 @@ fn params_and_fallbacks(
     (params, fallbacks)
 }
 
-/// Union-find root of `v`.
-fn root(parent: &mut BTreeMap<ValueId, ValueId>, v: ValueId) -> ValueId {
-    let mut r = v;
-    while let Some(p) = parent.get(&r).copied().filter(|p| *p != r) {
-        r = p;
-    }
-    parent.insert(v, r);
-    r
-}
-
 /// Symmetric scales shared across each Concat (inputs and output) and each op that only moves values
 /// (MaxPool, Reshape, Slice, ...): every member takes the group's largest scale, so no member clips.
 fn share_scales(g: &Graph, params: &mut BTreeMap<ValueId, (f32, i64)>) {
-    let mut parent: BTreeMap<ValueId, ValueId> = BTreeMap::new();
+    let mut groups = kiln_compiler::groups::Groups::default();
     for n in g.nodes.node_weights() {
         let members: Vec<ValueId> = match &n.op {
             Op::Concat { .. } => {
@@ -488,23 +478,18 @@ fn share_scales(g: &Graph, params: &mut BTreeMap<ValueId, (f32, i64)>) {
         };
         let members: Vec<ValueId> =
             members.into_iter().filter(|v| params.contains_key(v)).collect();
-        for w in members.windows(2) {
-            let (a, b) = (root(&mut parent, w[0]), root(&mut parent, w[1]));
-            if a != b {
-                parent.insert(a, b);
-            }
-        }
+        groups.union_all(&members);
     }
     let mut best: BTreeMap<ValueId, f32> = BTreeMap::new();
-    let vals: Vec<ValueId> = parent.keys().copied().collect();
+    let vals = groups.members();
     for v in &vals {
-        let r = root(&mut parent, *v);
+        let r = groups.root(*v);
         let s = params[v].0;
         let e = best.entry(r).or_insert(s);
         *e = e.max(s);
     }
     for v in vals {
-        let r = root(&mut parent, v);
+        let r = groups.root(v);
         params.insert(v, (best[&r], 0));
     }
 }
