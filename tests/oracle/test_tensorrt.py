@@ -380,6 +380,44 @@ def test_dla_limit_falls_back_with_rule(tmp_path, case):
     run_artifact(tmp_path / "out" / "dla" / "dla" / "model.onnx", [{"X": np.zeros((1, 3, *((1, 1) if case == "softmax_9000" else (8, 8) if case == "loadables17" else (40, 40))), np.float32)}])
 
 
+def test_qat_model_dla_cache_carries_its_trained_scales(tmp_path):
+    """A QAT export keeps its trained Q/DQ: model.qdq.onnx follows TensorRT's rules, and the DLA cache holds
+    exactly the trained activation scales (what NVIDIA's qdq-translator writes), read from the original ONNX."""
+    model = LOCAL_MODELS / "tiny_qat.onnx"
+    p = Project(tmp_path)
+    p.build(
+        {
+            "model": model,
+            "passes": ["cleanup", "fuse"],
+            "calibration": {"tensors": LOCAL_MODELS / "tiny_qat_inputs.npy"},
+            "targets": [{"name": "dla", "backend": "tensorrt", "precision": "int8", "device": "agx-orin", "dla": True}],
+            "output": "out",
+        }
+    )
+    out = tmp_path / "out" / "dla"
+    assert trt_rules.check(out / "model.qdq.onnx") == []
+    _, _, scales = trt_cache.parse((out / "dla" / "calib.cache").read_text())
+    # The trained scales as onnxruntime computes them from the original file (some are computed by Casts).
+    m = onnx.load(str(model))
+    inits = {t.name for t in m.graph.initializer}
+    pairs = [(n.input[0], n.input[1]) for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    for _, sname in pairs:
+        m.graph.output.append(helper.make_empty_tensor_value_info(sname))
+    probe = tmp_path / "scales.onnx"
+    onnx.save(m, str(probe))
+    sess = session(probe)
+    x = np.load(LOCAL_MODELS / "tiny_qat_inputs.npy")[:1].astype(np.float32)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+    trained = {xname: float(got[sname]) for xname, sname in pairs}
+    assert scales and set(scales) <= value_names(out / "dla" / "model.onnx")
+    # Fusion renames some tensors (a Conv+Relu output keeps the Conv's name), so match by value: every range
+    # is one of the trained scales, the graph input's by name too.
+    values = {np.float32(v) for v in trained.values()}
+    assert all(np.float32(s) in values for s in scales.values()), (scales, trained)
+    inp = m.graph.input[0].name
+    assert np.float32(scales[inp]) == np.float32(trained[inp])
+
+
 def test_dla_fp16_islands_run_on_the_gpu(tmp_path):
     """A layer the build keeps in float32 (an fp16 island) cannot run on the DLA (fp16/int8 only): the
     placement puts it on the GPU saying so, and build.sh tells TensorRT (--layerPrecisions ...:fp32)."""

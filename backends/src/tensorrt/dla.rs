@@ -167,6 +167,40 @@ pub fn cache_ranges(float: &Model, amax: &BTreeMap<String, f32>) -> BTreeMap<Str
     out
 }
 
+/// The activation ranges a model's own Q/DQ carry (a QAT export: kiln keeps its trained scales): for each
+/// QuantizeLinear of a runtime tensor with a scalar scale and a zero point of 0 (int8) or 128 (uint8, the
+/// same numbers), that tensor's amax = 127·scale, which is what NVIDIA's qdq-translator writes for the
+/// DLA. Tensors without Q/DQ get no range (TensorRT runs their layers in fp16).
+pub fn amax_from_qdq(m: &Model) -> BTreeMap<String, f32> {
+    let g = &m.graph;
+    let mut out = BTreeMap::new();
+    for n in g.nodes.node_weights() {
+        if !matches!(n.op, Op::QuantizeLinear { .. }) {
+            continue;
+        }
+        let (Some(x), Some(s)) = (n.input(0), n.input(1)) else { continue };
+        if g.const_data(x).is_some() {
+            continue;
+        }
+        let Some(scale) = g.const_data(s).and_then(|d| d.to_f32_vec()).filter(|v| v.len() == 1)
+        else {
+            continue;
+        };
+        let symmetric = match n.input(2).and_then(|z| g.const_data(z)) {
+            None => false,
+            Some(z) => match z.dtype {
+                DType::I8 => z.bytes().iter().all(|b| *b == 0),
+                DType::U8 => z.bytes().iter().all(|b| *b == 128),
+                _ => false,
+            },
+        };
+        if symmetric && scale[0] > 0.0 {
+            out.insert(g.value(x).name.clone(), scale[0] * 127.0);
+        }
+    }
+    out
+}
+
 /// The calibration cache text: header for TensorRT `version_number`, then one line per tensor with the
 /// IEEE-754 bits of the float32 scale amax/127 as 8 lowercase hex digits.
 pub fn cache_text(version_number: u32, ranges: &BTreeMap<String, f32>) -> String {

@@ -375,10 +375,16 @@ impl Backend for TensorRtBackend {
             files.extend(onnx_files(&float, "dla/model.onnx")?);
             let mut flags = engine_flags(int8, true);
             if int8 {
-                if model.activation_amax.is_empty() {
-                    return Err(target_err(target, "the quantized model carries no activation ranges (a QAT model keeps its own Q/DQ, which the DLA cannot take); build this DLA target from a float model".into()));
+                // kiln's calibrated ranges, or a QAT model's own (its trained Q/DQ scales).
+                let amax = if model.activation_amax.is_empty() {
+                    dla::amax_from_qdq(model)
+                } else {
+                    model.activation_amax.clone()
+                };
+                if amax.is_empty() {
+                    return Err(target_err(target, "the quantized model carries no activation ranges: neither kiln's calibration nor symmetric Q/DQ of its own".into()));
                 }
-                let ranges = dla::cache_ranges(&float, &model.activation_amax);
+                let ranges = dla::cache_ranges(&float, &amax);
                 files.push(ArtifactFile {
                     rel_path: "dla/calib.cache".into(),
                     bytes: dla::cache_text(v.number(), &ranges).into_bytes(),
