@@ -87,9 +87,6 @@ fn check(t: &Target) -> std::result::Result<Checked, String> {
     if t.activations.as_deref() == Some("uint8") {
         return Err("TensorRT takes symmetric int8 activations (zero point 0); `activations: uint8` is not TensorRT's".into());
     }
-    if t.weights.as_deref() == Some("per_tensor") {
-        // Allowed: TensorRT takes per-tensor weight scales too.
-    }
     if o.dla {
         if device.dla_cores == 0 {
             return Err(format!("`dla: true`, but {} has no DLA", device.title));
@@ -168,12 +165,8 @@ fn trt_qdq(model: &Model) -> std::result::Result<Model, String> {
         }
     }
     pin_inputs(&mut m);
-    g_rebuild(&mut m);
-    Ok(m)
-}
-
-fn g_rebuild(m: &mut Model) {
     m.graph.rebuild_edges();
+    Ok(m)
 }
 
 /// Every graph input's unknown dims become 1: a static engine (the DLA takes nothing else).
@@ -297,11 +290,10 @@ impl Backend for TensorRtBackend {
                 if !kept.is_empty() {
                     notes.push(format!("{} weighted layer(s) kept in float by the accuracy budget: {} (fp16 in the engine{})", kept.len(), kept.join(", "), if v.strongly_typed_only() { "; TensorRT 11 runs the model's float layers in fp32" } else { "" }));
                 }
-                let mut flags = engine_flags(true, true);
+                let flags = engine_flags(true, true);
                 if v.strongly_typed_only() {
                     notes.push("TensorRT 11 networks are strongly typed: the Q/DQ set int8, float layers run in fp32".into());
                 }
-                flags.retain(|f| !f.is_empty());
                 engines.push(Engine {
                     what: "GPU engine: explicit quantization (Q/DQ int8), the rest fp16".into(),
                     onnx: "model.qdq.onnx".into(),
