@@ -7,6 +7,7 @@ pub mod npu;
 pub mod onnx;
 pub mod tensorrt;
 pub mod tflite;
+pub mod vulkan;
 
 use kiln_compiler::backend::Backend;
 
@@ -17,6 +18,7 @@ pub fn all() -> Vec<Box<dyn Backend>> {
         Box::new(tflite::TfliteBackend),
         Box::new(npu::NpuBackend),
         Box::new(tensorrt::TensorRtBackend),
+        Box::new(vulkan::VulkanBackend),
         Box::new(dump::DumpBackend),
     ]
 }

@@ -1,0 +1,143 @@
+//! The kernels: WGSL sources in `wgsl/` (a shared prelude, then one body per kernel), compiled to SPIR-V
+//! 1.3 (Vulkan 1.1) on the host by naga, validated by naga first. A kernel reads its parameters from the
+//! `params` buffer at the word its push constant names, so one module serves every layer of its kind;
+//! the variants are the weight storage (`f32` in `data`, or fp16 packed two per word in `w16`).
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+const PRELUDE: &str = include_str!("wgsl/prelude.wgsl");
+const WT_F32: &str = "fn wt(i: u32) -> f32 { return data[i]; }\n";
+const WT_F16: &str = "fn wt(i: u32) -> f32 {\n  let v = unpack2x16float(w16[i >> 1u]);\n  return select(v.x, v.y, (i & 1u) == 1u);\n}\n";
+
+/// Invocations per workgroup of every kernel (`@workgroup_size(64)`).
+pub const WORKGROUP: u32 = 64;
+
+/// One kernel variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kernel {
+    /// `f16w`: weights read from `w16`.
+    Conv2d {
+        f16w: bool,
+    },
+    MatMul {
+        f16w: bool,
+    },
+    Eltwise,
+    Copy,
+    Pool,
+    Reduce,
+    Rows,
+    Gather,
+    Resize,
+}
+
+impl Kernel {
+    pub fn name(self) -> String {
+        let (base, f16w) = match self {
+            Kernel::Conv2d { f16w } => ("conv2d", Some(f16w)),
+            Kernel::MatMul { f16w } => ("matmul", Some(f16w)),
+            Kernel::Eltwise => ("eltwise", None),
+            Kernel::Copy => ("copy", None),
+            Kernel::Pool => ("pool", None),
+            Kernel::Reduce => ("reduce", None),
+            Kernel::Rows => ("rows", None),
+            Kernel::Gather => ("gather", None),
+            Kernel::Resize => ("resize", None),
+        };
+        match f16w {
+            Some(true) => format!("{base}_w16"),
+            Some(false) => format!("{base}_w32"),
+            None => base.into(),
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Kernel::Conv2d { .. } => include_str!("wgsl/conv2d.wgsl"),
+            Kernel::MatMul { .. } => include_str!("wgsl/matmul.wgsl"),
+            Kernel::Eltwise => include_str!("wgsl/eltwise.wgsl"),
+            Kernel::Copy => include_str!("wgsl/copy.wgsl"),
+            Kernel::Pool => include_str!("wgsl/pool.wgsl"),
+            Kernel::Reduce => include_str!("wgsl/reduce.wgsl"),
+            Kernel::Rows => include_str!("wgsl/rows.wgsl"),
+            Kernel::Gather => include_str!("wgsl/gather.wgsl"),
+            Kernel::Resize => include_str!("wgsl/resize.wgsl"),
+        }
+    }
+
+    /// The full WGSL source.
+    pub fn source(self) -> String {
+        let wt = match self {
+            Kernel::Conv2d { f16w: true } | Kernel::MatMul { f16w: true } => WT_F16,
+            _ => WT_F32,
+        };
+        format!("{PRELUDE}\n{wt}\n{}", self.body())
+    }
+
+    /// SPIR-V words (compiled once per process).
+    pub fn spirv(self) -> Result<Vec<u32>, String> {
+        static CACHE: OnceLock<Mutex<HashMap<Kernel, Vec<u32>>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(w) = cache.lock().ok().and_then(|c| c.get(&self).cloned()) {
+            return Ok(w);
+        }
+        let words = compile(&self.source()).map_err(|e| format!("kernel {}: {e}", self.name()))?;
+        if let Ok(mut c) = cache.lock() {
+            c.insert(self, words.clone());
+        }
+        Ok(words)
+    }
+}
+
+/// WGSL → validated naga module → SPIR-V 1.3.
+pub fn compile(src: &str) -> Result<Vec<u32>, String> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::IMMEDIATES
+            | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+    )
+    .validate(&module)
+    .map_err(|e| e.emit_to_string(src))?;
+    let opts = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
+    naga::back::spv::write_vec(&module, &info, &opts, None).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_compiles() {
+        for k in [
+            Kernel::Conv2d { f16w: false },
+            Kernel::Conv2d { f16w: true },
+            Kernel::MatMul { f16w: false },
+            Kernel::MatMul { f16w: true },
+            Kernel::Eltwise,
+            Kernel::Copy,
+            Kernel::Pool,
+            Kernel::Reduce,
+            Kernel::Rows,
+            Kernel::Gather,
+            Kernel::Resize,
+        ] {
+            let w = k.spirv();
+            assert!(w.is_ok(), "{}: {}", k.name(), w.as_ref().err().cloned().unwrap_or_default());
+            // spirv-val (spirv-tools), where installed: the Vulkan 1.1 environment's rules.
+            let path =
+                std::env::temp_dir().join(format!("kiln-{}-{}.spv", k.name(), std::process::id()));
+            let bytes: Vec<u8> =
+                w.unwrap_or_default().iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(&path, bytes).unwrap();
+            if let Ok(o) = std::process::Command::new("spirv-val")
+                .args(["--target-env", "vulkan1.1"])
+                .arg(&path)
+                .output()
+            {
+                assert!(o.status.success(), "{}: {}", k.name(), String::from_utf8_lossy(&o.stderr));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
