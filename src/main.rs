@@ -9,6 +9,7 @@ use kiln_compiler::ir::{Dim, TensorData};
 use kiln_compiler::{config, driver, eval, ir, npy, onnx, shape, stats};
 
 mod ui;
+mod vk_run;
 
 #[derive(Parser)]
 #[command(
@@ -57,7 +58,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run a model with tract and write each output as .npy.
+    /// Run a model (ONNX with tract, or a Vulkan bundle: `model.kvk` or its target folder) and write each
+    /// output as .npy.
     Run {
         model: PathBuf,
         /// An input tensor: NAME=FILE.npy
@@ -204,6 +206,14 @@ fn inspect(model: PathBuf, inputs: Vec<String>, json: bool) -> Result<()> {
 }
 
 fn run(model: PathBuf, inputs: Vec<String>, output_dir: PathBuf) -> Result<()> {
+    if let Some(bundle) = vk_run::bundle_path(&model) {
+        let mut feeds = Vec::new();
+        for s in &inputs {
+            let (k, v) = split_kv(s)?;
+            feeds.push((k.to_string(), PathBuf::from(v)));
+        }
+        return vk_run::run(&bundle, &feeds, &output_dir);
+    }
     let mut m = onnx::load(&model)?;
     let mut tensors: Vec<(String, TensorData)> = Vec::new();
     for s in &inputs {

@@ -183,7 +183,8 @@ def run_artifact(path, feeds, exact=True, layout="nhwc"):
         ("nhwc", or "nchw" for `io_layout: nchw`) and quantized for integer I/O, outputs back to ONNX layout
         and dequantized; `exact` does not apply.
 
-    Another runtime (a Vulkan one, say) plugs in here under its artifacts' suffix."""
+    .kvk (or a vulkan target's folder): the kiln-vk runtime via `kiln run` on Mesa lavapipe with the validation
+        layer on (vulkan_oracle.vk_run); `exact` and `layout` do not apply."""
     path = pathlib.Path(path)
     if path.suffix == ".onnx":
         sess = oracle_session(path) if exact is None else session(path, exact=exact)
@@ -193,6 +194,10 @@ def run_artifact(path, feeds, exact=True, layout="nhwc"):
 
         it = interpreter(path)
         return [tflite_run(it, f, layout) for f in feeds]
+    if path.suffix == ".kvk" or (path / "model.kvk").is_file():
+        from vulkan_oracle import vk_run
+
+        return vk_run(path, feeds)[0]
     raise ValueError(f"{path}: no runtime for {path.suffix!r} artifacts")
 
 

@@ -73,6 +73,8 @@ pub struct Lowerer<'a> {
     loc: HashMap<ValueId, Addr>,
     const_of: HashMap<ValueId, u32>,
     w16_of: HashMap<ValueId, u32>,
+    /// Values computed here (Constant nodes, static Shapes, dequantized weights).
+    folded: HashMap<ValueId, Vec<f32>>,
     out: Lowered,
     reads: Vec<u32>,
     writes: Vec<u32>,
@@ -144,6 +146,7 @@ impl<'a> Lowerer<'a> {
             loc: HashMap::new(),
             const_of: HashMap::new(),
             w16_of: HashMap::new(),
+            folded: HashMap::new(),
             out: Lowered {
                 steps: Vec::new(),
                 bufs: Vec::new(),
@@ -183,18 +186,25 @@ impl<'a> Lowerer<'a> {
 
     /// Values of a constant, as f32.
     pub fn const_vals(&self, v: ValueId) -> Option<Vec<f32>> {
+        if let Some(f) = self.folded.get(&v) {
+            return Some(f.clone());
+        }
         self.g.const_data(v).and_then(|d| d.to_f32_vec())
     }
 
     /// Values of a constant input, as i64 (shapes, axes, pads).
     pub fn const_ints(&self, v: ValueId) -> Result<Vec<i64>> {
+        if let Some(f) = self.folded.get(&v) {
+            return Ok(f.iter().map(|x| *x as i64).collect());
+        }
         self.g.const_data(v).and_then(|d| d.to_i64_vec()).ok_or_else(|| {
             self.err(format!("input '{}' must be a constant integer tensor", self.g.value(v).name))
         })
     }
 
     pub fn is_const(&self, v: ValueId) -> bool {
-        !self.loc.contains_key(&v) && self.g.const_data(v).is_some()
+        self.folded.contains_key(&v)
+            || (!self.loc.contains_key(&v) && self.g.const_data(v).is_some())
     }
 
     /// Input `i` of a node.
@@ -234,8 +244,9 @@ impl<'a> Lowerer<'a> {
 
     /// Bind `v` to a constant computed here.
     pub fn define_const(&mut self, v: ValueId, vals: Vec<f32>) {
-        let a = self.constant(vals);
+        let a = self.constant(vals.clone());
         self.loc.insert(v, a);
+        self.folded.insert(v, vals);
     }
 
     /// Weights of a convolution or matrix product: in `w16` for an fp16 bundle (unless the node keeps
@@ -293,6 +304,9 @@ impl<'a> Lowerer<'a> {
             }
         };
         self.loc.insert(y, a);
+        if let Some(f) = self.folded.get(&x).cloned() {
+            self.folded.insert(y, f);
+        }
         Ok(())
     }
 

@@ -79,8 +79,37 @@ fn align(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
 }
 
+/// Every graph input's unknown dims pinned to 1 (and shapes inferred again): the bundle is static.
+/// Returns the pinned inputs' names.
+fn pin_inputs(model: &Model) -> Result<(Option<Model>, Vec<String>)> {
+    let g = &model.graph;
+    let mut pins = kiln_compiler::shape::Pins::new();
+    for &v in &g.inputs {
+        let val = g.value(v);
+        if g.const_data(v).is_some() {
+            continue;
+        }
+        if let Some(shape) = &val.shape {
+            if shape.iter().any(|d| d.known().is_none()) {
+                pins.insert(
+                    val.name.clone(),
+                    shape.iter().map(|d| d.known().unwrap_or(1)).collect(),
+                );
+            }
+        }
+    }
+    if pins.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let mut m = model.clone();
+    kiln_compiler::shape::infer(&mut m, &pins)?;
+    Ok((Some(m), pins.keys().cloned().collect()))
+}
+
 /// Lower, plan and serialize `model` (`f16`: fp16 weights).
 pub fn build(model: &Model, f16: bool) -> Result<Built> {
+    let (pinned, pinned_names) = pin_inputs(model)?;
+    let model = pinned.as_ref().unwrap_or(model);
     let low = Lowerer::new(model, f16).run()?;
     let ins: Vec<u32> = low.inputs.iter().map(|i| i.buf).collect();
     let outs: Vec<u32> = low.outputs.iter().map(|i| i.buf).collect();
@@ -216,6 +245,7 @@ pub fn build(model: &Model, f16: bool) -> Result<Built> {
         "arena_over_peak": if place.peak > 0 { place.arena as f64 / place.peak as f64 } else { 1.0 },
         "constants_bytes": arena_offset * 4,
         "weights16_bytes": if f16 { halves.len() * 2 } else { 0 },
+        "inputs_pinned_to_1": pinned_names,
     });
     let bytes = bundle::write(&manifest, &blobs.bytes);
     Ok(Built { bytes, plan_text: head, summary })

@@ -792,6 +792,30 @@ fn generic(l: &mut Lowerer, id: NodeId, op: &str, attrs: &[Attribute]) -> Result
             eltwise(l, id, if op == "Max" { 6 } else { 7 }, None)
         }
         "Squeeze" | "Unsqueeze" | "Dropout" => l.alias(l.input(id, 0)?, l.output(id, 0)?),
+        "Constant" => {
+            let vals: Option<Vec<f32>> = attrs.iter().find_map(|a| match &a.value {
+                AttrValue::Tensor(t) => t.to_f32_vec(),
+                AttrValue::Float(f) => Some(vec![*f]),
+                AttrValue::Floats(f) => Some(f.clone()),
+                AttrValue::Int(i) => Some(vec![*i as f32]),
+                AttrValue::Ints(i) => Some(i.iter().map(|x| *x as f32).collect()),
+                _ => None,
+            });
+            let vals = vals.ok_or_else(|| l.err("Constant without a numeric value"))?;
+            l.define_const(l.output(id, 0)?, vals);
+            Ok(())
+        }
+        "Shape" => {
+            let s = l.shape(l.input(id, 0)?)?;
+            let r = s.len() as i64;
+            let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let start = clampi(attr_int(attrs, "start").unwrap_or(0));
+            let end = clampi(attr_int(attrs, "end").unwrap_or(r));
+            let vals =
+                s.get(start..end.max(start)).unwrap_or(&[]).iter().map(|d| *d as f32).collect();
+            l.define_const(l.output(id, 0)?, vals);
+            Ok(())
+        }
         "Cast" => {
             let to = attr_int(attrs, "to").unwrap_or(1);
             // FLOAT, FLOAT16, DOUBLE, BFLOAT16: a view; integers: truncation (values are carried as f32).

@@ -53,6 +53,13 @@ pub struct Tensor {
     pub offset: u64,
 }
 
+impl Tensor {
+    /// The number of elements (the product of the shape), `None` on overflow.
+    pub fn elements(&self) -> Option<u64> {
+        self.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+    }
+}
+
 /// One dispatch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
@@ -179,7 +186,9 @@ impl<'a> Bundle<'a> {
             }
         }
         for t in m.inputs.iter().chain(&m.outputs) {
-            let n: u64 = t.shape.iter().product();
+            let n = t.elements().ok_or_else(|| {
+                BundleError::Manifest(format!("tensor '{}' has too many elements", t.name))
+            })?;
             if t.offset.checked_add(n).is_none_or(|e| e > m.data_elems) {
                 return bad(format!("tensor '{}' lies outside data", t.name));
             }
@@ -272,6 +281,10 @@ mod tests {
         assert!(matches!(Bundle::parse(b"nope"), Err(BundleError::Magic)));
         let mut bad = m.clone();
         bad.inputs[0].offset = 8;
+        assert!(matches!(Bundle::parse(&write(&bad, &w.bytes)), Err(BundleError::Manifest(_))));
+        let mut bad = m.clone();
+        bad.inputs[0].shape = vec![u64::MAX, 2];
+        assert_eq!(bad.inputs[0].elements(), None);
         assert!(matches!(Bundle::parse(&write(&bad, &w.bytes)), Err(BundleError::Manifest(_))));
         let mut bad = m;
         bad.steps[0].module = 3;

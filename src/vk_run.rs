@@ -1,0 +1,141 @@
+//! `kiln run` on a Vulkan bundle (`model.kvk`, or a target folder holding one): runs it with the kiln-vk
+//! runtime and writes each output as `.npy` named after the model's outputs. An input file may hold
+//! several samples stacked along a new first axis (rank one more than the input's), or, for a batch-1
+//! input, along its batch axis: each runs in turn and the outputs stack the same way. `KILN_VK_VALIDATION=1` turns the Khronos validation layer on; any
+//! validation error then fails the command. Timings (load, pipelines, first and median run) go to stderr.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_compiler::ir::{DType, TensorData};
+use kiln_compiler::npy;
+use kiln_vk::{LoadOptions, Session};
+
+/// The bundle `path` names: the file itself, or `model.kvk` in a folder.
+pub fn bundle_path(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        let p = path.join("model.kvk");
+        return p.is_file().then_some(p);
+    }
+    (path.extension().and_then(|e| e.to_str()) == Some("kvk")).then(|| path.to_path_buf())
+}
+
+fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect()
+}
+
+pub fn run(bundle: &Path, inputs: &[(String, PathBuf)], output_dir: &Path) -> Result<()> {
+    let opts = LoadOptions {
+        pipeline_cache: std::env::var_os("KILN_VK_PIPELINE_CACHE").map(PathBuf::from),
+        validation: std::env::var("KILN_VK_VALIDATION").is_ok_and(|v| v == "1"),
+    };
+    let mut s = Session::load_file(bundle, &opts)
+        .with_context(|| format!("loading Vulkan bundle {}", bundle.display()))?;
+    // Each input as f32 samples.
+    let mut samples: Option<usize> = None;
+    let mut stacked = false;
+    let mut along_batch = false;
+    let mut feeds: Vec<(usize, Vec<f32>)> = Vec::new();
+    for (name, file) in inputs {
+        let i = s.input_index(name).ok_or_else(|| {
+            let names: Vec<&str> = s.inputs().iter().map(|t| t.name.as_str()).collect();
+            anyhow!("the bundle has no input '{name}' (its inputs: {})", names.join(", "))
+        })?;
+        let t = npy::read(file)?;
+        let want: Vec<i64> = s.inputs()[i].shape.iter().map(|d| *d as i64).collect();
+        let n = if t.dims == want {
+            1
+        } else if t.dims.len() == want.len() + 1 && t.dims[1..] == want[..] {
+            stacked = true;
+            t.dims[0].max(0) as usize
+        } else if want.first() == Some(&1) && t.dims.len() == want.len() && t.dims[1..] == want[1..]
+        {
+            // Batch-1 input: the samples along its batch axis.
+            along_batch = true;
+            t.dims[0].max(0) as usize
+        } else {
+            bail!("{}: shape {:?} is neither the input's {:?} nor samples of it stacked on a new first axis", file.display(), t.dims, want);
+        };
+        if samples.is_some_and(|k| k != n) {
+            bail!("inputs hold different numbers of samples");
+        }
+        samples = Some(n);
+        let vals = t.to_f32_vec().ok_or_else(|| {
+            anyhow!("{}: {} data cannot feed the bundle", file.display(), t.dtype)
+        })?;
+        feeds.push((i, vals));
+    }
+    if feeds.len() != s.inputs().len() {
+        let names: Vec<&str> = s.inputs().iter().map(|t| t.name.as_str()).collect();
+        bail!("give every input of the bundle ({}) with --input NAME=FILE.npy", names.join(", "));
+    }
+    let n = samples.unwrap_or(1);
+    let outs: Vec<(String, DType, Vec<i64>, usize)> = s
+        .outputs()
+        .iter()
+        .map(|t| {
+            let dtype = if t.dtype == "i64" { DType::I64 } else { DType::F32 };
+            let dims: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
+            (t.name.clone(), dtype, dims, t.shape.iter().product::<u64>() as usize)
+        })
+        .collect();
+    let mut results: Vec<Vec<f32>> = outs.iter().map(|o| Vec::with_capacity(o.3 * n)).collect();
+    let mut times = Vec::with_capacity(n);
+    for k in 0..n {
+        for (i, vals) in &feeds {
+            let len = vals.len() / n;
+            s.set_input(*i, &vals[k * len..(k + 1) * len])?;
+        }
+        let t0 = Instant::now();
+        s.run()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        for (o, r) in results.iter_mut().enumerate() {
+            r.extend_from_slice(s.output(o)?);
+        }
+    }
+    let (errors, messages) = s.validation_messages();
+    if opts.validation {
+        eprintln!("validation: {errors} error(s)");
+        for m in &messages {
+            eprintln!("  {m}");
+        }
+        if errors > 0 {
+            bail!("the Vulkan validation layer reported {errors} error(s)");
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!(
+        "device: {}; load {:.1} ms (pipelines {:.1} ms); first run {:.2} ms; median run {:.2} ms over {}; {} dispatches",
+        s.device_name(),
+        s.load_ms(),
+        s.pipeline_ms(),
+        s.first_run_ms().unwrap_or(0.0),
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        sorted.len(),
+        s.dispatches()
+    );
+    std::fs::create_dir_all(output_dir)
+        .with_context(|| format!("creating {}", output_dir.display()))?;
+    for ((name, dtype, dims, _), vals) in outs.iter().zip(results) {
+        let mut d = dims.clone();
+        if along_batch && !stacked && d.first() == Some(&1) {
+            d[0] = n as i64;
+        } else if stacked || along_batch {
+            d.insert(0, n as i64);
+        }
+        let t = match dtype {
+            DType::I64 => TensorData::from_i64(
+                d.clone(),
+                &vals.iter().map(|v| v.round() as i64).collect::<Vec<_>>(),
+            ),
+            _ => TensorData::from_f32(d.clone(), &vals),
+        };
+        let path = output_dir.join(format!("{}.npy", safe_name(name)));
+        kiln_compiler::artifact::write_atomic(&path, &npy::encode(&t)?)?;
+        println!("{name} {d:?} -> {}", path.display());
+    }
+    Ok(())
+}
