@@ -719,12 +719,10 @@ fn qparams(l: &Lowerer, id: NodeId) -> Result<(f32, f32, bool)> {
         .ok_or_else(|| l.err("only per-tensor constant scales are supported on activations"))?[0];
     let (zp, unsigned) = match l.g.nodes[id].input(2) {
         Some(z) => {
-            let d = l.g.const_data(z).ok_or_else(|| l.err("zero point must be a constant"))?;
-            let v = d
-                .to_f32_vec()
-                .filter(|v| v.len() == 1)
-                .ok_or_else(|| l.err("zero point must be a scalar"))?;
-            (v[0], d.dtype == kiln_compiler::ir::DType::U8)
+            let v = l.const_vals(z).filter(|v| v.len() == 1).ok_or_else(|| {
+                l.err("the zero point must be a constant scalar")
+            })?;
+            (v[0], l.g.value(z).dtype == kiln_compiler::ir::DType::U8)
         }
         None => (0.0, true),
     };
