@@ -210,6 +210,22 @@ def test_gather_runtime_indices(project):
     np.testing.assert_array_equal(got[0][0], table[ids])
 
 
+def test_quantize_ties_match_onnxruntime_exactly(project):
+    """QuantizeLinear → DequantizeLinear where half the inputs are the f32 nearest a rounding tie s·(k + ½):
+    onnxruntime rounds the correctly rounded quotient half to even; the kernel must pick the same integer
+    for every element, whatever the device's division and fma precision (int8 and uint8)."""
+    for zp in (np.uint8(128), np.int8(-3)):
+        s = np.float32(0.0372)
+        g = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "q", [helper.make_tensor_value_info("x", F, [1, 4096])], [helper.make_tensor_value_info("y", F, [1, 4096])], [c("s", s), c("z", zp)])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), project.root / "q.onnx")
+        project.build({"model": "q.onnx", "output": "out", "targets": [{"name": "vk", "backend": "vulkan"}]})
+        k = RNG.integers(-140, 140, 4096).astype(np.float32)
+        x = np.where(RNG.random(4096) < 0.5, (k + 0.5) * s, RNG.standard_normal(4096).astype(np.float32) * 3).astype(np.float32)[None]
+        ref = session(project.root / "q.onnx", exact=True).run(None, {"x": x})[0]
+        got = vk_run(project.root / "out" / "vk", [{"x": x}])[0][0][0].reshape(ref.shape)
+        assert (ref != got).sum() == 0, f"zero point {zp!r}: {(ref != got).sum()} of 4096 elements differ"
+
+
 def test_unsupported_op_fails_target_by_name(project):
     g = helper.make_graph([helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,jk->ik")], "e", [helper.make_tensor_value_info("x", F, [3, 3])], [helper.make_tensor_value_info("y", F, [3, 3])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), project.root / "e.onnx")

@@ -39,11 +39,22 @@ def check(model, out, feeds):
     ref = [sess.run(None, f) for f in feeds]
     got, log = vk_run(out / "vk32", feeds)
     assert "validation: 0 error(s)" in log
+    qdq = pathlib.Path(model).stem in QDQ_MODELS
+    errs = []
     for r, g in zip(ref, got):
         for a, b in zip(r, g):
             b = b.reshape(a.shape)
-            err, tol = np.abs(a - b).max(), 1e-4 * np.abs(a).max()
-            assert err <= tol, f"{model.name} fp32: max error {err:.3g} > 1e-4·max|ref| = {tol:.3g}"
+            errs.append(np.abs(a - b).max() / np.abs(a).max())
+            if not qdq:
+                assert errs[-1] <= 1e-4, f"{model.name} fp32: max error {errs[-1]:.3g}·max|ref| > 1e-4"
+    if qdq:
+        # A Q/DQ model turns a last-bit difference in a convolution's sum (summation order: onnxruntime's
+        # MLAS blocks differ from any GPU kernel, and between CPUs) into a whole quantization step wherever
+        # a value lies that close to a rounding tie. Q/DQ themselves match onnxruntime exactly (the
+        # conformance test quantize_ties), so the bound here is on what remains: digits_mobilenet_qat
+        # measured median 4.9e-4, max 7.3e-3 of max|ref| over 64 samples, top-1 64/64 (docs/BENCHMARKS.md).
+        assert np.median(errs) <= 2e-3 and max(errs) <= 2e-2, f"{model.name}: median {np.median(errs):.3g}, max {max(errs):.3g}"
+        assert top1_agreement([r[0].reshape(1, -1) for r in ref], [g[0].reshape(1, -1) for g in got]) == 1.0
     got16, log16 = vk_run(out / "vk16", feeds)
     assert "validation: 0 error(s)" in log16
     r0 = [r[0].astype(np.float64).reshape(1, -1) for r in ref]

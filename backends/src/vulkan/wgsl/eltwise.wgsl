@@ -42,6 +42,32 @@ fn binary(op: u32, x: f32, y: f32) -> f32 {
   }
 }
 
+// round(v / s) as onnxruntime computes it: the correctly rounded quotient, rounded half to even. A device's
+// division may be off by ulps (Vulkan allows 2.5) and its fma may be unfused, while quantization meets
+// (near-)ties all the time (v = s·(k + ½) rounded to f32). With f = ⌊v/s⌋ and h = f + ½, the quotient rounds
+// to exactly h when |v − h·s| ≤ ½ulp(h)·s, else to the side given by the sign of h·s − v. These are
+// computed without rounding where it matters: s splits into s_hi (12 significant bits) + s_lo, so h·s_hi
+// and h·s_lo are exact for |h| < 1024, h·s_hi − v is exact near the tie (Sterbenz), and ½ulp(h)·s is a
+// power-of-two scaling. Beyond |f| ≥ 1000 the clamp decides anyway.
+fn round_div(v: f32, s: f32) -> f32 {
+  let q = v / s;
+  let f = floor(q);
+  if (abs(f) >= 1000.0) { return round(q); }
+  let h = f + 0.5;
+  let s_hi = bitcast<f32>(bitcast<u32>(s) & 0xfffff000u);
+  let s_lo = s - s_hi;
+  let d1 = h * s_hi - v;
+  let d2 = h * s_lo;
+  let e = (bitcast<u32>(abs(h)) >> 23u) & 0xffu;
+  let half_ulp = bitcast<f32>((max(e, 25u) - 24u) << 23u);
+  let below = (d1 - half_ulp * s_hi) + (d2 - half_ulp * s_lo);
+  let above = (d1 + half_ulp * s_hi) + (d2 + half_ulp * s_lo);
+  if (below <= 0.0 && above >= 0.0) {
+    return select(f + 1.0, f, floor(f * 0.5) * 2.0 == f);
+  }
+  return select(f, f + 1.0, d1 + d2 < 0.0);
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
   let id = linear_id(gid, nw);
@@ -66,7 +92,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (op == 41u) {
       v = (v - z) * s;
     } else {
-      v = clamp(round(v / s) + z, select(-128.0, 0.0, op == 42u), select(127.0, 255.0, op == 42u));
+      v = clamp(round_div(v, s) + z, select(-128.0, 0.0, op == 42u), select(127.0, 255.0, op == 42u));
     }
     data[p(22u) + id] = v;
     return;
