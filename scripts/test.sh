@@ -3,7 +3,8 @@
 #   - Debian packages when missing (libonnx-testdata: ONNX node test cases; qemu-user: an emulated x86 CPU
 #     without VNNI for the int8-kernel tests; cmake and ninja-build: the CMake integration; chromium:
 #     report.html in a headless browser; bazel-bootstrap: the Bazel rule; shellcheck: tensorrt bundles'
-#     build.sh), via apt-get as root;
+#     build.sh; mesa-vulkan-drivers, vulkan-validationlayers, spirv-tools: the Vulkan tier on lavapipe with
+#     the Khronos validation layer, spirv-val; a C compiler for the runtime's C API test), via apt-get as root;
 #   - a Python venv (.venv) with the pinned oracles from tests/requirements.txt (onnxruntime, onnx, numpy, ...);
 #   - a release build of kiln (cached in target/ between runs);
 # then checks formatting and lints (cargo fmt --check, cargo clippy -D warnings), runs the Rust tests
@@ -30,6 +31,12 @@ command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 command -v bazel >/dev/null 2>&1 || need_pkgs+=(bazel-bootstrap)
 # shellcheck: lints the build.sh of every tensorrt bundle (tests/oracle/test_tensorrt.py).
 command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
+# Vulkan tier: lavapipe (Mesa's CPU Vulkan driver), the loader, the Khronos validation layer, spirv-val.
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || need_pkgs+=(mesa-vulkan-drivers)
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need_pkgs+=(libvulkan1)
+[ -e /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ] || need_pkgs+=(vulkan-validationlayers)
+command -v spirv-val >/dev/null 2>&1 || need_pkgs+=(spirv-tools)
+command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${need_pkgs[*]}"
@@ -53,7 +60,7 @@ fi
 
 # 3. Build (release; reused by every test below).
 log "cargo build --release"
-cargo build --release --locked 2>&1 | tail -n 3
+cargo build --release --locked --workspace 2>&1 | tail -n 3
 
 # 4. One formatting and lint standard: rustfmt (rustfmt.toml) and clippy with warnings as errors.
 log "cargo fmt --check; cargo clippy -D warnings"

@@ -511,11 +511,41 @@ fn bad_backend_options_fail_before_any_work_with_their_location() {
         "{ name: j, backend: tensorrt, precision: dynamic, device: agx-orin }",
         &["kiln.yaml:4:46", "does not support precision 'dynamic'"],
     );
+    // vulkan
+    case(
+        "{ name: g, backend: vulkan, precision: int8 }",
+        &["kiln.yaml:4:42", "does not support precision 'int8'"],
+    );
+    case("{ name: g, backend: vulkan, device: adreno }", &["kiln.yaml:4:5", "device"]);
     // unknown backend: at its value
     case(
         "{ name: w, backend: warp-drive }",
         &["kiln.yaml:4:25", "unknown backend 'warp-drive'", "tflite"],
     );
+}
+
+#[test]
+fn corrupt_vulkan_bundles() {
+    let d = tempfile::tempdir().unwrap();
+    // Not a bundle; a truncated manifest; a manifest whose tensors lie outside memory.
+    let garbage = write(d.path(), "g.kvk", b"definitely not a bundle");
+    let mut trunc = b"KILNVK\0\x01".to_vec();
+    trunc.extend_from_slice(&1000u64.to_le_bytes());
+    trunc.extend_from_slice(b"{\"format\":1");
+    let trunc = write(d.path(), "t.kvk", &trunc);
+    // The bundle is read before any input.
+    let npy = write(d.path(), "x.npy", b"unused");
+    for (b, want) in [(&garbage, "bad magic"), (&trunc, "truncated")] {
+        let err = fails(&[
+            "run",
+            b.to_str().unwrap(),
+            "--input",
+            &format!("x={}", npy.display()),
+            "--output-dir",
+            d.path().join("o").to_str().unwrap(),
+        ]);
+        assert!(err.contains(want) && err.contains(b.to_str().unwrap()), "{err}");
+    }
 }
 
 #[test]

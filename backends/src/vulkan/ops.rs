@@ -281,14 +281,13 @@ pub fn copy_flat(l: &mut Lowerer, src: Addr, dst: Addr, n: u64) {
     let _ = copy(l, &[n], (src, 0, &[n], &[1]), (&[0], &[1]), (dst, 0, &[1]), 0);
 }
 
+/// Leading (top, left) pads of a window: `io` = (input, output) spatial sizes, `ksd` = (kernel,
+/// strides, dilations), all as [h, w].
 fn pads2(
     l: &Lowerer,
     w: &Window,
-    in_hw: [u64; 2],
-    out_hw: [u64; 2],
-    k: [u64; 2],
-    s: [u64; 2],
-    d: [u64; 2],
+    (in_hw, out_hw): ([u64; 2], [u64; 2]),
+    (k, s, d): ([u64; 2], [u64; 2], [u64; 2]),
     dims: usize,
 ) -> Result<[i64; 2]> {
     match w.auto_pad.as_deref() {
@@ -354,7 +353,7 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
         return Err(l.err(format!("group {g} does not divide channels {c} → {oc}")));
     }
     let (s, d) = sd(win, dims);
-    let p = pads2(l, win, [h, w], [oh, ow], k, s, d, dims)?;
+    let p = pads2(l, win, ([h, w], [oh, ow]), (k, s, d), dims)?;
     let xa = l.src(x)?;
     let (wa, f16w) = l.weights(id, wv)?;
     let ba = match b {
@@ -459,9 +458,9 @@ fn matmul(
     let batch: Vec<u64> = {
         let mut v = vec![1u64; batch_rank];
         for (src, r) in [(&a2, a2.len() - 2), (&b2, b2.len() - 2)] {
-            for i in 0..r {
+            for (i, d) in src.iter().take(r).enumerate() {
                 let k = batch_rank - r + i;
-                v[k] = v[k].max(src[i]);
+                v[k] = v[k].max(*d);
             }
         }
         v
@@ -650,7 +649,7 @@ fn pool(l: &mut Lowerer, id: NodeId, win: &Window, kind: u32, act: Option<&Act>)
         _ => return Err(l.err("kernel_shape missing or not 1-D/2-D")),
     };
     let (s, d) = sd(win, dims);
-    let p = pads2(l, win, [h, w], [oh, ow], k, s, d, dims)?;
+    let p = pads2(l, win, ([h, w], [oh, ow]), (k, s, d), dims)?;
     let (xa, ya) = (l.src(x)?, l.dst(y)?);
     let total = n * c * oh * ow;
     let mut words =
@@ -719,9 +718,10 @@ fn qparams(l: &Lowerer, id: NodeId) -> Result<(f32, f32, bool)> {
         .ok_or_else(|| l.err("only per-tensor constant scales are supported on activations"))?[0];
     let (zp, unsigned) = match l.g.nodes[id].input(2) {
         Some(z) => {
-            let v = l.const_vals(z).filter(|v| v.len() == 1).ok_or_else(|| {
-                l.err("the zero point must be a constant scalar")
-            })?;
+            let v = l
+                .const_vals(z)
+                .filter(|v| v.len() == 1)
+                .ok_or_else(|| l.err("the zero point must be a constant scalar"))?;
             (v[0], l.g.value(z).dtype == kiln_compiler::ir::DType::U8)
         }
         None => (0.0, true),
