@@ -514,9 +514,12 @@ fn bad_backend_options_fail_before_any_work_with_their_location() {
     // vulkan
     case(
         "{ name: g, backend: vulkan, precision: int8 }",
-        &["kiln.yaml:4:42", "does not support precision 'int8'"],
+        &["kiln.yaml:4:44", "does not support precision 'int8'"],
     );
-    case("{ name: g, backend: vulkan, device: adreno }", &["kiln.yaml:4:5", "device"]);
+    case(
+        "{ name: g, backend: vulkan, device: adreno }",
+        &["kiln.yaml:4:33", "unknown field `device` for backend 'vulkan'"],
+    );
     // unknown backend: at its value
     case(
         "{ name: w, backend: warp-drive }",
