@@ -67,6 +67,13 @@ CASES = {
     "conv_same_upper": conv([1, 3, 9, 10], 5, 3, strides=[2, 2], auto_pad="SAME_UPPER"),
     "conv7x7_s2_p3": conv([1, 3, 23, 21], 8, 7, strides=[2, 2], pads=[3, 3, 3, 3]),
     "conv1d": conv([2, 5, 17], 6, 3, strides=[2], pads=[1, 1]),
+    "conv_grouped_blocked": conv([1, 8, 7, 5], 16, 3, group=2, pads=[1, 1, 1, 1]),
+    # A residual Add fused into the convolution's kernel, its Relu after the sum.
+    "conv_residual_add_relu": (
+        [2, 6, 5, 7],
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+        [c("W", w(6, 6, 3, 3)), c("B", w(6, s=0.1))],
+    ),
     # Matrix products.
     "gemm_transb_bias": op([2, 13], "Gemm", ["W", "B"], [c("W", w(7, 13)), c("B", w(7))], transB=1),
     "gemm_alpha_beta": op([3, 5], "Gemm", ["W", "B"], [c("W", w(5, 9)), c("B", w(3, 9))], alpha=0.5, beta=2.0),

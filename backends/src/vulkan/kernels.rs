@@ -19,6 +19,10 @@ pub enum Kernel {
     Conv2d {
         f16w: bool,
     },
+    /// Four output channels per invocation, weights packed [OC/4][C/G][KH·KW][4].
+    Conv2dB4 {
+        f16w: bool,
+    },
     MatMul {
         f16w: bool,
     },
@@ -35,6 +39,7 @@ impl Kernel {
     pub fn name(self) -> String {
         let (base, f16w) = match self {
             Kernel::Conv2d { f16w } => ("conv2d", Some(f16w)),
+            Kernel::Conv2dB4 { f16w } => ("conv2d_b4", Some(f16w)),
             Kernel::MatMul { f16w } => ("matmul", Some(f16w)),
             Kernel::Eltwise => ("eltwise", None),
             Kernel::Copy => ("copy", None),
@@ -54,6 +59,7 @@ impl Kernel {
     fn body(self) -> &'static str {
         match self {
             Kernel::Conv2d { .. } => include_str!("wgsl/conv2d.wgsl"),
+            Kernel::Conv2dB4 { .. } => include_str!("wgsl/conv2d_b4.wgsl"),
             Kernel::MatMul { .. } => include_str!("wgsl/matmul.wgsl"),
             Kernel::Eltwise => include_str!("wgsl/eltwise.wgsl"),
             Kernel::Copy => include_str!("wgsl/copy.wgsl"),
@@ -68,7 +74,9 @@ impl Kernel {
     /// The full WGSL source.
     pub fn source(self) -> String {
         let wt = match self {
-            Kernel::Conv2d { f16w: true } | Kernel::MatMul { f16w: true } => WT_F16,
+            Kernel::Conv2d { f16w: true }
+            | Kernel::Conv2dB4 { f16w: true }
+            | Kernel::MatMul { f16w: true } => WT_F16,
             _ => WT_F32,
         };
         format!("{PRELUDE}\n{wt}\n{}", self.body())
@@ -99,7 +107,14 @@ pub fn compile(src: &str) -> Result<Vec<u32>, String> {
     )
     .validate(&module)
     .map_err(|e| e.emit_to_string(src))?;
-    let opts = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
+    // Every loop of the kernels is bounded by its parameters: naga's loop-bounding counters (a guard
+    // against infinite-loop UB) would cost an add and a branch per inner iteration.
+    let opts = naga::back::spv::Options {
+        lang_version: (1, 3),
+        force_loop_bounding: false,
+        use_storage_input_output_16: false,
+        ..Default::default()
+    };
     naga::back::spv::write_vec(&module, &info, &opts, None).map_err(|e| e.to_string())
 }
 
@@ -112,6 +127,8 @@ mod tests {
         for k in [
             Kernel::Conv2d { f16w: false },
             Kernel::Conv2d { f16w: true },
+            Kernel::Conv2dB4 { f16w: false },
+            Kernel::Conv2dB4 { f16w: true },
             Kernel::MatMul { f16w: false },
             Kernel::MatMul { f16w: true },
             Kernel::Eltwise,

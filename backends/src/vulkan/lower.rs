@@ -3,7 +3,7 @@
 //! constant a slot in the constants region (or, for convolution and matrix weights of an fp16 bundle,
 //! in `w16`). Parameters name buffers symbolically (`Word::At`) until the memory plan places them.
 //! Layout is the model's own (NCHW), so nothing is transposed at the boundary.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kiln_compiler::ir::{Act, Graph, Model, NodeId, ValueId};
 use kiln_compiler::{Error, Result};
@@ -72,7 +72,11 @@ pub struct Lowerer<'a> {
     pub f16: bool,
     loc: HashMap<ValueId, Addr>,
     const_of: HashMap<ValueId, u32>,
-    w16_of: HashMap<ValueId, u32>,
+    w16_of: HashMap<(ValueId, u8), u32>,
+    /// Packed fp32 weights (layout `key`), as constants.
+    packed_of: HashMap<(ValueId, u8), u32>,
+    /// Nodes already computed by another's kernel (a residual Add fused into its convolution).
+    pub done: HashSet<NodeId>,
     /// Values computed here (Constant nodes, static Shapes, dequantized weights).
     folded: HashMap<ValueId, Vec<f32>>,
     out: Lowered,
@@ -146,6 +150,8 @@ impl<'a> Lowerer<'a> {
             loc: HashMap::new(),
             const_of: HashMap::new(),
             w16_of: HashMap::new(),
+            packed_of: HashMap::new(),
+            done: HashSet::new(),
             folded: HashMap::new(),
             out: Lowered {
                 steps: Vec::new(),
@@ -255,14 +261,42 @@ impl<'a> Lowerer<'a> {
         if !self.f16 || self.g.nodes[id].keeps_fp32_weights() || !self.is_const(v) {
             return Ok((self.src(v)?, false));
         }
-        if let Some(w) = self.w16_of.get(&v) {
-            return Ok((Addr::W16(*w), true));
+        self.weights_packed(id, v, 0, |w| w.to_vec())
+    }
+
+    /// Constant weights rearranged by `pack` (layout `key`, interned per value and layout), in `w16` for
+    /// an fp16 bundle unless the node keeps float32 weights.
+    pub fn weights_packed(
+        &mut self,
+        id: NodeId,
+        v: ValueId,
+        key: u8,
+        pack: impl Fn(&[f32]) -> Vec<f32>,
+    ) -> Result<(Addr, bool)> {
+        let f16 = self.f16 && !self.g.nodes[id].keeps_fp32_weights();
+        let map = if f16 { &self.w16_of } else { &self.packed_of };
+        if let Some(w) = map.get(&(v, key)) {
+            return Ok((if f16 { Addr::W16(*w) } else { Addr::Const(*w) }, f16));
         }
-        let vals = self.const_vals(v).ok_or_else(|| self.err("weights are not numeric"))?;
-        let w = self.out.w16.len() as u32;
-        self.out.w16.push(vals);
-        self.w16_of.insert(v, w);
-        Ok((Addr::W16(w), true))
+        let vals =
+            self.const_vals(v).ok_or_else(|| self.err("weights must be numeric constants"))?;
+        let packed = pack(&vals);
+        if f16 {
+            let w = self.out.w16.len() as u32;
+            self.out.w16.push(packed);
+            self.w16_of.insert((v, key), w);
+            Ok((Addr::W16(w), true))
+        } else {
+            let c = self.out.consts.len() as u32;
+            self.out.consts.push(packed);
+            self.packed_of.insert((v, key), c);
+            Ok((Addr::Const(c), false))
+        }
+    }
+
+    /// Is `v` available to a kernel now (computed, or a constant)?
+    pub fn available(&self, v: ValueId) -> bool {
+        self.loc.contains_key(&v) || self.is_const(v)
     }
 
     fn new_buf(&mut self, elems: u64) -> u32 {
@@ -343,6 +377,9 @@ impl<'a> Lowerer<'a> {
             self.node = n.name.clone();
             self.op = n.op.op_type().to_string();
             self.out.ops += 1;
+            if self.done.contains(&id) {
+                continue;
+            }
             super::ops::lower(&mut self, id)?;
             if !self.reads.is_empty() || !self.writes.is_empty() {
                 return Err(self.err("internal: a buffer access outside any step"));

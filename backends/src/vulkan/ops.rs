@@ -3,7 +3,7 @@
 //! LogSoftmax, LayerNormalization, Gather, Resize, Q/DQ, and the data movers (Transpose, Concat, Split,
 //! Slice, Pad, Expand, Tile) on the strided copy kernel; views alias their input. An op with no kernel is
 //! an error naming the node and op, so the target fails loudly instead of emitting a wrong bundle.
-use kiln_compiler::ir::{Act, AttrValue, Attribute, BinOp, NodeId, Op, PoolKind, Window};
+use kiln_compiler::ir::{Act, AttrValue, Attribute, BinOp, NodeId, Op, PoolKind, ValueId, Window};
 use kiln_compiler::Result;
 
 use super::kernels::Kernel;
@@ -336,8 +336,29 @@ fn nchw(l: &Lowerer, s: &[u64]) -> Result<[u64; 4]> {
     }
 }
 
+/// A residual Add the convolution `id` can apply in its kernel: the convolution's output has no
+/// activation and one reader, an Add of same-shape operands whose other operand is already computed.
+/// Returns (the Add, its other operand).
+fn residual_add(l: &Lowerer, id: NodeId, act: Option<&Act>) -> Option<(NodeId, ValueId)> {
+    let y = l.g.nodes[id].output(0)?;
+    if act.is_some() || l.g.is_output(y) {
+        return None;
+    }
+    let cons = l.g.consumers(y);
+    let [(add, _)] = cons.as_slice() else { return None };
+    let a = &l.g.nodes[*add];
+    if !matches!(a.op, Op::Binary(BinOp::Add)) || a.inputs.len() != 2 {
+        return None;
+    }
+    let other = a.inputs.iter().flatten().copied().find(|v| *v != y)?;
+    if a.inputs.iter().flatten().filter(|v| **v == y).count() != 1 || !l.available(other) {
+        return None;
+    }
+    (l.shape(other).ok()? == l.shape(y).ok()?).then_some((*add, other))
+}
+
 fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>) -> Result<()> {
-    let (x, wv, y) = (l.input(id, 0)?, l.input(id, 1)?, l.output(id, 0)?);
+    let (x, wv, mut y) = (l.input(id, 0)?, l.input(id, 1)?, l.output(id, 0)?);
     let b = l.g.nodes[id].input(2);
     let (sx, sw, sy) = (l.shape(x)?, l.shape(wv)?, l.shape(y)?);
     let dims = sx.len().saturating_sub(2);
@@ -354,15 +375,42 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     }
     let (s, d) = sd(win, dims);
     let p = pads2(l, win, ([h, w], [oh, ow]), (k, s, d), dims)?;
+    // Four output channels per invocation where a block never straddles two groups.
+    let blocked = g == 1 || (oc / g) % 4 == 0;
     let xa = l.src(x)?;
-    let (wa, f16w) = l.weights(id, wv)?;
+    let (wa, f16w) = if blocked {
+        let (cg, kk, ob) = ((c / g) as usize, (k[0] * k[1]) as usize, oc.div_ceil(4) as usize);
+        let oc = oc as usize;
+        l.weights_packed(id, wv, 1, |wt| {
+            let mut out = vec![0f32; ob * cg * kk * 4];
+            for o in 0..oc {
+                for i in 0..cg {
+                    for t in 0..kk {
+                        out[((o / 4 * cg + i) * kk + t) * 4 + o % 4] = wt[(o * cg + i) * kk + t];
+                    }
+                }
+            }
+            out
+        })?
+    } else {
+        l.weights(id, wv)?
+    };
     let ba = match b {
         Some(b) => l.src(b)?,
         None => Addr::None,
     };
+    let mut act = act.cloned();
+    let mut res = NONE;
+    if let Some((add, other)) = residual_add(l, id, act.as_ref()) {
+        res = at(l.src(other)?);
+        act = l.g.nodes[add].act.clone();
+        y = l.output(add, 0)?;
+        l.done.insert(add);
+    }
     let ya = l.dst(y)?;
-    let aw = act_words(act, (None, None)).map_err(|e| l.err(e))?;
-    let total = n * oc * oh * ow;
+    let aw = act_words(act.as_ref(), (None, None)).map_err(|e| l.err(e))?;
+    let ob = oc.div_ceil(4);
+    let total = n * if blocked { ob } else { oc } * oh * ow;
     let mut words = vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
     words.extend([
         u(s[0]),
@@ -375,8 +423,13 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     ]);
     words.extend([at(xa), at(ya), at(wa), if b.is_some() { at(ba) } else { NONE }]);
     words.extend(aw);
-    words.push(NONE);
-    l.step(Kernel::Conv2d { f16w }, words, total);
+    words.push(res);
+    if blocked {
+        words.push(u(ob));
+        l.step(Kernel::Conv2dB4 { f16w }, words, total);
+    } else {
+        l.step(Kernel::Conv2d { f16w }, words, total);
+    }
     Ok(())
 }
 
