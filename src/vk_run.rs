@@ -2,7 +2,7 @@
 //! runtime and writes each output as `.npy` named after the model's outputs. An input file may hold
 //! several samples stacked along a new first axis (rank one more than the input's), or, for a batch-1
 //! input, along its batch axis: each runs in turn and the outputs stack the same way. `KILN_VK_VALIDATION=1` turns the Khronos validation layer on; any
-//! validation error then fails the command. Timings (load, pipelines, first and median run) go to stderr.
+//! validation error then fails the command; `KILN_VK_PROFILE=1` prints each step's time. Timings (load, pipelines, first and median run) go to stderr.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -93,6 +93,22 @@ pub fn run(bundle: &Path, inputs: &[(String, PathBuf)], output_dir: &Path) -> Re
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         for (o, r) in results.iter_mut().enumerate() {
             r.extend_from_slice(s.output(o)?);
+        }
+    }
+    if std::env::var("KILN_VK_PROFILE").is_ok_and(|v| v == "1") {
+        let t = s.profile(5)?;
+        let total: f64 = t.iter().sum();
+        let mut by_kernel: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+        eprintln!("profile (median of 5, each step submitted alone): {total:.2} ms");
+        for (st, ms) in s.manifest().steps.iter().zip(&t) {
+            let k = s.manifest().modules.get(st.module as usize).map(|m| m.name.clone()).unwrap_or_default();
+            eprintln!("  {ms:8.3} ms  {:<5.1}%  {:<14} {:<12} {}", 100.0 * ms / total.max(1e-9), k, st.op, st.node);
+            let e = by_kernel.entry(k).or_default();
+            e.0 += ms;
+            e.1 += 1;
+        }
+        for (k, (ms, n)) in by_kernel {
+            eprintln!("  kernel {k:<14} {n:>4} steps {ms:8.3} ms  {:5.1}%", 100.0 * ms / total.max(1e-9));
         }
     }
     let (errors, messages) = s.validation_messages();

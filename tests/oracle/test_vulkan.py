@@ -58,6 +58,12 @@ CASES = {
     "conv3x3_s1_p1": conv([2, 3, 9, 7], 5, 3, pads=[1, 1, 1, 1]),
     "conv3x3_s2_p1_odd": conv([2, 5, 11, 9], 7, 3, strides=[2, 2], pads=[1, 1, 1, 1]),
     "conv1x1_nobias": conv([2, 7, 5, 3], 11, 1, bias=False),
+    "conv1x1_vec4_pixels": conv([2, 7, 4, 6], 11, 1),
+    "conv1x1_vec4_residual": (
+        [1, 6, 4, 4],
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[1, 1]), helper.make_node("Add", ["c", "x"], ["y"])],
+        [c("W", w(6, 6, 1, 1)), c("B", w(6, s=0.1))],
+    ),
     "conv_depthwise_s2": conv([2, 6, 9, 9], 6, 3, group=6, strides=[2, 2], pads=[1, 1, 1, 1]),
     "conv_depthwise5x5": conv([1, 10, 9, 7], 10, 5, group=10, pads=[2, 2, 2, 2]),
     "conv_depthwise_mult2": conv([1, 3, 7, 7], 6, 3, group=3, pads=[1, 1, 1, 1]),

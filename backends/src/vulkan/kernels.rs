@@ -9,6 +9,10 @@ const PRELUDE: &str = include_str!("wgsl/prelude.wgsl");
 const WT_F32: &str = "fn wt(i: u32) -> f32 { return data[i]; }\n";
 const WT_F16: &str = "fn wt(i: u32) -> f32 {\n  let v = unpack2x16float(w16[i >> 1u]);\n  return select(v.x, v.y, (i & 1u) == 1u);\n}\n";
 
+// Four weights at once (`i` counts vec4s) from `data4` / `w16v` (bindings 3 and 4, declared by the kernel).
+const WT4_F32: &str = "fn wt4(i: u32) -> vec4<f32> { return data4[i]; }\n";
+const WT4_F16: &str = "fn wt4(i: u32) -> vec4<f32> {\n  let w = w16v[i];\n  return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));\n}\n";
+
 /// Invocations per workgroup of every kernel (`@workgroup_size(64)`).
 pub const WORKGROUP: u32 = 64;
 
@@ -21,6 +25,14 @@ pub enum Kernel {
     },
     /// Four output channels per invocation, weights packed [OC/4][C/G][KH·KW][4].
     Conv2dB4 {
+        f16w: bool,
+    },
+    /// Pointwise convolution, 4 channels × 4 pixels per invocation, vec4 loads.
+    Conv1x1P4 {
+        f16w: bool,
+    },
+    /// Depthwise convolution, 4 adjacent outputs per invocation.
+    DwConvX4 {
         f16w: bool,
     },
     MatMul {
@@ -40,6 +52,8 @@ impl Kernel {
         let (base, f16w) = match self {
             Kernel::Conv2d { f16w } => ("conv2d", Some(f16w)),
             Kernel::Conv2dB4 { f16w } => ("conv2d_b4", Some(f16w)),
+            Kernel::Conv1x1P4 { f16w } => ("conv1x1_p4", Some(f16w)),
+            Kernel::DwConvX4 { f16w } => ("dwconv_x4", Some(f16w)),
             Kernel::MatMul { f16w } => ("matmul", Some(f16w)),
             Kernel::Eltwise => ("eltwise", None),
             Kernel::Copy => ("copy", None),
@@ -60,6 +74,8 @@ impl Kernel {
         match self {
             Kernel::Conv2d { .. } => include_str!("wgsl/conv2d.wgsl"),
             Kernel::Conv2dB4 { .. } => include_str!("wgsl/conv2d_b4.wgsl"),
+            Kernel::Conv1x1P4 { .. } => include_str!("wgsl/conv1x1_p4.wgsl"),
+            Kernel::DwConvX4 { .. } => include_str!("wgsl/dwconv_x4.wgsl"),
             Kernel::MatMul { .. } => include_str!("wgsl/matmul.wgsl"),
             Kernel::Eltwise => include_str!("wgsl/eltwise.wgsl"),
             Kernel::Copy => include_str!("wgsl/copy.wgsl"),
@@ -76,7 +92,10 @@ impl Kernel {
         let wt = match self {
             Kernel::Conv2d { f16w: true }
             | Kernel::Conv2dB4 { f16w: true }
+            | Kernel::DwConvX4 { f16w: true }
             | Kernel::MatMul { f16w: true } => WT_F16,
+            Kernel::Conv1x1P4 { f16w: false } => WT4_F32,
+            Kernel::Conv1x1P4 { f16w: true } => WT4_F16,
             _ => WT_F32,
         };
         format!("{PRELUDE}\n{wt}\n{}", self.body())
@@ -129,6 +148,10 @@ mod tests {
             Kernel::Conv2d { f16w: true },
             Kernel::Conv2dB4 { f16w: false },
             Kernel::Conv2dB4 { f16w: true },
+            Kernel::Conv1x1P4 { f16w: false },
+            Kernel::Conv1x1P4 { f16w: true },
+            Kernel::DwConvX4 { f16w: false },
+            Kernel::DwConvX4 { f16w: true },
             Kernel::MatMul { f16w: false },
             Kernel::MatMul { f16w: true },
             Kernel::Eltwise,

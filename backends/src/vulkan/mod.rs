@@ -129,10 +129,11 @@ pub fn build(model: &Model, f16: bool) -> Result<Built> {
     for w in &low.w16 {
         w16_off.push(halves.len() as u64);
         halves.extend(w.iter().map(|x| half::f16::from_f32(*x).to_bits()));
-        halves.resize(align(halves.len() as u64, 2) as usize, 0);
+        // Four halves: kernels read them as vec2<u32> too.
+        halves.resize(align(halves.len() as u64, 4) as usize, 0);
     }
     if halves.is_empty() {
-        halves = vec![0, 0];
+        halves = vec![0; 4];
     }
     let data_elems = arena_offset + place.arena;
     if data_elems >= u64::from(u32::MAX) {

@@ -410,6 +410,28 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     let ya = l.dst(y)?;
     let aw = act_words(act.as_ref(), (None, None)).map_err(|e| l.err(e))?;
     let ob = oc.div_ceil(4);
+    // Depthwise (one input channel per output channel): 4 adjacent outputs per invocation.
+    if g == c && oc == c && g > 1 {
+        let owb = ow.div_ceil(4);
+        let total = n * c * oh * owb;
+        let mut words = vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
+        words.extend([u(s[0]), u(s[1]), Word::I(p[0] as i32), Word::I(p[1] as i32), u(d[0]), u(d[1]), u(g)]);
+        words.extend([at(xa), at(ya), at(wa), if b.is_some() { at(ba) } else { NONE }]);
+        words.extend(aw);
+        words.extend([res, u(owb)]);
+        l.step(Kernel::DwConvX4 { f16w }, words, total);
+        return Ok(());
+    }
+    // Pointwise: a register-tiled product over 4 pixels × 4 channels.
+    if blocked && g == 1 && k == [1, 1] && s == [1, 1] && p == [0, 0] {
+        let total = n * ob * (h * w).div_ceil(4);
+        let mut words = vec![u(total), u(n), u(c), u(h * w), u(oc), at(xa), at(ya), at(wa)];
+        words.push(if b.is_some() { at(ba) } else { NONE });
+        words.extend(aw);
+        words.extend([res, u(ob)]);
+        l.step(Kernel::Conv1x1P4 { f16w }, words, total);
+        return Ok(());
+    }
     let total = n * if blocked { ob } else { oc } * oh * ow;
     let mut words = vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
     words.extend([

@@ -14,7 +14,8 @@
 //! elements `[0, constants.len/4)`) and the activation arena (`arena_offset` .. `+arena_elems`), inputs and
 //! outputs included at their `offset` (in f32 elements). Binding 1 is `params` (u32 words, read-only): each
 //! step's kernel reads its parameters at the word index passed as its one 4-byte push constant. Binding 2 is
-//! `weights16` (u32 words, read-only: fp16 weights packed two per word; one zero word when unused). Every
+//! `weights16` (u32 words, read-only: fp16 weights packed two per word; one zero word when unused).
+//! Bindings 3 and 4 are `data` and `weights16` again, for kernels reading them as vectors. Every
 //! step is a dispatch of `groups` workgroups of module `module`'s entry point `main`; a memory barrier
 //! (compute write → compute read/write) separates consecutive steps. Integer inputs and outputs are carried
 //! as f32 values (exact below 2^24).

@@ -28,7 +28,7 @@ fn memory_type(props: &vk::PhysicalDeviceMemoryProperties, bits: u32) -> Option<
 /// failure leaves only handles that [`Resources`] will destroy).
 pub(crate) fn create_buffer(dev: &DeviceCtx, bytes: u64, out: &mut Buffer) -> Result<(), Error> {
     let d = &dev.device;
-    let size = bytes.max(MIN_BUFFER_BYTES).next_multiple_of(4);
+    let size = bytes.max(MIN_BUFFER_BYTES).next_multiple_of(16);
     let info = vk::BufferCreateInfo::default()
         .size(size)
         .usage(vk::BufferUsageFlags::STORAGE_BUFFER)
@@ -78,11 +78,15 @@ pub(crate) fn upload(buf: &Buffer, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Descriptor set layout (bindings 0..3, storage buffers, compute), pool, set, and pipeline layout with a
+/// Buffer behind each binding: 0 `data`, 1 `params`, 2 `w16`, then 3 `data` and 4 `w16` again (for kernels
+/// reading them as vectors: WGSL gives one binding one element type).
+const BINDING_BUFFER: [usize; 5] = [0, 1, 2, 0, 2];
+
+/// Descriptor set layout (bindings 0..5, storage buffers, compute), pool, set, and pipeline layout with a
 /// 4-byte compute push constant; the set is written once.
 pub(crate) fn create_descriptors(res: &mut Resources) -> Result<(), Error> {
     let d = res.device.clone();
-    let bindings: [vk::DescriptorSetLayoutBinding<'_>; 3] = std::array::from_fn(|i| {
+    let bindings: [vk::DescriptorSetLayoutBinding<'_>; 5] = std::array::from_fn(|i| {
         vk::DescriptorSetLayoutBinding::default()
             .binding(i as u32)
             .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
@@ -97,7 +101,7 @@ pub(crate) fn create_descriptors(res: &mut Resources) -> Result<(), Error> {
             .map_err(Error::vk("vkCreateDescriptorSetLayout"))?;
         let sizes = [vk::DescriptorPoolSize {
             ty: vk::DescriptorType::STORAGE_BUFFER,
-            descriptor_count: 3,
+            descriptor_count: BINDING_BUFFER.len() as u32,
         }];
         let pool = vk::DescriptorPoolCreateInfo::default().max_sets(1).pool_sizes(&sizes);
         res.descriptor_pool =
@@ -112,14 +116,14 @@ pub(crate) fn create_descriptors(res: &mut Resources) -> Result<(), Error> {
             call: "vkAllocateDescriptorSets",
             result: vk::Result::ERROR_UNKNOWN,
         })?;
-        let infos: [[vk::DescriptorBufferInfo; 1]; 3] = std::array::from_fn(|i| {
+        let infos: [[vk::DescriptorBufferInfo; 1]; 5] = std::array::from_fn(|i| {
             [vk::DescriptorBufferInfo {
-                buffer: res.buffers[i].buffer,
+                buffer: res.buffers[BINDING_BUFFER[i]].buffer,
                 offset: 0,
                 range: vk::WHOLE_SIZE,
             }]
         });
-        let writes: [vk::WriteDescriptorSet<'_>; 3] = std::array::from_fn(|i| {
+        let writes: [vk::WriteDescriptorSet<'_>; 5] = std::array::from_fn(|i| {
             vk::WriteDescriptorSet::default()
                 .dst_set(res.set)
                 .dst_binding(i as u32)

@@ -16,6 +16,8 @@ use crate::pipelines::create_pipelines;
 use crate::resources::{Resources, DATA, PARAMS, WEIGHTS16};
 use crate::spirv::{self, Needs};
 
+mod profile;
+
 /// How a bundle is loaded.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
