@@ -101,14 +101,28 @@ pub fn run(bundle: &Path, inputs: &[(String, PathBuf)], output_dir: &Path) -> Re
         let mut by_kernel: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
         eprintln!("profile (median of 5, each step submitted alone): {total:.2} ms");
         for (st, ms) in s.manifest().steps.iter().zip(&t) {
-            let k = s.manifest().modules.get(st.module as usize).map(|m| m.name.clone()).unwrap_or_default();
-            eprintln!("  {ms:8.3} ms  {:<5.1}%  {:<14} {:<12} {}", 100.0 * ms / total.max(1e-9), k, st.op, st.node);
+            let k = s
+                .manifest()
+                .modules
+                .get(st.module as usize)
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            eprintln!(
+                "  {ms:8.3} ms  {:<5.1}%  {:<14} {:<12} {}",
+                100.0 * ms / total.max(1e-9),
+                k,
+                st.op,
+                st.node
+            );
             let e = by_kernel.entry(k).or_default();
             e.0 += ms;
             e.1 += 1;
         }
         for (k, (ms, n)) in by_kernel {
-            eprintln!("  kernel {k:<14} {n:>4} steps {ms:8.3} ms  {:5.1}%", 100.0 * ms / total.max(1e-9));
+            eprintln!(
+                "  kernel {k:<14} {n:>4} steps {ms:8.3} ms  {:5.1}%",
+                100.0 * ms / total.max(1e-9)
+            );
         }
     }
     let (errors, messages) = s.validation_messages();

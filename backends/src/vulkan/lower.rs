@@ -38,6 +38,8 @@ pub struct Draft {
     pub kernel: Kernel,
     pub words: Vec<Word>,
     pub threads: u64,
+    /// Workgroup counts, when the kernel maps them itself (else from `threads`).
+    pub groups: Option<[u32; 3]>,
     pub node: String,
     pub op: String,
     pub reads: Vec<u32>,
@@ -346,10 +348,22 @@ impl<'a> Lowerer<'a> {
 
     /// Emit one dispatch of `threads` invocations.
     pub fn step(&mut self, kernel: Kernel, words: Vec<Word>, threads: u64) {
+        self.step_groups(kernel, words, threads, None);
+    }
+
+    /// Emit one dispatch with explicit workgroup counts (`threads`: the invocations that do work).
+    pub fn step_groups(
+        &mut self,
+        kernel: Kernel,
+        words: Vec<Word>,
+        threads: u64,
+        groups: Option<[u32; 3]>,
+    ) {
         self.out.steps.push(Draft {
             kernel,
             words,
             threads,
+            groups,
             node: self.node.clone(),
             op: self.op.clone(),
             reads: std::mem::take(&mut self.reads),

@@ -177,7 +177,7 @@ pub fn build(model: &Model, f16: bool) -> Result<Built> {
             Word::F(x) => x.to_bits(),
             Word::At(a, d) => resolve(a, d),
         }));
-        let g = groups(s.threads);
+        let g = s.groups.unwrap_or_else(|| groups(s.threads));
         let _ = writeln!(
             text,
             "{:>4}  {:<10} {:<22} groups {:?}  {}",

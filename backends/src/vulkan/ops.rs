@@ -414,8 +414,17 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     if g == c && oc == c && g > 1 {
         let owb = ow.div_ceil(4);
         let total = n * c * oh * owb;
-        let mut words = vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
-        words.extend([u(s[0]), u(s[1]), Word::I(p[0] as i32), Word::I(p[1] as i32), u(d[0]), u(d[1]), u(g)]);
+        let mut words =
+            vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
+        words.extend([
+            u(s[0]),
+            u(s[1]),
+            Word::I(p[0] as i32),
+            Word::I(p[1] as i32),
+            u(d[0]),
+            u(d[1]),
+            u(g),
+        ]);
         words.extend([at(xa), at(ya), at(wa), if b.is_some() { at(ba) } else { NONE }]);
         words.extend(aw);
         words.extend([res, u(owb)]);
@@ -432,7 +441,8 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
         l.step(Kernel::Conv1x1P4 { f16w }, words, total);
         return Ok(());
     }
-    let total = n * if blocked { ob } else { oc } * oh * ow;
+    let owb = ow.div_ceil(4);
+    let total = if blocked { n * ob * oh * owb } else { n * oc * oh * ow };
     let mut words = vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
     words.extend([
         u(s[0]),
@@ -447,7 +457,7 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     words.extend(aw);
     words.push(res);
     if blocked {
-        words.push(u(ob));
+        words.extend([u(ob), u(owb)]);
         l.step(Kernel::Conv2dB4 { f16w }, words, total);
     } else {
         l.step(Kernel::Conv2d { f16w }, words, total);

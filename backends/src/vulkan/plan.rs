@@ -93,6 +93,7 @@ mod tests {
             kernel: Kernel::Copy,
             words: vec![],
             threads: 1,
+            groups: None,
             node: String::new(),
             op: String::new(),
             reads: reads.to_vec(),

@@ -24,7 +24,12 @@ impl Session {
         result
     }
 
-    fn profile_with(&mut self, d: &ash::Device, cb: vk::CommandBuffer, runs: usize) -> Result<Vec<f64>, Error> {
+    fn profile_with(
+        &mut self,
+        d: &ash::Device,
+        cb: vk::CommandBuffer,
+        runs: usize,
+    ) -> Result<Vec<f64>, Error> {
         let steps = self.manifest.steps.clone();
         let mut times = vec![Vec::with_capacity(runs); steps.len()];
         for _ in 0..runs {
