@@ -16,6 +16,49 @@ const WT4_F16: &str = "fn wt4(i: u32) -> vec4<f32> {\n  let w = w16v[i];\n  retu
 /// Invocations per workgroup of every kernel (`@workgroup_size(64)`).
 pub const WORKGROUP: u32 = 64;
 
+/// A window specialized into a convolution kernel's source: square kernel `k` and stride `s` as
+/// constants (the compiler unrolls the window loops and folds the address arithmetic); `Spec::ANY`
+/// reads them from the parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Spec {
+    pub k: u8,
+    pub s: u8,
+}
+
+impl Spec {
+    pub const ANY: Spec = Spec { k: 0, s: 0 };
+
+    /// The specialization for a window, when it is a common one (3×3 or 5×5, stride 1 or 2).
+    pub fn of(k: [u64; 2], s: [u64; 2]) -> Spec {
+        match (k, s) {
+            ([3, 3] | [5, 5], [1, 1] | [2, 2]) => Spec { k: k[0] as u8, s: s[0] as u8 },
+            _ => Spec::ANY,
+        }
+    }
+
+    fn apply(self, body: &str) -> String {
+        if self == Spec::ANY {
+            return body.to_string();
+        }
+        body.replace(
+            "let KH = p(8u); let KW = p(9u); let SH = p(10u); let SW = p(11u);",
+            &format!(
+                "let KH = {k}u; let KW = {k}u; let SH = {s}u; let SW = {s}u;",
+                k = self.k,
+                s = self.s
+            ),
+        )
+    }
+
+    fn suffix(self) -> String {
+        if self == Spec::ANY {
+            String::new()
+        } else {
+            format!("_k{}s{}", self.k, self.s)
+        }
+    }
+}
+
 /// One kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kernel {
@@ -26,14 +69,20 @@ pub enum Kernel {
     /// Four output channels per invocation, weights packed [OC/4][C/G][KH·KW][4].
     Conv2dB4 {
         f16w: bool,
+        spec: Spec,
     },
     /// Pointwise convolution, 4 channels × 4 pixels per invocation, vec4 loads.
     Conv1x1P4 {
         f16w: bool,
     },
+    /// Pointwise convolution, 8 channels × 4 pixels per invocation.
+    Conv1x1O8 {
+        f16w: bool,
+    },
     /// Depthwise convolution, 4 adjacent outputs per invocation.
     DwConvX4 {
         f16w: bool,
+        spec: Spec,
     },
     MatMul {
         f16w: bool,
@@ -51,9 +100,14 @@ impl Kernel {
     pub fn name(self) -> String {
         let (base, f16w) = match self {
             Kernel::Conv2d { f16w } => ("conv2d", Some(f16w)),
-            Kernel::Conv2dB4 { f16w } => ("conv2d_b4", Some(f16w)),
+            Kernel::Conv2dB4 { f16w, spec } => {
+                return format!("conv2d_b4{}_{}", spec.suffix(), if f16w { "w16" } else { "w32" })
+            }
             Kernel::Conv1x1P4 { f16w } => ("conv1x1_p4", Some(f16w)),
-            Kernel::DwConvX4 { f16w } => ("dwconv_x4", Some(f16w)),
+            Kernel::DwConvX4 { f16w, spec } => {
+                return format!("dwconv_x4{}_{}", spec.suffix(), if f16w { "w16" } else { "w32" })
+            }
+            Kernel::Conv1x1O8 { f16w } => ("conv1x1_o8", Some(f16w)),
             Kernel::MatMul { f16w } => ("matmul", Some(f16w)),
             Kernel::Eltwise => ("eltwise", None),
             Kernel::Copy => ("copy", None),
@@ -76,6 +130,7 @@ impl Kernel {
             Kernel::Conv2dB4 { .. } => include_str!("wgsl/conv2d_b4.wgsl"),
             Kernel::Conv1x1P4 { .. } => include_str!("wgsl/conv1x1_p4.wgsl"),
             Kernel::DwConvX4 { .. } => include_str!("wgsl/dwconv_x4.wgsl"),
+            Kernel::Conv1x1O8 { .. } => include_str!("wgsl/conv1x1_o8.wgsl"),
             Kernel::MatMul { .. } => include_str!("wgsl/matmul.wgsl"),
             Kernel::Eltwise => include_str!("wgsl/eltwise.wgsl"),
             Kernel::Copy => include_str!("wgsl/copy.wgsl"),
@@ -91,14 +146,20 @@ impl Kernel {
     pub fn source(self) -> String {
         let wt = match self {
             Kernel::Conv2d { f16w: true }
-            | Kernel::Conv2dB4 { f16w: true }
-            | Kernel::DwConvX4 { f16w: true }
+            | Kernel::Conv2dB4 { f16w: true, .. }
+            | Kernel::DwConvX4 { f16w: true, .. }
             | Kernel::MatMul { f16w: true } => WT_F16,
-            Kernel::Conv1x1P4 { f16w: false } => WT4_F32,
-            Kernel::Conv1x1P4 { f16w: true } => WT4_F16,
+            Kernel::Conv1x1P4 { f16w: false } | Kernel::Conv1x1O8 { f16w: false } => WT4_F32,
+            Kernel::Conv1x1P4 { f16w: true } | Kernel::Conv1x1O8 { f16w: true } => WT4_F16,
             _ => WT_F32,
         };
-        format!("{PRELUDE}\n{wt}\n{}", self.body())
+        let body = match self {
+            Kernel::Conv2dB4 { spec, .. } | Kernel::DwConvX4 { spec, .. } => {
+                spec.apply(self.body())
+            }
+            _ => self.body().to_string(),
+        };
+        format!("{PRELUDE}\n{wt}\n{body}")
     }
 
     /// SPIR-V words (compiled once per process).
@@ -146,12 +207,14 @@ mod tests {
         for k in [
             Kernel::Conv2d { f16w: false },
             Kernel::Conv2d { f16w: true },
-            Kernel::Conv2dB4 { f16w: false },
-            Kernel::Conv2dB4 { f16w: true },
+            Kernel::Conv2dB4 { f16w: false, spec: Spec::ANY },
+            Kernel::Conv2dB4 { f16w: true, spec: Spec { k: 3, s: 2 } },
             Kernel::Conv1x1P4 { f16w: false },
             Kernel::Conv1x1P4 { f16w: true },
-            Kernel::DwConvX4 { f16w: false },
-            Kernel::DwConvX4 { f16w: true },
+            Kernel::Conv1x1O8 { f16w: false },
+            Kernel::Conv1x1O8 { f16w: true },
+            Kernel::DwConvX4 { f16w: false, spec: Spec::ANY },
+            Kernel::DwConvX4 { f16w: true, spec: Spec { k: 5, s: 1 } },
             Kernel::MatMul { f16w: false },
             Kernel::MatMul { f16w: true },
             Kernel::Eltwise,

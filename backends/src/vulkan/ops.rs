@@ -6,7 +6,7 @@
 use kiln_compiler::ir::{Act, AttrValue, Attribute, BinOp, NodeId, Op, PoolKind, ValueId, Window};
 use kiln_compiler::Result;
 
-use super::kernels::Kernel;
+use super::kernels::{Kernel, Spec};
 use super::lower::{act_words, bstrides, strides, Addr, Lowerer, Word};
 
 const NONE: Word = Word::U(u32::MAX);
@@ -428,17 +428,36 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
         words.extend([at(xa), at(ya), at(wa), if b.is_some() { at(ba) } else { NONE }]);
         words.extend(aw);
         words.extend([res, u(owb)]);
-        l.step(Kernel::DwConvX4 { f16w }, words, total);
+        l.step(Kernel::DwConvX4 { f16w, spec: Spec::of(k, s) }, words, total);
         return Ok(());
     }
     // Pointwise: a register-tiled product over 4 pixels × 4 channels.
     if blocked && g == 1 && k == [1, 1] && s == [1, 1] && p == [0, 0] {
-        let total = n * ob * (h * w).div_ceil(4);
+        // Eight channels per invocation where there are enough of them (weights repacked by 8).
+        let o8 = oc >= 8 && std::env::var("KILN_VK_NO_O8").is_err();
+        let (wa, f16w) = if o8 {
+            let (cc, ocu) = (c as usize, oc as usize);
+            let ob8 = oc.div_ceil(8) as usize;
+            l.weights_packed(id, wv, 2, |wt| {
+                let mut out = vec![0f32; ob8 * cc * 8];
+                for o in 0..ocu {
+                    for i in 0..cc {
+                        out[(o / 8 * cc + i) * 8 + o % 8] = wt[o * cc + i];
+                    }
+                }
+                out
+            })?
+        } else {
+            (wa, f16w)
+        };
+        let blocks = if o8 { oc.div_ceil(8) } else { ob };
+        let total = n * blocks * (h * w).div_ceil(4);
         let mut words = vec![u(total), u(n), u(c), u(h * w), u(oc), at(xa), at(ya), at(wa)];
         words.push(if b.is_some() { at(ba) } else { NONE });
         words.extend(aw);
-        words.extend([res, u(ob)]);
-        l.step(Kernel::Conv1x1P4 { f16w }, words, total);
+        words.extend([res, u(blocks)]);
+        let kernel = if o8 { Kernel::Conv1x1O8 { f16w } } else { Kernel::Conv1x1P4 { f16w } };
+        l.step(kernel, words, total);
         return Ok(());
     }
     let owb = ow.div_ceil(4);
@@ -458,7 +477,7 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     words.push(res);
     if blocked {
         words.extend([u(ob), u(owb)]);
-        l.step(Kernel::Conv2dB4 { f16w }, words, total);
+        l.step(Kernel::Conv2dB4 { f16w, spec: Spec::of(k, s) }, words, total);
     } else {
         l.step(Kernel::Conv2d { f16w }, words, total);
     }
