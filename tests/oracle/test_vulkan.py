@@ -59,6 +59,9 @@ CASES = {
     "conv3x3_s2_p1_odd": conv([2, 5, 11, 9], 7, 3, strides=[2, 2], pads=[1, 1, 1, 1]),
     "conv1x1_nobias": conv([2, 7, 5, 3], 11, 1, bias=False),
     "conv1x1_vec4_pixels": conv([2, 7, 4, 6], 11, 1),
+    # Planes large enough for the workgroup-mapped kernels (pointwise by 8 channels, depthwise rows).
+    "conv1x1_large_plane": conv([2, 9, 20, 21], 13, 1),
+    "conv_depthwise_large_plane": conv([2, 5, 33, 40], 5, 3, group=5, pads=[1, 1, 1, 1]),
     "conv1x1_vec4_residual": (
         [1, 6, 4, 4],
         [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[1, 1]), helper.make_node("Add", ["c", "x"], ["y"])],

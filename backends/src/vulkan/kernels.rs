@@ -13,6 +13,11 @@ const WT_F16: &str = "fn wt(i: u32) -> f32 {\n  let v = unpack2x16float(w16[i >>
 const WT4_F32: &str = "fn wt4(i: u32) -> vec4<f32> { return data4[i]; }\n";
 const WT4_F16: &str = "fn wt4(i: u32) -> vec4<f32> {\n  let w = w16v[i];\n  return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));\n}\n";
 
+/// A kernel's entry with a linear invocation index, and its replacement for kernels dispatched by
+/// workgroup ids (`wg` variants).
+const LINEAR_HEAD: &str = "fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {\n  let id = linear_id(gid, nw);\n  if (id >= p(0u)) { return; }";
+const WG_HEAD: &str = "fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {";
+
 /// Invocations per workgroup of every kernel (`@workgroup_size(64)`).
 pub const WORKGROUP: u32 = 64;
 
@@ -75,14 +80,18 @@ pub enum Kernel {
     Conv1x1P4 {
         f16w: bool,
     },
-    /// Pointwise convolution, 8 channels × 4 pixels per invocation.
+    /// Pointwise convolution, 8 channels × 4 pixels per invocation; `wg`: dispatched as (pixel blocks,
+    /// channel blocks, images) so weight loads are uniform in a workgroup.
     Conv1x1O8 {
         f16w: bool,
+        wg: bool,
     },
     /// Depthwise convolution, 4 adjacent outputs per invocation.
     DwConvX4 {
         f16w: bool,
         spec: Spec,
+        /// Dispatched as (row blocks, image·channel): weights uniform in a workgroup.
+        wg: bool,
     },
     MatMul {
         f16w: bool,
@@ -104,10 +113,21 @@ impl Kernel {
                 return format!("conv2d_b4{}_{}", spec.suffix(), if f16w { "w16" } else { "w32" })
             }
             Kernel::Conv1x1P4 { f16w } => ("conv1x1_p4", Some(f16w)),
-            Kernel::DwConvX4 { f16w, spec } => {
-                return format!("dwconv_x4{}_{}", spec.suffix(), if f16w { "w16" } else { "w32" })
+            Kernel::DwConvX4 { f16w, spec, wg } => {
+                return format!(
+                    "dwconv_x4{}{}_{}",
+                    spec.suffix(),
+                    if wg { "_wg" } else { "" },
+                    if f16w { "w16" } else { "w32" }
+                )
             }
-            Kernel::Conv1x1O8 { f16w } => ("conv1x1_o8", Some(f16w)),
+            Kernel::Conv1x1O8 { f16w, wg } => {
+                return format!(
+                    "conv1x1_o8{}_{}",
+                    if wg { "_wg" } else { "" },
+                    if f16w { "w16" } else { "w32" }
+                )
+            }
             Kernel::MatMul { f16w } => ("matmul", Some(f16w)),
             Kernel::Eltwise => ("eltwise", None),
             Kernel::Copy => ("copy", None),
@@ -149,17 +169,33 @@ impl Kernel {
             | Kernel::Conv2dB4 { f16w: true, .. }
             | Kernel::DwConvX4 { f16w: true, .. }
             | Kernel::MatMul { f16w: true } => WT_F16,
-            Kernel::Conv1x1P4 { f16w: false } | Kernel::Conv1x1O8 { f16w: false } => WT4_F32,
-            Kernel::Conv1x1P4 { f16w: true } | Kernel::Conv1x1O8 { f16w: true } => WT4_F16,
+            Kernel::Conv1x1P4 { f16w: false } | Kernel::Conv1x1O8 { f16w: false, .. } => WT4_F32,
+            Kernel::Conv1x1P4 { f16w: true } | Kernel::Conv1x1O8 { f16w: true, .. } => WT4_F16,
             _ => WT_F32,
         };
         let body = match self {
-            Kernel::Conv2dB4 { spec, .. } | Kernel::DwConvX4 { spec, .. } => {
-                spec.apply(self.body())
+            Kernel::Conv2dB4 { spec, .. } => spec.apply(self.body()),
+            Kernel::DwConvX4 { spec, wg, .. } => {
+                let b = spec.apply(self.body());
+                if wg {
+                    b.replace(LINEAR_HEAD, WG_HEAD).replace(
+                        "let owb = id % OWB; let t = id / OWB; let oh = t % OH; let nc = t / OH;",
+                        "let q = gid.x; if (q >= OH * OWB) { return; }\n  let owb = q % OWB; let oh = q / OWB; let nc = wg.y;",
+                    )
+                } else {
+                    b
+                }
+            }
+            Kernel::Conv1x1O8 { wg: true, .. } => {
+                self.body().replace(LINEAR_HEAD, WG_HEAD).replace(
+                    "let p4 = id % P4; let t = id / P4; let ob = t % OB; let n = t / OB;",
+                    "let p4 = gid.x; let ob = wg.y; let n = wg.z;\n  if (p4 >= P4) { return; }",
+                )
             }
             _ => self.body().to_string(),
         };
-        format!("{PRELUDE}\n{wt}\n{body}")
+        let body = body.replace("@workgroup_size(64)", &format!("@workgroup_size({WORKGROUP})"));
+        format!("{PRELUDE}\nconst WG_SIZE: u32 = {WORKGROUP}u;\n{wt}\n{body}")
     }
 
     /// SPIR-V words (compiled once per process).
@@ -211,10 +247,10 @@ mod tests {
             Kernel::Conv2dB4 { f16w: true, spec: Spec { k: 3, s: 2 } },
             Kernel::Conv1x1P4 { f16w: false },
             Kernel::Conv1x1P4 { f16w: true },
-            Kernel::Conv1x1O8 { f16w: false },
-            Kernel::Conv1x1O8 { f16w: true },
-            Kernel::DwConvX4 { f16w: false, spec: Spec::ANY },
-            Kernel::DwConvX4 { f16w: true, spec: Spec { k: 5, s: 1 } },
+            Kernel::Conv1x1O8 { f16w: false, wg: false },
+            Kernel::Conv1x1O8 { f16w: true, wg: true },
+            Kernel::DwConvX4 { f16w: false, spec: Spec::ANY, wg: false },
+            Kernel::DwConvX4 { f16w: true, spec: Spec { k: 5, s: 1 }, wg: true },
             Kernel::MatMul { f16w: false },
             Kernel::MatMul { f16w: true },
             Kernel::Eltwise,
@@ -227,6 +263,13 @@ mod tests {
         ] {
             let w = k.spirv();
             assert!(w.is_ok(), "{}: {}", k.name(), w.as_ref().err().cloned().unwrap_or_default());
+            if matches!(k, Kernel::Conv1x1O8 { wg: true, .. } | Kernel::DwConvX4 { wg: true, .. }) {
+                assert!(
+                    k.source().contains("wg.y"),
+                    "{}: the workgroup mapping was not applied",
+                    k.name()
+                );
+            }
             // spirv-val (spirv-tools), where installed: the Vulkan 1.1 environment's rules.
             let path =
                 std::env::temp_dir().join(format!("kiln-{}-{}.spv", k.name(), std::process::id()));

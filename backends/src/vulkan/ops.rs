@@ -375,18 +375,25 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     }
     let (s, d) = sd(win, dims);
     let p = pads2(l, win, ([h, w], [oh, ow]), (k, s, d), dims)?;
-    // Four output channels per invocation where a block never straddles two groups.
-    let blocked = g == 1 || (oc / g) % 4 == 0;
+    // The kernel: depthwise (4 adjacent outputs per invocation), pointwise (a register-tiled product,
+    // 8 or 4 channels × 4 pixels), else 4 channels × 4 pixels where a block never straddles two groups,
+    // else one output per invocation. Weights are packed for the kernel chosen, once.
+    let depthwise = g == c && oc == c && g > 1;
+    let pointwise = g == 1 && k == [1, 1] && s == [1, 1] && p == [0, 0];
+    let blocked = !depthwise && (g == 1 || (oc / g) % 4 == 0);
+    let o8 = pointwise && oc >= 8;
     let xa = l.src(x)?;
+    let (cg, kk) = ((c / g) as usize, (k[0] * k[1]) as usize);
+    let block = if o8 { 8 } else { 4 };
     let (wa, f16w) = if blocked {
-        let (cg, kk, ob) = ((c / g) as usize, (k[0] * k[1]) as usize, oc.div_ceil(4) as usize);
-        let oc = oc as usize;
-        l.weights_packed(id, wv, 1, |wt| {
-            let mut out = vec![0f32; ob * cg * kk * 4];
-            for o in 0..oc {
+        let (nb, ocu) = (oc.div_ceil(block) as usize, oc as usize);
+        let bu = block as usize;
+        l.weights_packed(id, wv, block as u8, |wt| {
+            let mut out = vec![0f32; nb * cg * kk * bu];
+            for o in 0..ocu {
                 for i in 0..cg {
                     for t in 0..kk {
-                        out[((o / 4 * cg + i) * kk + t) * 4 + o % 4] = wt[(o * cg + i) * kk + t];
+                        out[((o / bu * cg + i) * kk + t) * bu + o % bu] = wt[(o * cg + i) * kk + t];
                     }
                 }
             }
@@ -410,8 +417,8 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     let ya = l.dst(y)?;
     let aw = act_words(act.as_ref(), (None, None)).map_err(|e| l.err(e))?;
     let ob = oc.div_ceil(4);
-    // Depthwise (one input channel per output channel): 4 adjacent outputs per invocation.
-    if g == c && oc == c && g > 1 {
+    let wgmap = std::env::var("KILN_VK_NO_WG").is_err();
+    if depthwise {
         let owb = ow.div_ceil(4);
         let total = n * c * oh * owb;
         let mut words =
@@ -428,36 +435,26 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
         words.extend([at(xa), at(ya), at(wa), if b.is_some() { at(ba) } else { NONE }]);
         words.extend(aw);
         words.extend([res, u(owb)]);
-        l.step(Kernel::DwConvX4 { f16w, spec: Spec::of(k, s) }, words, total);
+        // Large planes: a workgroup per (image, channel) row block, so weights are uniform loads.
+        let rows = (oh * owb).div_ceil(u64::from(super::kernels::WORKGROUP));
+        let wg = wgmap && oh * owb >= 64 && rows <= 65535 && n * c <= 65535;
+        let groups = wg.then_some([rows as u32, (n * c) as u32, 1]);
+        l.step_groups(Kernel::DwConvX4 { f16w, spec: Spec::of(k, s), wg }, words, total, groups);
         return Ok(());
     }
-    // Pointwise: a register-tiled product over 4 pixels × 4 channels.
-    if blocked && g == 1 && k == [1, 1] && s == [1, 1] && p == [0, 0] {
-        // Eight channels per invocation where there are enough of them (weights repacked by 8).
-        let o8 = oc >= 8 && std::env::var("KILN_VK_NO_O8").is_err();
-        let (wa, f16w) = if o8 {
-            let (cc, ocu) = (c as usize, oc as usize);
-            let ob8 = oc.div_ceil(8) as usize;
-            l.weights_packed(id, wv, 2, |wt| {
-                let mut out = vec![0f32; ob8 * cc * 8];
-                for o in 0..ocu {
-                    for i in 0..cc {
-                        out[(o / 8 * cc + i) * 8 + o % 8] = wt[o * cc + i];
-                    }
-                }
-                out
-            })?
-        } else {
-            (wa, f16w)
-        };
-        let blocks = if o8 { oc.div_ceil(8) } else { ob };
-        let total = n * blocks * (h * w).div_ceil(4);
+    if pointwise {
+        let blocks = oc.div_ceil(block);
+        let p4 = (h * w).div_ceil(4);
+        let total = n * blocks * p4;
         let mut words = vec![u(total), u(n), u(c), u(h * w), u(oc), at(xa), at(ya), at(wa)];
         words.push(if b.is_some() { at(ba) } else { NONE });
         words.extend(aw);
         words.extend([res, u(blocks)]);
-        let kernel = if o8 { Kernel::Conv1x1O8 { f16w } } else { Kernel::Conv1x1P4 { f16w } };
-        l.step(kernel, words, total);
+        let xs = p4.div_ceil(u64::from(super::kernels::WORKGROUP));
+        let wg = wgmap && o8 && p4 >= 64 && xs <= 65535 && blocks <= 65535 && n <= 65535;
+        let groups = wg.then_some([xs as u32, blocks as u32, n as u32]);
+        let kernel = if o8 { Kernel::Conv1x1O8 { f16w, wg } } else { Kernel::Conv1x1P4 { f16w } };
+        l.step_groups(kernel, words, total, groups);
         return Ok(());
     }
     let owb = ow.div_ceil(4);

@@ -12,7 +12,7 @@ fn p(i: u32) -> u32 { return params[pc.base + i]; }
 fn pf(i: u32) -> f32 { return bitcast<f32>(params[pc.base + i]); }
 fn pi(i: u32) -> i32 { return bitcast<i32>(params[pc.base + i]); }
 
-fn linear_id(gid: vec3<u32>, nw: vec3<u32>) -> u32 { return gid.x + gid.y * nw.x * 64u; }
+fn linear_id(gid: vec3<u32>, nw: vec3<u32>) -> u32 { return gid.x + gid.y * nw.x * WG_SIZE; }
 
 // Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
 fn erf_(x: f32) -> f32 {
