@@ -145,10 +145,9 @@ def main():
     (work / "k.yaml").write_text(json.dumps(cfg))
     subprocess.run([str(KILN), "build", str(work / "k.yaml"), "-q"], check=True)
     plan = (work / "out" / "vk32" / "plan.txt").read_text().splitlines()[0]
-    # pnnx writes its outputs beside the model it reads: give it a link in the work folder (and to the
-    # external data), never the original's folder.
-    for f in model.parent.glob(model.name + "*"):
-        (work / f.name).symlink_to(f)
+    # pnnx writes its outputs beside the model it reads, and crashes on external data: give it a
+    # single-file copy in the work folder, never the original's folder.
+    onnx.save(onnx.load(str(model)), str(work / model.name))
     pnnx_bin = pathlib.Path(__import__("pnnx").EXEC_PATH)
     subprocess.run([str(pnnx_bin), str(work / model.name), f"inputshape=[{','.join(map(str, shape))}]", "fp16=0"], cwd=work, check=True, capture_output=True)
     param, binf = work / f"{model.stem}.ncnn.param", work / f"{model.stem}.ncnn.bin"

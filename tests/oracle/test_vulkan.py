@@ -124,6 +124,22 @@ CASES = {
         [c("s1", np.array([1, 2, 3, 3, 5], np.int64)), c("s2", np.array([1, 6, 3, 5], np.int64))],
     ),
     "flatten": op([2, 3, 5, 7], "Flatten", axis=1),
+    # ShuffleNet's unit: a Split whose pieces are views, a branch written straight into the Concat's
+    # output, the other piece copied there, then the channel shuffle.
+    "split_branch_concat_shuffle": (
+        [1, 6, 4, 4],
+        [
+            helper.make_node("Split", ["x", "sp"], ["a", "b"], axis=1),
+            helper.make_node("Conv", ["b", "W", "B"], ["cb"], kernel_shape=[1, 1]),
+            helper.make_node("Relu", ["cb"], ["r"]),
+            helper.make_node("Conv", ["r", "W2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=3),
+            helper.make_node("Concat", ["a", "c2"], ["cat"], axis=1),
+            helper.make_node("Reshape", ["cat", "s1"], ["r1"]),
+            helper.make_node("Transpose", ["r1"], ["t"], perm=[0, 2, 1, 3, 4]),
+            helper.make_node("Reshape", ["t", "s2"], ["y"]),
+        ],
+        [c("sp", np.array([3, 3], np.int64)), c("W", w(3, 3, 1, 1)), c("B", w(3, s=0.1)), c("W2", w(3, 1, 3, 3)), c("s1", np.array([1, 2, 3, 4, 4], np.int64)), c("s2", np.array([1, 6, 4, 4], np.int64))],
+    ),
     "split": ([2, 7, 5], [helper.make_node("Split", ["x", "sp"], ["y", "z"], axis=1)], [c("sp", np.array([3, 4], np.int64))]),
     "slice_steps": op([2, 9, 11], "Slice", ["st", "en", "ax", "sp"], [c("st", np.array([1, -2], np.int64)), c("en", np.array([9, 0], np.int64)), c("ax", np.array([1, 2], np.int64)), c("sp", np.array([2, -3], np.int64))]),
     "pad_constant": op([1, 3, 5, 7], "Pad", ["p", "v"], [c("p", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)), c("v", np.float32(0.5))]),

@@ -5,7 +5,7 @@
 //! Layout is the model's own (NCHW), so nothing is transposed at the boundary.
 use std::collections::{HashMap, HashSet};
 
-use kiln_compiler::ir::{Act, Graph, Model, NodeId, ValueId};
+use kiln_compiler::ir::{Act, Graph, Model, NodeId, Op, ValueId};
 use kiln_compiler::{Error, Result};
 
 use super::kernels::{Kernel, WORKGROUP};
@@ -13,8 +13,8 @@ use super::kernels::{Kernel, WORKGROUP};
 /// Where a kernel finds a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Addr {
-    /// Arena buffer `n`.
-    Buf(u32),
+    /// Arena buffer `n`, from its element `off` (a part of a Concat's output, a Split's piece).
+    Buf(u32, u64),
     /// Constant `n` (in `data`, before the arena).
     Const(u32),
     /// fp16 weight `n` (in `w16`, in halves).
@@ -52,6 +52,8 @@ pub struct Io {
     pub dtype: String,
     pub shape: Vec<u64>,
     pub buf: u32,
+    /// First element in the buffer.
+    pub off: u64,
 }
 
 /// The lowered model.
@@ -79,6 +81,8 @@ pub struct Lowerer<'a> {
     packed_of: HashMap<(ValueId, u8), u32>,
     /// Nodes already computed by another's kernel (a residual Add fused into its convolution).
     pub done: HashSet<NodeId>,
+    /// Where a value is to be written (parts of zero-copy Concats).
+    place: HashMap<ValueId, Addr>,
     /// Values computed here (Constant nodes, static Shapes, dequantized weights).
     folded: HashMap<ValueId, Vec<f32>>,
     out: Lowered,
@@ -154,6 +158,7 @@ impl<'a> Lowerer<'a> {
             w16_of: HashMap::new(),
             packed_of: HashMap::new(),
             done: HashSet::new(),
+            place: HashMap::new(),
             folded: HashMap::new(),
             out: Lowered {
                 steps: Vec::new(),
@@ -227,7 +232,7 @@ impl<'a> Lowerer<'a> {
     /// Where a kernel reads `v` (recorded as a read of this step).
     pub fn src(&mut self, v: ValueId) -> Result<Addr> {
         if let Some(a) = self.loc.get(&v).copied() {
-            if let Addr::Buf(b) = a {
+            if let Addr::Buf(b, _) = a {
                 self.reads.push(b);
             }
             return Ok(a);
@@ -306,25 +311,87 @@ impl<'a> Lowerer<'a> {
         self.out.bufs.len() as u32 - 1
     }
 
-    /// A new buffer for `v`, written by this step.
+    /// Where this step writes `v`: the place planned for it (a part of a Concat's output), else a new
+    /// buffer.
     pub fn dst(&mut self, v: ValueId) -> Result<Addr> {
-        let n: u64 = self.shape(v)?.iter().product();
-        let b = self.new_buf(n);
-        self.writes.push(b);
-        self.loc.insert(v, Addr::Buf(b));
-        Ok(Addr::Buf(b))
+        let a = match self.place.get(&v) {
+            Some(a) => *a,
+            None => {
+                let n: u64 = self.shape(v)?.iter().product();
+                Addr::Buf(self.new_buf(n), 0)
+            }
+        };
+        if let Addr::Buf(b, _) = a {
+            self.writes.push(b);
+        }
+        self.loc.insert(v, a);
+        Ok(a)
+    }
+
+    /// Forget this step's recorded writes (a node that turned out to need no step).
+    pub fn discard_writes(&mut self) {
+        self.writes.clear();
+        self.reads.clear();
+    }
+
+    /// Where `v` was computed, if it was.
+    pub fn loc_of(&self, v: ValueId) -> Option<Addr> {
+        self.loc.get(&v).copied()
+    }
+
+    /// Bind `v` to a place without a step (a view into another buffer).
+    pub fn bind(&mut self, v: ValueId, a: Addr) {
+        self.loc.insert(v, a);
+    }
+
+    /// Plan zero-copy Concats: where everything before the axis has size 1, each input is a contiguous
+    /// part of the output, so the step computing an input writes it there directly (see `dst`); inputs
+    /// that are not computed by a step of their own (graph inputs, constants, views, repeats) are still
+    /// copied by the Concat.
+    fn plan_concats(&mut self, order: &[NodeId]) -> Result<()> {
+        let g = self.g;
+        for &id in order {
+            let n = &g.nodes[id];
+            let Op::Concat { axis } = &n.op else { continue };
+            let Some(y) = n.output(0) else { continue };
+            let Some(sy) = g.value(y).static_shape() else { continue };
+            let r = sy.len() as i64;
+            let a = if *axis < 0 { axis + r } else { *axis };
+            if a < 0
+                || a >= r
+                || sy[..a as usize].iter().any(|d| *d != 1)
+                || self.place.contains_key(&y)
+            {
+                continue;
+            }
+            let inner: i64 = sy[a as usize + 1..].iter().product();
+            let total: i64 = sy.iter().product();
+            let b = self.new_buf(total.max(0) as u64);
+            self.place.insert(y, Addr::Buf(b, 0));
+            let mut off = 0i64;
+            let mut seen = HashSet::new();
+            for v in n.inputs.iter().flatten() {
+                let Some(sv) = g.value(*v).static_shape() else { return Ok(()) };
+                let produced = g.value(*v).producer.is_some();
+                if produced && seen.insert(*v) && !self.place.contains_key(v) && !g.is_output(*v) {
+                    self.place.insert(*v, Addr::Buf(b, (off * inner) as u64));
+                }
+                off += sv.get(a as usize).copied().unwrap_or(0);
+            }
+        }
+        Ok(())
     }
 
     /// A scratch buffer written by this step.
     pub fn temp(&mut self, elems: u64) -> Addr {
         let b = self.new_buf(elems);
         self.writes.push(b);
-        Addr::Buf(b)
+        Addr::Buf(b, 0)
     }
 
     /// Record a read of a buffer address (a temp read by a later step).
     pub fn read(&mut self, a: Addr) {
-        if let Addr::Buf(b) = a {
+        if let Addr::Buf(b, _) = a {
             self.reads.push(b);
         }
     }
@@ -381,12 +448,14 @@ impl<'a> Lowerer<'a> {
             let val = g.value(v);
             self.node = format!("input {}", val.name);
             let shape = self.shape(v)?;
-            let Addr::Buf(buf) = self.dst(v)? else { continue };
+            let Addr::Buf(buf, _) = self.dst(v)? else { continue };
             self.writes.clear();
             let dtype = val.dtype.name();
-            self.out.inputs.push(Io { name: val.name.clone(), dtype, shape, buf });
+            self.out.inputs.push(Io { name: val.name.clone(), dtype, shape, buf, off: 0 });
         }
-        for id in g.topo_order()? {
+        let order = g.topo_order()?;
+        self.plan_concats(&order)?;
+        for id in order {
             let n = &g.nodes[id];
             self.node = n.name.clone();
             self.op = n.op.op_type().to_string();
@@ -405,22 +474,22 @@ impl<'a> Lowerer<'a> {
             self.op = "Output".into();
             let shape = self.shape(v)?;
             let a = self.src(v)?;
-            let buf = match a {
-                Addr::Buf(b) => {
+            let (buf, off) = match a {
+                Addr::Buf(b, off) => {
                     self.reads.clear();
-                    b
+                    (b, off)
                 }
                 // An output the compiler folded to a constant: copy it into the arena.
                 _ => {
                     self.loc.remove(&v);
-                    let Addr::Buf(b) = self.dst(v)? else { continue };
+                    let Addr::Buf(b, _) = self.dst(v)? else { continue };
                     let n: u64 = shape.iter().product();
-                    super::ops::copy_flat(&mut self, a, Addr::Buf(b), n);
-                    b
+                    super::ops::copy_flat(&mut self, a, Addr::Buf(b, 0), n);
+                    (b, 0)
                 }
             };
             let dtype = val.dtype.name();
-            self.out.outputs.push(Io { name: val.name.clone(), dtype, shape, buf });
+            self.out.outputs.push(Io { name: val.name.clone(), dtype, shape, buf, off });
         }
         Ok(self.out)
     }

@@ -141,7 +141,7 @@ pub fn build(model: &Model, f16: bool) -> Result<Built> {
     }
     let resolve = |a: Addr, d: u64| -> u32 {
         (match a {
-            Addr::Buf(b) => arena_offset + place.offsets[b as usize] + d,
+            Addr::Buf(b, off) => arena_offset + place.offsets[b as usize] + off + d,
             Addr::Const(c) => const_off[c as usize] + d,
             Addr::W16(w) => w16_off[w as usize] + d,
             Addr::None => return u32::MAX,
@@ -206,7 +206,7 @@ pub fn build(model: &Model, f16: bool) -> Result<Built> {
         dtype: io.dtype.clone(),
         shape: io.shape.clone(),
         layout: if io.shape.len() == 4 { "NCHW".into() } else { "as-model".into() },
-        offset: arena_offset + place.offsets[io.buf as usize],
+        offset: arena_offset + place.offsets[io.buf as usize] + io.off,
     };
     let manifest = Manifest {
         format: bundle::FORMAT_VERSION,

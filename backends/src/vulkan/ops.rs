@@ -185,9 +185,9 @@ fn fused_act(l: &mut Lowerer, id: NodeId, act: Option<&Act>) -> Result<()> {
     w.push(Word::U(0));
     w.extend(aw);
     l.read(ya);
-    if let Addr::Buf(b) = ya {
+    if let Addr::Buf(b, o) = ya {
         // Written too: keeps the buffer live across this step.
-        l.read(Addr::Buf(b));
+        l.read(Addr::Buf(b, o));
     }
     l.step(Kernel::Eltwise, w, n);
     Ok(())
@@ -258,8 +258,48 @@ fn copy_value(
     mode: u32,
     value: f32,
 ) -> Result<()> {
-    check_rank(l, shape)?;
     let n: u64 = shape.iter().product();
+    // Without padding: merge axes contiguous on both sides, drop size-1 axes, and copy contiguous rows
+    // 4 elements per invocation.
+    let plain = (0..shape.len()).all(|k| walk.0[k] == 0 && walk.1[k] == 1 && src.2[k] == shape[k]);
+    if plain && n > 0 {
+        let mut dims: Vec<(u64, i64, u64)> = Vec::new();
+        for (k, &d) in shape.iter().enumerate() {
+            if d == 1 {
+                continue;
+            }
+            let (si, so) = (src.3[k], dst.2[k]);
+            match dims.last_mut() {
+                Some(last) if last.1 == si * d as i64 && last.2 == so * d => {
+                    *last = (last.0 * d, si, so);
+                }
+                _ => dims.push((d, si, so)),
+            }
+        }
+        if dims.last().is_some_and(|l| l.1 == 1 && l.2 == 1)
+            && dims.iter().all(|d| d.1 >= 0)
+            && dims.len() <= 6
+        {
+            let (inner, _, _) = dims.pop().unwrap_or((1, 1, 1));
+            let total = n / inner * inner.div_ceil(4);
+            let mut w = vec![u(total), u(dims.len() as u64)];
+            let five = |v: Vec<Word>| -> Vec<Word> {
+                let mut v = v;
+                v.resize(5, Word::U(0));
+                v
+            };
+            w.extend(five(dims.iter().map(|d| u(d.0)).collect()));
+            w.push(Word::At(src.0, src.1));
+            w.extend(five(dims.iter().map(|d| u(d.1 as u64)).collect()));
+            w.push(Word::At(dst.0, dst.1));
+            w.extend(five(dims.iter().map(|d| u(d.2)).collect()));
+            w.push(u(inner));
+            l.read(src.0);
+            l.step(Kernel::CopyRows, w, total);
+            return Ok(());
+        }
+    }
+    check_rank(l, shape)?;
     let mut w = vec![u(n), u(shape.len() as u64)];
     w.extend(six(shape.iter().map(|d| u(*d))));
     w.push(Word::At(src.0, src.1));
@@ -380,7 +420,7 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     // else one output per invocation. Weights are packed for the kernel chosen, once.
     let depthwise = g == c && oc == c && g > 1;
     let pointwise = g == 1 && k == [1, 1] && s == [1, 1] && p == [0, 0];
-    let blocked = !depthwise && (g == 1 || (oc / g) % 4 == 0);
+    let blocked = !depthwise && (g == 1 || (oc / g).is_multiple_of(4));
     let o8 = pointwise && oc >= 8;
     let xa = l.src(x)?;
     let (cg, kk) = ((c / g) as usize, (k[0] * k[1]) as usize);
@@ -673,29 +713,42 @@ fn concat(l: &mut Lowerer, id: NodeId, axis: i64) -> Result<()> {
     let ya = l.dst(y)?;
     let ys = strides(&sy);
     let mut off = 0u64;
-    for (i, x) in ins.into_iter().enumerate() {
+    let mut copied = 0;
+    for x in ins {
         let sx = l.shape(x)?;
-        let xa = l.src(x)?;
-        if i > 0 {
-            // Later pieces write the same buffer: keep it live from the first.
-            l.read(ya);
-        }
-        let xs: Vec<i64> = strides(&sx).into_iter().map(|v| v as i64).collect();
-        let r = sx.len();
-        if sx.iter().product::<u64>() > 0 {
-            copy(
-                l,
-                &sx,
-                (xa, 0, &sx, &xs),
-                (&vec![0; r], &vec![1; r]),
-                (ya, off * ys[axis], &ys),
-                0,
-            )?;
-        } else {
-            l.read(xa);
-            l.step(Kernel::Copy, vec![Word::U(0)], 0);
+        // Written in place by its own step (a zero-copy Concat, planned in `Lowerer::plan_concats`)?
+        let here = match (ya, l.loc_of(x)) {
+            (Addr::Buf(b, o), Some(Addr::Buf(xb, xo))) => xb == b && xo == o + off * ys[axis],
+            _ => false,
+        };
+        if !here {
+            let xa = l.src(x)?;
+            if copied > 0 {
+                // Later pieces write the same buffer: keep it live from the first.
+                l.read(ya);
+            }
+            let xs: Vec<i64> = strides(&sx).into_iter().map(|v| v as i64).collect();
+            let r = sx.len();
+            if sx.iter().product::<u64>() > 0 {
+                copy(
+                    l,
+                    &sx,
+                    (xa, 0, &sx, &xs),
+                    (&vec![0; r], &vec![1; r]),
+                    (ya, off * ys[axis], &ys),
+                    0,
+                )?;
+            } else {
+                l.read(xa);
+                l.step(Kernel::Copy, vec![Word::U(0)], 0);
+            }
+            copied += 1;
         }
         off += sx[axis];
+    }
+    if copied == 0 {
+        // Every piece is in place: no step, the output is bound to the buffer they wrote.
+        l.discard_writes();
     }
     Ok(())
 }
@@ -1022,15 +1075,31 @@ fn split(l: &mut Lowerer, id: NodeId, attrs: &[Attribute]) -> Result<()> {
     let axis = norm_axis(l, attr_int(attrs, "axis").unwrap_or(0), sx.len())?;
     let xs: Vec<i64> = strides(&sx).into_iter().map(|v| v as i64).collect();
     let outs: Vec<_> = l.g.nodes[id].outputs.to_vec();
+    // Everything before the axis of size 1: each piece is a contiguous part of the input, a view.
+    let view = sx[..axis].iter().all(|d| *d == 1);
     let mut off = 0i64;
     for y in outs {
         let Some(y) = y else { continue };
         let sy = l.shape(y)?;
-        let xa = l.src(x)?;
-        let ya = l.dst(y)?;
-        let mut start = vec![0i64; sx.len()];
-        start[axis] = off;
-        copy(l, &sy, (xa, 0, &sx, &xs), (&start, &vec![1; sx.len()]), (ya, 0, &strides(&sy)), 0)?;
+        match l.loc_of(x) {
+            Some(Addr::Buf(b, o)) if view && !l.g.is_output(y) => {
+                l.bind(y, Addr::Buf(b, o + (off * xs[axis]) as u64));
+            }
+            _ => {
+                let xa = l.src(x)?;
+                let ya = l.dst(y)?;
+                let mut start = vec![0i64; sx.len()];
+                start[axis] = off;
+                copy(
+                    l,
+                    &sy,
+                    (xa, 0, &sx, &xs),
+                    (&start, &vec![1; sx.len()]),
+                    (ya, 0, &strides(&sy)),
+                    0,
+                )?;
+            }
+        }
         off += sy[axis] as i64;
     }
     Ok(())

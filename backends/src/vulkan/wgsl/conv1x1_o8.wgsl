@@ -30,7 +30,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   var a0 = vec4<f32>(bias.x); var a1 = vec4<f32>(bias.y); var a2 = vec4<f32>(bias.z); var a3 = vec4<f32>(bias.w);
   var a4 = vec4<f32>(bias2.x); var a5 = vec4<f32>(bias2.y); var a6 = vec4<f32>(bias2.z); var a7 = vec4<f32>(bias2.w);
   let wb = (p(7u) >> 2u) + ob * C * 2u;
-  let aligned = (P & 3u) == 0u;
+  // vec4 loads and stores need the plane size and every offset (parts of a Concat, Split pieces) aligned.
+  let r0 = select(p(12u), 0u, p(12u) == NONE);
+  let aligned = ((P | p(5u) | p(6u) | r0) & 3u) == 0u;
   if (aligned) {
     let xb = (p(5u) >> 2u) + n * C * P4 + p4;
     for (var c = 0u; c < C; c++) {
