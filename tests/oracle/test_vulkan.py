@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from kiln_oracle import Project, session
-from vulkan_oracle import lavapipe, vk_run
+from vulkan_oracle import lavapipe, spirv_val, vk_run
 
 pytestmark = pytest.mark.skipif(lavapipe() is not None, reason=f"vulkan tier: {lavapipe()}")
 
@@ -180,21 +180,6 @@ def fp16_rounded(path, out):
             a = numpy_helper.to_array(t).astype(np.float16).astype(np.float32)
             t.CopyFrom(numpy_helper.from_array(a, t.name))
     onnx.save(m, out)
-
-
-def spirv_val(bundle):
-    """spirv-val every module of a bundle."""
-    raw = bundle.read_bytes()
-    n = int.from_bytes(raw[8:16], "little")
-    man = json.loads(raw[16 : 16 + n])
-    base = (16 + n + 15) // 16 * 16
-    for mod in man["modules"]:
-        spv = raw[base + mod["spirv"]["offset"] : base + mod["spirv"]["offset"] + mod["spirv"]["len"]]
-        f = bundle.parent / f"{mod['name']}.spv"
-        f.write_bytes(spv)
-        r = subprocess.run(["spirv-val", "--target-env", "vulkan1.1", str(f)], capture_output=True, text=True)
-        assert r.returncode == 0, f"{mod['name']}: {r.stderr}"
-    return man
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

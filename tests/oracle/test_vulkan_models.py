@@ -18,7 +18,7 @@ import pytest
 
 from accuracy import mean_cosine, top1_agreement
 from kiln_oracle import CORPUS, LOCAL_MODELS, QDQ_MODELS, ROOT, Project, local_inputs, session, validation_inputs
-from vulkan_oracle import env, lavapipe, vk_run
+from vulkan_oracle import env, lavapipe, spirv_val, vk_run
 
 pytestmark = pytest.mark.skipif(lavapipe() is not None, reason=f"vulkan tier: {lavapipe()}")
 
@@ -35,6 +35,9 @@ def build(root, model):
 
 
 def check(model, out, feeds):
+    if shutil.which("spirv-val"):
+        for t in ("vk32", "vk16"):
+            spirv_val(out / t / "model.kvk")
     sess = session(model, exact=pathlib.Path(model).stem in QDQ_MODELS)
     ref = [sess.run(None, f) for f in feeds]
     got, log = vk_run(out / "vk32", feeds)

@@ -60,3 +60,21 @@ def vk_run(bundle, feeds, validation=True):
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in o["name"])
             outs.append(np.load(d / "out" / f"{safe}.npy"))
     return [[o[i] for o in outs] for i in range(len(feeds))], r.stderr
+
+
+def spirv_val(bundle):
+    """spirv-val (--target-env vulkan1.1) every module of a bundle; returns its manifest."""
+    import json
+
+    raw = pathlib.Path(bundle).read_bytes()
+    n = int.from_bytes(raw[8:16], "little")
+    man = json.loads(raw[16 : 16 + n])
+    base = (16 + n + 15) // 16 * 16
+    with tempfile.TemporaryDirectory() as d:
+        for mod in man["modules"]:
+            spv = raw[base + mod["spirv"]["offset"] : base + mod["spirv"]["offset"] + mod["spirv"]["len"]]
+            f = pathlib.Path(d) / f"{mod['name']}.spv"
+            f.write_bytes(spv)
+            r = subprocess.run(["spirv-val", "--target-env", "vulkan1.1", str(f)], capture_output=True, text=True)
+            assert r.returncode == 0, f"{mod['name']}: {r.stderr}"
+    return man

@@ -76,10 +76,6 @@ pub enum Kernel {
         f16w: bool,
         spec: Spec,
     },
-    /// Pointwise convolution, 4 channels × 4 pixels per invocation, vec4 loads.
-    Conv1x1P4 {
-        f16w: bool,
-    },
     /// Pointwise convolution, 8 channels × 4 pixels per invocation; `wg`: dispatched as (pixel blocks,
     /// channel blocks, images) so weight loads are uniform in a workgroup.
     Conv1x1O8 {
@@ -114,7 +110,6 @@ impl Kernel {
             Kernel::Conv2dB4 { f16w, spec } => {
                 return format!("conv2d_b4{}_{}", spec.suffix(), if f16w { "w16" } else { "w32" })
             }
-            Kernel::Conv1x1P4 { f16w } => ("conv1x1_p4", Some(f16w)),
             Kernel::DwConvX4 { f16w, spec, wg } => {
                 return format!(
                     "dwconv_x4{}{}_{}",
@@ -151,7 +146,6 @@ impl Kernel {
         match self {
             Kernel::Conv2d { .. } => include_str!("wgsl/conv2d.wgsl"),
             Kernel::Conv2dB4 { .. } => include_str!("wgsl/conv2d_b4.wgsl"),
-            Kernel::Conv1x1P4 { .. } => include_str!("wgsl/conv1x1_p4.wgsl"),
             Kernel::DwConvX4 { .. } => include_str!("wgsl/dwconv_x4.wgsl"),
             Kernel::Conv1x1O8 { .. } => include_str!("wgsl/conv1x1_o8.wgsl"),
             Kernel::MatMul { .. } => include_str!("wgsl/matmul.wgsl"),
@@ -173,8 +167,8 @@ impl Kernel {
             | Kernel::Conv2dB4 { f16w: true, .. }
             | Kernel::DwConvX4 { f16w: true, .. }
             | Kernel::MatMul { f16w: true } => WT_F16,
-            Kernel::Conv1x1P4 { f16w: false } | Kernel::Conv1x1O8 { f16w: false, .. } => WT4_F32,
-            Kernel::Conv1x1P4 { f16w: true } | Kernel::Conv1x1O8 { f16w: true, .. } => WT4_F16,
+            Kernel::Conv1x1O8 { f16w: false, .. } => WT4_F32,
+            Kernel::Conv1x1O8 { f16w: true, .. } => WT4_F16,
             _ => WT_F32,
         };
         let body = match self {
@@ -249,8 +243,6 @@ mod tests {
             Kernel::Conv2d { f16w: true },
             Kernel::Conv2dB4 { f16w: false, spec: Spec::ANY },
             Kernel::Conv2dB4 { f16w: true, spec: Spec { k: 3, s: 2 } },
-            Kernel::Conv1x1P4 { f16w: false },
-            Kernel::Conv1x1P4 { f16w: true },
             Kernel::Conv1x1O8 { f16w: false, wg: false },
             Kernel::Conv1x1O8 { f16w: true, wg: true },
             Kernel::DwConvX4 { f16w: false, spec: Spec::ANY, wg: false },

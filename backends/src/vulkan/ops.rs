@@ -416,12 +416,12 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     let (s, d) = sd(win, dims);
     let p = pads2(l, win, ([h, w], [oh, ow]), (k, s, d), dims)?;
     // The kernel: depthwise (4 adjacent outputs per invocation), pointwise (a register-tiled product,
-    // 8 or 4 channels × 4 pixels), else 4 channels × 4 pixels where a block never straddles two groups,
+    // 8 channels × 4 pixels), else 4 channels × 4 pixels where a block never straddles two groups,
     // else one output per invocation. Weights are packed for the kernel chosen, once.
     let depthwise = g == c && oc == c && g > 1;
     let pointwise = g == 1 && k == [1, 1] && s == [1, 1] && p == [0, 0];
     let blocked = !depthwise && (g == 1 || (oc / g).is_multiple_of(4));
-    let o8 = pointwise && oc >= 8;
+    let o8 = pointwise;
     let xa = l.src(x)?;
     let (cg, kk) = ((c / g) as usize, (k[0] * k[1]) as usize);
     let block = if o8 { 8 } else { 4 };
@@ -457,33 +457,10 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     let ya = l.dst(y)?;
     let aw = act_words(act.as_ref(), (None, None)).map_err(|e| l.err(e))?;
     let ob = oc.div_ceil(4);
+    let owb = ow.div_ceil(4);
     let wgmap = std::env::var("KILN_VK_NO_WG").is_err();
-    if depthwise {
-        let owb = ow.div_ceil(4);
-        let total = n * c * oh * owb;
-        let mut words =
-            vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
-        words.extend([
-            u(s[0]),
-            u(s[1]),
-            Word::I(p[0] as i32),
-            Word::I(p[1] as i32),
-            u(d[0]),
-            u(d[1]),
-            u(g),
-        ]);
-        words.extend([at(xa), at(ya), at(wa), if b.is_some() { at(ba) } else { NONE }]);
-        words.extend(aw);
-        words.extend([res, u(owb)]);
-        // Large planes: a workgroup per (image, channel) row block, so weights are uniform loads.
-        let rows = (oh * owb).div_ceil(u64::from(super::kernels::WORKGROUP));
-        let wg = wgmap && oh * owb >= 64 && rows <= 65535 && n * c <= 65535;
-        let groups = wg.then_some([rows as u32, (n * c) as u32, 1]);
-        l.step_groups(Kernel::DwConvX4 { f16w, spec: Spec::of(k, s), wg }, words, total, groups);
-        return Ok(());
-    }
     if pointwise {
-        let blocks = oc.div_ceil(block);
+        let blocks = oc.div_ceil(8);
         let p4 = (h * w).div_ceil(4);
         let total = n * blocks * p4;
         let mut words = vec![u(total), u(n), u(c), u(h * w), u(oc), at(xa), at(ya), at(wa)];
@@ -491,30 +468,36 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
         words.extend(aw);
         words.extend([res, u(blocks)]);
         let xs = p4.div_ceil(u64::from(super::kernels::WORKGROUP));
-        let wg = wgmap && o8 && p4 >= 64 && xs <= 65535 && blocks <= 65535 && n <= 65535;
+        let wg = wgmap && p4 >= 64 && xs <= 65535 && blocks <= 65535 && n <= 65535;
         let groups = wg.then_some([xs as u32, blocks as u32, n as u32]);
-        let kernel = if o8 { Kernel::Conv1x1O8 { f16w, wg } } else { Kernel::Conv1x1P4 { f16w } };
-        l.step_groups(kernel, words, total, groups);
+        l.step_groups(Kernel::Conv1x1O8 { f16w, wg }, words, total, groups);
         return Ok(());
     }
-    let owb = ow.div_ceil(4);
-    let total = if blocked { n * ob * oh * owb } else { n * oc * oh * ow };
+    // The other kernels share their parameters up to the residual input.
+    let total = if depthwise {
+        n * c * oh * owb
+    } else if blocked {
+        n * ob * oh * owb
+    } else {
+        n * oc * oh * ow
+    };
     let mut words = vec![u(total), u(n), u(c), u(h), u(w), u(oc), u(oh), u(ow), u(k[0]), u(k[1])];
-    words.extend([
-        u(s[0]),
-        u(s[1]),
-        Word::I(p[0] as i32),
-        Word::I(p[1] as i32),
-        u(d[0]),
-        u(d[1]),
-        u(g),
-    ]);
-    words.extend([at(xa), at(ya), at(wa), if b.is_some() { at(ba) } else { NONE }]);
+    words.extend([u(s[0]), u(s[1]), Word::I(p[0] as i32), Word::I(p[1] as i32)]);
+    words.extend([u(d[0]), u(d[1]), u(g), at(xa), at(ya), at(wa)]);
+    words.push(if b.is_some() { at(ba) } else { NONE });
     words.extend(aw);
     words.push(res);
-    if blocked {
+    let spec = Spec::of(k, s);
+    if depthwise {
+        words.push(u(owb));
+        // Large planes: a workgroup per (image, channel) row block, so weights are uniform loads.
+        let rows = (oh * owb).div_ceil(u64::from(super::kernels::WORKGROUP));
+        let wg = wgmap && oh * owb >= 64 && rows <= 65535 && n * c <= 65535;
+        let groups = wg.then_some([rows as u32, (n * c) as u32, 1]);
+        l.step_groups(Kernel::DwConvX4 { f16w, spec, wg }, words, total, groups);
+    } else if blocked {
         words.extend([u(ob), u(owb)]);
-        l.step(Kernel::Conv2dB4 { f16w, spec: Spec::of(k, s) }, words, total);
+        l.step(Kernel::Conv2dB4 { f16w, spec }, words, total);
     } else {
         l.step(Kernel::Conv2d { f16w }, words, total);
     }
