@@ -17,7 +17,13 @@ impl Session {
             .command_buffer_count(1);
         // SAFETY: the pool is live; the buffer is freed below on every path.
         let cb = unsafe { d.allocate_command_buffers(&alloc) }
-            .map_err(Error::vk("vkAllocateCommandBuffers"))?[0];
+            .map_err(Error::vk("vkAllocateCommandBuffers"))?
+            .first()
+            .copied()
+            .ok_or(Error::Vk {
+                call: "vkAllocateCommandBuffers",
+                result: vk::Result::ERROR_UNKNOWN,
+            })?;
         let result = self.profile_with(&d, cb, runs.max(1));
         // SAFETY: `cb` is not in flight (every submission was waited for).
         unsafe { d.free_command_buffers(self.res.command_pool, &[cb]) };
