@@ -252,6 +252,29 @@ def test_unsupported_op_fails_target_by_name(project):
     assert not (project.root / "out" / "vk" / "model.kvk").exists()
 
 
+def test_profile_names_every_step(project):
+    """KILN_VK_PROFILE=1 kiln run: one line per dispatch (kernel, op, node) and per kernel, times > 0."""
+    import os
+
+    from kiln_oracle import KILN
+    from vulkan_oracle import env
+
+    model = project.root / "m.onnx"
+    make_model(model, "conv_residual_add_relu")
+    project.build({"model": "m.onnx", "output": "out", "targets": [{"name": "vk", "backend": "vulkan"}]})
+    np.save(project.root / "x.npy", RNG.standard_normal([2, 6, 5, 7]).astype(np.float32))
+    e = env()
+    e["KILN_VK_PROFILE"] = "1"
+    r = subprocess.run([str(KILN), "run", str(project.root / "out" / "vk"), "--input", f"x={project.root / 'x.npy'}", "--output-dir", str(project.root / "o")], env=e, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    steps = json.loads((project.root / "out" / "report.json").read_text())
+    lines = [ln for ln in r.stderr.splitlines() if " ms " in ln and "Conv" in ln and "kernel" not in ln]
+    assert len(lines) >= 1 and all(float(ln.split()[0]) > 0 for ln in lines), r.stderr
+    assert any(ln.strip().startswith("kernel ") for ln in r.stderr.splitlines()), r.stderr
+    assert os.path.exists(project.root / "o" / "y.npy")
+    assert steps
+
+
 def test_memory_plan_within_bound_and_reported(project):
     model = project.root / "m.onnx"
     make_model(model, "conv3x3_s1_p1")
