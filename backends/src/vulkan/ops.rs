@@ -514,28 +514,15 @@ fn gemm(
     let (a, b, y) = (l.input(id, 0)?, l.input(id, 1)?, l.output(id, 0)?);
     let c = l.g.nodes[id].input(2);
     let (sa, sb, sy) = (l.shape(a)?, l.shape(b)?, l.shape(y)?);
-    let ([m, kk], [_, nn]) = (
-        match sa.as_slice() {
-            [r, q] => {
-                if ta {
-                    [*q, *r]
-                } else {
-                    [*r, *q]
-                }
-            }
-            _ => return Err(l.err("Gemm A must be 2-D")),
-        },
-        match sb.as_slice() {
-            [r, q] => {
-                if tb {
-                    [*q, *r]
-                } else {
-                    [*r, *q]
-                }
-            }
-            _ => return Err(l.err("Gemm B must be 2-D")),
-        },
-    );
+    // (rows, cols) of a 2-D operand as the product reads it.
+    let dims = |s: &[u64], t: bool, which: &str| -> Result<[u64; 2]> {
+        match s {
+            [r, q] if t => Ok([*q, *r]),
+            [r, q] => Ok([*r, *q]),
+            _ => Err(l.err(format!("Gemm {which} must be 2-D"))),
+        }
+    };
+    let ([m, kk], [_, nn]) = (dims(&sa, ta, "A")?, dims(&sb, tb, "B")?);
     let aa = l.src(a)?;
     let (ba, f16w) = l.weights(id, b)?;
     let ca = match c {
