@@ -189,3 +189,21 @@ def test_c_program_runs_local_bundle(tmp_path):
     for f, got in zip(feeds, y):
         ref = sess.run(None, f)[0].reshape(-1)
         assert np.abs(ref - got).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_fp16_islands_keep_float32_weights(tmp_path):
+    """precision: fp16 with `fp32_layers`: the named layer reads float32 weights (a `_w32` kernel), the rest
+    float16 (`_w16`), and the bundle still matches onnxruntime within the fp16 bounds."""
+    model = LOCAL_MODELS / "tiny_cnn.onnx"
+    p = Project(tmp_path)
+    p.copy_model(model)
+    p.build({"model": model.name, "passes": ["cleanup", "fuse"], "output": "out", "targets": [{"name": "vk16", "backend": "vulkan", "precision": "fp16", "fp32_layers": ["/stem/stem.0/Conv"]}]})
+    plan = (tmp_path / "out" / "vk16" / "plan.txt").read_text().splitlines()[1:]
+    stem = [ln for ln in plan if ln.rstrip().endswith("/stem/stem.0/Conv")]
+    assert stem and "_w32" in stem[0], stem
+    assert any("_w16" in ln for ln in plan if "Conv" in ln and not ln.rstrip().endswith("/stem/stem.0/Conv"))
+    feeds = local_inputs(model)[:4]
+    ref = [session(model).run(None, f)[0] for f in feeds]
+    got = [g[0] for g in vk_run(tmp_path / "out" / "vk16", feeds)[0]]
+    for r, g in zip(ref, got):
+        assert np.abs(r - g.reshape(r.shape)).max() <= 2e-2 * np.abs(r).max()
