@@ -260,6 +260,15 @@ mod tests {
         ] {
             let w = k.spirv();
             assert!(w.is_ok(), "{}: {}", k.name(), w.as_ref().err().cloned().unwrap_or_default());
+            // The variants are text substitutions: each must have applied.
+            if matches!(k, Kernel::Conv2dB4 { spec, .. } | Kernel::DwConvX4 { spec, .. } if spec != Spec::ANY)
+            {
+                assert!(
+                    !k.source().contains("let KH = p(8u)"),
+                    "{}: the window was not specialized",
+                    k.name()
+                );
+            }
             if matches!(k, Kernel::Conv1x1O8 { wg: true, .. } | Kernel::DwConvX4 { wg: true, .. }) {
                 assert!(
                     k.source().contains("wg.y"),

@@ -484,7 +484,7 @@ impl<'a> Lowerer<'a> {
                     self.loc.remove(&v);
                     let Addr::Buf(b, _) = self.dst(v)? else { continue };
                     let n: u64 = shape.iter().product();
-                    super::ops::copy_flat(&mut self, a, Addr::Buf(b, 0), n);
+                    super::ops::copy_flat(&mut self, a, Addr::Buf(b, 0), n)?;
                     (b, 0)
                 }
             };

@@ -168,6 +168,48 @@ pub fn lower(l: &mut Lowerer, id: NodeId) -> Result<()> {
     }
 }
 
+/// One `eltwise` dispatch over `shape` (output contiguous): operand `a` and optional `b` with their
+/// strides (0 on broadcast axes), op `code`, activation words. Every element-wise step is built here.
+fn eltwise_step(
+    l: &mut Lowerer,
+    shape: &[u64],
+    (a, a_str): (Addr, &[u64]),
+    b: Option<(Addr, &[u64])>,
+    y: Addr,
+    (code, act): (u32, [Word; 3]),
+) -> Result<()> {
+    check_rank(l, shape)?;
+    let n: u64 = shape.iter().product();
+    let mut w = vec![u(n), u(shape.len() as u64)];
+    w.extend(six(shape.iter().map(|d| u(*d))));
+    w.push(at(a));
+    w.extend(six(a_str.iter().map(|d| u(*d))));
+    match b {
+        Some((b, b_str)) => {
+            w.push(at(b));
+            w.extend(six(b_str.iter().map(|d| u(*d))));
+        }
+        None => {
+            w.push(NONE);
+            w.extend(six([]));
+        }
+    }
+    w.extend([at(y), Word::U(code)]);
+    w.extend(act);
+    l.step(Kernel::Eltwise, w, n);
+    Ok(())
+}
+
+const NO_ACT: [Word; 3] = [Word::U(0), Word::F(0.0), Word::F(0.0)];
+
+/// Unary op `code` with activation `act`, in place on `y`'s `n` elements (read and written by one
+/// invocation each, so in place is safe).
+fn in_place(l: &mut Lowerer, y: Addr, n: u64, (code, act): (u32, [Word; 3])) -> Result<()> {
+    // Read as well as written: keeps the buffer live across this step.
+    l.read(y);
+    eltwise_step(l, &[n], (y, &[1]), None, y, (code, act))
+}
+
 /// An activation the op's kernel could not apply: in place on its output.
 fn fused_act(l: &mut Lowerer, id: NodeId, act: Option<&Act>) -> Result<()> {
     let Some(a) = act else { return Ok(()) };
@@ -175,22 +217,7 @@ fn fused_act(l: &mut Lowerer, id: NodeId, act: Option<&Act>) -> Result<()> {
     let ya = l.src(y)?;
     let n: u64 = l.shape(y)?.iter().product();
     let aw = act_words(Some(a), (None, None)).map_err(|e| l.err(e))?;
-    let mut w = vec![u(n), Word::U(1)];
-    w.extend(six([u(n)]));
-    w.push(at(ya));
-    w.extend(six([Word::U(1)]));
-    w.push(NONE);
-    w.extend(six([]));
-    w.push(at(ya));
-    w.push(Word::U(0));
-    w.extend(aw);
-    l.read(ya);
-    if let Addr::Buf(b, o) = ya {
-        // Written too: keeps the buffer live across this step.
-        l.read(Addr::Buf(b, o));
-    }
-    l.step(Kernel::Eltwise, w, n);
-    Ok(())
+    in_place(l, ya, n, (0, aw))
 }
 
 fn clip_inputs(l: &Lowerer, id: NodeId) -> Result<(Option<f32>, Option<f32>)> {
@@ -214,7 +241,6 @@ fn eltwise(l: &mut Lowerer, id: NodeId, code: u32, act: Option<[Word; 3]>) -> Re
     let b = if (1..20).contains(&code) { Some(l.input(id, 1)?) } else { None };
     let y = l.output(id, 0)?;
     let sy = l.shape(y)?;
-    check_rank(l, &sy)?;
     let sa = l.shape(a)?;
     let aa = l.src(a)?;
     let (ba, sb) = match b {
@@ -222,18 +248,9 @@ fn eltwise(l: &mut Lowerer, id: NodeId, code: u32, act: Option<[Word; 3]>) -> Re
         None => (Addr::None, vec![]),
     };
     let ya = l.dst(y)?;
-    let n: u64 = sy.iter().product();
-    let mut w = vec![u(n), u(sy.len() as u64)];
-    w.extend(six(sy.iter().map(|d| u(*d))));
-    w.push(at(aa));
-    w.extend(six(bstrides(&sa, &sy).into_iter().map(u)));
-    w.push(if b.is_some() { at(ba) } else { NONE });
-    w.extend(six(if b.is_some() { bstrides(&sb, &sy) } else { vec![] }.into_iter().map(u)));
-    w.push(at(ya));
-    w.push(Word::U(code));
-    w.extend(act.unwrap_or([Word::U(0), Word::F(0.0), Word::F(0.0)]));
-    l.step(Kernel::Eltwise, w, n);
-    Ok(())
+    let (a_str, b_str) = (bstrides(&sa, &sy), bstrides(&sb, &sy));
+    let bb = b.map(|_| (ba, b_str.as_slice()));
+    eltwise_step(l, &sy, (aa, &a_str), bb, ya, (code, act.unwrap_or(NO_ACT)))
 }
 
 /// Strided copy of `shape` elements: input (addr, delta, dims, strides), (start, step) per axis,
@@ -317,8 +334,8 @@ fn copy_value(
 }
 
 /// Copy `n` contiguous elements.
-pub fn copy_flat(l: &mut Lowerer, src: Addr, dst: Addr, n: u64) {
-    let _ = copy(l, &[n], (src, 0, &[n], &[1]), (&[0], &[1]), (dst, 0, &[1]), 0);
+pub fn copy_flat(l: &mut Lowerer, src: Addr, dst: Addr, n: u64) -> Result<()> {
+    copy(l, &[n], (src, 0, &[n], &[1]), (&[0], &[1]), (dst, 0, &[1]), 0)
 }
 
 /// Leading (top, left) pads of a window: `io` = (input, output) spatial sizes, `ksd` = (kernel,
@@ -458,7 +475,6 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
     let aw = act_words(act.as_ref(), (None, None)).map_err(|e| l.err(e))?;
     let ob = oc.div_ceil(4);
     let owb = ow.div_ceil(4);
-    let wgmap = std::env::var("KILN_VK_NO_WG").is_err();
     if pointwise {
         let blocks = oc.div_ceil(8);
         let p4 = (h * w).div_ceil(4);
@@ -468,7 +484,7 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
         words.extend(aw);
         words.extend([res, u(blocks)]);
         let xs = p4.div_ceil(u64::from(super::kernels::WORKGROUP));
-        let wg = wgmap && p4 >= 64 && xs <= 65535 && blocks <= 65535 && n <= 65535;
+        let wg = p4 >= 64 && xs <= 65535 && blocks <= 65535 && n <= 65535;
         let groups = wg.then_some([xs as u32, blocks as u32, n as u32]);
         l.step_groups(Kernel::Conv1x1O8 { f16w, wg }, words, total, groups);
         return Ok(());
@@ -492,7 +508,7 @@ fn conv(l: &mut Lowerer, id: NodeId, win: &Window, group: i64, act: Option<&Act>
         words.push(u(owb));
         // Large planes: a workgroup per (image, channel) row block, so weights are uniform loads.
         let rows = (oh * owb).div_ceil(u64::from(super::kernels::WORKGROUP));
-        let wg = wgmap && oh * owb >= 64 && rows <= 65535 && n * c <= 65535;
+        let wg = oh * owb >= 64 && rows <= 65535 && n * c <= 65535;
         let groups = wg.then_some([rows as u32, (n * c) as u32, 1]);
         l.step_groups(Kernel::DwConvX4 { f16w, spec, wg }, words, total, groups);
     } else if blocked {
@@ -803,7 +819,6 @@ fn batchnorm(l: &mut Lowerer, id: NodeId, eps: f32, act: Option<&Act>) -> Result
     let shift: Vec<f32> = b.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
     let y = l.output(id, 0)?;
     let s = l.shape(x)?;
-    check_rank(l, &s)?;
     let mut cs = vec![1u64; s.len()];
     if s.len() >= 2 {
         cs = s[1..].iter().map(|_| 1).collect();
@@ -813,24 +828,12 @@ fn batchnorm(l: &mut Lowerer, id: NodeId, eps: f32, act: Option<&Act>) -> Result
     let (sa, ta) = (l.constant(scale), l.constant(shift));
     let xa = l.src(x)?;
     let t = l.temp(n);
-    let cstr = bstrides(&cs, &s);
-    let one = |l: &mut Lowerer, a: Addr, b: Addr, y: Addr, code: u32, aw: [Word; 3]| {
-        let mut w = vec![u(n), u(s.len() as u64)];
-        w.extend(six(s.iter().map(|d| u(*d))));
-        w.push(at(a));
-        w.extend(six(strides(&s).into_iter().map(u)));
-        w.push(at(b));
-        w.extend(six(cstr.iter().copied().map(u)));
-        w.extend([at(y), Word::U(code)]);
-        w.extend(aw);
-        l.step(Kernel::Eltwise, w, n);
-    };
-    one(l, xa, sa, t, 3, [Word::U(0), Word::F(0.0), Word::F(0.0)]);
+    let (xs, cstr) = (strides(&s), bstrides(&cs, &s));
+    eltwise_step(l, &s, (xa, &xs), Some((sa, &cstr)), t, (3, NO_ACT))?;
     l.read(t);
     let ya = l.dst(y)?;
     let aw = act_words(act, (None, None)).map_err(|e| l.err(e))?;
-    one(l, t, ta, ya, 1, aw);
-    Ok(())
+    eltwise_step(l, &s, (t, &xs), Some((ta, &cstr)), ya, (1, aw))
 }
 
 /// Per-tensor scale and zero point of a Q/DQ node.
@@ -1026,15 +1029,7 @@ fn reduce_op(l: &mut Lowerer, id: NodeId, op: &str, attrs: &[Attribute]) -> Resu
     reduce(l, (xa, ya), &s, &strides(&s), &axes, kind)?;
     if op == "ReduceL2" {
         let n: u64 = l.shape(y)?.iter().product();
-        let mut w = vec![u(n), Word::U(1)];
-        w.extend(six([u(n)]));
-        w.push(at(ya));
-        w.extend(six([Word::U(1)]));
-        w.push(NONE);
-        w.extend(six([]));
-        w.extend([at(ya), Word::U(20), Word::U(0), Word::F(0.0), Word::F(0.0)]);
-        l.read(ya);
-        l.step(Kernel::Eltwise, w, n);
+        in_place(l, ya, n, (20, NO_ACT))?;
     }
     Ok(())
 }
