@@ -98,7 +98,7 @@ def test_shared_model_fp32_fp16(tmp_path, stem):
     check(model, out, validation_inputs(stem, SAMPLES[stem]))
 
 
-@pytest.mark.parametrize("stem", ["tiny_cnn", "tiny_encoder", "digits_se"])
+@pytest.mark.parametrize("stem", ["tiny_cnn", "tiny_cnn_dynamo", "tiny_encoder", "digits_se", "tiny_qat"])
 def test_local_model_fp32_fp16(tmp_path, stem):
     model = LOCAL_MODELS / f"{stem}.onnx"
     out = build(tmp_path, model)
