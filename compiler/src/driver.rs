@@ -635,6 +635,25 @@ fn calibration_files(cfg: &LoadedConfig) -> Result<(crate::calib::Source, Vec<Pa
     ))
 }
 
+/// The calibration samples for passes that need data (`prune: { method: channel }`), checked against the
+/// imported model.
+fn pass_calibration(
+    cfg: &LoadedConfig,
+    model: &Model,
+) -> Result<crate::pipeline::CalibrationSamples> {
+    let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config {
+        path: cfg.path.clone(),
+        reason: "a pass ranks or refits on calibration data (prune: { method: channel }): add a `calibration:` section".into(),
+    })?;
+    let (source, _) = calibration_files(cfg)?;
+    let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
+    register_other_inputs(cfg, model, "calibration", &c.other_inputs, &samples)?;
+    let input =
+        model.graph.data_input_name().ok_or_else(|| Error::invalid("the model has no input"))?;
+    check_samples(model, &input, &samples, &source, "calibration")?;
+    Ok(crate::pipeline::CalibrationSamples { input, samples })
+}
+
 /// The calibration samples of a build, and statistics over them for any model the quantizer asks about
 /// (the optimized model, or its equalized form), from `OUTPUT/.kiln-cache` when the model, data and
 /// settings hash the same as last time.
@@ -1364,8 +1383,14 @@ pub fn build(
     timings.import = secs(started);
     let t0 = std::time::Instant::now();
     let mut cx = PassContext::default();
+    if passes.iter().any(|p| p.needs_calibration()) {
+        cx.calibration = Some(Arc::new(pass_calibration(cfg, &model)?));
+    }
     run_passes(&mut model, &passes, &mut cx)?;
     timings.passes = secs(t0);
+    for n in &cx.notes {
+        log(n);
+    }
     if let Some((_, u)) = cx.reports.iter().find(|(p, _)| p == "upgrade") {
         log(&format!(
             "upgraded the model from opset {} to {} ({})",

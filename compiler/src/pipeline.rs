@@ -11,6 +11,18 @@ pub trait Pass {
     fn name(&self) -> &'static str;
     /// Transform the model; return whether anything changed.
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool>;
+    /// Does the pass read calibration data (`PassContext::calibration`)? The driver then loads the
+    /// build's calibration samples before the passes run.
+    fn needs_calibration(&self) -> bool {
+        false
+    }
+}
+
+/// Calibration samples handed to passes that rank or refit on data (`prune: { method: channel }`).
+pub struct CalibrationSamples {
+    /// The data input the samples feed.
+    pub input: String,
+    pub samples: Vec<crate::ir::TensorData>,
 }
 
 /// Shared state while passes run.
@@ -30,6 +42,10 @@ pub struct PassContext {
     /// Changes that do not keep the model's function exactly (`prune` with `approximate: true`): the
     /// driver then measures the optimized model against the original.
     pub inexact: Vec<String>,
+    /// What passes measured, for the build log (`prune` with `method: channel`: MACs and fidelity).
+    pub notes: Vec<String>,
+    /// The build's calibration samples, when a pass asked for them.
+    pub calibration: Option<std::sync::Arc<CalibrationSamples>>,
 }
 
 /// Before/after statistics of one pass run.

@@ -17,6 +17,10 @@ impl Pass for Pipeline {
         self.name
     }
 
+    fn needs_calibration(&self) -> bool {
+        self.passes.iter().any(|p| p.needs_calibration())
+    }
+
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool> {
         let mut any = false;
         for _ in 0..self.max_rounds {

@@ -45,7 +45,7 @@ struct Touch {
     role: Role,
 }
 
-fn f32_const(g: &Graph, v: Option<ValueId>) -> Option<(Vec<i64>, Vec<f64>)> {
+pub(super) fn f32_const(g: &Graph, v: Option<ValueId>) -> Option<(Vec<i64>, Vec<f64>)> {
     let d = g.const_data(v?)?;
     (d.dtype == DType::F32).then_some(())?;
     Some((d.dims.clone(), d.to_f64_vec()?))
@@ -279,12 +279,17 @@ fn zero_channels(g: &Graph, id: NodeId) -> Option<Vec<(usize, f64)>> {
     Some(zero)
 }
 
-fn tensor(dims: Vec<i64>, v: &[f64]) -> TensorData {
+pub(super) fn tensor(dims: Vec<i64>, v: &[f64]) -> TensorData {
     TensorData::from_f32(dims, &v.iter().map(|x| *x as f32).collect::<Vec<_>>())
 }
 
 /// `data` (with `dims`) without the indices `drop` along `axis`.
-fn without(dims: &[i64], data: &[f64], axis: usize, drop: &[usize]) -> (Vec<i64>, Vec<f64>) {
+pub(super) fn without(
+    dims: &[i64],
+    data: &[f64],
+    axis: usize,
+    drop: &[usize],
+) -> (Vec<i64>, Vec<f64>) {
     let outer: usize = dims[..axis].iter().product::<i64>() as usize;
     let n = dims[axis] as usize;
     let inner: usize = dims[axis + 1..].iter().product::<i64>() as usize;
@@ -301,7 +306,13 @@ fn without(dims: &[i64], data: &[f64], axis: usize, drop: &[usize]) -> (Vec<i64>
 }
 
 /// Replace input `slot` of `id` by a new constant.
-fn set_const(g: &mut Graph, id: NodeId, slot: usize, what: &str, data: TensorData) -> Result<()> {
+pub(super) fn set_const(
+    g: &mut Graph,
+    id: NodeId,
+    slot: usize,
+    what: &str,
+    data: TensorData,
+) -> Result<()> {
     let name = format!("{}_{what}", g.nodes[id].name);
     let v = g.add_const(&name, data)?;
     let n = g.node_mut(id).ok_or_else(|| kiln_compiler::Error::invalid("node vanished"))?;
