@@ -249,7 +249,15 @@ impl Pass for Channel {
             bad("method channel ranks channels and reconstructs layers on calibration data: the build needs a `calibration:` section".into())
         })?;
         let data = Data { input: &calib.input, samples: &calib.samples, rows: self.rows };
-        let original = model.clone();
+        // The analysis runs on the model with its data input pinned to the calibration samples' dims (a
+        // symbolic batch leaves layer geometry and MACs unknown); the declared input shapes come back at
+        // the end.
+        let mut original = model.clone();
+        if let Some(first) = calib.samples.first() {
+            let pins: kiln_compiler::shape::Pins =
+                [(calib.input.clone(), first.dims.clone())].into_iter().collect();
+            kiln_compiler::shape::infer(&mut original, &pins)?;
+        }
         let g = &original.graph;
         let groups = groups::build(g)?;
         let readers: Vec<Reader> = groups
@@ -441,6 +449,13 @@ impl Pass for Channel {
         crate::cleanup::dce::Dce.run(&mut pruned, cx)?;
         let stats1 = kiln_compiler::stats::model_stats(&pruned);
         let stats0 = kiln_compiler::stats::model_stats(&original);
+        for v in model.graph.inputs.clone() {
+            pruned.graph.value_mut(v).shape = model.graph.value(v).shape.clone();
+        }
+        // Structural surgery on many nodes at once: always verified, also in release builds.
+        kiln_compiler::shape::infer_graph(&mut pruned.graph, opset)?;
+        kiln_compiler::ir::verify::verify(&pruned.graph)
+            .map_err(|e| bad(format!("channel: left an invalid graph: {e}")))?;
         cx.reports.push((
             "prune".into(),
             serde_json::json!({
