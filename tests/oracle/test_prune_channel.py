@@ -152,6 +152,7 @@ def test_ratio_prunes_every_group_evenly(tmp_path):
 
 
 IMAGE_CALIB = {"images": DATA / "images_calib", "preprocess": IMAGENET_PREPROCESS}
+IMAGE_VAL = {"images": DATA / "images_val", "preprocess": IMAGENET_PREPROCESS, "min_top1_agreement": 0.0}
 SHARED_CNNS = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_1"]
 
 
@@ -177,7 +178,7 @@ def test_mobilenet_v2_channel_pruning_table(tmp_path):
     for macs in [0.9, 0.8, 0.7]:
         for rec in ["none", "readers"]:
             out, report = channel_build(tmp_path / f"{macs}_{rec}", model, IMAGE_CALIB,
-                                        {"macs": macs, "reconstruct": rec}, pins=pins)
+                                        {"macs": macs, "reconstruct": rec}, pins=pins, validation=IMAGE_VAL)
             pruned = out / "fp32" / "model.onnx"
             kept = independent_macs(pruned, pins) / independent_macs(model, pins)
             rows[(macs, rec)] = (*fidelity(model, pruned, feeds), kept)
