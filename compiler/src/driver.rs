@@ -641,10 +641,25 @@ fn pass_calibration(
     cfg: &LoadedConfig,
     model: &Model,
 ) -> Result<crate::pipeline::CalibrationSamples> {
-    let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config {
-        path: cfg.path.clone(),
-        reason: "a pass ranks or refits on calibration data (prune: { method: channel }): add a `calibration:` section".into(),
-    })?;
+    load_calibration(
+        cfg,
+        model,
+        "a pass ranks or refits on calibration data (prune: { method: channel }): add a `calibration:` section",
+    )
+}
+
+/// The config's calibration samples (other inputs registered), checked against `model`; `missing` is the
+/// error when the config has no `calibration:` section.
+fn load_calibration(
+    cfg: &LoadedConfig,
+    model: &Model,
+    missing: &str,
+) -> Result<crate::pipeline::CalibrationSamples> {
+    let c = cfg
+        .config
+        .calibration
+        .as_ref()
+        .ok_or_else(|| Error::Config { path: cfg.path.clone(), reason: missing.into() })?;
     let (source, _) = calibration_files(cfg)?;
     let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
     register_other_inputs(cfg, model, "calibration", &c.other_inputs, &samples)?;
@@ -682,18 +697,8 @@ impl<'a> Calibrator<'a> {
         inputs: &[InputRecord],
         preact: bool,
     ) -> Result<Self> {
-        let c = cfg.config.calibration.as_ref().ok_or_else(|| Error::Config {
-            path: cfg.path.clone(),
-            reason: "no calibration section".into(),
-        })?;
-        let (source, _) = calibration_files(cfg)?;
-        let samples = crate::calib::data::load(&source, c.samples.unwrap_or(usize::MAX))?;
-        register_other_inputs(cfg, model, "calibration", &c.other_inputs, &samples)?;
-        let input = model
-            .graph
-            .data_input_name()
-            .ok_or_else(|| Error::invalid("the model has no input"))?;
-        check_samples(model, &input, &samples, &source, "calibration")?;
+        let crate::pipeline::CalibrationSamples { input, samples } =
+            load_calibration(cfg, model, "no calibration section")?;
         let data_hashes =
             inputs.iter().filter(|i| i.role == "calibration").map(|i| i.sha256.clone()).collect();
         Ok(Calibrator {

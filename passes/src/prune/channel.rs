@@ -372,6 +372,8 @@ impl Pass for Channel {
                 r.b = outs.iter().map(|m| r.b[*m]).collect();
                 r.cout = outs.len();
             }
+            // A classifier after global pooling is refitted on the pooled map's positions.
+            let r = r.pooled(g).unwrap_or(r);
             fixed.push((r, keep));
         }
         let only: Vec<Reader> = fixed.iter().map(|f| f.0.clone()).collect();

@@ -37,6 +37,12 @@ pub enum Kind {
         inp: [usize; 2],
     },
     Gemm,
+    /// A Gemm reading a globally pooled map: rows are the map's positions (`hw` per sample), read from the
+    /// map before pooling. Pooling is linear, so a layer that fits every position fits their mean; a
+    /// classifier then has samples × positions rows for its refit instead of one per sample.
+    Pooled {
+        hw: usize,
+    },
 }
 
 /// A layer reading channels: its linear weights as `[cout][cin · per]` (Gemm's alpha and beta applied).
@@ -163,12 +169,58 @@ impl Reader {
         }
     }
 
+    /// The same Gemm refitted on the positions of the map its input pools (`Kind::Pooled`), when its
+    /// input is a global average of a map with one feature per channel: GlobalAveragePool or ReduceMean
+    /// over the spatial axes, then Flatten or a flattening Reshape, or ReduceMean without keepdims.
+    pub fn pooled(&self, g: &Graph) -> Option<Reader> {
+        if !matches!(self.kind, Kind::Gemm) {
+            return None;
+        }
+        let mut v = self.x;
+        let producer = |v: ValueId| g.value(v).producer.map(|(id, _)| &g.nodes[id]);
+        let n = producer(v)?;
+        if matches!(n.op, Op::Flatten { .. } | Op::Reshape { .. }) {
+            v = n.input(0)?;
+        }
+        let n = producer(v)?;
+        let mean = match &n.op {
+            Op::GlobalAveragePool => true,
+            Op::Generic { op_type, .. } => op_type == "ReduceMean",
+            _ => false,
+        };
+        let z = n.input(0)?;
+        let zs: Vec<usize> = g
+            .value(z)
+            .shape
+            .as_ref()?
+            .iter()
+            .skip(1)
+            .map(|d| d.known().and_then(us))
+            .collect::<Option<_>>()?;
+        let vs: Vec<usize> = g
+            .value(v)
+            .shape
+            .as_ref()?
+            .iter()
+            .skip(1)
+            .map(|d| d.known().and_then(us))
+            .collect::<Option<_>>()?;
+        // The pooled value keeps only the channel axis (all other extents 1).
+        let pooled_all = vs.first() == Some(&self.cin) && vs.iter().skip(1).all(|d| *d == 1);
+        if !mean || zs.len() < 2 || zs[0] != self.cin || !pooled_all {
+            return None;
+        }
+        let hw = zs[1..].iter().product::<usize>();
+        (hw > 1).then(|| Reader { x: z, kind: Kind::Pooled { hw }, ..self.clone() })
+    }
+
     /// Output positions per sample tensor of dims `xd` (N · oh · ow, or N for Gemm).
     fn positions(&self, xd: &[i64]) -> usize {
         let n = xd.first().copied().and_then(us).unwrap_or(1);
         match &self.kind {
             Kind::Conv { out, .. } => n * out[0] * out[1],
             Kind::Gemm => n,
+            Kind::Pooled { hw } => n * hw,
         }
     }
 
@@ -183,6 +235,12 @@ impl Reader {
                 Kind::Gemm => {
                     for (j, &c) in keep.iter().enumerate() {
                         row[j] = x.get(p * c_all + c).copied().unwrap_or(0.0);
+                    }
+                }
+                Kind::Pooled { hw } => {
+                    let (nb, at) = (p / hw, p % hw);
+                    for (j, &c) in keep.iter().enumerate() {
+                        row[j] = x.get((nb * c_all + c) * hw + at).copied().unwrap_or(0.0);
                     }
                 }
                 Kind::Conv { k, s, d, pad, out, inp } => {

@@ -145,7 +145,7 @@ pub fn write_reader(
             set_const(g, id, 1, "reconstructed_w", tensor(d, &w))?;
             set_const(g, id, 2, "reconstructed_b", tensor(vec![cout as i64], &bias))?;
         }
-        (Kind::Gemm, Op::Gemm { trans_b, .. }) => {
+        (Kind::Gemm | Kind::Pooled { .. }, Op::Gemm { trans_b, .. }) => {
             let tb = trans_b.unwrap_or(0) != 0;
             let mut w = vec![0.0; cout * f];
             for m in 0..cout {
