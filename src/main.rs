@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kiln_compiler::ir::{Dim, TensorData};
 use kiln_compiler::{config, driver, eval, ir, npy, onnx, shape, stats};
 
+mod profile;
 mod ui;
 mod vk_run;
 
@@ -91,6 +92,24 @@ enum Cmd {
     },
     /// Post-training quantization to a QDQ ONNX model (int8 weights and activations).
     Quantize(QuantizeArgs),
+    /// Measure an artifact on this host: end-to-end median and, for ONNX, a per-layer table named by kiln
+    /// node (PATH: a model file or a target's output folder).
+    Profile {
+        path: PathBuf,
+        /// An input tensor: NAME=FILE.npy (default: a deterministic ramp of the declared shape).
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Threads for LiteRT (kiln's evaluator runs on one).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Also write the measurements as JSON here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Print the IR as text.
     Dump {
         model: PathBuf,
@@ -625,6 +644,9 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
+        Cmd::Profile { path, inputs, runs, warmup, threads, json } => {
+            profile::profile(path, inputs, runs, warmup, threads, json)
+        }
         Cmd::Quantize(args) => quantize(args),
         Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => {
             optimize(model, output, inputs, passes, external_data, dump_ir, verbose)

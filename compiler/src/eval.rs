@@ -288,6 +288,90 @@ impl Evaluator {
     }
 }
 
+/// Per-node times of an evaluator run ([`Evaluator::profile`]).
+#[derive(Clone, Debug)]
+pub struct NodeTimes {
+    /// The evaluator's node name (tract's: the ONNX node's name, sometimes with a suffix for the parts
+    /// it split the node into) and op name, with the median seconds over the runs.
+    pub nodes: Vec<(String, String, f64)>,
+    /// Median end-to-end seconds of the uninstrumented runs.
+    pub total: f64,
+    pub runs: usize,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+impl Evaluator {
+    /// Time `runs` runs node by node (after `warmup` runs), and as many uninstrumented runs end to end.
+    pub fn profile(
+        &self,
+        inputs: &[(String, TensorData)],
+        warmup: usize,
+        runs: usize,
+    ) -> Result<NodeTimes> {
+        let runs = runs.max(1);
+        let feed = || -> Result<TVec<TValue>> {
+            self.input_names
+                .iter()
+                .map(|name| {
+                    let (_, t) =
+                        inputs.iter().find(|(n, _)| n == name).ok_or_else(|| Error::Input {
+                            name: name.clone(),
+                            reason: "no tensor given for this model input".into(),
+                        })?;
+                    Ok(to_tract(t, name)?.into())
+                })
+                .collect()
+        };
+        let ev = |e: TractError| Error::Eval(format!("{e:#}"));
+        let nodes = self.plan.model().nodes.len();
+        let mut per: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes];
+        let mut total = Vec::with_capacity(runs);
+        guarded("profiling the model", || {
+            for _ in 0..warmup {
+                let mut state = self.plan.spawn().map_err(ev)?;
+                state.run(feed()?).map_err(ev)?;
+            }
+            for _ in 0..runs {
+                let mut state = self.plan.spawn().map_err(ev)?;
+                let mut step = vec![0.0; nodes];
+                state
+                    .run_plan_with_eval(feed()?, |ctx, st, node, input| {
+                        let t = std::time::Instant::now();
+                        let r = tract_onnx::tract_core::plan::eval(ctx, st, node, input);
+                        if let Some(s) = step.get_mut(node.id) {
+                            *s += t.elapsed().as_secs_f64();
+                        }
+                        r
+                    })
+                    .map_err(ev)?;
+                per.iter_mut().zip(step).for_each(|(p, s)| p.push(s));
+                let mut state = self.plan.spawn().map_err(ev)?;
+                let inputs = feed()?;
+                let t = std::time::Instant::now();
+                state.run(inputs).map_err(ev)?;
+                total.push(t.elapsed().as_secs_f64());
+            }
+            Ok(())
+        })?;
+        let model = self.plan.model();
+        let nodes = model
+            .nodes
+            .iter()
+            .zip(per.iter_mut())
+            .map(|(n, t)| (n.name.clone(), n.op.name().to_string(), median(t)))
+            .collect();
+        Ok(NodeTimes { nodes, total: median(&mut total), runs })
+    }
+}
+
 /// Why `fact`, an output of `node`, is refused: a concrete shape past kiln's element bound.
 fn past_bound(
     node: &tract_onnx::tract_core::model::Node<TypedFact, Box<dyn TypedOp>>,

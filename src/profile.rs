@@ -1,0 +1,282 @@
+//! `kiln profile PATH`: measured latency of an artifact on this host, end to end and per layer, with each
+//! layer named by its kiln IR node (the names the passes kept, so a layer can be followed from the ONNX
+//! file through the passes to the artifact).
+//!
+//! - ONNX (fp32, fp16, QDQ): kiln's evaluator (tract) in process, every node timed; tract's nodes are
+//!   mapped back to IR nodes by name (tract keeps the ONNX node's name, adding suffixes for the parts it
+//!   splits a node into; a fused activation is exported as `<node>__act`).
+//! - TFLite: LiteRT's benchmark tool (`litert-benchmark`, shipped by the `ai-edge-litert` wheel), found on
+//!   PATH or named by `KILN_LITERT_BENCHMARK`: end-to-end median only (that tool has no per-op profile).
+//!   Without it, kiln says how to get it and fails.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_compiler::ir::{DType, Model, TensorData};
+use kiln_compiler::{eval, npy, onnx, shape, stats};
+
+/// One row of the per-layer table.
+#[derive(serde::Serialize)]
+struct Row {
+    node: String,
+    op: String,
+    shape: String,
+    macs: Option<u64>,
+    ms: f64,
+    share: f64,
+}
+
+/// The artifact `path` names: a file, or a target folder holding one model file.
+fn artifact(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        for f in ["model.onnx", "model.tflite", "model.kvk"] {
+            if path.join(f).is_file() {
+                return Ok(path.join(f));
+            }
+        }
+        bail!("{}: no model.onnx, model.tflite or model.kvk in this folder", path.display());
+    }
+    if !path.is_file() {
+        bail!("{}: no such file", path.display());
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Feeds: the given .npy files, else a deterministic ramp of each input's declared shape (symbolic dims 1).
+fn feeds(m: &Model, given: &[(String, PathBuf)]) -> Result<Vec<(String, TensorData)>> {
+    let g = &m.graph;
+    let mut out = Vec::new();
+    for name in g.runtime_input_names() {
+        if let Some((_, p)) = given.iter().find(|(n, _)| *n == name) {
+            out.push((name, npy::read(p)?));
+            continue;
+        }
+        let v =
+            g.find(&name).map(|v| g.value(v)).ok_or_else(|| anyhow!("input '{name}' vanished"))?;
+        let dims: Vec<i64> = v
+            .shape
+            .as_ref()
+            .map(|s| s.iter().map(|d| d.known().unwrap_or(1)).collect())
+            .unwrap_or_default();
+        let n = dims.iter().product::<i64>().max(0) as usize;
+        let t = match v.dtype {
+            DType::F32 => TensorData::from_f32(
+                dims,
+                &(0..n).map(|i| ((i * 7919 % 255) as f32 / 255.0) - 0.5).collect::<Vec<_>>(),
+            ),
+            DType::I64 => TensorData::from_i64(dims, &vec![0; n]),
+            other => bail!("input '{name}' of type {other}: give it with --input {name}=FILE.npy"),
+        };
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+/// The IR node an evaluator node belongs to: the longest IR node name that is the evaluator's name or a
+/// prefix of it followed by a separator.
+fn owner<'a>(names: &'a [String], tract: &str) -> Option<&'a String> {
+    names
+        .iter()
+        .filter(|n| {
+            !n.is_empty()
+                && tract.starts_with(n.as_str())
+                && tract[n.len()..].chars().next().is_none_or(|c| ".#_".contains(c))
+        })
+        .max_by_key(|n| n.len())
+}
+
+fn onnx_profile(
+    path: &Path,
+    given: &[(String, PathBuf)],
+    warmup: usize,
+    runs: usize,
+) -> Result<serde_json::Value> {
+    let mut m = onnx::load(path)?;
+    let feeds = feeds(&m, given)?;
+    let pins: shape::Pins = feeds.iter().map(|(n, t)| (n.clone(), t.dims.clone())).collect();
+    shape::infer(&mut m, &pins)?;
+    let ev = eval::Evaluator::for_inputs(&m, &feeds)?;
+    let times = ev.profile(&feeds, warmup, runs)?;
+    let g = &m.graph;
+    let order = g.topo_order()?;
+    let names: Vec<String> = order.iter().map(|id| g.nodes[*id].name.clone()).collect();
+    let mut per: BTreeMap<String, f64> = BTreeMap::new();
+    let mut unmapped = 0.0;
+    for (tn, _, t) in &times.nodes {
+        match owner(&names, tn) {
+            Some(n) => *per.entry(n.clone()).or_default() += t,
+            None => unmapped += t,
+        }
+    }
+    let sum: f64 = per.values().sum::<f64>() + unmapped;
+    let mut rows = Vec::new();
+    for id in &order {
+        let n = &g.nodes[*id];
+        let Some(t) = per.get(&n.name) else { continue };
+        let shape = n
+            .output(0)
+            .and_then(|o| g.value(o).shape.clone())
+            .map(|s| {
+                format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+            })
+            .unwrap_or_default();
+        let op = match &n.act {
+            Some(a) => format!(
+                "{}+{}",
+                n.op.op_type(),
+                format!("{a:?}").split([' ', '{']).next().unwrap_or("")
+            ),
+            None => n.op.op_type().to_string(),
+        };
+        rows.push(Row {
+            node: n.name.clone(),
+            op,
+            shape,
+            macs: stats::node_macs(g, n).filter(|m| *m > 0),
+            ms: t * 1e3,
+            share: t / sum.max(1e-12),
+        });
+    }
+    println!(
+        "{} (ONNX, kiln's evaluator: tract), {} runs after {} warm-up",
+        path.display(),
+        times.runs,
+        warmup
+    );
+    println!(
+        "{:<48} {:<18} {:<20} {:>12} {:>9} {:>6}",
+        "layer (kiln node)", "op", "output", "MACs", "ms", "share"
+    );
+    for r in &rows {
+        let macs = r.macs.map(|m| m.to_string()).unwrap_or_default();
+        println!(
+            "{:<48} {:<18} {:<20} {:>12} {:>9.3} {:>5.1}%",
+            r.node,
+            r.op,
+            r.shape,
+            macs,
+            r.ms,
+            r.share * 100.0
+        );
+    }
+    if unmapped > 0.0 {
+        println!(
+            "{:<48} {:<18} {:<20} {:>12} {:>9.3} {:>5.1}%",
+            "(evaluator's own: inputs, constants)",
+            "",
+            "",
+            "",
+            unmapped * 1e3,
+            unmapped / sum.max(1e-12) * 100.0
+        );
+    }
+    println!(
+        "sum of layers {:.3} ms; end to end (median, uninstrumented) {:.3} ms; sum / end to end {:.2}",
+        sum * 1e3,
+        times.total * 1e3,
+        sum / times.total.max(1e-12)
+    );
+    Ok(serde_json::json!({
+        "artifact": path.display().to_string(),
+        "runtime": "tract",
+        "runs": times.runs,
+        "warmup": warmup,
+        "end_to_end_ms": times.total * 1e3,
+        "sum_of_layers_ms": sum * 1e3,
+        "unmapped_ms": unmapped * 1e3,
+        "layers": rows,
+    }))
+}
+
+/// LiteRT's benchmark tool: `KILN_LITERT_BENCHMARK`, else `litert-benchmark` on PATH.
+fn litert_benchmark() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_LITERT_BENCHMARK") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("litert-benchmark")).find(|p| p.is_file())
+    })
+}
+
+fn tflite_profile(
+    path: &Path,
+    warmup: usize,
+    runs: usize,
+    threads: usize,
+) -> Result<serde_json::Value> {
+    let Some(tool) = litert_benchmark() else {
+        bail!(
+            "profiling a .tflite needs LiteRT's benchmark tool, `litert-benchmark`, which the `ai-edge-litert` \
+             wheel installs: `python3 -m pip install ai-edge-litert`, then put its bin folder on PATH or set \
+             KILN_LITERT_BENCHMARK to the tool's path"
+        );
+    };
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let json = dir.path().join("result.json");
+    let out = std::process::Command::new(&tool)
+        .arg(format!("--model={}", path.display()))
+        .arg(format!("--num_runs={runs}"))
+        .arg(format!("--warmup_runs={warmup}"))
+        .arg(format!("--num_threads={threads}"))
+        .arg(format!("--result_json={}", json.display()))
+        .output()
+        .with_context(|| format!("running {}", tool.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&json).with_context(|| format!("{} wrote no result", tool.display()))?,
+    )?;
+    let median = r["latency"]["median_ms"].as_f64();
+    println!(
+        "{} (TFLite, LiteRT via {}), {runs} runs after {warmup} warm-up, {threads} threads",
+        path.display(),
+        tool.display()
+    );
+    match median {
+        Some(m) => println!("end to end (median) {m:.3} ms"),
+        None => println!("end to end: the tool reported no median"),
+    }
+    println!("per-layer times: not available from this tool (it has no op profiling); the ONNX artifact of the same target profiles per layer");
+    Ok(serde_json::json!({
+        "artifact": path.display().to_string(),
+        "runtime": "litert",
+        "tool": tool.display().to_string(),
+        "runs": runs,
+        "threads": threads,
+        "end_to_end_ms": median,
+        "layers": serde_json::Value::Null,
+    }))
+}
+
+/// `kiln profile`.
+pub fn profile(
+    path: PathBuf,
+    inputs: Vec<String>,
+    runs: usize,
+    warmup: usize,
+    threads: usize,
+    json: Option<PathBuf>,
+) -> Result<()> {
+    let file = artifact(&path)?;
+    let mut given = Vec::new();
+    for s in &inputs {
+        let (k, v) =
+            s.split_once('=').ok_or_else(|| anyhow!("--input '{s}': expected NAME=FILE.npy"))?;
+        given.push((k.to_string(), PathBuf::from(v)));
+    }
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let report = match ext {
+        "onnx" => onnx_profile(&file, &given, warmup, runs)?,
+        "tflite" => tflite_profile(&file, warmup, runs, threads)?,
+        "kvk" => bail!(
+            "{}: Vulkan bundles are profiled with `KILN_VK_PROFILE=1 kiln run`",
+            file.display()
+        ),
+        _ => bail!("{}: not an artifact kiln profiles (.onnx, .tflite)", file.display()),
+    };
+    if let Some(j) = json {
+        kiln_compiler::artifact::write_atomic(&j, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
