@@ -11,9 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use kiln_compiler::ir::{DType, Model, TensorData};
-use kiln_compiler::{eval, npy, onnx, shape, stats};
+use anyhow::{anyhow, bail, Result};
+use kiln_compiler::{eval, npy, onnx, profile, shape, stats};
 
 /// One row of the per-layer table.
 #[derive(serde::Serialize)]
@@ -42,36 +41,6 @@ fn artifact(path: &Path) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-/// Feeds: the given .npy files, else a deterministic ramp of each input's declared shape (symbolic dims 1).
-fn feeds(m: &Model, given: &[(String, PathBuf)]) -> Result<Vec<(String, TensorData)>> {
-    let g = &m.graph;
-    let mut out = Vec::new();
-    for name in g.runtime_input_names() {
-        if let Some((_, p)) = given.iter().find(|(n, _)| *n == name) {
-            out.push((name, npy::read(p)?));
-            continue;
-        }
-        let v =
-            g.find(&name).map(|v| g.value(v)).ok_or_else(|| anyhow!("input '{name}' vanished"))?;
-        let dims: Vec<i64> = v
-            .shape
-            .as_ref()
-            .map(|s| s.iter().map(|d| d.known().unwrap_or(1)).collect())
-            .unwrap_or_default();
-        let n = dims.iter().product::<i64>().max(0) as usize;
-        let t = match v.dtype {
-            DType::F32 => TensorData::from_f32(
-                dims,
-                &(0..n).map(|i| ((i * 7919 % 255) as f32 / 255.0) - 0.5).collect::<Vec<_>>(),
-            ),
-            DType::I64 => TensorData::from_i64(dims, &vec![0; n]),
-            other => bail!("input '{name}' of type {other}: give it with --input {name}=FILE.npy"),
-        };
-        out.push((name, t));
-    }
-    Ok(out)
-}
-
 /// The IR node an evaluator node belongs to: the longest IR node name that is the evaluator's name or a
 /// prefix of it followed by a separator.
 fn owner<'a>(names: &'a [String], tract: &str) -> Option<&'a String> {
@@ -92,7 +61,11 @@ fn onnx_profile(
     runs: usize,
 ) -> Result<serde_json::Value> {
     let mut m = onnx::load(path)?;
-    let feeds = feeds(&m, given)?;
+    let mut read = Vec::new();
+    for (n, p) in given {
+        read.push((n.clone(), npy::read(p)?));
+    }
+    let feeds = profile::feeds(&m, &read)?;
     let pins: shape::Pins = feeds.iter().map(|(n, t)| (n.clone(), t.dims.clone())).collect();
     shape::infer(&mut m, &pins)?;
     let ev = eval::Evaluator::for_inputs(&m, &feeds)?;
@@ -188,56 +161,26 @@ fn onnx_profile(
     }))
 }
 
-/// LiteRT's benchmark tool: `KILN_LITERT_BENCHMARK`, else `litert-benchmark` on PATH.
-fn litert_benchmark() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_LITERT_BENCHMARK") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join("litert-benchmark")).find(|p| p.is_file())
-    })
-}
-
 fn tflite_profile(
     path: &Path,
     warmup: usize,
     runs: usize,
     threads: usize,
 ) -> Result<serde_json::Value> {
-    let Some(tool) = litert_benchmark() else {
-        bail!(
-            "profiling a .tflite needs LiteRT's benchmark tool, `litert-benchmark`, which the `ai-edge-litert` \
-             wheel installs: `python3 -m pip install ai-edge-litert`, then put its bin folder on PATH or set \
-             KILN_LITERT_BENCHMARK to the tool's path"
-        );
+    let Some(tool) = profile::litert_benchmark() else {
+        bail!("profiling a .tflite needs LiteRT's benchmark tool: {}", profile::LITERT_HINT);
     };
-    let dir = tempfile::tempdir().context("creating a temporary folder")?;
-    let json = dir.path().join("result.json");
-    let out = std::process::Command::new(&tool)
-        .arg(format!("--model={}", path.display()))
-        .arg(format!("--num_runs={runs}"))
-        .arg(format!("--warmup_runs={warmup}"))
-        .arg(format!("--num_threads={threads}"))
-        .arg(format!("--result_json={}", json.display()))
-        .output()
-        .with_context(|| format!("running {}", tool.display()))?;
-    if !out.status.success() {
-        bail!("{} failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let r: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&json).with_context(|| format!("{} wrote no result", tool.display()))?,
-    )?;
-    let median = r["latency"]["median_ms"].as_f64();
+    let median = profile::tflite_median_ms(&tool, path, warmup, runs, threads)?;
     println!(
         "{} (TFLite, LiteRT via {}), {runs} runs after {warmup} warm-up, {threads} threads",
         path.display(),
         tool.display()
     );
-    match median {
-        Some(m) => println!("end to end (median) {m:.3} ms"),
-        None => println!("end to end: the tool reported no median"),
-    }
-    println!("per-layer times: not available from this tool (it has no op profiling); the ONNX artifact of the same target profiles per layer");
+    println!("end to end (median) {median:.3} ms");
+    println!(
+        "per-layer times: not available from this tool (it has no op profiling); the ONNX artifact of the \
+         same target profiles per layer"
+    );
     Ok(serde_json::json!({
         "artifact": path.display().to_string(),
         "runtime": "litert",

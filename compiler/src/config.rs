@@ -147,6 +147,10 @@ pub struct Config {
     pub validation: Option<ValidationConfig>,
     pub targets: Vec<Target>,
     pub output: PathBuf,
+    /// Measure the original, the optimized model and every artifact on this host (report.json
+    /// `profile`): `true`, or `required` (an artifact that cannot run here fails the build).
+    #[serde(default)]
+    pub profile: crate::profile::Mode,
 }
 
 /// A parsed config with paths resolved.

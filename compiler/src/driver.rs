@@ -86,6 +86,9 @@ pub struct Report {
     pub layer_sqnr: BTreeMap<String, Vec<LayerSqnr>>,
     /// One row per target, in config order: what the build prints at the end.
     pub summary: Vec<SummaryRow>,
+    /// With `profile:`: the original, the optimized model and every artifact measured on this host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<crate::profile::Row>,
 }
 
 /// A target's line in the build summary (`report.json` → `summary`).
@@ -456,6 +459,9 @@ pub struct Timings {
     pub reference: f64,
     /// Per target, by name.
     pub targets: BTreeMap<String, TargetTimings>,
+    /// Measuring latencies (`profile:`).
+    #[serde(default)]
+    pub profile: f64,
     pub total: f64,
 }
 
@@ -1338,6 +1344,121 @@ struct Record {
     failed: BTreeMap<String, String>,
 }
 
+/// `profile:`: the original and the optimized model in kiln's evaluator, each artifact where it runs
+/// here (ONNX: the evaluator; TFLite: LiteRT's benchmark tool). Fed the first validation (else
+/// calibration) sample. What cannot be measured is noted, or fails the build with `profile: required`.
+fn profile_rows(
+    stages: &Stages,
+    rows: &[SummaryRow],
+    out: &Path,
+    input_bytes: Option<u64>,
+    log: Log,
+) -> Result<Vec<crate::profile::Row>> {
+    use crate::profile::{self as p, Mode, Row};
+    let required = stages.cfg.config.profile == Mode::Required;
+    let (warmup, runs, threads) = (3, 20, 2);
+    let input = stages.original.graph.data_input_name();
+    let sample = stages
+        .validation
+        .as_ref()
+        .and_then(|(_, s, _)| s.first().cloned())
+        .or_else(|| stages.calibrator.as_ref().and_then(|c| c.samples.first().cloned()));
+    let given: Vec<(String, crate::ir::TensorData)> = match (input, sample) {
+        (Some(i), Some(s)) => vec![(i, s)],
+        _ => Vec::new(),
+    };
+    let tract = |m: &Model| -> Result<f64> {
+        let feeds = p::feeds(m, &given)?;
+        p::onnx_median_ms(m, &feeds, warmup, runs)
+    };
+    let macs = model_stats(&stages.model).macs;
+    let mut out_rows = vec![
+        Row {
+            stage: "original".into(),
+            artifact: None,
+            runtime: Some("tract".into()),
+            latency_ms: Some(tract(&stages.original)?),
+            bytes: input_bytes,
+            macs: model_stats(&stages.original).macs,
+            top1_agreement: None,
+            note: None,
+        },
+        Row {
+            stage: "optimized".into(),
+            artifact: None,
+            runtime: Some("tract".into()),
+            latency_ms: Some(tract(&stages.model)?),
+            bytes: None,
+            macs,
+            top1_agreement: None,
+            note: None,
+        },
+    ];
+    let tool = p::litert_benchmark();
+    for r in rows.iter().filter(|r| r.failed.is_none()) {
+        let Some(a) = &r.artifact else { continue };
+        let path = out.join(a);
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let measured: std::result::Result<(String, f64), String> = match (ext, &tool) {
+            ("onnx", _) => crate::onnx::load(&path)
+                .and_then(|mut m| {
+                    let pins: crate::shape::Pins =
+                        given.iter().map(|(n, t)| (n.clone(), t.dims.clone())).collect();
+                    crate::shape::infer(&mut m, &pins)?;
+                    tract(&m)
+                })
+                .map(|ms| ("tract".to_string(), ms))
+                .map_err(|e| e.to_string()),
+            ("tflite", Some(t)) => p::tflite_median_ms(t, &path, warmup, runs, threads)
+                .map(|ms| ("litert".to_string(), ms))
+                .map_err(|e| e.to_string()),
+            ("tflite", None) => Err(p::LITERT_HINT.to_string()),
+            _ => Err(format!(
+                "a .{ext} artifact is not run by kiln's profiler (Vulkan bundles: KILN_VK_PROFILE=1 kiln run)"
+            )),
+        };
+        let (runtime, latency_ms, note) = match measured {
+            Ok((rt, ms)) => (Some(rt), Some(ms), None),
+            Err(e) if required => {
+                return Err(Error::Config {
+                    path: stages.cfg.path.clone(),
+                    reason: format!(
+                        "profile: required, and target {} cannot be measured here: {e}",
+                        r.target
+                    ),
+                })
+            }
+            Err(e) => (None, None, Some(e)),
+        };
+        out_rows.push(Row {
+            stage: r.target.clone(),
+            artifact: Some(a.clone()),
+            runtime,
+            latency_ms,
+            bytes: Some(r.bytes),
+            macs,
+            top1_agreement: r.top1_agreement,
+            note,
+        });
+    }
+    for r in &out_rows {
+        match r.latency_ms {
+            Some(ms) => log(&format!(
+                "profile: {} {:.3} ms ({}, median of {runs})",
+                r.stage,
+                ms,
+                r.runtime.as_deref().unwrap_or("")
+            )),
+            None => log(&format!(
+                "profile: {} not measured: {}",
+                r.stage,
+                r.note.as_deref().unwrap_or("")
+            )),
+        }
+    }
+    Ok(out_rows)
+}
+
 /// Build every target of `cfg`: load → passes → calibrate (once, cached) → per target: quantize or
 /// float16 by its rules → validate → emit → record; then the report and, last, the manifest. Targets
 /// build on `jobs` threads (they share calibration statistics and quantized models with the same
@@ -1457,6 +1578,16 @@ pub fn build(
     timings.calibration += calibration.as_ref().map_or(0.0, |c| c.seconds);
     timings.total = secs(started);
     let rows = summary(cfg, &inputs, &rec, &timings);
+    let profile = if cfg.config.profile == crate::profile::Mode::Off {
+        Vec::new()
+    } else {
+        let t0 = std::time::Instant::now();
+        let input_bytes = rows.first().map(|r| (r.bytes as f64 / r.vs_input.max(1e-12)) as u64);
+        let p = profile_rows(&stages, &rows, &out, input_bytes, log)?;
+        timings.profile = secs(t0);
+        timings.total = secs(started);
+        p
+    };
     let manifest =
         Manifest { kiln_version: KILN_VERSION.into(), inputs, artifacts: rec.artifacts.clone() };
     let v = cfg.config.validation.as_ref();
@@ -1482,6 +1613,7 @@ pub fn build(
         pass_reports: cx.reports.iter().cloned().collect(),
         passes_fidelity,
         summary: rows.clone(),
+        profile,
     };
     finish(&out, &report, &manifest, &rec.failed)?;
     Ok(Outcome {

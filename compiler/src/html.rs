@@ -27,6 +27,20 @@ struct View {
     calibration: Option<String>,
     validation: Option<String>,
     failed: Vec<(String, String)>,
+    profile: Vec<ProfileRow>,
+}
+
+#[derive(Serialize)]
+struct ProfileRow {
+    stage: String,
+    artifact: Option<String>,
+    runtime: String,
+    latency: String,
+    ratio: String,
+    size: String,
+    macs: String,
+    agreement: String,
+    note: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -269,7 +283,29 @@ fn view(r: &Report) -> View {
         calibration,
         validation,
         failed: r.failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        profile: profile_rows(r),
     }
+}
+
+fn profile_rows(r: &Report) -> Vec<ProfileRow> {
+    let base = r.profile.first().and_then(|p| p.latency_ms);
+    r.profile
+        .iter()
+        .map(|p| ProfileRow {
+            stage: p.stage.clone(),
+            artifact: p.artifact.clone(),
+            runtime: p.runtime.clone().unwrap_or_else(|| "–".into()),
+            latency: p.latency_ms.map_or("–".into(), |ms| format!("{ms:.2} ms")),
+            ratio: match (p.latency_ms, base) {
+                (Some(ms), Some(b)) if b > 0.0 => format!("{:.2}×", ms / b),
+                _ => "–".into(),
+            },
+            size: p.bytes.map_or("–".into(), human_bytes),
+            macs: count(p.macs),
+            agreement: p.top1_agreement.map_or("–".into(), |a| format!("{a:.3}")),
+            note: p.note.clone(),
+        })
+        .collect()
 }
 
 /// The page for `report`.

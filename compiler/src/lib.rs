@@ -17,5 +17,6 @@ pub mod groups;
 pub mod html;
 pub mod npy;
 pub mod pipeline;
+pub mod profile;
 pub mod progress;
 pub mod stats;

@@ -81,3 +81,55 @@ def test_profile_refuses_what_it_cannot_profile(tmp_path):
     assert r.returncode != 0 and "no such file" in r.stderr
     r = kiln("profile", tmp_path, check=False)
     assert r.returncode != 0 and "no model.onnx" in r.stderr
+
+
+def profiled_build(root, profile, env=None):
+    import subprocess
+
+    from kiln_oracle import KILN
+    p = Project(root)
+    p.copy_model(LOCAL_MODELS / "tiny_cnn.onnx")
+    cfg = p.write({
+        "model": "tiny_cnn.onnx",
+        "passes": ["cleanup", "fuse"],
+        "calibration": {"tensors": LOCAL_MODELS / "tiny_cnn_inputs.npy"},
+        "targets": [{"name": "ref", "backend": "onnx", "precision": "fp32"},
+                    {"name": "q", "backend": "onnx", "precision": "int8"},
+                    {"name": "tfl", "backend": "tflite", "precision": "fp32"},
+                    {"name": "vk", "backend": "vulkan", "precision": "fp32"}],
+        "output": "out",
+        "profile": profile,
+    })
+    r = subprocess.run([str(KILN), "build", str(cfg)], capture_output=True, text=True, env=env)
+    return r, p.root / "out"
+
+
+def test_build_profile_measures_every_stage_and_artifact(tmp_path):
+    env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env.pop("KILN_LITERT_BENCHMARK", None)
+    r, out = profiled_build(tmp_path, True, env)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    rows = {row["stage"]: row for row in rep["profile"]}
+    assert list(rows) == ["original", "optimized", "ref", "q", "tfl", "vk"]
+    for s in ["original", "optimized", "ref", "q"]:
+        assert rows[s]["runtime"] == "tract" and rows[s]["latency_ms"] > 0, rows[s]
+    assert rows["tfl"]["runtime"] == "litert" and rows["tfl"]["latency_ms"] > 0
+    assert rows["vk"]["latency_ms"] is None and "KILN_VK_PROFILE" in rows["vk"]["note"]
+    assert rows["q"]["bytes"] == (out / "q" / "model.onnx").stat().st_size
+    html = (out / "report.html").read_text()
+    assert html.count('class="profile"') == 6 and "Latency on this host" in html
+    assert rep["timings"]["profile"] > 0
+
+
+def test_build_profile_without_litert_notes_it_unless_required(tmp_path):
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    env.pop("KILN_LITERT_BENCHMARK", None)
+    r, out = profiled_build(tmp_path / "on", True, env)
+    assert r.returncode == 0, r.stderr
+    rows = {row["stage"]: row for row in json.loads((out / "report.json").read_text())["profile"]}
+    assert rows["tfl"]["latency_ms"] is None and "ai-edge-litert" in rows["tfl"]["note"]
+    r, out = profiled_build(tmp_path / "req", "required", env)
+    assert r.returncode != 0 and "ai-edge-litert" in r.stderr and "panicked" not in r.stderr, r.stderr
+    r, _ = profiled_build(tmp_path / "bad", "sometimes", env)
+    assert r.returncode != 0 and "profile" in r.stderr and "required" in r.stderr, r.stderr
