@@ -59,3 +59,12 @@ def test_report_html_of_the_mobilenet_v2_example(tmp_path):
     out = tmp_path / "out"
     kiln("build", ROOT / "configs" / "examples" / "mobilenet_v2.yaml", "--out-dir", out, "-q")
     check_page(out, tmp_path / "report.png")
+    # `profile: true`: the before/after table, measured on this host (issue 19).
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["stage"]: r for r in report["profile"]}
+    assert list(rows) == ["original", "optimized", "reference", "int8-per-channel"], rows
+    assert all(r["latency_ms"] > 0 and r["runtime"] == "tract" for r in rows.values()), rows
+    print("MobileNetV2 on this host:", {k: round(r["latency_ms"], 2) for k, r in rows.items()})
+    assert (out / "report.html").read_text().count('class="profile"') == 4

@@ -267,6 +267,14 @@ impl Pass for Channel {
             .filter_map(|(id, _)| Reader::of(g, *id))
             .filter(|r| groups.base.contains_key(&r.x))
             .collect();
+        // A Conv/Gemm kiln cannot analyse (no reader view) would see its channels removed unranked and
+        // unrefitted: its input's groups are left whole.
+        let unreadable: BTreeSet<ValueId> = groups
+            .roles
+            .iter()
+            .filter(|(id, r)| **r == Role::Linear && Reader::of(g, **id).is_none())
+            .filter_map(|(id, _)| g.nodes[*id].input(0))
+            .collect();
         let prunable: BTreeSet<ValueId> =
             groups.comps.iter().flat_map(|c| c.iter().map(|s| s.0)).collect();
         let readers: Vec<Reader> =
@@ -293,6 +301,7 @@ impl Pass for Channel {
             .collect();
         let cost = costs(g, &groups);
         let mut lgs = layer_groups(&groups);
+        lgs.retain(|(vs, _)| vs.is_disjoint(&unreadable));
         for (_, comps) in lgs.iter_mut() {
             comps.sort_by(|a, b| score[*a].total_cmp(&score[*b]).then(a.cmp(b)));
         }
@@ -362,6 +371,15 @@ impl Pass for Channel {
                 continue;
             }
             let keep: Vec<usize> = (0..r.cin).filter(|c| dx.binary_search(c).is_err()).collect();
+            if keep.len() * r.per + 1 > recon::MAX_GRAM {
+                cx.warnings.push(format!(
+                    "prune channel: '{}' reads {} features, past the {} a refit takes: kept its pruned weights",
+                    g.nodes[r.node].name,
+                    keep.len() * r.per,
+                    recon::MAX_GRAM - 1
+                ));
+                continue;
+            }
             let mut r = r.clone();
             let y = g.nodes[r.node].output(0);
             if let Some(dy) = y.and_then(|y| removed.get(&y)) {
@@ -451,8 +469,26 @@ impl Pass for Channel {
         crate::cleanup::dce::Dce.run(&mut pruned, cx)?;
         let stats1 = kiln_compiler::stats::model_stats(&pruned);
         let stats0 = kiln_compiler::stats::model_stats(&original);
-        for v in model.graph.inputs.clone() {
-            pruned.graph.value_mut(v).shape = model.graph.value(v).shape.clone();
+        // Back to the declared shapes: every dim the incoming model left symbolic is symbolic again (shape
+        // inference keeps a known dim where it cannot infer one, so resetting the inputs is not enough).
+        for (i, declared) in model.graph.values.iter().enumerate() {
+            let Some(v) = pruned.graph.values.get_mut(i) else { continue };
+            let Some(d) = &declared.shape else {
+                v.shape = None;
+                continue;
+            };
+            if d.iter().all(|x| x.known().is_some()) {
+                continue;
+            }
+            v.shape = match &v.shape {
+                Some(p) if p.len() == d.len() => Some(
+                    p.iter()
+                        .zip(d)
+                        .map(|(p, d)| if d.known().is_some() { p.clone() } else { d.clone() })
+                        .collect(),
+                ),
+                _ => Some(d.clone()),
+            };
         }
         // Structural surgery on many nodes at once: always verified, also in release builds.
         kiln_compiler::shape::infer_graph(&mut pruned.graph, opset)?;

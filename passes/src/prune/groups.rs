@@ -101,7 +101,9 @@ fn classify(g: &Graph, id: NodeId) -> Option<Role> {
     let n = &g.nodes[id];
     let x = n.input(0)?;
     let y = n.output(0)?;
-    if n.outputs.iter().flatten().count() != 1 {
+    // A constant data input (an Identity of a shared weight, left when `cleanup` did not run) has no
+    // channel slots to tie.
+    if n.outputs.iter().flatten().count() != 1 || is_const(g, x) {
         return None;
     }
     match &n.op {
@@ -208,24 +210,23 @@ pub fn build(g: &Graph) -> Result<Groups> {
     for (&id, role) in &roles {
         let n = &g.nodes[id];
         let (Some(x), Some(y)) = (n.input(0), n.output(0)) else { continue };
-        let (yb, yc) = base[&y];
+        let (Some(&(yb, yc)), Some(&(xb, xc))) = (base.get(&y), base.get(&x)) else {
+            blocked_values.extend([x, y]);
+            continue;
+        };
         match role {
             Role::Linear => {}
-            Role::Depthwise => {
-                let (xb, _) = base[&x];
-                (0..yc).for_each(|c| uf.union(xb + c, yb + c));
-            }
+            Role::Depthwise => (0..yc.min(xc)).for_each(|c| uf.union(xb + c, yb + c)),
             Role::Tie | Role::FlattenReshape => match &n.op {
                 Op::Concat { .. } => {
                     let mut off = 0;
                     for v in n.inputs.iter().flatten() {
-                        let (b, c) = base[v];
+                        let Some(&(b, c)) = base.get(v) else { continue };
                         (0..c).for_each(|j| uf.union(b + j, yb + off + j));
                         off += c;
                     }
                 }
                 Op::Flatten { .. } | Op::Reshape { .. } => {
-                    let (xb, xc) = base[&x];
                     let s = yc / xc.max(1);
                     for c in 0..xc {
                         (0..s).for_each(|k| uf.union(xb + c, yb + c * s + k));
@@ -241,9 +242,11 @@ pub fn build(g: &Graph) -> Result<Groups> {
                         let width = aligned_axis(r, out_rank)
                             .and_then(|a| dims(g, *v).and_then(|d| d.get(a).copied()));
                         match width {
-                            Some(w) if w as usize == yc => {
-                                let (b, _) = base[v];
-                                (0..yc).for_each(|c| uf.union(b + c, yb + c));
+                            // Slots follow axis 1: only an operand of the output's rank lines up.
+                            Some(w) if w as usize == yc && r == out_rank => {
+                                if let Some(&(b, _)) = base.get(v) {
+                                    (0..yc).for_each(|c| uf.union(b + c, yb + c));
+                                }
                             }
                             // Broadcast along channels: not tied.
                             Some(1) => {}
@@ -251,10 +254,7 @@ pub fn build(g: &Graph) -> Result<Groups> {
                         }
                     }
                 }
-                _ => {
-                    let (xb, _) = base[&x];
-                    (0..yc).for_each(|c| uf.union(xb + c, yb + c));
-                }
+                _ => (0..yc.min(xc)).for_each(|c| uf.union(xb + c, yb + c)),
             },
         }
     }
@@ -265,7 +265,8 @@ pub fn build(g: &Graph) -> Result<Groups> {
             continue;
         }
         let Some(y) = n.output(0) else { continue };
-        let (out_rank, yc) = (rank(g, y).unwrap_or(0), base[&y].1);
+        let Some(&(_, yc)) = base.get(&y) else { continue };
+        let out_rank = rank(g, y).unwrap_or(0);
         for v in n.inputs.iter().flatten().filter(|v| is_const(g, **v)) {
             let d = &g.const_data(*v).map(|d| d.dims.clone()).unwrap_or_default();
             let ok = match aligned_axis(d.len(), out_rank) {

@@ -442,9 +442,10 @@ fn values(t: &TensorData) -> Result<Vec<f32>> {
     t.to_f32_vec().ok_or_else(|| Error::Eval("a float tensor was expected".into()))
 }
 
-/// Gram matrices beyond this many features are not formed: such a reader ranks its channels by the
-/// energy they carry alone.
-const MAX_GRAM: usize = 4096;
+/// Gram matrices beyond this many features (bias included) are not formed: such a reader ranks its
+/// channels by the energy they carry alone and is not refitted (a VGG classifier reading 25,088 features
+/// would need a 5 GB matrix and a 10¹² step solve).
+pub const MAX_GRAM: usize = 2049;
 
 /// Per-channel importance of every reader on the original model, with the layer's output energy: the
 /// output energy the channel's weights carry (`Σ (W_c·p_c)²`), or with `obs` the energy lost when the

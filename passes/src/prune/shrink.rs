@@ -44,9 +44,12 @@ pub fn apply(
                 let (d, w) = without(&d, &w, out_axis, dy);
                 set_const(g, id, 1, "pruned_w", tensor(d, &w))?;
                 if !dy.is_empty() {
+                    // The bias follows the output channels only where its last axis has them (a
+                    // broadcast bias such as a Gemm's [M, 1] or a scalar stays).
+                    let outs = n.output(0).and_then(|y| groups.base.get(&y)).map(|b| b.1);
                     if let Some((bd, b)) = f32_const(g, n.input(2)) {
-                        if b.len() > 1 {
-                            let axis = bd.len() - 1;
+                        let axis = bd.len().saturating_sub(1);
+                        if !bd.is_empty() && Some(bd[axis] as usize) == outs && b.len() > 1 {
                             let (d, b) = without(&bd, &b, axis, dy);
                             set_const(g, id, 2, "pruned_b", tensor(d, &b))?;
                         }
