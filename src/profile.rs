@@ -8,6 +8,9 @@
 //! - TFLite: LiteRT's benchmark tool (`litert-benchmark`, shipped by the `ai-edge-litert` wheel), found on
 //!   PATH or named by `KILN_LITERT_BENCHMARK`: end-to-end median only (that tool has no per-op profile).
 //!   Without it, kiln says how to get it and fails.
+//! - Vulkan bundles: kiln's runtime on the system's Vulkan driver: the end-to-end median of whole-plan
+//!   submissions, and per dispatch the median of GPU timestamps with each step submitted alone, grouped
+//!   by the IR node each dispatch computes.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -212,11 +215,8 @@ pub fn profile(
     let report = match ext {
         "onnx" => onnx_profile(&file, &given, warmup, runs)?,
         "tflite" => tflite_profile(&file, warmup, runs, threads)?,
-        "kvk" => bail!(
-            "{}: Vulkan bundles are profiled with `KILN_VK_PROFILE=1 kiln run`",
-            file.display()
-        ),
-        _ => bail!("{}: not an artifact kiln profiles (.onnx, .tflite)", file.display()),
+        "kvk" => crate::vk_run::profile(&file, &given, warmup, runs)?,
+        _ => bail!("{}: not an artifact kiln profiles (.onnx, .tflite, .kvk)", file.display()),
     };
     if let Some(j) = json {
         kiln_compiler::artifact::write_atomic(&j, &serde_json::to_vec_pretty(&report)?)?;

@@ -169,3 +169,87 @@ pub fn run(bundle: &Path, inputs: &[(String, PathBuf)], output_dir: &Path) -> Re
     }
     Ok(())
 }
+
+/// `kiln profile` of a bundle: end-to-end median of `runs` whole runs, and each dispatch's median GPU
+/// time (submitted alone), grouped by the IR node it computes. Inputs from `.npy` files or a ramp.
+pub fn profile(
+    bundle: &Path,
+    inputs: &[(String, PathBuf)],
+    warmup: usize,
+    runs: usize,
+) -> Result<serde_json::Value> {
+    let opts = LoadOptions {
+        pipeline_cache: std::env::var_os("KILN_VK_PIPELINE_CACHE").map(PathBuf::from),
+        validation: false,
+    };
+    let mut s = Session::load_file(bundle, &opts)
+        .with_context(|| format!("loading Vulkan bundle {}", bundle.display()))?;
+    for i in 0..s.inputs().len() {
+        let (name, n) = {
+            let t = &s.inputs()[i];
+            (t.name.clone(), t.shape.iter().product::<u64>() as usize)
+        };
+        let vals: Vec<f32> = match inputs.iter().find(|(k, _)| *k == name) {
+            Some((_, f)) => npy::read(f)?
+                .to_f32_vec()
+                .ok_or_else(|| anyhow!("{}: not float data", f.display()))?,
+            None => (0..n).map(|k| ((k * 7919 % 255) as f32 / 255.0) - 0.5).collect(),
+        };
+        if vals.len() != n {
+            bail!("input '{name}' needs {n} values, got {}", vals.len());
+        }
+        s.set_input(i, &vals)?;
+    }
+    for _ in 0..warmup {
+        s.run()?;
+    }
+    let runs = runs.max(1);
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        s.run()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let total = times[times.len() / 2];
+    let steps = s.profile(runs)?;
+    let mut rows: Vec<(String, String, f64, usize)> = Vec::new();
+    for (st, ms) in s.manifest().steps.iter().zip(&steps) {
+        match rows.iter_mut().find(|r| r.0 == st.node) {
+            Some(r) => {
+                r.2 += ms;
+                r.3 += 1;
+            }
+            None => rows.push((st.node.clone(), st.op.clone(), *ms, 1)),
+        }
+    }
+    let sum: f64 = rows.iter().map(|r| r.2).sum();
+    println!(
+        "{} (Vulkan, kiln-vk on {}), {runs} runs after {warmup} warm-up; per layer: GPU time of its dispatches, each submitted alone",
+        bundle.display(),
+        s.device_name()
+    );
+    println!(
+        "{:<48} {:<18} {:>10} {:>9} {:>6}",
+        "layer (kiln node)", "op", "dispatches", "ms", "share"
+    );
+    for (node, op, ms, n) in &rows {
+        println!("{node:<48} {op:<18} {n:>10} {ms:>9.3} {:>5.1}%", 100.0 * ms / sum.max(1e-12));
+    }
+    println!(
+        "sum of layers {sum:.3} ms; end to end (median, whole plan) {total:.3} ms; sum / end to end {:.2}",
+        sum / total.max(1e-12)
+    );
+    Ok(serde_json::json!({
+        "artifact": bundle.display().to_string(),
+        "runtime": "kiln-vk",
+        "device": s.device_name(),
+        "runs": runs,
+        "warmup": warmup,
+        "end_to_end_ms": total,
+        "sum_of_layers_ms": sum,
+        "layers": rows.iter().map(|(node, op, ms, n)| serde_json::json!({
+            "node": node, "op": op, "dispatches": n, "ms": ms, "share": ms / sum.max(1e-12),
+        })).collect::<Vec<_>>(),
+    }))
+}

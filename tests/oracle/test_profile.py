@@ -133,3 +133,28 @@ def test_build_profile_without_litert_notes_it_unless_required(tmp_path):
     assert r.returncode != 0 and "ai-edge-litert" in r.stderr and "panicked" not in r.stderr, r.stderr
     r, _ = profiled_build(tmp_path / "bad", "sometimes", env)
     assert r.returncode != 0 and "profile" in r.stderr and "required" in r.stderr, r.stderr
+
+
+def test_vulkan_profile_names_every_dispatch_by_its_node(tmp_path):
+    """`kiln profile` of a Vulkan bundle on lavapipe: every step of plan.txt is in the table under its IR node,
+    with GPU time, and the whole-plan median is measured."""
+    import subprocess
+
+    from kiln_oracle import KILN
+    from vulkan_oracle import env, lavapipe
+
+    why = lavapipe()
+    if why:
+        pytest.skip(why)
+    r, out = profiled_build(tmp_path, False)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.run([str(KILN), "profile", str(out / "vk"), "--runs", "5", "--warmup", "1",
+                        "--json", str(tmp_path / "v.json")], capture_output=True, text=True, env=env(validation=False))
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((tmp_path / "v.json").read_text())
+    plan = (out / "vk" / "plan.txt").read_text().splitlines()[1:]
+    nodes = {line.split()[-1] for line in plan if line.strip()}
+    rows = {row["node"]: row for row in rep["layers"]}
+    assert set(rows) == nodes, (set(rows) ^ nodes)
+    assert sum(row["dispatches"] for row in rep["layers"]) == len([x for x in plan if x.strip()])
+    assert rep["end_to_end_ms"] > 0 and all(row["ms"] >= 0 for row in rep["layers"])
