@@ -39,15 +39,33 @@ fn node(g: &mut Graph, name: &str, op: Op, inputs: Vec<ValueId>) -> ValueId {
     y
 }
 
-/// x[1,4,6,6] → a = conv(4→8) → b = conv(a, 8→8) → c = a + b → e = depthwise(c) → d = concat(e, f =
-/// conv(c, 8→6)) → GlobalAveragePool → Flatten → Gemm(14→3).
-fn sample() -> (Model, BTreeMap<&'static str, ValueId>) {
+/// A graph with one float input `x` of `dims`.
+fn with_input(dims: &[i64]) -> (Graph, ValueId) {
     let mut g = Graph::default();
     let mut x = Value::new("x");
     x.dtype = DType::F32;
-    x.shape = Some([1, 4, 6, 6].iter().map(|d| Dim::Known(*d)).collect());
+    x.shape = Some(dims.iter().map(|d| Dim::Known(*d)).collect());
     let x = g.add_value(x).unwrap();
     g.inputs.push(x);
+    (g, x)
+}
+
+/// `g` as an opset-17 model with shapes inferred.
+fn finish(g: Graph) -> Model {
+    let mut m = Model {
+        ir_version: 8,
+        opset_imports: vec![(String::new(), 17)],
+        graph: g,
+        ..Default::default()
+    };
+    shape::infer(&mut m, &Default::default()).unwrap();
+    m
+}
+
+/// x[1,4,6,6] → a = conv(4→8) → b = conv(a, 8→8) → c = a + b → e = depthwise(c) → d = concat(e, f =
+/// conv(c, 8→6)) → GlobalAveragePool → Flatten → Gemm(14→3).
+fn sample() -> (Model, BTreeMap<&'static str, ValueId>) {
+    let (mut g, x) = with_input(&[1, 4, 6, 6]);
     let a = conv(&mut g, "a", x, 4, 8, 1);
     let b = conv(&mut g, "b", a, 8, 8, 1);
     let c = node(&mut g, "c", Op::Binary(kiln_compiler::ir::BinOp::Add), vec![a, b]);
@@ -67,13 +85,7 @@ fn sample() -> (Model, BTreeMap<&'static str, ValueId>) {
     ))
     .unwrap();
     g.outputs.push(y);
-    let mut m = Model {
-        ir_version: 8,
-        opset_imports: vec![(String::new(), 17)],
-        graph: g,
-        ..Default::default()
-    };
-    shape::infer(&mut m, &Default::default()).unwrap();
+    let m = finish(g);
     let names =
         BTreeMap::from([("a", a), ("b", b), ("c", c), ("e", e), ("f", f), ("d", d), ("fl", fl)]);
     (m, names)
@@ -161,12 +173,7 @@ fn every_component_of_the_sample_is_removable() {
 /// export without `cleanup`) and an unrelated conv: no slot of one may be tied to the other.
 #[test]
 fn lower_rank_operands_and_constant_inputs_do_not_tie_wrong_slots() {
-    let mut g = Graph::default();
-    let mut x = Value::new("x");
-    x.dtype = DType::F32;
-    x.shape = Some([1, 4, 6, 6].iter().map(|d| Dim::Known(*d)).collect());
-    let x = g.add_value(x).unwrap();
-    g.inputs.push(x);
+    let (mut g, x) = with_input(&[1, 4, 6, 6]);
     let a = conv(&mut g, "a", x, 4, 8, 1);
     let q = conv(&mut g, "q", x, 4, 8, 1);
     let z = weights(&mut g, "z", &[8, 1, 1]);
@@ -176,13 +183,7 @@ fn lower_rank_operands_and_constant_inputs_do_not_tie_wrong_slots() {
     let t = node(&mut g, "t", Op::Binary(kiln_compiler::ir::BinOp::Add), vec![s, q]);
     let y = conv(&mut g, "y", t, 8, 3, 1);
     g.outputs.push(y);
-    let mut m = Model {
-        ir_version: 8,
-        opset_imports: vec![(String::new(), 17)],
-        graph: g,
-        ..Default::default()
-    };
-    shape::infer(&mut m, &Default::default()).unwrap();
+    let m = finish(g);
     let gr = groups::build(&m.graph).unwrap();
     // The computed [8, 1, 1] operand cannot shrink with the channels it is added to: the whole group
     // (a, q, s, t) stays, and nothing else is tied to it.
