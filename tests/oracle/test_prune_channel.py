@@ -157,7 +157,10 @@ def test_ratio_prunes_every_group_evenly(tmp_path):
 
 
 IMAGE_CALIB = {"images": DATA / "images_calib", "preprocess": IMAGENET_PREPROCESS}
-IMAGE_VAL = {"images": DATA / "images_val", "preprocess": IMAGENET_PREPROCESS, "min_top1_agreement": 0.0}
+# kiln's own check of the pruned model (a budget lets the unreconstructed ones through) on 16 images; the
+# table itself is measured by onnxruntime on all 100.
+IMAGE_VAL = {"images": DATA / "images_val", "preprocess": IMAGENET_PREPROCESS, "samples": 16,
+             "min_top1_agreement": 0.0}
 SHARED_CNNS = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_1"]
 
 

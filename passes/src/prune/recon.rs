@@ -706,32 +706,22 @@ fn cholesky_solve(mut a: Array2<f64>, mut b: Array2<f64>) -> Option<Array2<f64>>
             a[[i, j]] = s / d;
         }
     }
-    let m = b.ncols();
-    // Forward: L z = b.
+    // Row i of `b` minus the rows `ks` weighted by `l(k)`, divided by the diagonal.
+    let eliminate = |b: &mut Array2<f64>, i: usize, ks: &mut dyn Iterator<Item = (usize, f64)>| {
+        for (k, l) in ks {
+            for c in 0..b.ncols() {
+                b[[i, c]] -= l * b[[k, c]];
+            }
+        }
+        let d = a[[i, i]];
+        b.row_mut(i).mapv_inplace(|v| v / d);
+    };
+    // Forward: L z = b, then backward: Lᵀ x = z.
     for i in 0..n {
-        for k in 0..i {
-            let l = a[[i, k]];
-            for c in 0..m {
-                b[[i, c]] -= l * b[[k, c]];
-            }
-        }
-        let d = a[[i, i]];
-        for c in 0..m {
-            b[[i, c]] /= d;
-        }
+        eliminate(&mut b, i, &mut (0..i).map(|k| (k, a[[i, k]])));
     }
-    // Backward: Lᵀ x = z.
     for i in (0..n).rev() {
-        for k in i + 1..n {
-            let l = a[[k, i]];
-            for c in 0..m {
-                b[[i, c]] -= l * b[[k, c]];
-            }
-        }
-        let d = a[[i, i]];
-        for c in 0..m {
-            b[[i, c]] /= d;
-        }
+        eliminate(&mut b, i, &mut (i + 1..n).map(|k| (k, a[[k, i]])));
     }
     b.iter().all(|v| v.is_finite()).then_some(b)
 }
