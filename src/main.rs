@@ -637,6 +637,8 @@ struct QuantizeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `profile:` in a build measures Vulkan bundles with kiln's own runtime.
+    kiln_compiler::profile::register_runner("kvk", "kiln-vk", vk_run::median_ms);
     let r = match cli.cmd {
         Cmd::Build { config, force, out_dir, depfile, only, quiet, jobs, message_format } => {
             build(BuildArgs { config, force, out_dir, depfile, only, quiet, jobs, message_format })

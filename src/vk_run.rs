@@ -253,3 +253,44 @@ pub fn profile(
         })).collect::<Vec<_>>(),
     }))
 }
+
+/// The build profiler's runner for `.kvk` bundles (`kiln_compiler::profile::register_runner`): the median
+/// of `runs` whole runs on the system's Vulkan driver, fed `feeds` by input name (else a ramp).
+pub fn median_ms(
+    bundle: &Path,
+    feeds: &[(String, TensorData)],
+    warmup: usize,
+    runs: usize,
+) -> std::result::Result<f64, String> {
+    let go = || -> Result<f64> {
+        let opts = LoadOptions {
+            pipeline_cache: std::env::var_os("KILN_VK_PIPELINE_CACHE").map(PathBuf::from),
+            validation: false,
+        };
+        let mut s = Session::load_file(bundle, &opts)?;
+        for i in 0..s.inputs().len() {
+            let (name, n) = {
+                let t = &s.inputs()[i];
+                (t.name.clone(), t.shape.iter().product::<u64>() as usize)
+            };
+            let vals =
+                match feeds.iter().find(|(k, _)| *k == name).and_then(|(_, t)| t.to_f32_vec()) {
+                    Some(v) if v.len() == n => v,
+                    _ => (0..n).map(|k| ((k * 7919 % 255) as f32 / 255.0) - 0.5).collect(),
+                };
+            s.set_input(i, &vals)?;
+        }
+        for _ in 0..warmup {
+            s.run()?;
+        }
+        let mut times = Vec::with_capacity(runs.max(1));
+        for _ in 0..runs.max(1) {
+            let t0 = Instant::now();
+            s.run()?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    go().map_err(|e| format!("the Vulkan runtime could not run it here: {e:#}"))
+}

@@ -1413,9 +1413,12 @@ fn profile_rows(
                 .map(|ms| ("litert".to_string(), ms))
                 .map_err(|e| e.to_string()),
             ("tflite", None) => Err(p::LITERT_HINT.to_string()),
-            _ => Err(format!(
-                "a .{ext} artifact is not run by kiln's profiler (Vulkan bundles: KILN_VK_PROFILE=1 kiln run)"
-            )),
+            _ => match p::runner(ext) {
+                Some((name, run)) => {
+                    run(&path, &given, warmup, runs).map(|ms| (name.to_string(), ms))
+                }
+                None => Err(format!("a .{ext} artifact is not run by kiln's profiler")),
+            },
         };
         let (runtime, latency_ms, note) = match measured {
             Ok((rt, ms)) => (Some(rt), Some(ms), None),

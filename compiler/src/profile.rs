@@ -160,3 +160,27 @@ pub fn onnx_median_ms(
     let ev = crate::eval::Evaluator::for_inputs(m, feeds)?;
     Ok(ev.profile(feeds, warmup, runs)?.total * 1e3)
 }
+
+/// Measures an artifact kind the compiler cannot run itself (the binary registers the Vulkan runtime for
+/// `.kvk`): median end-to-end milliseconds, fed `feeds` where they name its inputs, after `warmup` runs.
+pub type Runner =
+    fn(&Path, &[(String, TensorData)], usize, usize) -> std::result::Result<f64, String>;
+
+type Runners = std::collections::BTreeMap<String, (&'static str, Runner)>;
+
+fn runners() -> &'static std::sync::Mutex<Runners> {
+    static R: std::sync::OnceLock<std::sync::Mutex<Runners>> = std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Register `r`, named `runtime` in reports, for artifacts with extension `ext`.
+pub fn register_runner(ext: &str, runtime: &'static str, r: Runner) {
+    if let Ok(mut m) = runners().lock() {
+        m.insert(ext.to_string(), (runtime, r));
+    }
+}
+
+/// The runtime name and runner registered for `ext`.
+pub fn runner(ext: &str) -> Option<(&'static str, Runner)> {
+    runners().lock().ok()?.get(ext).copied()
+}
