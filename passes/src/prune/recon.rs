@@ -59,6 +59,11 @@ pub struct Reader {
     pub b: Vec<f64>,
 }
 
+/// The dims of `v` from axis `skip` on, when all are known.
+fn static_dims(g: &Graph, v: ValueId, skip: usize) -> Option<Vec<usize>> {
+    g.value(v).shape.as_ref()?.iter().skip(skip).map(|d| d.known().and_then(us)).collect()
+}
+
 fn us(v: i64) -> Option<usize> {
     usize::try_from(v).ok()
 }
@@ -74,20 +79,8 @@ impl Reader {
             Some(b) => Some(g.const_data(b)?.to_f64_vec()?),
             None => None,
         };
-        let xs: Vec<usize> = g
-            .value(x)
-            .shape
-            .as_ref()?
-            .iter()
-            .map(|d| d.known().and_then(us))
-            .collect::<Option<_>>()?;
-        let ys: Vec<usize> = g
-            .value(n.output(0)?)
-            .shape
-            .as_ref()?
-            .iter()
-            .map(|d| d.known().and_then(us))
-            .collect::<Option<_>>()?;
+        let xs = static_dims(g, x, 0)?;
+        let ys = static_dims(g, n.output(0)?, 0)?;
         match &n.op {
             Op::Conv { window, group } if group.unwrap_or(1) == 1 => {
                 let (cout, cin) = (us(*wd.dims.first()?)?, us(*wd.dims.get(1)?)?);
@@ -189,22 +182,8 @@ impl Reader {
             _ => false,
         };
         let z = n.input(0)?;
-        let zs: Vec<usize> = g
-            .value(z)
-            .shape
-            .as_ref()?
-            .iter()
-            .skip(1)
-            .map(|d| d.known().and_then(us))
-            .collect::<Option<_>>()?;
-        let vs: Vec<usize> = g
-            .value(v)
-            .shape
-            .as_ref()?
-            .iter()
-            .skip(1)
-            .map(|d| d.known().and_then(us))
-            .collect::<Option<_>>()?;
+        let zs = static_dims(g, z, 1)?;
+        let vs = static_dims(g, v, 1)?;
         // The pooled value keeps only the channel axis (all other extents 1).
         let pooled_all = vs.first() == Some(&self.cin) && vs.iter().skip(1).all(|d| *d == 1);
         if !mean || zs.len() < 2 || zs[0] != self.cin || !pooled_all {
