@@ -71,7 +71,7 @@ fn onnx_profile(
     let feeds = profile::feeds(&m, &read)?;
     let pins: shape::Pins = feeds.iter().map(|(n, t)| (n.clone(), t.dims.clone())).collect();
     shape::infer(&mut m, &pins)?;
-    let ev = eval::Evaluator::for_inputs(&m, &feeds)?;
+    let ev = eval::Evaluator::as_written_for(&m, &feeds)?;
     let times = ev.profile(&feeds, warmup, runs)?;
     let g = &m.graph;
     let order = g.topo_order()?;

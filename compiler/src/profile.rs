@@ -157,7 +157,7 @@ pub fn onnx_median_ms(
     warmup: usize,
     runs: usize,
 ) -> Result<f64> {
-    let ev = crate::eval::Evaluator::for_inputs(m, feeds)?;
+    let ev = crate::eval::Evaluator::as_written_for(m, feeds)?;
     Ok(ev.profile(feeds, warmup, runs)?.total * 1e3)
 }
 

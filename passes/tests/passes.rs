@@ -384,3 +384,55 @@ fn pinned_statistics_reproduce_every_method() {
     let b = qdq::activation_params(&m.graph, &calib, &qdq::QdqOptions::default());
     assert_ne!(a, b);
 }
+
+/// The evaluator lowers Q/DQ to float ops (compiler/src/eval/qdq.rs): its outputs must equal tract's own
+/// Q/DQ bit for bit, for int8 and uint8 activations, on inputs full of rounding ties, and the lowering must
+/// have happened (the lowered model runs faster; here: the QuantizeLinear nodes are gone from its plan).
+#[test]
+fn lowered_qdq_evaluation_is_bit_identical() {
+    use kiln_compiler::ir::{DType, Op};
+    use kiln_passes::quant::{self, qdq};
+    let m = tiny_cnn_fused();
+    let mut state = 99u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let samples: Vec<TensorData> = (0..4)
+        .map(|_| {
+            let v: Vec<f32> = (0..3 * 64 * 64)
+                .map(|i| {
+                    // Half the inputs sit on multiples of 1/64 (exact ties for power-of-two scales).
+                    let u = next() * 4.0 - 2.0;
+                    if i % 2 == 0 {
+                        (u * 64.0).round() / 64.0 + 1.0 / 128.0
+                    } else {
+                        u
+                    }
+                })
+                .collect();
+            TensorData::from_f32(vec![1, 3, 64, 64], &v)
+        })
+        .collect();
+    let calib = kiln_compiler::calib::collect_with(&m, "input", &samples, false).unwrap();
+    for activations in [DType::I8, DType::U8] {
+        let opts = qdq::QdqOptions { activations, ..Default::default() };
+        let (q, summary, _) = quant::build(&m, &calib, &opts, false, "input", &samples).unwrap();
+        assert!(summary.activations > 3);
+        assert!(q.graph.nodes.node_weights().any(|n| matches!(n.op, Op::QuantizeLinear { .. })));
+        let facts = [("input".to_string(), DType::F32, vec![1, 3, 64, 64])];
+        let fast = eval::Evaluator::new(&q, &facts).unwrap();
+        let written = eval::Evaluator::as_written(&q, &facts).unwrap();
+        assert!(
+            fast.lowered_qdq_pairs() >= summary.activations && written.lowered_qdq_pairs() == 0
+        );
+        for s in &samples {
+            let a = fast.run(&[("input".to_string(), s.clone())]).unwrap();
+            let b = written.run(&[("input".to_string(), s.clone())]).unwrap();
+            let (a, b) = (a[0].1.to_f32_vec().unwrap(), b[0].1.to_f32_vec().unwrap());
+            assert_eq!(a.len(), b.len());
+            let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(differ, 0, "{activations:?}: {differ} outputs differ");
+        }
+    }
+}

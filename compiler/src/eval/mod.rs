@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 use crate::ir::{DType, Model, TensorData};
 use crate::onnx::{ExportOptions, ExternalData};
 
+pub mod qdq;
+
 thread_local! {
     /// Set while this thread is inside [`guarded`]: its panics are reported as errors, not printed.
     static GUARDED: Cell<bool> = const { Cell::new(false) };
@@ -178,6 +180,8 @@ pub struct Evaluator {
     plan: std::sync::Arc<TypedRunnableModel>,
     input_names: Vec<String>,
     output_names: Vec<String>,
+    /// Activation Q/DQ pairs lowered to float ops before preparing (qdq.rs).
+    lowered: usize,
 }
 
 impl Evaluator {
@@ -187,10 +191,26 @@ impl Evaluator {
             check_input(model, name, dims)?;
         }
         refuse_known_crashes(model)?;
-        guarded("preparing the model", || Self::prepare(model, input_facts))
+        guarded("preparing the model", || Self::prepare(model, input_facts, true))
     }
 
-    fn prepare(model: &Model, input_facts: &[(String, DType, Vec<i64>)]) -> Result<Self> {
+    /// Like [`Evaluator::new`], but with the model's Q/DQ run by tract as written instead of lowered to
+    /// float ops (qdq.rs): what `kiln profile` measures.
+    pub fn as_written(model: &Model, input_facts: &[(String, DType, Vec<i64>)]) -> Result<Self> {
+        for (name, _, dims) in input_facts {
+            check_input(model, name, dims)?;
+        }
+        refuse_known_crashes(model)?;
+        guarded("preparing the model", || Self::prepare(model, input_facts, false))
+    }
+
+    fn prepare(
+        model: &Model,
+        input_facts: &[(String, DType, Vec<i64>)],
+        lower: bool,
+    ) -> Result<Self> {
+        let lowered = if lower && qdq::has_qdq(model) { Some(qdq::lower(model)?) } else { None };
+        let (model, pairs) = lowered.as_ref().map_or((model, 0), |(m, p)| (m, p.len()));
         let bytes = crate::onnx::to_bytes(
             model,
             &ExportOptions { external: ExternalData::Inline, strip_value_info: true },
@@ -243,14 +263,22 @@ impl Evaluator {
         }
         let plan = typed.into_optimized().map_err(ev)?.into_runnable().map_err(ev)?;
         let output_names = g.outputs.iter().map(|v| g.value(*v).name.clone()).collect();
-        Ok(Evaluator { plan, input_names, output_names })
+        Ok(Evaluator { plan, input_names, output_names, lowered: pairs })
     }
 
     /// Prepare for the given input tensors' types and shapes.
     pub fn for_inputs(model: &Model, inputs: &[(String, TensorData)]) -> Result<Self> {
-        let facts: Vec<(String, DType, Vec<i64>)> =
-            inputs.iter().map(|(n, t)| (n.clone(), t.dtype, t.dims.clone())).collect();
-        Self::new(model, &facts)
+        Self::new(model, &facts_of(inputs))
+    }
+
+    /// [`Evaluator::as_written`] for the given input tensors.
+    pub fn as_written_for(model: &Model, inputs: &[(String, TensorData)]) -> Result<Self> {
+        Self::as_written(model, &facts_of(inputs))
+    }
+
+    /// How many activation Q/DQ pairs were lowered to float ops (qdq.rs) before tract prepared the model.
+    pub fn lowered_qdq_pairs(&self) -> usize {
+        self.lowered
     }
 
     pub fn output_names(&self) -> &[String] {
@@ -297,6 +325,10 @@ pub struct NodeTimes {
     /// Median end-to-end seconds of the uninstrumented runs.
     pub total: f64,
     pub runs: usize,
+}
+
+fn facts_of(inputs: &[(String, TensorData)]) -> Vec<(String, DType, Vec<i64>)> {
+    inputs.iter().map(|(n, t)| (n.clone(), t.dtype, t.dims.clone())).collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
