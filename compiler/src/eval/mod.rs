@@ -483,6 +483,39 @@ impl Evaluator {
     }
 }
 
+/// `f(0)`, …, `f(n − 1)` on up to two threads (each takes every other index), results in index order:
+/// for evaluations whose inputs differ per sample in more than the data input ([`Evaluator::fold_samples`]
+/// covers the rest). Deterministic: the results do not depend on which thread computed them.
+pub fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).clamp(1, 2);
+    if threads == 1 || n < 2 {
+        return (0..n).map(&f).collect();
+    }
+    let f = &f;
+    let parts: Vec<Result<Vec<(usize, T)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || -> Result<Vec<(usize, T)>> {
+                    (t..n).step_by(threads).map(|i| Ok((i, f(i)?))).collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Eval("an evaluation thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut all: Vec<(usize, T)> = Vec::with_capacity(n);
+    for p in parts {
+        all.extend(p?);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, t)| t).collect())
+}
+
 /// Run `model` once on `inputs`.
 pub fn run(model: &Model, inputs: &[(String, TensorData)]) -> Result<Vec<(String, TensorData)>> {
     Evaluator::for_inputs(model, inputs)?.run(inputs)

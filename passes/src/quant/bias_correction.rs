@@ -70,10 +70,15 @@ pub fn input_means(f: &Model, input: &str, samples: &[TensorData]) -> Result<Inp
     }
     probe.graph.outputs = outs.clone();
     let ev = Evaluator::new(&probe, &[(input.to_string(), first.dtype, first.dims.clone())])?;
+    // Per sample on two threads, summed in sample order.
+    let per = kiln_compiler::eval::par_map(samples.len(), |i| {
+        let outs = ev.run(&[(input.to_string(), samples[i].clone())])?;
+        Ok(outs.iter().map(|(_, t)| channel_means(t)).collect::<Vec<_>>())
+    })?;
     let mut means: Vec<Vec<f64>> = vec![Vec::new(); outs.len()];
-    for s in samples {
-        for (k, (_, t)) in ev.run(&[(input.to_string(), s.clone())])?.iter().enumerate() {
-            if let (Some(m), Some(acc)) = (channel_means(t), means.get_mut(k)) {
+    for sample in per {
+        for (m, acc) in sample.into_iter().zip(means.iter_mut()) {
+            if let Some(m) = m {
                 if acc.is_empty() {
                     *acc = vec![0.0; m.len()];
                 }

@@ -9,6 +9,7 @@ pub mod params;
 pub mod qdq;
 pub mod ranges;
 pub mod streams;
+pub mod trial;
 
 use kiln_compiler::backend::QuantRules;
 use kiln_compiler::calib::Calibration;

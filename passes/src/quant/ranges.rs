@@ -14,12 +14,15 @@
 //! is kept only if it beats the current choice by [`MIN_GAIN_DB`]. If a candidate cannot be built or run,
 //! refinement stops and says so (`skipped`); the calibrated ranges stay.
 use kiln_compiler::calib::Calibration;
+use std::collections::BTreeSet;
+
 use kiln_compiler::eval::Evaluator;
 use kiln_compiler::ir::{Model, Op, TensorData, ValueId};
 use kiln_compiler::Result;
 
 use super::params::{amax, Method};
 use super::qdq::QdqOptions;
+use super::trial::Feeds;
 
 /// First factors tried on a stream's calibrated range (1.0, the calibrated range itself, is the start);
 /// then the two between the best of the three and its neighbours ([`second_round`]).
@@ -61,24 +64,17 @@ pub struct StreamChoice {
     pub sqnr_db_after: f64,
 }
 
-/// Output SQNR of `cand` against the reference outputs `want` (one Vec per sample, all outputs flattened).
-fn sqnr(cand: &Model, input: &str, samples: &[TensorData], want: &[Vec<f64>]) -> Result<f64> {
-    let Some(first) = samples.first() else { return Ok(f64::INFINITY) };
-    let ev = Evaluator::new(cand, &[(input.to_string(), first.dtype, first.dims.clone())])?;
+/// Output SQNR of the runs `got` (one Vec per sample, all outputs flattened) against `want`.
+fn sqnr(got: &[Vec<f64>], want: &[Vec<f64>]) -> f64 {
     let (mut sig, mut noise) = (0f64, 0f64);
-    for (s, w) in samples.iter().zip(want) {
-        let got: Vec<f64> = ev
-            .run(&[(input.to_string(), s.clone())])?
-            .iter()
-            .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
-            .collect();
-        if got.len() != w.len() {
-            return Ok(f64::NEG_INFINITY);
+    for (g, w) in got.iter().zip(want) {
+        if g.len() != w.len() {
+            return f64::NEG_INFINITY;
         }
         sig += w.iter().map(|v| v * v).sum::<f64>();
-        noise += w.iter().zip(&got).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+        noise += w.iter().zip(g).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
     }
-    Ok(10.0 * (sig / noise.max(1e-30)).log10())
+    10.0 * (sig / noise.max(1e-30)).log10()
 }
 
 /// `calib` with each value's range already clipped by its method (graph outputs and what they pool, which
@@ -152,73 +148,82 @@ fn search(
     let probe: Vec<TensorData> =
         (0..n).filter_map(|i| samples.get(i * samples.len() / n).cloned()).collect();
     let ev = Evaluator::new(model, &[(input.to_string(), probe[0].dtype, probe[0].dims.clone())])?;
-    let mut want = Vec::with_capacity(probe.len());
-    for s in &probe {
-        want.push(
-            ev.run(&[(input.to_string(), s.clone())])?
-                .iter()
-                .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
-                .collect::<Vec<f64>>(),
-        );
-    }
+    let want = kiln_compiler::eval::par_map(probe.len(), |i| {
+        Ok(ev
+            .run(&[(input.to_string(), probe[i].clone())])?
+            .iter()
+            .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
+            .collect::<Vec<f64>>())
+    })?;
     let means =
         if bc { Some(super::bias_correction::input_means(model, input, &probe)?) } else { None };
     let pinned = pin(model, calib, opts);
-    let score = |o: &QdqOptions| -> Result<f64> {
-        let o =
-            QdqOptions { method: Method::MinMax, method_override: Default::default(), ..o.clone() };
-        let (m, _, _) = super::build_with_means(model, &pinned, &o, means.as_ref())?;
-        sqnr(&m, input, &probe, &want)
+    // One Q/DQ model, its activation parameters as inputs (trial.rs); candidates only feed new values.
+    let minmax = |o: &QdqOptions| QdqOptions {
+        method: Method::MinMax,
+        method_override: Default::default(),
+        ..o.clone()
     };
-    let mut best = score(&out)?;
+    let (built, _, _) = super::build_with_means(model, &pinned, &minmax(&out), means.as_ref())?;
+    let pm = super::trial::ParamModel::new(model, &pinned, &built, input)?;
+    let mut current = pm.feeds(&out);
+    let everything: BTreeSet<String> = current.keys().cloned().collect();
+    let whole = pm.stage(&everything, &current, &probe)?;
+    let mut best = sqnr(&pm.outputs(&whole, &current, &probe)?, &want);
+    drop(whole);
     report.evaluated += 1;
     let mut progress = kiln_compiler::progress::stage("range refinement", streams.len());
     for values in streams {
         progress.inc();
         let before = best;
-        let mut keep = 1.0f32;
+        let with = |o: &QdqOptions, f: f32| {
+            let mut o = o.clone();
+            values.iter().for_each(|v| {
+                o.range_scale.insert(v.clone(), f);
+            });
+            o
+        };
+        // The parameters this stream's factor moves, and the part of the model that reads them.
+        let probe_feeds = pm.feeds(&with(&out, 0.5));
+        let changed: BTreeSet<String> = probe_feeds
+            .iter()
+            .filter(|(k, v)| current.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if changed.is_empty() {
+            continue;
+        }
+        let stage = pm.stage(&changed, &current, &probe)?;
+        let score = |f: f32| -> Result<(f64, Feeds)> {
+            let feeds = pm.feeds(&with(&out, f));
+            Ok((sqnr(&pm.outputs(&stage, &feeds, &probe)?, &want), feeds))
+        };
+        let mut keep = (1.0f32, current.clone());
         let mut round = FIRST;
         for r in 0..2 {
-            let cands: Vec<QdqOptions> = round
-                .iter()
-                .map(|f| {
-                    let mut o = out.clone();
-                    values.iter().for_each(|v| {
-                        o.range_scale.insert(v.clone(), *f);
-                    });
-                    o
-                })
-                .collect();
-            // Both candidates at once: each is one quantization and one tract run over the probe samples.
-            let (a, b) = std::thread::scope(|sc| {
-                let h = sc.spawn(|| score(&cands[1]));
-                let a = score(&cands[0]);
-                (a, h.join())
-            });
-            let b = b.map_err(|_| kiln_compiler::Error::Pass {
-                pass: "quantize".into(),
-                reason: "range refinement thread panicked".into(),
-            })?;
+            // Each candidate is one run of the stage per probe sample (two samples at a time).
+            let (a, b) = (score(round[0]), score(round[1]));
             report.evaluated += 2;
-            for (f, s) in round.iter().zip([a?, b?]) {
-                if s > best + MIN_GAIN_DB {
-                    best = s;
-                    keep = *f;
+            for (f, (db, feeds)) in round.iter().zip([a?, b?]) {
+                if db > best + MIN_GAIN_DB {
+                    best = db;
+                    keep = (*f, feeds);
                 }
             }
             if r == 0 {
-                round = second_round(keep);
+                round = second_round(keep.0);
             }
         }
-        if keep != 1.0 {
+        if keep.0 != 1.0 {
             for v in &values {
-                out.range_scale.insert(v.clone(), keep);
+                out.range_scale.insert(v.clone(), keep.0);
             }
+            current = keep.1;
         }
         report.streams.push(StreamChoice {
             first: values[0].clone(),
             tensors: values.len(),
-            factor: keep,
+            factor: keep.0,
             sqnr_db_before: before,
             sqnr_db_after: best,
         });
