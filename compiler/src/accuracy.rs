@@ -52,16 +52,13 @@ pub fn reference_outputs(
         reason: "no validation samples".into(),
     })?;
     let r = Evaluator::new(reference, &[(input.to_string(), first.dtype, first.dims.clone())])?;
-    samples
-        .iter()
-        .map(|s| {
-            r.run(&[(input.to_string(), s.clone())])?
-                .into_iter()
-                .next()
-                .and_then(|(_, t)| t.to_f64_vec())
-                .ok_or_else(|| Error::Eval("reference produced no numeric output".into()))
-        })
-        .collect()
+    crate::eval::par_map(samples.len(), |i| {
+        r.run(&[(input.to_string(), samples[i].clone())])?
+            .into_iter()
+            .next()
+            .and_then(|(_, t)| t.to_f64_vec())
+            .ok_or_else(|| Error::Eval("reference produced no numeric output".into()))
+    })
 }
 
 /// [`compare`] against the reference's outputs ([`reference_outputs`] on the same samples).
@@ -85,38 +82,46 @@ pub fn compare_with(
     }
     let fact = [(input.to_string(), first.dtype, first.dims.clone())];
     let c = Evaluator::new(candidate, &fact)?;
-    let (mut agree, mut cos, mut sig, mut noise, mut hit_r, mut hit_c) =
-        (0usize, 0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
-    for (i, s) in samples.iter().enumerate() {
-        let feed = [(input.to_string(), s.clone())];
-        let a = &refs[i];
-        let b = c
-            .run(&feed)?
+    // Runs on two threads; the metrics are summed in sample order (deterministic).
+    let outs = crate::eval::par_map(samples.len(), |i| {
+        c.run(&[(input.to_string(), samples[i].clone())])?
             .into_iter()
             .next()
             .and_then(|(_, t)| t.to_f64_vec())
-            .ok_or_else(|| Error::Eval("candidate produced no numeric output".into()))?;
+            .ok_or_else(|| Error::Eval("candidate produced no numeric output".into()))
+    })?;
+    metrics(refs, &outs, labels)
+}
+
+/// Agreement metrics of the candidate's first outputs `outs` against `refs` (one Vec per sample).
+pub fn metrics(refs: &[Vec<f64>], outs: &[Vec<f64>], labels: Option<&[i64]>) -> Result<Metrics> {
+    if refs.len() != outs.len() {
+        return Err(Error::Eval(format!("{} reference outputs for {} samples", refs.len(), outs.len())));
+    }
+    let (mut agree, mut cos, mut sig, mut noise, mut hit_r, mut hit_c) =
+        (0usize, 0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
+    for (i, (a, b)) in refs.iter().zip(outs).enumerate() {
         if a.len() != b.len() {
             return Err(Error::Eval(format!("output sizes differ: {} vs {}", a.len(), b.len())));
         }
-        let (ia, ib) = (argmax(a), argmax(&b));
+        let (ia, ib) = (argmax(a), argmax(b));
         agree += usize::from(ia == ib);
-        let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let (na, nb) = (
             a.iter().map(|x| x * x).sum::<f64>().sqrt(),
             b.iter().map(|x| x * x).sum::<f64>().sqrt(),
         );
         cos += dot / (na * nb).max(1e-30);
         sig += na * na;
-        noise += a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
+        noise += a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
         if let Some(l) = labels.and_then(|l| l.get(i)) {
             hit_r += usize::from(ia as i64 == *l);
             hit_c += usize::from(ib as i64 == *l);
         }
     }
-    let n = samples.len() as f64;
+    let n = outs.len() as f64;
     Ok(Metrics {
-        samples: samples.len(),
+        samples: outs.len(),
         top1_agreement: agree as f64 / n,
         mean_cosine: cos / n,
         sqnr_db: 10.0 * (sig / noise.max(1e-30)).log10(),

@@ -1,19 +1,25 @@
 //! Mixed precision under an accuracy budget. Quantization points are the weighted layers (weights and
 //! inputs) and the activation tensors (their Q/DQ). Each point's sensitivity is measured alone: quantize
-//! only it, run on calibration samples, and take the SQNR of the model output against fp32. Then keep the
+//! only it, run on calibration samples, and take the SQNR of the model output against fp32. Activations
+//! share one model whose Q/DQ parameters are inputs (trial.rs): a point is a run, not a model to build
+//! and prepare; layers are built one by one. Then keep the
 //! most sensitive activations in float — 1, 2, 4, 8, … of them — and, only if all of them in float are not
 //! enough, the most sensitive layers too, until the candidate meets the budget on the validation data.
 //! Activations first because they cost no bytes in float; layers' weights do. The report names every
 //! point kept, with its SQNR.
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
-use kiln_compiler::accuracy::{compare_with, reference_outputs, Metrics};
+use kiln_compiler::accuracy::{compare_with, metrics, reference_outputs, Metrics};
 use kiln_compiler::calib::Calibration;
 use kiln_compiler::ir::{Model, Op, TensorData};
 use kiln_compiler::pipeline::Budget;
 use kiln_compiler::{Error, Result};
 
 use super::qdq::QdqOptions;
+
+/// Calibration samples each point's sensitivity is measured on. The ranking only orders the plans: each
+/// plan is checked on the validation data, so fewer samples can cost kept points, never the budget.
+pub const SENSITIVITY_SAMPLES: usize = 8;
 
 /// Search for the smallest float set meeting the budget. Returns (model, report, layers bias-corrected).
 pub fn search(
@@ -23,7 +29,7 @@ pub fn search(
     first: Metrics,
 ) -> Result<(Model, serde_json::Value, usize)> {
     let super::Inputs { model, calib, bc, input, samples } = *inputs;
-    let probe: Vec<TensorData> = samples.iter().take(16).cloned().collect();
+    let probe: Vec<TensorData> = samples.iter().take(SENSITIVITY_SAMPLES).cloned().collect();
     let mut sens = sensitivity(model, calib, opts, input, &probe, true)?;
     sens.sort_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));
     // Activations cost no bytes to keep in float, weights do: first keep activations (most sensitive
@@ -165,36 +171,73 @@ pub fn sensitivity(
             values.iter().filter(|v| !(kind == "activation" && *v == name)).cloned().collect();
         o
     };
-    // The float model's outputs once, then each point on both cores: points are independent, and each
-    // result lands in its point's slot, so the order (and the search after it) does not depend on timing.
+    // The float model's outputs once.
     let refs = reference_outputs(model, input, probe)?;
     let progress = std::sync::Mutex::new(kiln_compiler::progress::stage(
         "mixed precision: sensitivity",
         points.len(),
     ));
-    let one = |(kind, name): &(&'static str, String)| -> Result<Option<f64>> {
-        let (m, s, _) = super::build(model, calib, &only(kind, name), false, input, probe)?;
+    let tick = || {
         if let Ok(mut p) = progress.lock() {
             p.inc();
         }
+    };
+    // Activations: one model with every activation quantized and no layer, lowered once with the
+    // activations' parameters as inputs (trial.rs); a point is one run with its own parameters fed in and
+    // every other pair passing its input through. The runs use both cores.
+    let mut acts_only = opts.clone();
+    acts_only.keep_float = layers.iter().cloned().collect();
+    acts_only.keep_float_values = HashSet::new();
+    let (built, _, _) = super::build(model, calib, &acts_only, false, input, probe)?;
+    let pm = super::trial::ParamModel::new(model, calib, &built, input)?;
+    let (real, ident) = (pm.feeds(&acts_only), pm.identity());
+    let all: BTreeSet<String> = ident.keys().cloned().collect();
+    let stage = pm.stage(&all, &ident, probe)?;
+    let mut measured: Vec<Option<Option<f64>>> = vec![None; points.len()];
+    for (slot, (kind, name)) in measured.iter_mut().zip(&points) {
+        let Some(names) = pm.params_of(name).filter(|_| *kind == "activation") else { continue };
+        let mut f = ident.clone();
+        for n in names {
+            if let Some(x) = real.get(&n) {
+                f.insert(n, *x);
+            }
+        }
+        let outs = pm.first_outputs(&stage, &f, probe)?;
+        *slot = Some(Some(metrics(&refs, &outs, None)?.sqnr_db));
+        tick();
+    }
+    drop(stage);
+    // Layers (and any activation the shared model could not parameterize): built alone, on both cores.
+    // Each result lands in its point's slot, so the order (and the search after it) does not depend on
+    // timing.
+    let one = |(kind, name): &(&'static str, String)| -> Result<Option<f64>> {
+        let (m, s, _) = super::build(model, calib, &only(kind, name), false, input, probe)?;
+        tick();
         if s.weights + s.activations == 0 {
             return Ok(None); // nothing to quantize at this point (e.g. a value no quantized op reads)
         }
         Ok(Some(compare_with(&refs, &m, input, probe, None)?.sqnr_db))
     };
-    let half = points.len().div_ceil(2);
+    let rest: Vec<usize> = (0..points.len()).filter(|i| measured[*i].is_none()).collect();
+    let half = rest.len().div_ceil(2);
+    let run = |ix: &[usize]| -> Result<Vec<(usize, Option<f64>)>> {
+        ix.iter().map(|i| Ok((*i, one(&points[*i])?))).collect()
+    };
     let (a, b) = std::thread::scope(|sc| {
-        let h = sc.spawn(|| points[half..].iter().map(one).collect::<Result<Vec<_>>>());
-        let a = points[..half].iter().map(one).collect::<Result<Vec<_>>>();
+        let h = sc.spawn(|| run(&rest[half..]));
+        let a = run(&rest[..half]);
         (a, h.join())
     });
     let b = b.map_err(|_| Error::Pass {
         pass: "mixed_precision".into(),
         reason: "a sensitivity thread panicked".into(),
     })??;
+    for (i, s) in a?.into_iter().chain(b) {
+        measured[i] = Some(s);
+    }
     let mut sens = Vec::new();
-    for ((kind, name), s) in points.iter().zip(a?.into_iter().chain(b)) {
-        if let Some(s) = s {
+    for ((kind, name), s) in points.iter().zip(measured) {
+        if let Some(Some(s)) = s {
             sens.push((*kind, name.clone(), s));
         }
     }

@@ -224,6 +224,20 @@ pub struct Summary {
     pub quality_guard: guard::Guarded,
     pub weight_bits: u8,
     pub kernel_family: &'static str,
+    /// Wall seconds of each stage, in order: where a quantization's time went.
+    pub seconds: Seconds,
+}
+
+/// Wall seconds of the stages of [`quantize`] (0 for a stage that did not run).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Seconds {
+    pub equalization: f64,
+    pub calibration: f64,
+    pub range_refinement: f64,
+    /// Q/DQ insertion with bias correction, and the float reference of the quality guard.
+    pub build: f64,
+    pub mixed_precision: f64,
+    pub quality_guard: f64,
 }
 
 /// Post-training quantization, the stages `kiln build` and `kiln quantize` share: equalization, the
@@ -241,6 +255,13 @@ pub fn quantize(
 ) -> Result<(Model, Summary, Option<Model>)> {
     let opts = s.qdq_options();
     let bc = s.bias_correction;
+    let mut secs = Seconds::default();
+    let mut clock = std::time::Instant::now();
+    let mut lap = || {
+        let t = clock.elapsed().as_secs_f64();
+        clock = std::time::Instant::now();
+        t
+    };
     // Equalization (on by default), then the statistics of the model actually quantized.
     let (equalized, calibration);
     let mut reference = None;
@@ -249,6 +270,7 @@ pub fn quantize(
         if eq.skipped.is_none() {
             reference = Some(m.clone());
         }
+        secs.equalization = lap();
         calibration = calibrate(&m)?;
         equalized = m;
         (&equalized, &calibration, eq)
@@ -276,13 +298,16 @@ pub fn quantize(
     } else {
         model
     };
+    secs.calibration = lap();
     let (opts, refined) = if s.refine_ranges {
         ranges::refine(model, calib, &opts, bc, input, samples)
     } else {
         (opts, ranges::Refined::default())
     };
+    secs.range_refinement = lap();
     let ((mut m, summary, mut corrected), probe) =
         guard::build_with_reference(model, calib, &opts, bc, input, samples)?;
+    secs.build = lap();
     let inputs = Inputs { model, calib, bc, input, samples };
     let mut mixed = serde_json::Value::Null;
     if let Some(check) = budget {
@@ -294,7 +319,9 @@ pub fn quantize(
             corrected = c;
         }
     }
+    secs.mixed_precision = lap();
     let (m, _, guarded) = guard::check(&probe, &inputs, &opts, m, s.floor_db, summary.qat_kept)?;
+    secs.quality_guard = lap();
     let summary = Summary {
         method: format!("{:?}", s.method),
         weights: if opts.per_channel { "per_channel" } else { "per_tensor" },
@@ -315,6 +342,7 @@ pub fn quantize(
         quality_guard: guarded,
         weight_bits: if opts.weight_qmax <= 64 { 7 } else { 8 },
         kernel_family: kernel_family(&opts),
+        seconds: secs,
     };
     Ok((m, summary, reference))
 }

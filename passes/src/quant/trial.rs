@@ -1,5 +1,6 @@
 //! Trying activation parameters without rebuilding the model: what range refinement scores its candidates
-//! with.
+//! with, and what mixed precision measures each activation's sensitivity with (every other pair fed the
+//! identity, [`IDENTITY_SCALE`]).
 //!
 //! A candidate of range refinement (ranges.rs) changes the (scale, zero point) of a few activations. Building
 //! each candidate as a Q/DQ model and preparing it for tract cost 0.3 s on MobileNetV2, and running it from
@@ -28,6 +29,10 @@ use super::qdq::{self, QdqOptions};
 
 /// Parameter values by the name of the model input that carries them.
 pub type Feeds = BTreeMap<String, f32>;
+
+/// The scale that makes a lowered pair pass its input through: x / 2⁻¹⁰⁰ is far past the magnitude where
+/// adding 1.5·2²³ rounds (2⁴⁸), and scaling by powers of two is exact; only |x| < 2⁻⁵² moves, by < 2⁻⁷⁶.
+pub const IDENTITY_SCALE: f32 = 7.888_609e-31;
 
 /// The Q/DQ model, lowered, with every activation's scale and clip bounds as inputs.
 pub struct ParamModel<'a> {
@@ -129,6 +134,26 @@ impl<'a> ParamModel<'a> {
             out.insert(hi.clone(), (p.qmax - z as f64) as f32);
         }
         out
+    }
+
+    /// Every pair passing its input through ([`IDENTITY_SCALE`], unbounded clip): the float model.
+    pub fn identity(&self) -> Feeds {
+        let mut out = Feeds::new();
+        for p in self.pairs.values() {
+            if let Some((lo, hi)) = &p.bounds {
+                out.insert(p.scale.clone(), IDENTITY_SCALE);
+                out.insert(lo.clone(), -f32::MAX);
+                out.insert(hi.clone(), f32::MAX);
+            }
+        }
+        out
+    }
+
+    /// The parameter inputs of the pair that quantizes `tensor`, if it has one.
+    pub fn params_of(&self, tensor: &str) -> Option<[String; 3]> {
+        let p = self.pairs.get(tensor)?;
+        let (lo, hi) = p.bounds.clone()?;
+        Some([p.scale.clone(), lo, hi])
     }
 
     /// Prepare the part of the model that reads any of the parameter inputs `changed`, with the values it
@@ -264,11 +289,26 @@ impl<'a> ParamModel<'a> {
     }
 
     /// The model's outputs (flattened per sample) on the stage's samples with parameters `feeds`.
-    pub fn outputs(
+    pub fn outputs(&self, stage: &Stage, feeds: &Feeds, probe: &[TensorData]) -> Result<Vec<Vec<f64>>> {
+        self.run(stage, feeds, probe, usize::MAX)
+    }
+
+    /// The model's first output per sample (what accuracy metrics compare).
+    pub fn first_outputs(
         &self,
         stage: &Stage,
         feeds: &Feeds,
         probe: &[TensorData],
+    ) -> Result<Vec<Vec<f64>>> {
+        self.run(stage, feeds, probe, 1)
+    }
+
+    fn run(
+        &self,
+        stage: &Stage,
+        feeds: &Feeds,
+        probe: &[TensorData],
+        outputs: usize,
     ) -> Result<Vec<Vec<f64>>> {
         let params = self.param_feeds(&stage.params, feeds)?;
         kiln_compiler::eval::par_map(probe.len().min(stage.cached.len()), |i| {
@@ -280,6 +320,7 @@ impl<'a> ParamModel<'a> {
                 .ev
                 .run(&inputs)?
                 .iter()
+                .take(outputs)
                 .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
                 .collect())
         })
