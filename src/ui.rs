@@ -96,6 +96,36 @@ impl Ui {
                 "time: import {:.1} s, passes {:.1} s, calibration {:.1} s, fp32 reference {:.1} s, total {:.1} s",
                 t.import, t.passes, t.calibration, t.reference, t.total
             );
+            for (name, tt) in &t.targets {
+                let mut line = format!(
+                    "  {name}: prepare {:.1} s, validate {:.1} s, emit {:.1} s",
+                    tt.prepare, tt.validate, tt.emit
+                );
+                // In the order they run.
+                const ORDER: [&str; 6] = [
+                    "equalization",
+                    "calibration",
+                    "range_refinement",
+                    "build",
+                    "mixed_precision",
+                    "quality_guard",
+                ];
+                let rank = |k: &str| ORDER.iter().position(|o| *o == k).unwrap_or(ORDER.len());
+                let mut stages: Vec<(&String, &f64)> =
+                    tt.stages.iter().filter(|(_, s)| **s >= 0.05).collect();
+                stages.sort_by_key(|(k, _)| rank(k));
+                let stages: Vec<String> = stages
+                    .iter()
+                    .map(|(k, s)| format!("{} {s:.1} s", k.replace('_', " ")))
+                    .collect();
+                if !stages.is_empty() {
+                    line.push_str(&format!(
+                        " (quantization, calibration included: {})",
+                        stages.join(", ")
+                    ));
+                }
+                println!("{line}");
+            }
         }
         println!("wrote {}", manifest_path.display());
     }

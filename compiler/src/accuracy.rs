@@ -96,7 +96,11 @@ pub fn compare_with(
 /// Agreement metrics of the candidate's first outputs `outs` against `refs` (one Vec per sample).
 pub fn metrics(refs: &[Vec<f64>], outs: &[Vec<f64>], labels: Option<&[i64]>) -> Result<Metrics> {
     if refs.len() != outs.len() {
-        return Err(Error::Eval(format!("{} reference outputs for {} samples", refs.len(), outs.len())));
+        return Err(Error::Eval(format!(
+            "{} reference outputs for {} samples",
+            refs.len(),
+            outs.len()
+        )));
     }
     let (mut agree, mut cos, mut sig, mut noise, mut hit_r, mut hit_c) =
         (0usize, 0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);

@@ -474,6 +474,10 @@ pub struct TargetTimings {
     pub validate: f64,
     /// The backend: lowering, serializing, writing the files.
     pub emit: f64,
+    /// The quantization's own stages within `prepare` (equalization, calibration, range refinement, build,
+    /// mixed precision, quality guard), from its summary.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub stages: BTreeMap<String, f64>,
 }
 
 /// Where the build's progress lines go (from any target's thread).
@@ -1267,8 +1271,16 @@ impl Stages<'_> {
         };
         done.quantization = prepared.quantization;
         done.layer_sqnr = prepared.layer_sqnr;
+        let stages = done
+            .quantization
+            .as_ref()
+            .and_then(|q| q.get("seconds"))
+            .and_then(|s| s.as_object())
+            .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+            .unwrap_or_default();
         let mut tt = TargetTimings {
             prepare: (secs(t0) - calibrating.get()).max(0.0),
+            stages,
             ..Default::default()
         };
         let target_model = prepared.model.as_ref().unwrap_or(&self.model);

@@ -75,13 +75,22 @@ def test_example_build_reports_where_the_time_goes(tmp_path):
     names = [x["name"] for x in cfg["targets"]]
     assert sorted(t["targets"]) == sorted(names), t
     assert all(t[k] >= 0 for k in ["import", "passes", "calibration", "reference"]) and t["calibration"] > 0, t
-    stages = t["import"] + t["passes"] + t["calibration"] + t["reference"] + sum(sum(v.values()) for v in t["targets"].values())
+    def spent(v):
+        return v["prepare"] + v["validate"] + v["emit"]
+
+    stages = t["import"] + t["passes"] + t["calibration"] + t["reference"] + sum(spent(v) for v in t["targets"].values())
     assert 0 < stages <= t["total"] * 1.01 + 1e-3, (stages, t)
     # int8 targets spend their time quantizing; float targets do not prepare anything.
     assert t["targets"]["int8-qdq"]["prepare"] > t["targets"]["reference"]["prepare"], t
+    # The quantization's own stages, inside `prepare` (whose time excludes the shared calibration).
+    q = t["targets"]["int8-qdq"]["stages"]
+    assert {"equalization", "calibration", "range_refinement", "build", "quality_guard"} <= set(q), q
+    assert 0 < sum(q.values()) - q["calibration"] <= t["targets"]["int8-qdq"]["prepare"] * 1.01 + 1e-3, (q, t)
+    assert "stages" not in t["targets"]["reference"], t
+    assert "quantization, calibration included:" in p.stdout, p.stdout
     assert "time: import" in p.stdout and "total" in p.stdout and all(n in p.stdout for n in names), p.stdout
     shutil.rmtree(tmp_path / "out")
     kiln("build", tmp_path / "k.yaml", "-j", "2")
     t = json.loads((tmp_path / "out" / "report.json").read_text())["timings"]
-    assert all(sum(v.values()) <= t["total"] * 1.01 + 1e-3 for v in t["targets"].values()), t
+    assert all(spent(v) <= t["total"] * 1.01 + 1e-3 for v in t["targets"].values()), t
     shutil.rmtree(tmp_path / "out")

@@ -289,7 +289,12 @@ impl<'a> ParamModel<'a> {
     }
 
     /// The model's outputs (flattened per sample) on the stage's samples with parameters `feeds`.
-    pub fn outputs(&self, stage: &Stage, feeds: &Feeds, probe: &[TensorData]) -> Result<Vec<Vec<f64>>> {
+    pub fn outputs(
+        &self,
+        stage: &Stage,
+        feeds: &Feeds,
+        probe: &[TensorData],
+    ) -> Result<Vec<Vec<f64>>> {
         self.run(stage, feeds, probe, usize::MAX)
     }
 
