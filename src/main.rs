@@ -109,6 +109,16 @@ enum Cmd {
         /// Also write the measurements as JSON here.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also estimate the latency on this device (a shipped profile: pixel-3, pixel-3a; or a device
+        /// profile .yaml with a `cost:` section): per layer and in total, from the ONNX model.
+        #[arg(long, value_name = "NAME|FILE.yaml")]
+        device: Option<String>,
+        /// Precision of the estimate: fp32, fp16 or int8 (default: int8 for a model with Q/DQ, else fp32).
+        #[arg(long, requires = "device")]
+        precision: Option<String>,
+        /// With --device: estimate only, without running the model here.
+        #[arg(long, requires = "device")]
+        no_measure: bool,
     },
     /// Print the IR as text.
     Dump {
@@ -646,8 +656,20 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, inputs, json } => inspect(model, inputs, json),
         Cmd::Run { model, inputs, output_dir } => run(model, inputs, output_dir),
         Cmd::Dump { model, inputs } => dump(model, inputs),
-        Cmd::Profile { path, inputs, runs, warmup, threads, json } => {
-            profile::profile(path, inputs, runs, warmup, threads, json)
+        Cmd::Profile {
+            path,
+            inputs,
+            runs,
+            warmup,
+            threads,
+            json,
+            device,
+            precision,
+            no_measure,
+        } => {
+            let estimate =
+                device.map(|d| profile::EstimateArgs { device: d, precision, no_measure });
+            profile::profile(path, inputs, runs, warmup, threads, json, estimate)
         }
         Cmd::Quantize(args) => quantize(args),
         Cmd::Optimize { model, output, inputs, passes, external_data, dump_ir, verbose } => {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use kiln_compiler::{eval, npy, onnx, profile, shape, stats};
+use kiln_compiler::{cost, eval, npy, onnx, profile, shape, stats};
 
 /// One row of the per-layer table.
 #[derive(serde::Serialize)]
@@ -195,6 +195,75 @@ fn tflite_profile(
     }))
 }
 
+/// `kiln profile --device`: a latency estimate on a device kiln does not run on.
+pub struct EstimateArgs {
+    pub device: String,
+    pub precision: Option<String>,
+    /// Estimate only.
+    pub no_measure: bool,
+}
+
+/// The estimate of the ONNX model at `path` on `a.device` (compiler/src/cost.rs), printed as a per-layer
+/// table; returned as JSON.
+fn estimate(
+    path: &Path,
+    given: &[(String, PathBuf)],
+    a: &EstimateArgs,
+) -> Result<serde_json::Value> {
+    let cost = cost::device(&a.device)?;
+    let mut m = onnx::load(path)?;
+    let mut read = Vec::new();
+    for (n, p) in given {
+        read.push((n.clone(), npy::read(p)?));
+    }
+    let feeds = profile::feeds(&m, &read)?;
+    let pins: shape::Pins = feeds.iter().map(|(n, t)| (n.clone(), t.dims.clone())).collect();
+    shape::infer(&mut m, &pins)?;
+    let precision = match &a.precision {
+        Some(p) => p.clone(),
+        None => {
+            let g = &m.graph;
+            let qdq = g
+                .nodes
+                .node_weights()
+                .any(|n| matches!(n.op, kiln_compiler::ir::Op::QuantizeLinear { .. }));
+            let half = g.values.iter().any(|v| v.dtype == kiln_compiler::ir::DType::F16);
+            if qdq {
+                "int8"
+            } else if half {
+                "fp16"
+            } else {
+                "fp32"
+            }
+            .to_string()
+        }
+    };
+    let e = cost::estimate(&m, &a.device, &cost, &precision)?;
+    println!(
+        "{} on {} ({precision}, {} threads): ESTIMATED by kiln's cost model (configs/devices), not measured",
+        path.display(),
+        a.device,
+        e.threads
+    );
+    println!(
+        "{:<48} {:<10} {:<16} {:>12} {:>12} {:>9} {:<7}",
+        "layer (kiln node)", "op", "kind", "MACs", "bytes", "est. ms", "bound"
+    );
+    for l in &e.layers {
+        println!(
+            "{:<48} {:<10} {:<16} {:>12} {:>12} {:>9.3} {:<7}",
+            l.name, l.op, l.kind, l.macs, l.bytes, l.ms, l.bound
+        );
+    }
+    println!(
+        "estimated total {:.3} ms on {} (fitted on: {})",
+        e.total_ms,
+        a.device,
+        cost.fitted_on.join("; ")
+    );
+    Ok(serde_json::to_value(&e)?)
+}
+
 /// `kiln profile`.
 pub fn profile(
     path: PathBuf,
@@ -203,6 +272,7 @@ pub fn profile(
     warmup: usize,
     threads: usize,
     json: Option<PathBuf>,
+    est: Option<EstimateArgs>,
 ) -> Result<()> {
     let file = artifact(&path)?;
     let mut given = Vec::new();
@@ -212,12 +282,37 @@ pub fn profile(
         given.push((k.to_string(), PathBuf::from(v)));
     }
     let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let report = match ext {
+    if let Some(a) = &est {
+        if ext != "onnx" {
+            bail!(
+                "{}: latency estimates read the ONNX model (a target's model.onnx, or the model.qdq.onnx a \
+                 tflite int8 target writes beside its .tflite)",
+                file.display()
+            );
+        }
+        if a.no_measure {
+            let e = estimate(&file, &given, a)?;
+            let report =
+                serde_json::json!({ "artifact": file.display().to_string(), "estimate": e });
+            if let Some(j) = json {
+                kiln_compiler::artifact::write_atomic(&j, &serde_json::to_vec_pretty(&report)?)?;
+            }
+            return Ok(());
+        }
+    }
+    let mut report = match ext {
         "onnx" => onnx_profile(&file, &given, warmup, runs)?,
         "tflite" => tflite_profile(&file, warmup, runs, threads)?,
         "kvk" => crate::vk_run::profile(&file, &given, warmup, runs)?,
         _ => bail!("{}: not an artifact kiln profiles (.onnx, .tflite, .kvk)", file.display()),
     };
+    if let Some(a) = &est {
+        println!();
+        let e = estimate(&file, &given, a)?;
+        if let Some(o) = report.as_object_mut() {
+            o.insert("estimate".into(), e);
+        }
+    }
     if let Some(j) = json {
         kiln_compiler::artifact::write_atomic(&j, &serde_json::to_vec_pretty(&report)?)?;
     }

@@ -474,7 +474,7 @@ fn bad_backend_options_fail_before_any_work_with_their_location() {
     );
     case(
         "{ name: p, backend: tflite, device: edgetpu }",
-        &["kiln.yaml:4:33", "unknown field `device`"],
+        &["kiln.yaml:4:41", "edgetpu", "pixel-3", "backend: npu"],
     );
     // npu
     case(

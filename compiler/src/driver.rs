@@ -1271,11 +1271,14 @@ impl Stages<'_> {
         };
         done.quantization = prepared.quantization;
         done.layer_sqnr = prepared.layer_sqnr;
+        // The quantization's stage times go to the timings: the report's `quantization` stays the same
+        // for every run and schedule.
         let stages = done
             .quantization
-            .as_ref()
-            .and_then(|q| q.get("seconds"))
-            .and_then(|s| s.as_object())
+            .as_mut()
+            .and_then(|q| q.as_object_mut())
+            .and_then(|q| q.remove("seconds"))
+            .and_then(|s| s.as_object().cloned())
             .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
             .unwrap_or_default();
         let mut tt = TargetTimings {
@@ -1394,6 +1397,9 @@ fn profile_rows(
             macs: model_stats(&stages.original).macs,
             top1_agreement: None,
             note: None,
+            device: None,
+            estimated_ms: None,
+            estimate: None,
         },
         Row {
             stage: "optimized".into(),
@@ -1404,6 +1410,9 @@ fn profile_rows(
             macs,
             top1_agreement: None,
             note: None,
+            device: None,
+            estimated_ms: None,
+            estimate: None,
         },
     ];
     let tool = p::litert_benchmark();
@@ -1445,6 +1454,41 @@ fn profile_rows(
             }
             Err(e) => (None, None, Some(e)),
         };
+        // An estimate on the target's device, where its profile has a cost model (phone CPUs: tflite's
+        // `device:`), from the optimized IR at the target's precision.
+        let device = stages
+            .cfg
+            .config
+            .targets
+            .iter()
+            .find(|t| t.name == r.target)
+            .and_then(|t| t.options.get("device").and_then(|d| d.as_str()).map(str::to_string));
+        let cost = device.as_deref().and_then(|d| crate::cost::device(d).ok().map(|c| (d, c)));
+        let estimate = match cost {
+            Some((d, c)) => {
+                // TFLite's fp16 and dynamic models compute in float32 on a CPU.
+                let wanted = if r.precision == "int8" { "int8" } else { "fp32" };
+                let precision = if c.precisions.contains_key(r.precision.as_str()) {
+                    r.precision.as_str()
+                } else {
+                    wanted
+                };
+                match crate::cost::estimate(&stages.model, d, &c, precision) {
+                    Ok(e) => {
+                        log(&format!(
+                            "profile: {} on {d}: {:.3} ms ESTIMATED ({precision}, {} threads; kiln's cost model)",
+                            r.target, e.total_ms, e.threads
+                        ));
+                        Some(e)
+                    }
+                    Err(e) => {
+                        log(&format!("profile: {} on {d}: no estimate: {e}", r.target));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         out_rows.push(Row {
             stage: r.target.clone(),
             artifact: Some(a.clone()),
@@ -1454,6 +1498,9 @@ fn profile_rows(
             macs,
             top1_agreement: r.top1_agreement,
             note,
+            device: estimate.as_ref().map(|e| e.device.clone()),
+            estimated_ms: estimate.as_ref().map(|e| e.total_ms),
+            estimate: estimate.map(|e| serde_json::to_value(e).unwrap_or_default()),
         });
     }
     for r in &out_rows {

@@ -41,6 +41,7 @@ struct ProfileRow {
     macs: String,
     agreement: String,
     note: Option<String>,
+    estimated: String,
 }
 
 #[derive(Serialize)]
@@ -304,6 +305,10 @@ fn profile_rows(r: &Report) -> Vec<ProfileRow> {
             macs: count(p.macs),
             agreement: p.top1_agreement.map_or("–".into(), |a| format!("{a:.3}")),
             note: p.note.clone(),
+            estimated: match (&p.device, p.estimated_ms) {
+                (Some(d), Some(ms)) => format!("{ms:.2} ms on {d}"),
+                _ => "–".into(),
+            },
         })
         .collect()
 }

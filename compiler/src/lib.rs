@@ -11,6 +11,7 @@ pub use error::{Error, Result};
 pub mod accuracy;
 pub mod calib;
 pub mod config;
+pub mod cost;
 pub mod driver;
 pub mod eval;
 pub mod groups;

@@ -54,6 +54,14 @@ pub struct Row {
     pub top1_agreement: Option<f64>,
     /// Why it was not measured.
     pub note: Option<String>,
+    /// The target's `device:` when its profile has a cost model, and kiln's ESTIMATE of the latency there
+    /// (compiler/src/cost.rs): the total and, in `estimate`, per layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<serde_json::Value>,
 }
 
 /// LiteRT's benchmark tool: `KILN_LITERT_BENCHMARK`, else `litert-benchmark` on PATH.

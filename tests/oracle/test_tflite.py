@@ -6,6 +6,7 @@ depend on the CPU), by top-1 and a bound counted in quantization steps: one roun
 way in a fake-quantizer moves the output by a whole step, so no float implementation matches another to 1e-4
 there (kiln_oracle.QDQ_FLIP_ELEMENTS, qdq_tolerance)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -183,13 +184,20 @@ def test_corpus_int8_tflite_loads_and_runs(tmp_path, stem):
     opts = None
     if stem == "mobilenet_v3_small":
         # Its full-integer model is noise (median output SQNR on calibration samples 3 dB, top-1 agreement
-        # 0.25: random-init logits nearly tied), so by default the quality guard fails the target, naming the
-        # worst tensors; the other targets would still build. This test is about lowering and loading: it
+        # 0.25: random-init logits nearly tied), so by default the quality guard must repair it (keeping its
+        # most sensitive tensors float until the 4 dB floor holds, and saying so in the report) or fail the
+        # target naming the floor: never ship it as it is. Which of the two depends on how close the repair
+        # gets (4.6 dB in the run of 2026-11-30). This test is about lowering and loading: after a failure it
         # lowers the floor on purpose. (A `validation:` budget is the way to a useful artifact.)
         (tmp_path / "default").mkdir()
-        with pytest.raises(AssertionError, match=r"target i8: FAILED: quality guard: .* below the floor of 4 dB"):
-            build_int8(tmp_path / "default", path)
-        opts = {"min_calibration_sqnr_db": -100}
+        try:
+            out = build_int8(tmp_path / "default", path)
+        except AssertionError as e:
+            assert re.search(r"target i8: FAILED: quality guard: .* below the floor of 4 dB", str(e)), e
+            opts = {"min_calibration_sqnr_db": -100}
+        else:
+            g = json.loads((out / "report.json").read_text())["quantization"]["i8"]["quality_guard"]
+            assert g["sqnr_db"] < g["floor_db"] <= g["sqnr_db_after"] and g["repair"] and g["kept_float"], g
     out = build_int8(tmp_path, path, target_opts=opts)
     feeds = validation_inputs(stem, limit=4)
     for r, t in zip(first(run_artifact(path, feeds, exact=False)), first(run_artifact(out / "i8" / "model.tflite", feeds))):

@@ -6,8 +6,10 @@
 //! `int8` also writes `model.qdq.onnx`, the QDQ twin: the quantizer's decisions as a QDQ ONNX model that
 //! onnxruntime runs, which is what the build report's accuracy for the target measures.
 //!
-//! Keys: `io_layout` (`nhwc`, the default, or `nchw`) and `io_dtype` (`float`, the default, or `int8`
-//! with precision int8). The lowering itself lives in `common::tflite`, shared with the `npu` backend.
+//! Keys: `io_layout` (`nhwc`, the default, or `nchw`), `io_dtype` (`float`, the default, or `int8`
+//! with precision int8) and `device` (the phone it runs on: a shipped phone CPU profile such as
+//! `pixel-3`, or a profile .yaml with a `cost:` section; a build with `profile: true` then reports an
+//! estimated latency on it, compiler/src/cost.rs). The lowering itself lives in `common::tflite`, shared with the `npu` backend.
 use kiln_compiler::backend::{
     parse_option, parse_options, ArtifactFile, Backend, Emitted, Precision, TargetRules,
 };
@@ -29,13 +31,18 @@ pub struct TfliteOptions {
     pub io_layout: IoLayout,
     #[serde(default)]
     pub io_dtype: Option<IoDtype>,
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
-const KEYS: &[&str] = &["io_layout", "io_dtype"];
+const KEYS: &[&str] = &["io_layout", "io_dtype", "device"];
 
 fn options(t: &Target) -> std::result::Result<TfliteOptions, String> {
     let o: TfliteOptions = parse_options(t)?;
     tfl::check_io_dtype(o.io_dtype, t.precision == Precision::Int8)?;
+    if let Some(d) = &o.device {
+        kiln_compiler::cost::device(d).map_err(|e| format!("device: {e}"))?;
+    }
     Ok(o)
 }
 
@@ -127,12 +134,33 @@ impl Backend for TfliteBackend {
     }
 
     fn check_option(&self, key: &str, value: serde_yaml::Value) -> std::result::Result<(), String> {
-        parse_option::<TfliteOptions>(key, value).map(|_| ())
+        let o = parse_option::<TfliteOptions>(key, value)?;
+        // A name must be a shipped phone profile (a .yaml path is read once resolved, in `check`).
+        if let Some(d) = o.device.filter(|d| !d.ends_with(".yaml") && !d.ends_with(".yml")) {
+            if !kiln_compiler::cost::DEVICES.iter().any(|(n, _)| *n == d) {
+                let names: Vec<&str> =
+                    kiln_compiler::cost::DEVICES.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "device '{d}': not a device with a cost model (known: {}, or a profile .yaml with a \
+                     `cost:` section); an NPU is reached with `backend: npu`",
+                    names.join(", ")
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check(&self, target: &Target) -> std::result::Result<TargetRules, String> {
         options(target)?;
         Ok(tfl::rules())
+    }
+
+    fn resolve_paths(&self, target: &mut Target, base: &std::path::Path) {
+        crate::common::device::resolve_path(kiln_compiler::cost::DEVICES, target, base);
+    }
+
+    fn input_files(&self, target: &Target) -> Vec<std::path::PathBuf> {
+        crate::common::device::input_files(kiln_compiler::cost::DEVICES, target)
     }
 
     fn emit(&self, model: &Model, target: &Target) -> Result<Emitted> {
