@@ -282,16 +282,23 @@ pub fn equalize(
 pub fn max_rel_diff(a: &Model, b: &Model, input: &str, samples: &[TensorData]) -> Result<f64> {
     let Some(first) = samples.first() else { return Ok(0.0) };
     let fact = [(input.to_string(), first.dtype, first.dims.clone())];
-    let (ea, eb) = (Evaluator::new(a, &fact)?, Evaluator::new(b, &fact)?);
-    let mut worst = 0f64;
-    for s in samples {
-        let feed = [(input.to_string(), s.clone())];
+    // Both models prepared at once, then the samples on both cores.
+    let (ea, eb) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| Evaluator::new(b, &fact));
+        (Evaluator::new(a, &fact), h.join())
+    });
+    let eb = eb.map_err(|_| kiln_compiler::Error::Eval("an evaluation thread panicked".into()))??;
+    let ea = ea?;
+    let per = kiln_compiler::eval::par_map(samples.len(), |i| {
+        let feed = [(input.to_string(), samples[i].clone())];
+        let mut worst = 0f64;
         for ((_, x), (_, y)) in ea.run(&feed)?.iter().zip(eb.run(&feed)?.iter()) {
             let (x, y) = (x.to_f64_vec().unwrap_or_default(), y.to_f64_vec().unwrap_or_default());
             let scale = x.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
             worst =
                 worst.max(x.iter().zip(&y).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale);
         }
-    }
-    Ok(worst)
+        Ok(worst)
+    })?;
+    Ok(per.into_iter().fold(0f64, f64::max))
 }

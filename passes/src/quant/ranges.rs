@@ -167,15 +167,12 @@ fn search(
     let (built, _, _) = super::build_with_means(model, &pinned, &minmax(&out), means.as_ref())?;
     let pm = super::trial::ParamModel::new(model, &pinned, &built, input)?;
     let mut current = pm.feeds(&out);
-    let everything: BTreeSet<String> = current.keys().cloned().collect();
-    let whole = pm.stage(&everything, &current, &probe)?;
-    let mut best = sqnr(&pm.outputs(&whole, &current, &probe)?, &want);
-    drop(whole);
-    report.evaluated += 1;
+    // The score to beat: the current parameters, measured through the first stage (its cut upstream
+    // part computes exactly what the whole model would).
+    let mut best = f64::NAN;
     let mut progress = kiln_compiler::progress::stage("range refinement", streams.len());
     for values in streams {
         progress.inc();
-        let before = best;
         let with = |o: &QdqOptions, f: f32| {
             let mut o = o.clone();
             values.iter().for_each(|v| {
@@ -194,6 +191,11 @@ fn search(
             continue;
         }
         let stage = pm.stage(&changed, &current, &probe)?;
+        if best.is_nan() {
+            best = sqnr(&pm.outputs(&stage, &current, &probe)?, &want);
+            report.evaluated += 1;
+        }
+        let before = best;
         let score = |f: f32| -> Result<(f64, Feeds)> {
             let feeds = pm.feeds(&with(&out, f));
             Ok((sqnr(&pm.outputs(&stage, &feeds, &probe)?, &want), feeds))
