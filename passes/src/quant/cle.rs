@@ -287,7 +287,8 @@ pub fn max_rel_diff(a: &Model, b: &Model, input: &str, samples: &[TensorData]) -
         let h = sc.spawn(|| Evaluator::new(b, &fact));
         (Evaluator::new(a, &fact), h.join())
     });
-    let eb = eb.map_err(|_| kiln_compiler::Error::Eval("an evaluation thread panicked".into()))??;
+    let eb =
+        eb.map_err(|_| kiln_compiler::Error::Eval("an evaluation thread panicked".into()))??;
     let ea = ea?;
     let per = kiln_compiler::eval::par_map(samples.len(), |i| {
         let feed = [(input.to_string(), samples[i].clone())];
