@@ -104,23 +104,25 @@ fn half_activations(m: &Model, keep: &HashSet<NodeId>) -> Result<Model> {
     Ok(out)
 }
 
-/// max |y − ref| / max |ref| over samples and outputs.
+/// max |y − ref| / max |ref| over samples and outputs (samples on both cores).
 fn error(
     ev: &Evaluator,
     refs: &[Vec<Vec<f64>>],
     input: &str,
     samples: &[TensorData],
 ) -> Result<f64> {
-    let mut worst = 0f64;
-    for (s, r) in samples.iter().zip(refs) {
-        for ((_, t), rv) in ev.run(&[(input.to_string(), s.clone())])?.iter().zip(r) {
+    let per = kiln_compiler::eval::par_map(samples.len().min(refs.len()), |i| {
+        let mut worst = 0f64;
+        for ((_, t), rv) in ev.run(&[(input.to_string(), samples[i].clone())])?.iter().zip(&refs[i])
+        {
             let y = t.to_f64_vec().unwrap_or_default();
             let scale = rv.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
             let d = y.iter().zip(rv).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
             worst = worst.max(d / scale);
         }
-    }
-    Ok(worst)
+        Ok(worst)
+    })?;
+    Ok(per.into_iter().fold(0f64, f64::max))
 }
 
 /// Float16's largest finite value is 65504; a value whose measured |x| passes half of it (headroom for
@@ -185,16 +187,13 @@ pub fn islands(
     let Some(first) = samples.first() else { return Ok((model.clone(), serde_json::Value::Null)) };
     let fact = [(input.to_string(), first.dtype, first.dims.clone())];
     let reference = Evaluator::new(model, &fact)?;
-    let mut refs = Vec::new();
-    for s in samples {
-        refs.push(
-            reference
-                .run(&[(input.to_string(), s.clone())])?
-                .into_iter()
-                .map(|(_, t)| t.to_f64_vec().unwrap_or_default())
-                .collect::<Vec<_>>(),
-        );
-    }
+    let refs = kiln_compiler::eval::par_map(samples.len(), |i| {
+        Ok(reference
+            .run(&[(input.to_string(), samples[i].clone())])?
+            .into_iter()
+            .map(|(_, t)| t.to_f64_vec().unwrap_or_default())
+            .collect::<Vec<_>>())
+    })?;
     // Activations that would overflow float16 keep their nodes float32.
     let overflow = overflow_nodes(model, input, samples)?;
     let mut model = model.clone();
@@ -231,14 +230,27 @@ pub fn islands(
     let ids = layers(model)?;
     let probe = samples.len().min(4);
     let everyone: HashSet<NodeId> = ids.iter().copied().collect();
-    let mut sens = Vec::new();
-    let mut progress = kiln_compiler::progress::stage("float16 islands", ids.len());
-    for id in &ids {
-        progress.inc();
+    // Layers on both cores (each result in its layer's slot: the order does not depend on timing).
+    let progress =
+        std::sync::Mutex::new(kiln_compiler::progress::stage("float16 islands", ids.len()));
+    let one = |id: &NodeId| -> Result<(NodeId, f64)> {
         let mut keep = everyone.clone();
         keep.remove(id);
-        sens.push((*id, eval(&keep, probe)?));
-    }
+        let e = eval(&keep, probe)?;
+        if let Ok(mut p) = progress.lock() {
+            p.inc();
+        }
+        Ok((*id, e))
+    };
+    let half = ids.len().div_ceil(2);
+    let (a, b) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| ids[half..].iter().map(one).collect::<Result<Vec<_>>>());
+        (ids[..half].iter().map(one).collect::<Result<Vec<_>>>(), h.join())
+    });
+    let b =
+        b.map_err(|_| kiln_compiler::Error::Eval("a float16 island thread panicked".into()))??;
+    let mut sens: Vec<(NodeId, f64)> = a?;
+    sens.extend(b);
     sens.sort_by(|a, b| b.1.total_cmp(&a.1));
     // Keep 1, 2, 4, … layers until the bound holds. With float16 activations, when a doubling buys less
     // than 10 % of the error, the error is not in layers this search can keep (it is spread over the
