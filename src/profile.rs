@@ -57,12 +57,12 @@ fn owner<'a>(names: &'a [String], tract: &str) -> Option<&'a String> {
         .max_by_key(|n| n.len())
 }
 
-fn onnx_profile(
+/// The ONNX model at `path` with its shapes inferred for the given inputs (or the default ramp), and
+/// those inputs.
+fn loaded(
     path: &Path,
     given: &[(String, PathBuf)],
-    warmup: usize,
-    runs: usize,
-) -> Result<serde_json::Value> {
+) -> Result<(kiln_compiler::ir::Model, Vec<(String, kiln_compiler::ir::TensorData)>)> {
     let mut m = onnx::load(path)?;
     let mut read = Vec::new();
     for (n, p) in given {
@@ -71,6 +71,16 @@ fn onnx_profile(
     let feeds = profile::feeds(&m, &read)?;
     let pins: shape::Pins = feeds.iter().map(|(n, t)| (n.clone(), t.dims.clone())).collect();
     shape::infer(&mut m, &pins)?;
+    Ok((m, feeds))
+}
+
+fn onnx_profile(
+    path: &Path,
+    given: &[(String, PathBuf)],
+    warmup: usize,
+    runs: usize,
+) -> Result<serde_json::Value> {
+    let (m, feeds) = loaded(path, given)?;
     let ev = eval::Evaluator::as_written_for(&m, &feeds)?;
     let times = ev.profile(&feeds, warmup, runs)?;
     let g = &m.graph;
@@ -211,14 +221,7 @@ fn estimate(
     a: &EstimateArgs,
 ) -> Result<serde_json::Value> {
     let cost = cost::device(&a.device)?;
-    let mut m = onnx::load(path)?;
-    let mut read = Vec::new();
-    for (n, p) in given {
-        read.push((n.clone(), npy::read(p)?));
-    }
-    let feeds = profile::feeds(&m, &read)?;
-    let pins: shape::Pins = feeds.iter().map(|(n, t)| (n.clone(), t.dims.clone())).collect();
-    shape::infer(&mut m, &pins)?;
+    let (m, _) = loaded(path, given)?;
     let precision = match &a.precision {
         Some(p) => p.clone(),
         None => {
