@@ -436,3 +436,52 @@ fn lowered_qdq_evaluation_is_bit_identical() {
         }
     }
 }
+
+/// Before opset 11 Clip takes its bounds as attributes: the lowering clips with Max then Min instead (so the
+/// bounds stay constants a caller can feed). Bit-identical to tract's own Q/DQ there too, int8 and uint8.
+#[test]
+fn lowered_qdq_before_opset_11_is_bit_identical() {
+    use kiln_compiler::ir::{Node, Op};
+    for (dt, zp) in [(DType::I8, 3u8), (DType::U8, 128u8)] {
+        let mut g = Graph::default();
+        let x = input(&mut g, "x", &[1, 4, 8, 8]);
+        let s = g.add_const("s", TensorData::from_f32(vec![], &[0.05])).unwrap();
+        let z = g.add_const("z", TensorData::from_bytes(dt, vec![], vec![zp])).unwrap();
+        let q = val(&mut g, "q");
+        let y = val(&mut g, "y");
+        g.add_node(Node::new(
+            "quant",
+            Op::QuantizeLinear { axis: None, saturate: None },
+            vec![Some(x), Some(s), Some(z)],
+            vec![Some(q)],
+        ))
+        .unwrap();
+        g.add_node(Node::new(
+            "dequant",
+            Op::DequantizeLinear { axis: None },
+            vec![Some(q), Some(s), Some(z)],
+            vec![Some(y)],
+        ))
+        .unwrap();
+        g.outputs.push(y);
+        let mut m = model(g);
+        m.opset_imports = vec![(String::new(), 10)];
+        let facts = [("x".to_string(), DType::F32, vec![1, 4, 8, 8])];
+        let fast = eval::Evaluator::new(&m, &facts).unwrap();
+        let written = eval::Evaluator::as_written(&m, &facts).unwrap();
+        assert_eq!((fast.lowered_qdq_pairs(), written.lowered_qdq_pairs()), (1, 0));
+        // Ties (k·0.05 + 0.025), saturation on both sides, and plain values.
+        let v: Vec<f32> = (0..256)
+            .map(|i| match i % 3 {
+                0 => (i as f32 - 128.0) * 0.05 + 0.025,
+                1 => (i as f32 - 128.0) * 0.2,
+                _ => (i as f32).sin() * 3.0,
+            })
+            .collect();
+        let t = TensorData::from_f32(vec![1, 4, 8, 8], &v);
+        let a = fast.run(&[("x".to_string(), t.clone())]).unwrap()[0].1.to_f32_vec().unwrap();
+        let b = written.run(&[("x".to_string(), t)]).unwrap()[0].1.to_f32_vec().unwrap();
+        let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+        assert_eq!(differ, 0, "{dt:?}: {differ} of {} differ", a.len());
+    }
+}

@@ -8,6 +8,7 @@
 //!   does: (q − zero point) in float, times the scale;
 //! - a per-tensor QuantizeLinear of a float tensor whose integer output only feeds DequantizeLinear nodes
 //!   with the same scale and zero point becomes `Div(x, s) → Clip(qmin − z, qmax − z) → Add(M) → Sub(M)`
+//!   (the clip as Max then Min before opset 11)
 //!   and each DequantizeLinear a `Mul(·, s)`. With M = 1.5·2²³, the add and subtract round to the nearest
 //!   integer, ties to even, exactly as QuantizeLinear does (every clipped value is far below 2²²); clipping
 //!   before rounding is the same as saturating after it because the bounds are integers; and (q − z)·s is
@@ -40,9 +41,8 @@ pub struct LoweredPair {
     pub tensor: String,
     /// The scale (read by the Div and by each Mul).
     pub scale: String,
-    /// The clip bounds, qmin − zero point and qmax − zero point (None before opset 11, where they are
-    /// attributes).
-    pub bounds: Option<(String, String)>,
+    /// The clip bounds, qmin − zero point and qmax − zero point.
+    pub bounds: (String, String),
     /// The integer type's range.
     pub qmin: f64,
     pub qmax: f64,
@@ -153,27 +153,36 @@ fn lower_pair(g: &mut Graph, qid: NodeId, opset: i64) -> Result<Option<LoweredPa
     let name = |g: &Graph, what: &str| g.fresh_node_name(&format!("{base}__fq_{what}"));
     let dn = name(g, "div");
     g.add_node(Node::new(dn, Op::Binary(BinOp::Div), vec![Some(x), Some(s_c)], vec![Some(div)]))?;
-    let cn = name(g, "clip");
-    let mut bounds = None;
-    let clip_node = if opset >= 11 {
-        let lo_c = g.add_const(&format!("{base}__fq_lo"), f(lo))?;
-        let hi_c = g.add_const(&format!("{base}__fq_hi"), f(hi))?;
-        bounds = Some((g.value(lo_c).name.clone(), g.value(hi_c).name.clone()));
-        Node::new(
+    // The clip bounds are constants either way (so callers can make them inputs): Clip's min/max inputs
+    // from opset 11, Max then Min before it (Clip took them as attributes).
+    let lo_c = g.add_const(&format!("{base}__fq_lo"), f(lo))?;
+    let hi_c = g.add_const(&format!("{base}__fq_hi"), f(hi))?;
+    let bounds = (g.value(lo_c).name.clone(), g.value(hi_c).name.clone());
+    if opset >= 11 {
+        let cn = name(g, "clip");
+        g.add_node(Node::new(
             cn,
             Op::Act(Act::Clip { min: None, max: None }),
             vec![Some(div), Some(lo_c), Some(hi_c)],
             vec![Some(clip)],
-        )
+        ))?;
     } else {
-        Node::new(
-            cn,
-            Op::Act(Act::Clip { min: Some(lo as f32), max: Some(hi as f32) }),
-            vec![Some(div)],
+        let low = g.add_temp(&format!("{base}__fq_max"), DType::F32, shape.clone())?;
+        let mx = name(g, "max");
+        g.add_node(Node::new(
+            mx,
+            Op::from_onnx("", "Max", vec![]),
+            vec![Some(div), Some(lo_c)],
+            vec![Some(low)],
+        ))?;
+        let mn = name(g, "min");
+        g.add_node(Node::new(
+            mn,
+            Op::from_onnx("", "Min", vec![]),
+            vec![Some(low), Some(hi_c)],
             vec![Some(clip)],
-        )
-    };
-    g.add_node(clip_node)?;
+        ))?;
+    }
     let an = name(g, "add");
     g.add_node(Node::new(
         an,

@@ -39,7 +39,7 @@ pub struct ParamModel<'a> {
     float: &'a Model,
     pinned: &'a Calibration,
     model: Model,
-    /// Lowered pairs by quantized tensor name; only those with bounds (opset ≥ 11) are parameters.
+    /// Lowered pairs by quantized tensor name.
     pairs: BTreeMap<String, LoweredPair>,
     /// The parameters the model was built with (what a tensor [`ParamModel::feeds`] cannot find keeps).
     built: Feeds,
@@ -95,7 +95,7 @@ impl<'a> ParamModel<'a> {
         let mut params = Feeds::new();
         let mut by_tensor = BTreeMap::new();
         for p in pairs {
-            let Some((lo, hi)) = p.bounds.clone() else { continue };
+            let (lo, hi) = p.bounds.clone();
             for name in [&p.scale, &lo, &hi] {
                 let v = model.graph.find(name).and_then(|v| model.graph.const_data(v));
                 let x = v.and_then(|d| d.to_f32_vec()).and_then(|d| d.first().copied());
@@ -128,7 +128,7 @@ impl<'a> ParamModel<'a> {
         let mut out = self.built.clone();
         for (id, (s, z)) in params {
             let Some(p) = self.pairs.get(&g.value(id).name) else { continue };
-            let Some((lo, hi)) = &p.bounds else { continue };
+            let (lo, hi) = &p.bounds;
             out.insert(p.scale.clone(), s);
             out.insert(lo.clone(), (p.qmin - z as f64) as f32);
             out.insert(hi.clone(), (p.qmax - z as f64) as f32);
@@ -140,11 +140,10 @@ impl<'a> ParamModel<'a> {
     pub fn identity(&self) -> Feeds {
         let mut out = Feeds::new();
         for p in self.pairs.values() {
-            if let Some((lo, hi)) = &p.bounds {
-                out.insert(p.scale.clone(), IDENTITY_SCALE);
-                out.insert(lo.clone(), -f32::MAX);
-                out.insert(hi.clone(), f32::MAX);
-            }
+            let (lo, hi) = &p.bounds;
+            out.insert(p.scale.clone(), IDENTITY_SCALE);
+            out.insert(lo.clone(), -f32::MAX);
+            out.insert(hi.clone(), f32::MAX);
         }
         out
     }
@@ -152,7 +151,7 @@ impl<'a> ParamModel<'a> {
     /// The parameter inputs of the pair that quantizes `tensor`, if it has one.
     pub fn params_of(&self, tensor: &str) -> Option<[String; 3]> {
         let p = self.pairs.get(tensor)?;
-        let (lo, hi) = p.bounds.clone()?;
+        let (lo, hi) = p.bounds.clone();
         Some([p.scale.clone(), lo, hi])
     }
 
