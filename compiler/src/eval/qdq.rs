@@ -150,53 +150,27 @@ fn lower_pair(g: &mut Graph, qid: NodeId, opset: i64) -> Result<Option<LoweredPa
     let clip = g.add_temp(&format!("{base}__fq_clip"), DType::F32, shape.clone())?;
     let add = g.add_temp(&format!("{base}__fq_add"), DType::F32, shape.clone())?;
     let round = g.add_temp(&format!("{base}__fq_round"), DType::F32, shape.clone())?;
-    let name = |g: &Graph, what: &str| g.fresh_node_name(&format!("{base}__fq_{what}"));
-    let dn = name(g, "div");
-    g.add_node(Node::new(dn, Op::Binary(BinOp::Div), vec![Some(x), Some(s_c)], vec![Some(div)]))?;
+    // One node `op(inputs) → out`, named after the QuantizeLinear.
+    let node = |g: &mut Graph, what: &str, op: Op, ins: &[ValueId], out: ValueId| -> Result<()> {
+        let name = g.fresh_node_name(&format!("{base}__fq_{what}"));
+        g.add_node(Node::new(name, op, ins.iter().map(|v| Some(*v)).collect(), vec![Some(out)]))?;
+        Ok(())
+    };
+    node(g, "div", Op::Binary(BinOp::Div), &[x, s_c], div)?;
     // The clip bounds are constants either way (so callers can make them inputs): Clip's min/max inputs
     // from opset 11, Max then Min before it (Clip took them as attributes).
     let lo_c = g.add_const(&format!("{base}__fq_lo"), f(lo))?;
     let hi_c = g.add_const(&format!("{base}__fq_hi"), f(hi))?;
     let bounds = (g.value(lo_c).name.clone(), g.value(hi_c).name.clone());
     if opset >= 11 {
-        let cn = name(g, "clip");
-        g.add_node(Node::new(
-            cn,
-            Op::Act(Act::Clip { min: None, max: None }),
-            vec![Some(div), Some(lo_c), Some(hi_c)],
-            vec![Some(clip)],
-        ))?;
+        node(g, "clip", Op::Act(Act::Clip { min: None, max: None }), &[div, lo_c, hi_c], clip)?;
     } else {
         let low = g.add_temp(&format!("{base}__fq_max"), DType::F32, shape.clone())?;
-        let mx = name(g, "max");
-        g.add_node(Node::new(
-            mx,
-            Op::from_onnx("", "Max", vec![]),
-            vec![Some(div), Some(lo_c)],
-            vec![Some(low)],
-        ))?;
-        let mn = name(g, "min");
-        g.add_node(Node::new(
-            mn,
-            Op::from_onnx("", "Min", vec![]),
-            vec![Some(low), Some(hi_c)],
-            vec![Some(clip)],
-        ))?;
+        node(g, "max", Op::from_onnx("", "Max", vec![]), &[div, lo_c], low)?;
+        node(g, "min", Op::from_onnx("", "Min", vec![]), &[low, hi_c], clip)?;
     }
-    let an = name(g, "add");
-    g.add_node(Node::new(
-        an,
-        Op::Binary(BinOp::Add),
-        vec![Some(clip), Some(m_c)],
-        vec![Some(add)],
-    ))?;
-    let sn = name(g, "round");
-    g.add_node(Node::new(
-        sn,
-        Op::Binary(BinOp::Sub),
-        vec![Some(add), Some(m_c)],
-        vec![Some(round)],
-    ))?;
+    node(g, "add", Op::Binary(BinOp::Add), &[clip, m_c], add)?;
+    node(g, "round", Op::Binary(BinOp::Sub), &[add, m_c], round)?;
     for d in dqs {
         let (dname, y) = (g.nodes[d].name.clone(), g.nodes[d].output(0));
         g.remove_node(d);
