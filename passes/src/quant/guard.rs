@@ -122,7 +122,7 @@ impl<'a> Reference<'a> {
 }
 
 /// Every output of `ev` on each of `probe`, flattened per sample, in sample order (two threads).
-fn outputs(ev: &Evaluator, input: &str, probe: &[TensorData]) -> Result<Vec<Vec<f64>>> {
+pub(super) fn outputs(ev: &Evaluator, input: &str, probe: &[TensorData]) -> Result<Vec<Vec<f64>>> {
     let parts = ev.fold_samples(input, probe, Vec::new, |acc: &mut Vec<Vec<f64>>, outs| {
         acc.push(outs.iter().flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default()).collect());
         Ok(())

@@ -148,13 +148,7 @@ fn search(
     let probe: Vec<TensorData> =
         (0..n).filter_map(|i| samples.get(i * samples.len() / n).cloned()).collect();
     let ev = Evaluator::new(model, &[(input.to_string(), probe[0].dtype, probe[0].dims.clone())])?;
-    let want = kiln_compiler::eval::par_map(probe.len(), |i| {
-        Ok(ev
-            .run(&[(input.to_string(), probe[i].clone())])?
-            .iter()
-            .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
-            .collect::<Vec<f64>>())
-    })?;
+    let want = super::guard::outputs(&ev, input, &probe)?;
     let means =
         if bc { Some(super::bias_correction::input_means(model, input, &probe)?) } else { None };
     let pinned = pin(model, calib, opts);
